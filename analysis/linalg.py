@@ -27,6 +27,7 @@ ArrayLike = torch.Tensor | np.ndarray
 
 __all__ = [
     "factored_svd",
+    "block_sums",
     "delta_svd",
     "gram_all_pairs",
     "principal_angles",
