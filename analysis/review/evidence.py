@@ -1,0 +1,129 @@
+"""The measurements a review shows next to a recipe: input overlap and the merge preview.
+
+Overlap is recomputed from the recipe's input paths when they still exist and load, and each
+input's sha256 is checked against the recipe, because a reviewer approving a merge should see the
+adapters the recipe names, not whatever now sits at that path. When the inputs are gone (another
+machine, a deleted checkout) the report says so instead of failing. The preview is the snapshot
+taken when the proposal was opened.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from analysis.errors import AtlasError
+from analysis.review.models import InputRecord, Proposal
+
+log = logging.getLogger(__name__)
+
+# (metric passed to analysis.overlap.aggregate, heading shown to reviewers)
+OVERLAP_METRICS: tuple[tuple[str, str], ...] = (("cosine", "cosine similarity of the updates"),)
+
+
+@dataclass(frozen=True)
+class HashCheck:
+    name: str
+    path: str
+    recorded: str
+    found: str | None  # None when the input could not be read
+
+    @property
+    def matches(self) -> bool:
+        return self.found is not None and self.found == self.recorded
+
+
+@dataclass(frozen=True)
+class InputOverlap:
+    """Aggregated all-pairs overlap of a proposal's inputs, or the reason it is not available."""
+
+    available: bool
+    reason: str = ""
+    labels: tuple[str, ...] = ()
+    matrices: Mapping[str, np.ndarray] = field(default_factory=dict)  # metric -> (N, N)
+    hashes: tuple[HashCheck, ...] = ()
+    n_modules: int = 0
+
+
+def resolve_input(record: InputRecord, source_dir: str | None) -> Path | None:
+    """The input's path: absolute as written, else beside the recipe, else relative to the cwd."""
+    written = Path(record.path).expanduser()
+    candidates = [written] if written.is_absolute() else (
+        ([Path(source_dir) / written] if source_dir else []) + [written])
+    return next((c for c in candidates if c.exists()), None)
+
+
+def input_overlap(proposal: Proposal) -> InputOverlap:
+    """Load the recipe's inputs and aggregate their per-module overlap; never raises for missing data."""
+    paths: list[Path] = []
+    for record in proposal.inputs:
+        found = resolve_input(record, proposal.source_dir)
+        if found is None:
+            return InputOverlap(False, f"the inputs are not available here: '{record.name}' "
+                                       f"({record.path}) does not exist on this machine")
+        paths.append(found)
+    try:
+        from analysis.adapters import load_adapter
+        from analysis.overlap import aggregate, overlap_table
+    except ImportError as exc:
+        return InputOverlap(False, f"the inputs are not available: overlap analysis cannot run ({exc})")
+    try:
+        adapters = [load_adapter(p, name=r.name) for p, r in zip(paths, proposal.inputs)]
+    except (AtlasError, OSError) as exc:
+        return InputOverlap(False, f"the inputs are not available: {exc}")
+    hashes = tuple(HashCheck(r.name, str(p), r.sha256, a.sha256)
+                   for r, p, a in zip(proposal.inputs, paths, adapters))
+    if len(adapters) < 2:
+        return InputOverlap(False, "a single input: there is no pair to compare", hashes=hashes)
+    try:
+        table = overlap_table(adapters)
+        matrices = {metric: np.asarray(aggregate(table, metric), dtype=float)  # (N, N)
+                    for metric, _heading in OVERLAP_METRICS}
+    except AtlasError as exc:
+        return InputOverlap(False, f"overlap could not be computed: {exc}", hashes=hashes)
+    return InputOverlap(True, labels=tuple(r.name for r in proposal.inputs), matrices=matrices,
+                        hashes=hashes, n_modules=len(table))
+
+
+def preview_tasks(preview: Mapping[str, Any] | None) -> tuple[list[str], list[str], list[list[Any]]]:
+    """(tasks, metric names, rows) of the preview's scalar per-task metrics, for a table.
+
+    The preview is opaque JSON from the merge lab; only `tasks: {task: {metric: scalar}}` is laid
+    out as a table, everything else is shown as JSON.
+    """
+    tasks = (preview or {}).get("tasks")
+    if not isinstance(tasks, Mapping):
+        return [], [], []
+    names = [str(t) for t in tasks]
+    metrics: list[str] = []
+    for values in tasks.values():
+        if isinstance(values, Mapping):
+            metrics += [str(k) for k, v in values.items() if _scalar(v) and str(k) not in metrics]
+    rows = [[(values.get(k) if isinstance(values, Mapping) and _scalar(values.get(k)) else None)
+             for k in metrics] for values in tasks.values()]
+    return names, metrics, rows
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) or value is None
+
+
+def heatmap_figure(matrix: np.ndarray, labels: tuple[str, ...], title: str) -> "Any":
+    """A symmetric N x N heatmap; labels are HTML-escaped because plotly renders pseudo-HTML in text."""
+    import html
+
+    import plotly.graph_objects as go
+
+    safe = [html.escape(s, quote=True) for s in labels]
+    z = np.asarray(matrix, dtype=float)  # (N, N)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=safe, y=safe, zmin=-1.0 if np.nanmin(z) < 0 else 0.0, zmax=1.0, colorscale="RdBu_r",
+        zmid=0.0 if np.nanmin(z) < 0 else None, texttemplate="%{z:.2f}" if z.size <= 144 else None,
+        hovertemplate="%{y} × %{x}: %{z:.4f}<extra></extra>", xgap=1, ygap=1))
+    fig.update_layout(title=html.escape(title), xaxis=dict(type="category", tickangle=-35),
+                      yaxis=dict(type="category", autorange="reversed"),
+                      height=max(360, 80 + 34 * len(labels)), margin=dict(l=10, r=10, t=60, b=10))
+    return fig

@@ -1,0 +1,122 @@
+"""Turning a merge recipe into a review proposal.
+
+The recipe is treated as data: its full text is stored verbatim (what reviewers approve is exactly
+what will be replayed), only the minimal keys are validated, and the merge preview beside it is
+snapshotted so the discussion refers to the numbers the author saw, even if the files change later.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from analysis.errors import RecipeError
+from analysis.review.models import Recipe, validate_recipe
+from analysis.review.store import ReviewStore
+
+log = logging.getLogger(__name__)
+
+RECIPE_FILE = "recipe.yaml"
+PREVIEW_FILE = "preview.json"
+
+
+def recipe_file(path: str | os.PathLike[str]) -> Path:
+    """`recipe.yaml` itself, or the merge output directory that holds it."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / RECIPE_FILE
+    if not p.is_file():
+        raise RecipeError(f"{p}: no merge recipe here (expected {RECIPE_FILE} or a directory holding it)")
+    return p
+
+
+def read_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, str, Path]:
+    """(validated recipe, its exact text, the file) from a recipe file or merge directory."""
+    file = recipe_file(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{file}: cannot read the recipe ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{file}: not valid YAML{where}") from None
+    return validate_recipe(data, str(file)), text, file
+
+
+def read_preview(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The preview JSON beside a recipe (None when absent); must be a JSON object."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"), parse_constant=_nan_to_none)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecipeError(f"{p}: merge preview is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{p}: merge preview must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _nan_to_none(_constant: str) -> None:
+    # NaN/Infinity are not JSON; a preview metric that is undefined is stored as null.
+    return None
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN/inf floats by None, recursively, so the snapshot is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy/torch scalars and arrays from the merge lab
+        return json_safe(value.tolist())
+    return value
+
+
+def propose(store: ReviewStore, recipe_path_or_mapping: str | os.PathLike[str] | Mapping[str, Any],
+            title: str, author: str, preview: Mapping[str, Any] | str | os.PathLike[str] | None = None) -> int:
+    """Open a proposal for a merge recipe; returns its id.
+
+    `recipe_path_or_mapping` is `recipe.yaml`, its directory, or the recipe mapping itself (what the
+    app's Merge page holds). With a path and no explicit `preview`, `preview.json` beside the recipe
+    is snapshotted when present. `preview` may also be a path to a preview JSON file.
+    """
+    source_dir: str | None = None
+    if isinstance(recipe_path_or_mapping, Mapping):
+        data = json_safe(dict(recipe_path_or_mapping))
+        recipe = validate_recipe(data, "recipe")
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    else:
+        recipe, text, file = read_recipe(recipe_path_or_mapping)
+        source_dir = str(file.parent.resolve())
+        if preview is None:
+            preview = read_preview(file.parent / PREVIEW_FILE)
+    if isinstance(preview, (str, os.PathLike)):
+        preview_path = Path(preview)
+        preview = read_preview(preview_path)
+        if preview is None:
+            raise RecipeError(f"{preview_path}: merge preview file not found")
+    snapshot = json_safe(preview) if preview is not None else None
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    pid = store.create_proposal(recipe=recipe, recipe_text=text, recipe_sha256=digest, title=title,
+                                author=author, preview=snapshot, source_dir=source_dir)
+    log.info("proposal %d opened for a %s merge of %d adapters", pid, recipe.method, len(recipe.inputs))
+    return pid
+
+
+def resolve_input_path(path: str, source_dir: str | None) -> Path:
+    """An input path from the recipe: absolute as written, relative to the recipe's directory otherwise."""
+    p = Path(path).expanduser()
+    if not p.is_absolute() and source_dir:
+        p = Path(source_dir) / p
+    return p
