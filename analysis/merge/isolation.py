@@ -1,0 +1,116 @@
+"""`isolation`: transplant each task's core parameters, blend the rest (Wang, Liang & Peng, EMNLP 2025).
+
+Pipeline, once for the whole merge then per module:
+  # cores and groups (prepare): top-p cores per module, Jaccard of cores pooled over modules, groups
+    = connected components of Jaccard >= tau (or the groups the user gives);
+  # blend: coefficients for positions no core claims: SLERP (Karcher mean of the directions, the
+    paper's choice), plain mean, or sum (task arithmetic);
+  # transplant: a position claimed by one core takes that task's value, unscaled;
+  # group mean: a position claimed by several cores of one group takes their mean (grouped tasks are
+    similar by construction, averaging them is what joint training of the group would approximate);
+  # resolve conflicts: cores of different groups claiming one position -> policy 'magnitude' (larger
+    |dW| or row/column energy wins) or 'mean'; counted per module in `MergeResult.info`.
+For `rows`/`columns` the maps are per row/column, so the result is exactly sum_i (D_i s_i B_i) A_i
+(or B_i (A_i D_i)): a LowRankDelta of rank <= sum of ranks. For `entries` it is a DenseDelta.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from analysis.adapters.model import Adapter, Delta, LowRankDelta
+from analysis.isolation import (GRANULARITIES, ClaimStats, coefficient_maps, core_overlap, importance, parse_groups,
+                                task_groups, top_fraction)
+from analysis.merge.ops import dense, gram, like, scaled_factors
+from analysis.merge.registry import ModuleContext, Param, ParamValue, register
+from analysis.merge.slerp import multislerp_coefficients
+
+PARAMS = [
+    Param("p", float, 0.01, "core fraction per task and module (paper default 1%)", low=1e-5, high=1.0),
+    Param("granularity", str, "entries", "core unit: entries of |dW| (paper), or output rows / input columns "
+          "by energy (exactly low rank)", choices=GRANULARITIES),
+    Param("tau", float, 0.1, "Jaccard threshold for grouping tasks (paper default 0.1)", low=0.0, high=1.0),
+    Param("groups", str, "", "group label per input, e.g. 0,0,1; empty = connected components of Jaccard >= tau"),
+    Param("blend", str, "slerp", "how non-core positions are combined: slerp (spherical mean), mean, or sum",
+          choices=("slerp", "mean", "sum")),
+    Param("conflict", str, "magnitude", "two groups' cores on one position: larger magnitude wins, or their mean",
+          choices=("magnitude", "mean")),
+]
+
+
+@dataclass
+class IsolationPlan:
+    """What `prepare` decides once for all modules; `stats` collects per-module claim counts."""
+
+    groups: np.ndarray  # (N,) group label per input
+    jaccard: np.ndarray  # (N, N)
+    stats: dict[str, ClaimStats] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        tot = {k: sum(getattr(s, k) for s in self.stats.values())
+               for k in ("positions", "sole", "shared_in_group", "conflicts", "blended")}
+        return {"groups": self.groups.tolist(), "jaccard": np.round(self.jaccard, 6).tolist(), "claims": tot,
+                "conflicts_per_module": {m: s.conflicts for m, s in sorted(self.stats.items())}}
+
+
+def plan_isolation(adapters: Sequence[Adapter], weights: Sequence[float],
+                   params: Mapping[str, ParamValue]) -> IsolationPlan:
+    # cores and groups
+    overlap = core_overlap(adapters, granularity=str(params["granularity"]), p=float(params["p"]))
+    given = parse_groups(str(params["groups"]), len(adapters))
+    groups = given if given is not None else task_groups(overlap.jaccard, float(params["tau"]))
+    return IsolationPlan(groups=groups, jaccard=overlap.jaccard)
+
+
+def blend_coefficients(deltas: Sequence[Delta], weights: Sequence[float], how: str) -> torch.Tensor:
+    """(N,) coefficients for non-core positions."""
+    n = len(deltas)
+    w = torch.tensor([float(x) for x in weights], dtype=torch.float64)  # (N,)
+    if how == "slerp":
+        return multislerp_coefficients(gram(deltas), (w / w.sum()).tolist() if float(w.sum()) else [1.0 / n] * n)
+    if how == "mean":
+        return w / w.sum() if float(w.sum()) else torch.full((n,), 1.0 / n, dtype=torch.float64)
+    return w  # sum
+
+
+@register("isolation", params=PARAMS, default_weight="mean", prepare=plan_isolation,
+          help="core-parameter isolation (Wang et al. 2025): transplant each task's top-p core, blend the rest")
+def isolation(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
+              ctx: ModuleContext) -> Delta:
+    plan: IsolationPlan = ctx.shared
+    granularity, p = str(params["granularity"]), float(params["p"])
+    # cores
+    scores = torch.stack([importance(d, granularity).to(torch.float32) for d in deltas])  # (N, *shape)
+    masks = torch.stack([top_fraction(s, p) for s in scores])  # (N, *shape) bool
+    # blend
+    blend = blend_coefficients(deltas, weights, str(params["blend"]))  # (N,)
+    # transplant, group mean, resolve conflicts
+    M, stats = coefficient_maps(masks, scores, [int(plan.groups[i]) for i in ctx.indices], blend,
+                                str(params["conflict"]))
+    plan.stats[ctx.module] = stats
+    # merge
+    if granularity == "entries":
+        W = sum(M[i] * dense(d) for i, d in enumerate(deltas))  # (n_out, n_in)
+        return like(deltas[0], W=W)
+    return rowcol_merge(deltas, M.to(torch.float64), granularity)
+
+
+def rowcol_merge(deltas: Sequence[Delta], M: torch.Tensor, granularity: str) -> Delta:
+    """sum_i diag(M_i) dW_i (rows) or sum_i dW_i diag(M_i) (columns), exactly low rank when inputs are."""
+    if all(isinstance(d, LowRankDelta) for d in deltas):
+        Bs, As = [], []
+        for i, d in enumerate(deltas):
+            b, a = scaled_factors(d)  # type: ignore[arg-type]  # (n_out, r), (r, n_in)
+            if granularity == "rows":
+                b = M[i][:, None] * b  # (n_out, r): D_i (s B_i)
+            else:
+                a = a * M[i][None, :]  # (r, n_in): A_i D_i
+            Bs.append(b)
+            As.append(a)
+        return like(deltas[0], B=torch.cat(Bs, dim=1), A=torch.cat(As, dim=0))  # (n_out, R), (R, n_in)
+    axis = (slice(None), None) if granularity == "rows" else (None, slice(None))
+    W = sum(M[i][axis].float() * dense(d) for i, d in enumerate(deltas))  # (n_out, n_in)
+    return like(deltas[0], W=W)

@@ -1,0 +1,97 @@
+"""Small factored building blocks shared by the merge methods.
+
+Every method works on dW per module, never on A and B separately (averaging A and B separately, as
+PEFT's `linear` does, gives (sum B)(sum A), which is not a mean of the updates). A linear combination
+of low-rank updates is itself low rank: sum_i c_i s_i B_i A_i = [c_1 s_1 B_1 .. c_N s_N B_N] [A_1; ..; A_N],
+so linear-type results stay exact LowRankDeltas with concatenated factors. Only methods that act
+entry-wise (TIES, DARE, magnitude pruning, entry isolation) densify, one module at a time.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from analysis.adapters.model import DenseDelta, Delta, LowRankDelta
+from analysis.linalg import delta_svd, gram_all_pairs
+
+DENSE_DTYPE = torch.float32  # entry-wise methods: half the memory of float64, ample for 1e-5 checks
+
+
+def like(template: Delta, *, A: torch.Tensor | None = None, B: torch.Tensor | None = None,
+         W: torch.Tensor | None = None, scale: float = 1.0) -> Delta:
+    """A new delta carrying `template`'s layout metadata (kernel shape, Conv1D flag, kind)."""
+    meta = dict(kernel_shape=template.kernel_shape, fan_in_fan_out=template.fan_in_fan_out, kind=template.kind)
+    if W is not None:
+        return DenseDelta(W, **meta)
+    assert A is not None and B is not None
+    return LowRankDelta(A=A, B=B, scale=scale, **meta)
+
+
+def scaled_factors(delta: LowRankDelta) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s B, A) in float64."""
+    return delta.factors(torch.float64)  # (n_out, r), (r, n_in)
+
+
+def dense(delta: Delta) -> torch.Tensor:
+    """dW as a dense (out, in) tensor in DENSE_DTYPE."""
+    return delta.dense(DENSE_DTYPE)  # (n_out, n_in)
+
+
+def all_lowrank(deltas: Sequence[Delta]) -> bool:
+    return all(isinstance(d, LowRankDelta) for d in deltas)
+
+
+def linear_combination(deltas: Sequence[Delta], coefs: Sequence[float]) -> Delta:
+    """sum_i coefs[i] * dW_i, exact: concatenated factors when every input is low rank, else dense."""
+    if all_lowrank(deltas):
+        Bs, As = [], []
+        for d, c in zip(deltas, coefs):
+            b, a = scaled_factors(d)  # (n_out, r_i), (r_i, n_in)
+            Bs.append(b * float(c))
+            As.append(a)
+        return like(deltas[0], A=torch.cat(As, dim=0), B=torch.cat(Bs, dim=1))  # (R, n_in), (n_out, R)
+    W = sum(dense(d) * float(c) for d, c in zip(deltas, coefs))  # (n_out, n_in)
+    return like(deltas[0], W=W)
+
+
+def inner(x: Delta, y: Delta) -> float:
+    """Frobenius inner product <dW_x, dW_y>, from r x r Gram blocks when both are low rank."""
+    if isinstance(x, LowRankDelta) and isinstance(y, LowRankDelta):
+        bx, ax = scaled_factors(x)
+        by, ay = scaled_factors(y)
+        return float(((bx.T @ by) * (ax @ ay.T)).sum())  # (r_x, r_y) elementwise (r_x, r_y)
+    return float((x.dense(torch.float64) * y.dense(torch.float64)).sum())
+
+
+def gram(deltas: Sequence[Delta]) -> torch.Tensor:
+    """(N, N) float64 matrix of Frobenius inner products (two GEMMs on the stacked factors)."""
+    return torch.from_numpy(gram_all_pairs(deltas))  # (N, N)
+
+
+def svd_of(delta: Delta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD (U, S, V) with dW = U diag(S) V^T (zero singular values dropped); factored when low rank."""
+    return delta_svd(delta)  # (n_out, k), (k,), (n_in, k)
+
+
+def truncate(delta: Delta, rank: int) -> LowRankDelta:
+    """Best rank-`rank` approximation (Eckart-Young), with balanced factors B = U sqrt(S), A = sqrt(S) V^T
+    so neither factor carries all the magnitude (kinder to fp16 users of the export)."""
+    U, S, V = svd_of(delta)
+    if S.numel() == 0:  # an all-zero update: keep one zero component so the export stays well formed
+        n_out, n_in = delta.shape
+        return like(delta, A=torch.zeros(1, n_in, dtype=torch.float64), B=torch.zeros(n_out, 1, dtype=torch.float64))  # type: ignore[return-value]
+    k = max(1, min(rank, int(S.shape[0])))
+    root = S[:k].sqrt()  # (k,)
+    B = U[:, :k] * root  # (n_out, k)
+    A = root[:, None] * V[:, :k].T  # (k, n_in)
+    return like(delta, A=A, B=B)  # type: ignore[return-value]
+
+
+def relative_truncation_error(S: torch.Tensor, rank: int | None) -> float:
+    """||dW - dW_R||_F / ||dW||_F from the singular values alone."""
+    total = float((S**2).sum())
+    if rank is None or total == 0.0 or rank >= S.shape[0]:
+        return 0.0
+    return math.sqrt(max(float((S[rank:] ** 2).sum()), 0.0) / total)

@@ -1,0 +1,189 @@
+"""One registry of merge methods, each declaring its parameters once.
+
+Why a declaration rather than reading function signatures: the CLI (`--param key=value`), the
+recipe schema (pydantic) and the app's controls are all generated from the same `Param` list, so a
+parameter's type, default, range and help text can never disagree between the three faces.
+Registration is explicit (`@register(...)` adds one entry to `METHODS`); lookup of an unknown name
+raises a `RecipeError` that lists the valid names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from analysis.adapters.model import Adapter, Delta
+from analysis.errors import RecipeError
+
+ParamValue = int | float | bool | str
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter: the single source for CLI parsing, recipe validation and app controls."""
+
+    name: str
+    type: type  # int | float | bool | str
+    default: ParamValue
+    help: str
+    low: float | None = None  # inclusive lower bound (numbers)
+    high: float | None = None  # inclusive upper bound (numbers)
+    choices: tuple[str, ...] | None = None  # allowed values (strings)
+
+    def coerce(self, value: Any, *, method: str) -> ParamValue:
+        """Turn a CLI string, YAML scalar or widget value into this parameter's type, then check its range."""
+        where = f"method '{method}' parameter '{self.name}'"
+        try:
+            if self.type is bool:
+                if isinstance(value, str):
+                    low = value.strip().lower()
+                    if low not in {"true", "false", "1", "0", "yes", "no"}:
+                        raise ValueError(value)
+                    out: ParamValue = low in {"true", "1", "yes"}
+                else:
+                    out = bool(value)
+            elif self.type is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(value)
+                out = int(value)
+            elif self.type is float:
+                out = float(value)
+            else:
+                out = "" if value is None else str(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"{where}: expected {self.type.__name__}, got {value!r}") from None
+        if self.low is not None and isinstance(out, (int, float)) and out < self.low:
+            raise RecipeError(f"{where}: {out} is below the minimum {self.low}")
+        if self.high is not None and isinstance(out, (int, float)) and out > self.high:
+            raise RecipeError(f"{where}: {out} is above the maximum {self.high}")
+        if self.choices is not None and out not in self.choices:
+            raise RecipeError(f"{where}: {out!r} is not one of {', '.join(self.choices)}")
+        return out
+
+    def describe(self) -> str:
+        bounds = ""
+        if self.choices:
+            bounds = f" one of {'|'.join(self.choices)}"
+        elif self.low is not None or self.high is not None:
+            bounds = f" in [{self.low if self.low is not None else '-inf'}, {self.high if self.high is not None else 'inf'}]"
+        return f"{self.name} ({self.type.__name__}, default {self.default!r}{bounds}): {self.help}"
+
+
+@dataclass(frozen=True)
+class ModuleContext:
+    """What a per-module merge function may know beyond its deltas: the module name, the input
+    adapters' indices present at this module, and whatever the method's `prepare` computed once."""
+
+    module: str
+    indices: tuple[int, ...]
+    shared: Any = None
+
+
+# merge_module(deltas, weights, params, ctx) -> Delta ; deltas are the inputs present at this module
+ModuleFn = Callable[[Sequence[Delta], Sequence[float], Mapping[str, ParamValue], ModuleContext], Delta]
+# prepare(adapters, weights, params) -> shared state for every module (e.g. isolation's task groups)
+PrepareFn = Callable[[Sequence[Adapter], Sequence[float], Mapping[str, ParamValue]], Any]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    merge_module: ModuleFn
+    params: tuple[Param, ...]
+    help: str
+    default_weight: str = "one"  # "one" (each weight 1) | "mean" (each weight 1/N)
+    min_inputs: int = 1
+    max_inputs: int | None = None
+    exact_lowrank: bool = False  # result stays a LowRankDelta, so PEFT export needs no --rank
+    prepare: PrepareFn | None = None
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        valid = ", ".join(p.name for p in self.params) or "(none)"
+        raise RecipeError(f"method '{self.name}' has no parameter '{name}'; valid: {valid}")
+
+    def resolve_params(self, given: Mapping[str, Any] | None) -> dict[str, ParamValue]:
+        """Declared defaults overridden by `given`, each coerced and range-checked; unknown keys refused."""
+        given = dict(given or {})
+        for key in given:
+            self.param(key)
+        return {p.name: p.coerce(given.get(p.name, p.default), method=self.name) for p in self.params}
+
+    def resolve_weights(self, n: int, weights: Sequence[float] | None) -> list[float]:
+        if n < self.min_inputs or (self.max_inputs is not None and n > self.max_inputs):
+            most = "" if self.max_inputs is None else f" and at most {self.max_inputs}"
+            raise RecipeError(f"method '{self.name}' needs at least {self.min_inputs}{most} adapters, got {n}")
+        if weights is None or len(weights) == 0:
+            return [1.0 / n if self.default_weight == "mean" else 1.0] * n
+        if len(weights) != n:
+            raise RecipeError(f"method '{self.name}': {len(weights)} weights given for {n} adapters")
+        return [float(w) for w in weights]
+
+
+METHODS: dict[str, MergeMethod] = {}
+
+
+def register(
+    name: str,
+    *,
+    params: Sequence[Param] = (),
+    help: str,
+    default_weight: str = "one",
+    min_inputs: int = 1,
+    max_inputs: int | None = None,
+    exact_lowrank: bool = False,
+    prepare: PrepareFn | None = None,
+) -> Callable[[ModuleFn], ModuleFn]:
+    """Decorator adding a per-module merge function to `METHODS` under `name`."""
+
+    def add(fn: ModuleFn) -> ModuleFn:
+        if name in METHODS:
+            raise ValueError(f"merge method '{name}' registered twice")
+        METHODS[name] = MergeMethod(name, fn, tuple(params), help, default_weight, min_inputs,
+                                    max_inputs, exact_lowrank, prepare)
+        return fn
+
+    return add
+
+
+def get_method(name: str) -> MergeMethod:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise RecipeError(f"unknown merge method '{name}'; valid: {', '.join(sorted(METHODS))}") from None
+
+
+def parse_param_strings(items: Sequence[str]) -> dict[str, str]:
+    """`["density=0.2", "seed=3"]` -> {"density": "0.2", "seed": "3"}; values are coerced later by the method."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"--param '{item}': expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def describe_methods() -> list[dict[str, Any]]:
+    """Plain data for `--list-methods`, the app and docs."""
+    return [
+        {"name": m.name, "help": m.help, "default_weight": m.default_weight, "min_inputs": m.min_inputs,
+         "max_inputs": m.max_inputs, "exact_lowrank": m.exact_lowrank,
+         "params": [{"name": p.name, "type": p.type.__name__, "default": p.default, "low": p.low,
+                     "high": p.high, "choices": list(p.choices) if p.choices else None, "help": p.help}
+                    for p in m.params]}
+        for m in sorted(METHODS.values(), key=lambda m: m.name)
+    ]
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """A merged adapter: one delta per module, plus what produced it (for recipes and previews)."""
+
+    method: str
+    params: dict[str, ParamValue]
+    weights: list[float]
+    modules: dict[str, Delta]
+    inputs: list[Adapter] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # method diagnostics (e.g. isolation conflicts)

@@ -1,0 +1,130 @@
+"""Entry-wise sparsifying merges: TIES, DARE (linear and TIES), magnitude pruning.
+
+These act on individual entries of dW, so they densify one module at a time and return a
+DenseDelta (export to PEFT/kohya then needs `--rank`). Each step is a small pure function named
+after the paper's phase; a method is a pipeline of them.
+- TIES-Merging (Yadav et al., NeurIPS 2023): trim each task vector to its top-k magnitudes, elect a
+  sign per entry, average only the entries that agree with it (disjoint mean).
+- DARE (Yu et al., ICML 2024, "Language Models are Super Mario"): drop entries at random with rate p
+  and rescale the survivors by 1/(1-p), so each task vector is preserved in expectation.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Mapping, Sequence
+
+import torch
+
+from analysis.adapters.model import Delta
+from analysis.merge.ops import dense, like
+from analysis.merge.registry import ModuleContext, Param, ParamValue, register
+
+DENSITY = Param("density", float, 0.2, "fraction of each task vector's entries kept (TIES paper: top 20%)",
+                low=0.0, high=1.0)
+MAJORITY = Param("majority_sign", str, "total", "elect the sign by summed mass (total) or by vote count (frequency)",
+                 choices=("total", "frequency"))
+LAMBDA = Param("lambda", float, 1.0, "scale applied to the merged task vector", low=-10.0, high=10.0)
+DROP = Param("drop_rate", float, 0.5, "DARE drop probability p per entry (paper uses up to 0.9 on full fine-tunes; "
+             "LoRA updates are less redundant, hence a milder default)", low=0.0, high=0.99)
+SEED = Param("seed", int, 0, "seed of the random drop masks (per module and input, so results are reproducible)",
+             low=0, high=2**31 - 1)
+RESCALE = Param("rescale", bool, True, "rescale kept entries by 1/(1-p) to preserve each task vector in expectation")
+
+
+def trim(task: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the int(density * numel) largest-magnitude entries, zero the rest (TIES 'trim')."""
+    if density >= 1.0:
+        return task
+    k = int(density * task.numel())
+    out = torch.zeros_like(task).reshape(-1)  # (numel,)
+    if k > 0:
+        idx = torch.topk(task.abs().reshape(-1), k=k, largest=True).indices  # (k,)
+        out[idx] = task.reshape(-1)[idx]
+    return out.reshape(task.shape)
+
+
+def random_drop(task: torch.Tensor, drop_rate: float, generator: torch.Generator, *, rescale: bool) -> torch.Tensor:
+    """Zero each entry with probability drop_rate; optionally rescale survivors by 1/(1-p) (DARE)."""
+    if drop_rate <= 0.0:
+        return task
+    keep = torch.rand(task.shape, generator=generator) >= drop_rate  # (n_out, n_in) bool
+    out = task * keep
+    return out / (1.0 - drop_rate) if rescale else out
+
+
+def elect_sign(stacked: torch.Tensor, method: str) -> torch.Tensor:
+    """Boolean mask (N, ...) of entries whose sign equals the elected sign (ties at zero go to +)."""
+    votes = stacked.sum(dim=0) if method == "total" else stacked.sign().sum(dim=0)  # (...)
+    elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)  # (...)
+    return stacked.sign() == elected  # (N, ...)
+
+
+def disjoint_mean(stacked: torch.Tensor, agree: torch.Tensor) -> torch.Tensor:
+    """Mean over the tasks that agree with the elected sign; entries nobody keeps stay zero."""
+    total = (stacked * agree).sum(dim=0)  # (...)
+    count = agree.sum(dim=0).clamp(min=1)  # (...)
+    return total / count
+
+
+def drop_generator(seed: int, module: str, index: int) -> torch.Generator:
+    """A generator whose stream depends only on (seed, module name, input index), not on call order."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(module.encode()) * 31 + index) % 2**63)
+
+
+def _weighted(tasks: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    return torch.stack([t * float(w) for t, w in zip(tasks, weights)])  # (N, n_out, n_in)
+
+
+@register("ties", params=[DENSITY, MAJORITY, LAMBDA],
+          help="TIES (Yadav et al. 2023): trim to top density, elect sign, disjoint mean; dense result")
+def ties(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
+         ctx: ModuleContext) -> Delta:
+    # trim
+    tasks = [trim(dense(d), float(params["density"])) for d in deltas]
+    stacked = _weighted(tasks, weights)  # (N, n_out, n_in)
+    # elect sign
+    agree = elect_sign(stacked, str(params["majority_sign"]))  # (N, n_out, n_in)
+    # disjoint merge
+    merged = disjoint_mean(stacked, agree) * float(params["lambda"])  # (n_out, n_in)
+    return like(deltas[0], W=merged)
+
+
+@register("magnitude_prune", params=[DENSITY, LAMBDA],
+          help="trim each update to its top density by magnitude, then lambda * weighted sum; dense result")
+def magnitude_prune(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
+                    ctx: ModuleContext) -> Delta:
+    # trim
+    tasks = [trim(dense(d), float(params["density"])) for d in deltas]
+    # merge
+    merged = _weighted(tasks, weights).sum(dim=0) * float(params["lambda"])  # (n_out, n_in)
+    return like(deltas[0], W=merged)
+
+
+def _dare_tasks(deltas: Sequence[Delta], params: Mapping[str, ParamValue], ctx: ModuleContext) -> list[torch.Tensor]:
+    p, seed, rescale = float(params["drop_rate"]), int(params["seed"]), bool(params["rescale"])
+    return [random_drop(dense(d), p, drop_generator(seed, ctx.module, i), rescale=rescale)
+            for d, i in zip(deltas, ctx.indices)]
+
+
+@register("dare_linear", params=[DROP, SEED, RESCALE, LAMBDA],
+          help="DARE (Yu et al. 2024): random drop with rate p, rescale by 1/(1-p), lambda * weighted sum; dense")
+def dare_linear(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
+                ctx: ModuleContext) -> Delta:
+    # drop and rescale
+    tasks = _dare_tasks(deltas, params, ctx)
+    # merge
+    merged = _weighted(tasks, weights).sum(dim=0) * float(params["lambda"])  # (n_out, n_in)
+    return like(deltas[0], W=merged)
+
+
+@register("dare_ties", params=[DROP, SEED, RESCALE, MAJORITY, LAMBDA],
+          help="DARE drop and rescale, then TIES sign election and disjoint mean; dense result")
+def dare_ties(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
+              ctx: ModuleContext) -> Delta:
+    # drop and rescale
+    stacked = _weighted(_dare_tasks(deltas, params, ctx), weights)  # (N, n_out, n_in)
+    # elect sign
+    agree = elect_sign(stacked, str(params["majority_sign"]))  # (N, n_out, n_in)
+    # disjoint merge
+    merged = disjoint_mean(stacked, agree) * float(params["lambda"])  # (n_out, n_in)
+    return like(deltas[0], W=merged)
