@@ -1,0 +1,76 @@
+"""Adapters: choose the set, then see what each adapter holds and how its rank is used."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app import cache
+from app.components import figures, pickers, view
+from app.components.display import show_figure
+
+st.title("Adapters")
+st.caption("Every format is read into one factored model: dW = scale · B · A per module. "
+           "Pick the adapters to compare; the other pages work on this set.")
+
+# 1. Where the adapters come from
+sample_tab, upload_tab, folder_tab = st.tabs(["Sample set", "Upload", "Server folder"])
+with sample_tab:
+    pickers.sample_block()
+with upload_tab:
+    pickers.upload_block()
+with folder_tab:
+    pickers.folder_block()
+
+# 2. The open set (a multiselect over everything offered so far)
+known = st.session_state.get(view.KNOWN, [])
+st.session_state[view.ADAPTERS] = [p for p in st.session_state.get(view.ADAPTERS, []) if p in known]
+st.multiselect("Open adapters", known, key=view.ADAPTERS, format_func=lambda p: f"{Path(p).name}  ·  {p}")
+
+refs, adapters = view.adapter_set()
+
+# 3. Inventory: one row per adapter
+cards = [cache.describe(ref) for ref in refs]
+st.subheader("Inventory")
+st.dataframe(pd.DataFrame([{
+    "adapter": c["name"], "format": c["format"], "base model": c.get("base_model") or "unknown",
+    "modules": len(c["modules"]),
+    "ranks": ", ".join(str(r) for r in sorted({m["rank"] for m in c["modules"]})),
+    "scales": ", ".join(f"{s:g}" for s in sorted({round(float(m["scale"]), 6) for m in c["modules"]})),
+    "total norm": sum(float(m["norm"]) ** 2 for m in c["modules"]) ** 0.5,
+    "extras": len(c.get("extras", [])), "warnings": len(c.get("warnings", [])),
+    "sha256": c["sha256"][:12],
+} for c in cards]), hide_index=True, width="stretch",
+    column_config={"total norm": st.column_config.NumberColumn(format="%.4g")})
+
+bases = {c.get("base_model") for c in cards if c.get("base_model")}
+if len(bases) > 1:
+    st.warning("These adapters name different base models: " + ", ".join(sorted(bases))
+               + ". Overlap is only computed on modules with the same name and shape.")
+
+# 4. Per adapter: modules, extra tensors, warnings
+for card in cards:
+    with st.expander(f"{card['name']} — {len(card['modules'])} modules, format {card['format']}"):
+        for warning in card.get("warnings", []):
+            st.warning(warning)
+        st.dataframe(pd.DataFrame(card["modules"]), hide_index=True, width="stretch",
+                     column_config={"norm": st.column_config.NumberColumn(format="%.4g"),
+                                    "scale": st.column_config.NumberColumn(format="%.4g")})
+        if card.get("extras"):
+            st.caption("Non-LoRA tensors kept alongside (never merged as LoRA):")
+            st.dataframe(pd.DataFrame(card["extras"]), hide_index=True, width="stretch")
+
+# 5. Spectrum of one module: how much of the rank carries energy
+st.subheader("Singular values of one module")
+names = [ref[2] for ref in refs]
+left, right = st.columns([1, 2])
+chosen = left.selectbox("Adapter", names, key="adapters_spectrum_adapter")
+ref = refs[names.index(chosen)]
+modules = sorted(cache.load_adapter(*ref).modules)
+module = view.choose("Module", modules, view.MODULE)
+if module:
+    s = cache.singular_values(ref, module)
+    with right:
+        show_figure(figures.spectrum_bar(s, title=f"{chosen} · {module}"), name=f"spectrum_{chosen}_{module}",
+                    key="adapters_spectrum")

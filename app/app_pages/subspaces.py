@@ -1,0 +1,65 @@
+"""Subspaces: for one pair, the principal angles per module and the phi(k, l) grid of Hu et al."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app import cache
+from app.components import figures, view
+from app.components.display import matrix_downloads, show_figure
+
+st.title("Subspaces")
+st.caption("Two updates collide when their column spaces share directions. Principal angles near 0° are shared "
+           "directions, near 90° orthogonal ones. phi(k, l) asks how much of adapter A's top-k directions lies in "
+           "adapter B's top-l directions (LoRA paper, section 7 and figure 3).")
+
+refs, adapters = view.adapter_set(minimum=2)
+table = view.overlap_table(refs)
+names = [ref[2] for ref in refs]
+
+# 1. The pair (defaults to the one last opened on the Overlap page)
+last = st.session_state.get(view.PAIR) or (names[0], names[1])
+st.session_state.setdefault("subspaces_a", last[0] if last[0] in names else names[0])
+st.session_state.setdefault("subspaces_b", last[1] if last[1] in names else names[1])
+left, right = st.columns(2)
+with left:
+    name_a = view.choose("Adapter A", names, "subspaces_a")
+with right:
+    name_b = view.choose("Adapter B", names, "subspaces_b")
+if name_a == name_b:
+    st.warning("Pick two different adapters: an adapter's angles to itself are all 0°.")
+i, j = names.index(name_a), names.index(name_b)
+st.session_state[view.PAIR] = (name_a, name_b)
+
+# 2. Principal-angle spectra, one curve per module
+st.subheader("Principal angles per module")
+modules = list(table)
+_, _, parsed = cache.layers_and_types(refs)
+anchor = st.session_state.get(view.MODULE) if st.session_state.get(view.MODULE) in table else modules[0]
+default = [m for m in modules if parsed[m][0] == parsed[anchor][0]][:8]
+chosen = st.multiselect("Modules", modules, default=default, key="subspaces_modules",
+                        help="Defaults to the modules of the layer of the module last looked at.")
+curves = {m: table[m].principal_angles_deg[i][j] for m in chosen}
+if curves:
+    show_figure(figures.angle_spectra(curves, title=f"Principal angles · {name_a} vs {name_b}"),
+                name=f"angles_{name_a}_{name_b}", key="subspaces_angles")
+    width = max(len(a) for a in curves.values())
+    padded = np.full((len(curves), width), np.nan)  # (modules, max angles)
+    for row, angles in enumerate(curves.values()):
+        padded[row, : len(angles)] = angles
+    matrix_downloads(padded, list(curves), [f"angle_{k + 1}" for k in range(width)],
+                     name=f"angles_deg_{name_a}_{name_b}", key="subspaces_angles_matrix", unit="degrees")
+
+# 3. phi(k, l) for one module
+st.subheader("Subspace similarity grid phi(k, l)")
+left, right = st.columns([2, 1])
+with left:
+    module = view.choose("Module", modules, view.MODULE)
+with right:
+    side = st.radio("Space", ["output", "input"], key="subspaces_side", horizontal=True,
+                    help="output: column spaces (what the updates write); input: row spaces (what they read)")
+grid = cache.phi_grid(refs[i], refs[j], module, side)
+show_figure(figures.phi_grid(grid, name_i=name_a, name_j=name_b, title=f"phi(k, l) · {module} · {side} space"),
+            name=f"phi_{name_a}_{name_b}_{module}_{side}", key="subspaces_phi")
+matrix_downloads(grid, [f"k={k + 1}" for k in range(grid.shape[0])], [f"l={l + 1}" for l in range(grid.shape[1])],
+                 name=f"phi_{name_a}_{name_b}_{module}_{side}", key="subspaces_phi_matrix", module=module, side=side)

@@ -1,0 +1,239 @@
+"""Every cache of the app, in one place, grouped by what it feeds.
+
+Loaded adapters are resources (`st.cache_resource`, read-only, shared by sessions) keyed by
+path + content sha256, so a changed file on disk is a new entry. Derived tables are data
+(`st.cache_data`) keyed by the tuple of (path, sha256, name) refs and the view's parameters,
+i.e. by the content of their inputs. Library imports sit inside the functions so a page that
+does not need a piece never pays for (or breaks on) importing it.
+
+Other pages append their own cached functions at the end, under a heading of their own.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import streamlit as st
+
+from analysis.adapters.model import Adapter
+from analysis.errors import AtlasError
+
+AdapterRef = tuple[str, str, str]  # (resolved path, sha256 of its files, display name)
+Progress = Callable[[int, int, str], None] | None
+
+
+# --- adapters ------------------------------------------------------------------------------------
+
+def _files_of(path: Path) -> list[Path]:
+    return [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _content_sha(path: str, stat_key: tuple[tuple[str, int, int], ...]) -> str:
+    """sha256 over the files of an adapter location; `stat_key` (name, size, mtime) only invalidates."""
+    h = hashlib.sha256()
+    for p in _files_of(Path(path)):
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def content_sha(path: Path) -> str:
+    files = _files_of(path)
+    stat_key = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _content_sha(str(path), stat_key)
+
+
+def display_name(path: Path) -> str:
+    """Folder name for a PEFT directory, file stem for a single file; an upload's hash folder is skipped."""
+    return path.stem if path.is_file() else path.name
+
+
+@st.cache_resource(show_spinner="Loading adapter…", max_entries=64)
+def load_adapter(path: str, sha256: str, name: str) -> Adapter:
+    """The parsed adapter, shared read-only by all sessions; `sha256` is in the key so edits reload."""
+    from analysis.adapters import load_adapter as _load
+
+    return _load(Path(path), name=name)
+
+
+def load_set(paths: list[str]) -> tuple[list[AdapterRef], list[Adapter], list[str]]:
+    """Load every path; failures become one-line messages instead of stopping the page."""
+    refs: list[AdapterRef] = []
+    adapters: list[Adapter] = []
+    errors: list[str] = []
+    used: dict[str, int] = {}
+    for text in paths:
+        path = Path(text)
+        name = display_name(path)
+        used[name] = used.get(name, 0) + 1
+        if used[name] > 1:
+            name = f"{name}#{used[name]}"  # names label heatmap rows, so they must be unique
+        try:
+            sha = content_sha(path)
+            adapter = load_adapter(str(path), sha, name)
+        except (AtlasError, OSError) as exc:
+            errors.append(f"{path}: {exc}" if str(path) not in str(exc) else str(exc))
+            continue
+        refs.append((str(path), sha, name))
+        adapters.append(adapter)
+    return refs, adapters, errors
+
+
+def adapters_of(refs: tuple[AdapterRef, ...]) -> list[Adapter]:
+    return [load_adapter(*ref) for ref in refs]
+
+
+@st.cache_data(show_spinner=False)
+def describe(ref: AdapterRef) -> dict[str, Any]:
+    from analysis.adapters.describe import describe_adapter
+
+    return describe_adapter(load_adapter(*ref))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def singular_values(ref: AdapterRef, module: str) -> np.ndarray:
+    from analysis.linalg import delta_svd
+
+    _, s, _ = delta_svd(load_adapter(*ref).modules[module])
+    return s.numpy()  # (k,)
+
+
+# --- overlap -------------------------------------------------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def shared_modules(refs: tuple[AdapterRef, ...], modules_regex: str | None = None) -> list[str]:
+    from analysis.overlap import shared_modules as _shared
+
+    return list(_shared(adapters_of(refs), modules_regex))
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def module_overlap(refs: tuple[AdapterRef, ...], module: str) -> Any:
+    """One module's all-pairs `ModuleOverlap`, cached on its own."""
+    from analysis.overlap import module_overlap as _module
+
+    return _module([a.modules[module] for a in adapters_of(refs)], [ref[2] for ref in refs], module)
+
+
+def overlap_table(refs: tuple[AdapterRef, ...], modules_regex: str | None = None,
+                  progress: Progress = None) -> dict[str, Any]:
+    """`analysis.overlap.overlap_table`, assembled from per-module cached pieces.
+
+    Caching module by module (rather than the whole table in one `st.cache_data` call) lets the
+    page drive an `st.progress` bar from outside the cache: Streamlit cannot replay elements a
+    cached function wrote into a container created outside it.
+    """
+    modules = shared_modules(refs, modules_regex)
+    table: dict[str, Any] = {}
+    for done, m in enumerate(modules, start=1):
+        table[m] = module_overlap(refs, m)
+        if progress is not None:
+            progress(done, len(modules), m)
+    return table
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def layers_and_types(refs: tuple[AdapterRef, ...], modules_regex: str | None = None
+                     ) -> tuple[list[int | str], list[str], dict[str, tuple[int | str, str]]]:
+    """Layers (model order), module types, and the (layer, type) of every shared module."""
+    from analysis.overlap import layer_sort_key, parse_module_name
+
+    parsed = {m: parse_module_name(m) for m in shared_modules(refs, modules_regex)}
+    layers = sorted({lt[0] for lt in parsed.values()}, key=layer_sort_key)
+    types = sorted({lt[1] for lt in parsed.values()})
+    return layers, types, parsed
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def aggregated(refs: tuple[AdapterRef, ...], metric: str, layer: int | str | None, module_type: str | None,
+               modules_regex: str | None = None) -> np.ndarray:
+    """Adapter x adapter matrix of one metric over the modules of one layer and/or type (None = all)."""
+    from analysis.overlap import aggregate
+
+    _, _, parsed = layers_and_types(refs, modules_regex)
+    chosen = [m for m, (lay, kind) in parsed.items()
+              if (layer is None or lay == layer) and (module_type is None or kind == module_type)]
+    if not chosen:
+        raise AtlasError(f"no shared module at layer {layer} with type {module_type}")
+    return np.asarray(aggregate(overlap_table(refs, modules_regex), metric, modules=chosen))  # (N, N)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def pair_matrix(refs: tuple[AdapterRef, ...], i: int, j: int, metric: str,
+                modules_regex: str | None = None) -> tuple[list[Any], list[str], np.ndarray]:
+    from analysis.overlap import pair_layer_module_matrix
+
+    layers, types, matrix = pair_layer_module_matrix(overlap_table(refs, modules_regex), i, j, metric)
+    return list(layers), list(types), np.asarray(matrix, dtype=float)  # (L, T)
+
+
+# --- subspaces -----------------------------------------------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def phi_grid(ref_i: AdapterRef, ref_j: AdapterRef, module: str, side: str = "output") -> np.ndarray:
+    """phi(k, l) of Hu et al. between the top singular directions of two adapters at one module."""
+    from analysis.linalg import delta_svd, subspace_similarity_grid
+
+    u_i, _, v_i = delta_svd(load_adapter(*ref_i).modules[module])  # (n_out, r_i), _, (n_in, r_i)
+    u_j, _, v_j = delta_svd(load_adapter(*ref_j).modules[module])  # (n_out, r_j), _, (n_in, r_j)
+    if side == "input":
+        return subspace_similarity_grid(v_i, v_j)  # (r_i, r_j)
+    return subspace_similarity_grid(u_i, u_j)  # (r_i, r_j)
+
+
+# --- clustering ----------------------------------------------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def linkage(refs: tuple[AdapterRef, ...], metric: str, method: str,
+            modules_regex: str | None = None) -> dict[str, Any]:
+    """Distance matrix, linkage and dendrogram layout as plain data (the fitted object is not kept)."""
+    from analysis.clustering import Linkage, adapter_distance
+
+    labels = [ref[2] for ref in refs]
+    distance = np.asarray(adapter_distance(overlap_table(refs, modules_regex), metric))  # (N, N)
+    fitted = Linkage(method=method).fit(distance, labels)
+    return {"distance": distance, "labels": labels, "linkage": np.asarray(fitted.linkage_),
+            "order": [int(k) for k in fitted.order_], "dendrogram": fitted.dendrogram_}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cut(refs: tuple[AdapterRef, ...], metric: str, method: str, k: int | None, threshold: float | None,
+        modules_regex: str | None = None) -> list[int]:
+    """Group label per adapter for a cut at k groups or at a distance threshold."""
+    from analysis.clustering import Linkage, adapter_distance
+
+    distance = np.asarray(adapter_distance(overlap_table(refs, modules_regex), metric))  # (N, N)
+    fitted = Linkage(method=method).fit(distance, [ref[2] for ref in refs])
+    return [int(g) for g in fitted.cut(k=k, threshold=threshold)]
+
+
+def dendrogram_order(refs: tuple[AdapterRef, ...], metric: str, modules_regex: str | None = None) -> list[int]:
+    """Adapters in dendrogram order (average linkage on the metric's distance), similar ones side by side."""
+    from app.components.metrics import DISTANCE_OF_METRIC
+
+    if len(refs) < 3:
+        return list(range(len(refs)))
+    try:
+        return linkage(refs, DISTANCE_OF_METRIC.get(metric, "cosine"), "average", modules_regex)["order"]
+    except (ImportError, AtlasError, ValueError):
+        return list(range(len(refs)))
+
+
+# --- capacity ------------------------------------------------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def capacity(refs: tuple[AdapterRef, ...], r: int | None = None) -> list[dict[str, Any]]:
+    """Per-module capacity rows (width, union rank, measured overlap, floor, fits_more), with their layer/type."""
+    from analysis.capacity import capacity_report
+
+    _, _, parsed = layers_and_types(refs)
+    rows = capacity_report(overlap_table(refs), r=r)
+    return [{**row, "layer": parsed[row["module"]][0], "type": parsed[row["module"]][1]} for row in rows]
+
+
+# --- appended by other pages (merge, review): add a heading per page below ------------------------
