@@ -1,0 +1,58 @@
+"""Write a merged adapter as a PEFT LoRA directory that `PeftModel.from_pretrained` loads.
+
+Keys are `base_model.model.<module>.lora_A.weight` (r, n_in) and `...lora_B.weight` (n_out, r).
+`r` is the most common module rank and `lora_alpha = r`; modules of other ranks get `rank_pattern`
+and `alpha_pattern` entries with alpha = their rank, so PEFT's scaling is 1 everywhere and the
+exported factors carry the merge exactly. `target_modules` lists the full module names so PEFT adds
+LoRA to exactly the merged modules and nothing else.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, Mapping
+
+import torch
+
+from analysis.adapters.model import Adapter, Delta
+from analysis.export.layout import export_factors
+
+PEFT_PREFIX = "base_model.model."
+
+
+def common_value(adapters: list[Adapter], key: str) -> Any:
+    values = {json.dumps(a.config.get(key), sort_keys=True) for a in adapters if a.config.get(key) is not None}
+    return json.loads(values.pop()) if len(values) == 1 else None
+
+
+def peft_files(modules: Mapping[str, Delta], *, rank: int | None, base_model: str | None,
+               inputs: list[Adapter]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors for adapter_model.safetensors, {file name: text}) of a PEFT LoRA directory."""
+    factors = export_factors(modules, rank, target="PEFT")
+    tensors: dict[str, torch.Tensor] = {}
+    for name, f in factors.items():
+        down, up = f.conv_shapes() if f.kind == "conv" else (f.down, f.up)
+        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = down  # (r, n_in) or (r, in_ch, kh, kw)
+        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = up  # (n_out, r) or (n_out, r, 1, 1)
+    ranks = {name: f.rank for name, f in factors.items()}
+    r0 = Counter(ranks.values()).most_common(1)[0][0]
+    pattern = {name: r for name, r in sorted(ranks.items()) if r != r0}
+    config = {
+        "peft_type": "LORA",
+        "task_type": common_value(inputs, "task_type"),
+        "base_model_name_or_path": base_model,
+        "r": r0,
+        "lora_alpha": r0,
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "target_modules": sorted(factors),
+        "use_rslora": False,
+        "use_dora": False,
+        "fan_in_fan_out": any(f.fan_in_fan_out for f in factors.values()),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "modules_to_save": None,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
+    return tensors, {"adapter_config.json": json.dumps(config, indent=2, sort_keys=True) + "\n"}

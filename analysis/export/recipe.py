@@ -1,0 +1,126 @@
+"""Merge recipes: what was merged, how, and how it was exported, in a YAML file a CLI can replay.
+
+A recipe records each input's sha256 so a replay refuses to run on changed inputs, and the method's
+parameters *resolved against its declaration* (every declared parameter, defaults included), so a
+recipe stays meaningful if a default changes later. The YAML text is produced deterministically
+(fixed key order, no timestamps), which is what lets a replay reproduce identical bytes and lets the
+safetensors metadata carry the recipe's sha256.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from analysis import __version__
+from analysis.adapters.model import Adapter
+from analysis.errors import RecipeError
+from analysis.merge.registry import get_method
+
+EXPORT_FORMATS = ("peft", "kohya", "delta")
+
+
+class RecipeInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    path: str = Field(min_length=1)
+    sha256: str = Field(min_length=64, max_length=64)
+    format: str = Field(min_length=1)
+
+
+class RecipeExport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["peft", "kohya", "delta"] = "peft"
+    rank: int | None = Field(default=None, ge=1)
+
+
+class Recipe(BaseModel):
+    """The recipe schema; `parameters` are checked against the method's declared `Param`s."""
+
+    model_config = ConfigDict(extra="forbid")
+    atlas_recipe: Literal[1] = 1
+    tool_version: str = __version__
+    inputs: list[RecipeInput] = Field(min_length=1)
+    method: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    weights: list[float] | None = None
+    force: bool = False  # merge inputs of different base models anyway
+    export: RecipeExport = Field(default_factory=RecipeExport)
+
+    @model_validator(mode="after")
+    def _check_method(self) -> "Recipe":
+        spec = get_method(self.method)  # RecipeError listing valid names
+        self.parameters = spec.resolve_params(self.parameters)
+        spec.resolve_weights(len(self.inputs), self.weights)
+        return self
+
+
+def build_recipe(adapters: Sequence[Adapter], method: str, *, parameters: Mapping[str, Any] | None = None,
+                 weights: Sequence[float] | None = None, export_format: str = "peft", rank: int | None = None,
+                 force: bool = False) -> Recipe:
+    """A recipe for merging `adapters`; input paths are stored absolute so a replay finds them from anywhere."""
+    inputs = [RecipeInput(name=a.name, path=str(Path(a.path).resolve()), sha256=a.sha256, format=a.format)
+              for a in adapters]
+    return parse_recipe({"inputs": [i.model_dump() for i in inputs], "method": method,
+                         "parameters": dict(parameters or {}), "weights": list(weights) if weights else None,
+                         "force": force, "export": {"format": export_format, "rank": rank}}, "recipe")
+
+
+def parse_recipe(data: Any, source: str) -> Recipe:
+    """Validate a mapping into a Recipe, or raise one RecipeError line naming the source and key."""
+    if not isinstance(data, Mapping):
+        raise RecipeError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "recipe"
+        raise RecipeError(f"{source}: recipe key '{where}': {first['msg']}") from None
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """Plain data in the documented key order."""
+    data = recipe.model_dump(mode="json")
+    order = ["atlas_recipe", "tool_version", "inputs", "method", "parameters", "weights", "force", "export"]
+    return {k: data[k] for k in order}
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def recipe_sha256(recipe: Recipe) -> str:
+    return hashlib.sha256(recipe_to_yaml(recipe).encode()).hexdigest()
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read `recipe.yaml` (or a directory holding one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "recipe.yaml"
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise RecipeError(f"{p}: cannot read recipe ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_recipe(data, str(p))
+
+
+def load_recipe_inputs(recipe: Recipe, *, loader=None) -> list[Adapter]:  # noqa: ANN001 - loader(path, name=)
+    """Load every input and refuse (one line naming it) when its content no longer matches the sha256."""
+    if loader is None:
+        from analysis.adapters import load_adapter as loader
+    adapters = []
+    for item in recipe.inputs:
+        if not Path(item.path).exists():
+            raise RecipeError(f"recipe input '{item.name}': {item.path} does not exist")
+        adapter = loader(Path(item.path), name=item.name)
+        if adapter.sha256 != item.sha256:
+            raise RecipeError(f"recipe input '{item.name}' ({item.path}) changed: sha256 {adapter.sha256[:12]}... "
+                              f"!= recorded {item.sha256[:12]}...")
+        adapters.append(adapter)
+    return adapters

@@ -1,0 +1,112 @@
+"""Export a merge result atomically: weights, `recipe.yaml`, optional `preview.json`.
+
+Atomic because a half-written adapter directory is worse than none: everything is written into a
+temporary directory next to the target, re-read and compared, and only then renamed into place. An
+existing target is refused unless `force`, in which case it is swapped out only after the new one is
+complete. The safetensors header carries the recipe's sha256, so weights and recipe can be matched.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+from analysis.adapters.model import Adapter, Delta
+from analysis.errors import RecipeError
+from analysis.export.delta import delta_files
+from analysis.export.kohya import kohya_files
+from analysis.export.peft import peft_files
+from analysis.export.recipe import Recipe, recipe_sha256, recipe_to_yaml
+
+log = logging.getLogger(__name__)
+
+Files = tuple[dict[str, torch.Tensor], dict[str, str], dict[str, str]]  # tensors, text files, extra metadata
+Writer = Callable[[Mapping[str, Delta], "int | None", "str | None", list[Adapter]], Files]
+
+WRITERS: dict[str, tuple[str, Writer]] = {
+    "peft": ("adapter_model.safetensors",
+             lambda m, rank, base, inputs: (*peft_files(m, rank=rank, base_model=base, inputs=inputs), {})),
+    "kohya": ("lora.safetensors", lambda m, rank, base, inputs: (*kohya_files(m, rank=rank), {})),
+    "delta": ("delta.safetensors", lambda m, rank, base, inputs: delta_files(m)),
+}
+
+
+def common_base(adapters: list[Adapter]) -> str | None:
+    bases = sorted({a.base_model for a in adapters if a.base_model})
+    return bases[0] if len(bases) == 1 else None
+
+
+def render_export(modules: Mapping[str, Delta], recipe: Recipe, *, inputs: list[Adapter],
+                  preview: Mapping[str, Any] | None = None) -> tuple[str, dict[str, torch.Tensor], dict[str, str], dict[str, str]]:
+    """(weights file name, tensors, safetensors metadata, text files) without touching the disk."""
+    fmt = recipe.export.format
+    weights_name, writer = WRITERS[fmt]
+    tensors, texts, meta = writer(modules, recipe.export.rank, common_base(inputs), inputs)
+    text = recipe_to_yaml(recipe)
+    metadata = {"format": "pt", "atlas_recipe_sha256": recipe_sha256(recipe), **meta}
+    texts = {**texts, "recipe.yaml": text}
+    if preview is not None:
+        texts["preview.json"] = json.dumps(preview, indent=2, sort_keys=True, default=float) + "\n"
+    return weights_name, tensors, metadata, texts
+
+
+def _verify(tmp: Path, weights_name: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+            texts: Mapping[str, str]) -> None:
+    """Re-read what was written and compare; raises RecipeError on any mismatch."""
+    back = load_file(str(tmp / weights_name))
+    if set(back) != set(tensors) or any(not torch.equal(back[k], tensors[k]) for k in tensors):
+        raise RecipeError(f"{tmp / weights_name}: re-read tensors differ from what was written")
+    with safe_open(str(tmp / weights_name), framework="pt") as f:
+        if dict(f.metadata() or {}) != dict(metadata):
+            raise RecipeError(f"{tmp / weights_name}: re-read header metadata differs from what was written")
+    for name, text in texts.items():
+        if (tmp / name).read_text() != text:
+            raise RecipeError(f"{tmp / name}: re-read text differs from what was written")
+
+
+def export_merge(modules: Mapping[str, Delta], recipe: Recipe, out: str | Path, *, inputs: list[Adapter],
+                 preview: Mapping[str, Any] | None = None, force: bool = False) -> Path:
+    """Write the export described by `recipe.export` into directory `out`, atomically. Returns `out`."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise RecipeError(f"{out} already exists; pass --force to replace it")
+    weights_name, tensors, metadata, texts = render_export(modules, recipe, inputs=inputs, preview=preview)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        save_file(tensors, str(tmp / weights_name), metadata=dict(metadata))
+        for name, text in texts.items():
+            (tmp / name).write_text(text)
+        _verify(tmp, weights_name, tensors, metadata, texts)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "previous")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %d tensors to %s", len(tensors), out)
+    return out
+
+
+def zip_directory(path: str | Path) -> bytes:
+    """The directory as zip bytes (for the app's download button), files in name order."""
+    buf = io.BytesIO()
+    root = Path(path)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            zf.write(file, arcname=str(Path(root.name) / file.relative_to(root)))
+    return buf.getvalue()

@@ -1,0 +1,200 @@
+"""Merge methods against their formulas, computed a second way (dense, by hand, or by PEFT's merge_utils)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from merge_factories import random_adapter
+
+from analysis.adapters.model import DenseDelta, LowRankDelta
+from analysis.errors import IncompatibleAdaptersError, RecipeError
+from analysis.merge import METHODS, get_method, merge_adapters
+from analysis.merge.registry import parse_param_strings
+from analysis.merge.sparsify import disjoint_mean, elect_sign, trim
+from analysis.merge.slerp import multislerp_coefficients, slerp_coefficients
+
+IDENTITY_PARAMS = {
+    "ties": {"density": 1.0}, "magnitude_prune": {"density": 1.0}, "dare_linear": {"drop_rate": 0.0},
+    "dare_ties": {"drop_rate": 0.0}, "knots": {"inner": "linear"},
+}
+
+
+def dense(result, module):  # noqa: ANN001, ANN201
+    return result.modules[module].dense(torch.float64)
+
+
+def rel(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((x - y).norm() / y.norm())
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(RecipeError, match="valid: .*isolation.*ties"):
+        get_method("nope")
+
+
+def test_params_are_coerced_and_range_checked():
+    spec = get_method("ties")
+    assert spec.resolve_params(parse_param_strings(["density=0.5"]))["density"] == 0.5
+    with pytest.raises(RecipeError, match="above the maximum"):
+        spec.resolve_params({"density": "1.5"})
+    with pytest.raises(RecipeError, match="majority_sign.*not one of"):
+        spec.resolve_params({"majority_sign": "loud"})
+    with pytest.raises(RecipeError, match="no parameter 'p'"):
+        spec.resolve_params({"p": 1})
+    with pytest.raises(RecipeError, match="expected key=value"):
+        parse_param_strings(["density"])
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"slerp"}))
+def test_one_adapter_at_weight_one_is_returned(method: str):
+    a = random_adapter("a", seed=1)
+    out = merge_adapters([a], method, weights=[1.0], params=IDENTITY_PARAMS.get(method))
+    for m in a.modules:
+        assert rel(dense(out, m), a.modules[m].dense(torch.float64)) < 1e-6, method
+
+
+def test_slerp_endpoints_and_formula():
+    a, b = random_adapter("a", seed=1), random_adapter("b", seed=2)
+    m = "layers.0.q"
+    x, y = a.modules[m].dense(torch.float64), b.modules[m].dense(torch.float64)
+    assert rel(dense(merge_adapters([a, b], "slerp", params={"t": 0.0}), m), x) < 1e-9
+    assert rel(dense(merge_adapters([a, b], "slerp", params={"t": 1.0}), m), y) < 1e-9
+    # dense route: angle between the flattened, normalised updates
+    omega = math.acos(float((x / x.norm() * (y / y.norm())).sum()))
+    t = 0.3
+    expect = math.sin((1 - t) * omega) / math.sin(omega) * x + math.sin(t * omega) / math.sin(omega) * y
+    got = merge_adapters([a, b], "slerp", params={"t": t})
+    assert rel(dense(got, m), expect) < 1e-9
+    assert isinstance(got.modules[m], LowRankDelta)
+
+
+def test_multislerp_of_two_equal_norm_directions_is_slerp():
+    G = torch.tensor([[4.0, 1.0], [1.0, 4.0]], dtype=torch.float64)
+    c = multislerp_coefficients(G, [0.7, 0.3])
+    c0, c1 = slerp_coefficients(G, 0.3)
+    assert torch.allclose(c, torch.tensor([c0, c1], dtype=torch.float64), atol=1e-9)
+
+
+def test_linear_family_equals_dense_weighted_sums():
+    a, b = random_adapter("a", seed=1), random_adapter("b", seed=2, rank=2)
+    m = "layers.0.v"
+    x, y = a.modules[m].dense(torch.float64), b.modules[m].dense(torch.float64)
+    assert rel(dense(merge_adapters([a, b], "linear"), m), (x + y) / 2) < 1e-12
+    assert rel(dense(merge_adapters([a, b], "task_arithmetic", weights=[1, -2], params={"lambda": 0.5}), m),
+               0.5 * (x - 2 * y)) < 1e-12
+    out = merge_adapters([a, b], "cat", weights=[2, 3])
+    assert out.modules[m].rank == 6 and rel(dense(out, m), 2 * x + 3 * y) < 1e-12
+
+
+def test_svd_equals_dense_truncated_svd():
+    a, b = random_adapter("a", seed=1), random_adapter("b", seed=2)
+    m = "layers.0.q"
+    total = a.modules[m].dense(torch.float64) + b.modules[m].dense(torch.float64)
+    U, S, Vh = torch.linalg.svd(total)
+    expect = U[:, :3] @ torch.diag(S[:3]) @ Vh[:3]
+    out = merge_adapters([a, b], "svd", params={"rank": 3})
+    assert out.modules[m].rank == 3 and rel(dense(out, m), expect) < 1e-9
+
+
+def test_ties_on_a_hand_computed_example():
+    t1 = torch.tensor([[3.0, -1.0], [0.5, 2.0]])
+    t2 = torch.tensor([[-2.0, -4.0], [1.0, -0.1]])
+    # trim to 50%: t1 keeps 3, 2; t2 keeps -2, -4
+    assert torch.equal(trim(t1, 0.5), torch.tensor([[3.0, 0.0], [0.0, 2.0]]))
+    stacked = torch.stack([trim(t1, 0.5), trim(t2, 0.5)])
+    agree = elect_sign(stacked, "total")  # sums: [1, -4], [0, 2] -> signs +, -, +, +
+    merged = disjoint_mean(stacked, agree)
+    assert torch.equal(merged, torch.tensor([[3.0, -4.0], [0.0, 2.0]]))
+
+
+def test_ties_matches_peft_merge_utils():
+    from peft.utils.merge_utils import ties as peft_ties
+
+    a, b, c = (random_adapter(n, seed=s) for n, s in (("a", 1), ("b", 2), ("c", 3)))
+    m = "layers.0.q"
+    tasks = [x.modules[m].dense(torch.float32) for x in (a, b, c)]
+    for method in ("total", "frequency"):
+        expect = peft_ties(tasks, torch.ones(3), 0.3, method)
+        got = merge_adapters([a, b, c], "ties", params={"density": 0.3, "majority_sign": method})
+        assert torch.allclose(got.modules[m].dense(torch.float32), expect, atol=1e-5)
+        assert isinstance(got.modules[m], DenseDelta)
+
+
+def test_dare_drops_at_the_rate_and_rescales_survivors():
+    a = random_adapter("a", seed=1, shapes={"w": (200, 100)})
+    x = a.modules["w"].dense(torch.float32)
+    out = merge_adapters([a], "dare_linear", weights=[1.0], params={"drop_rate": 0.7, "seed": 5})
+    W = out.modules["w"].dense(torch.float32)
+    kept = W != 0
+    assert abs(float(kept.float().mean()) - 0.3) < 0.02
+    assert torch.allclose(W[kept], x[kept] / 0.3, rtol=1e-5)
+    again = merge_adapters([a], "dare_linear", weights=[1.0], params={"drop_rate": 0.7, "seed": 5})
+    other = merge_adapters([a], "dare_linear", weights=[1.0], params={"drop_rate": 0.7, "seed": 6})
+    assert torch.equal(again.modules["w"].W, W) and not torch.equal(other.modules["w"].W, W)
+
+
+def test_dare_ties_without_drop_is_ties_without_trim():
+    a, b = random_adapter("a", seed=1), random_adapter("b", seed=2)
+    x = merge_adapters([a, b], "dare_ties", params={"drop_rate": 0.0})
+    y = merge_adapters([a, b], "ties", params={"density": 1.0})
+    assert torch.equal(x.modules["layers.0.q"].W, y.modules["layers.0.q"].W)
+
+
+def test_knots_linear_inner_is_task_arithmetic_and_ties_stays_low_rank():
+    a, b = random_adapter("a", seed=1), random_adapter("b", seed=2, rank=3)
+    m = "layers.0.q"
+    expect = a.modules[m].dense(torch.float64) + 2 * b.modules[m].dense(torch.float64)
+    got = merge_adapters([a, b], "knots", weights=[1, 2], params={"inner": "linear"})
+    assert rel(dense(got, m), expect) < 1e-9
+    tied = merge_adapters([a, b], "knots")
+    assert isinstance(tied.modules[m], LowRankDelta) and tied.modules[m].rank <= 7
+
+
+def test_tsv_of_updates_in_orthogonal_subspaces_is_their_sum():
+    e = torch.eye(8, dtype=torch.float64)
+    d1 = LowRankDelta(A=e[:2] * 3, B=e[:, :2] * 2, scale=1.0)  # rows/cols 0-1
+    d2 = LowRankDelta(A=e[2:4], B=e[:, 2:4] * 5, scale=1.0)  # rows/cols 2-3
+    a, b = random_adapter("a"), random_adapter("b")
+    a.modules, b.modules = {"m": d1}, {"m": d2}
+    got = merge_adapters([a, b], "tsv")
+    assert rel(dense(got, "m"), d1.dense(torch.float64) + d2.dense(torch.float64)) < 1e-12
+
+
+def test_orthogonal_removes_what_tasks_share():
+    a, b = random_adapter("a", seed=1), random_adapter("b", seed=2)
+    m = "layers.0.q"
+    twin = random_adapter("twin", seed=1)
+    assert dense(merge_adapters([a, twin], "orthogonal"), m).norm() < 1e-9  # identical subspaces cancel
+    out = merge_adapters([a, b], "orthogonal")
+    # dense route: each update minus its projection on the other's column space (rank 4 each)
+    Ub = torch.linalg.svd(b.modules[m].dense(torch.float64))[0][:, :4]  # (12, 4)
+    merged = dense(out, m)
+    Ua = torch.linalg.svd(a.modules[m].dense(torch.float64))[0][:, :4]
+    pa = (torch.eye(12, dtype=torch.float64) - Ub @ Ub.T) @ a.modules[m].dense(torch.float64)
+    pb = (torch.eye(12, dtype=torch.float64) - Ua @ Ua.T) @ b.modules[m].dense(torch.float64)
+    assert rel(merged, pa + pb) < 1e-9
+
+
+def test_mismatched_shapes_and_bases_are_refused():
+    a = random_adapter("a")
+    b = random_adapter("b", shapes={"layers.0.q": (12, 11)})
+    with pytest.raises(IncompatibleAdaptersError, match="layers.0.q"):
+        merge_adapters([a, b], "linear")
+    c = random_adapter("c", base="other")
+    with pytest.raises(IncompatibleAdaptersError, match="different base models"):
+        merge_adapters([a, c], "linear")
+    assert merge_adapters([a, c], "linear", force=True).modules
+
+
+def test_modules_present_in_one_input_only():
+    a = random_adapter("a", seed=1)
+    b = random_adapter("b", seed=2, shapes={"layers.0.q": (12, 10)})
+    out = merge_adapters([a, b], "task_arithmetic")
+    assert rel(dense(out, "layers.0.v"), a.modules["layers.0.v"].dense(torch.float64)) < 1e-12
+
+
+def test_rank_refactors_each_module():
+    a, b = random_adapter("a", seed=1), random_adapter("b", seed=2)
+    out = merge_adapters([a, b], "ties", rank=2)
+    assert all(isinstance(d, LowRankDelta) and d.rank == 2 for d in out.modules.values())
