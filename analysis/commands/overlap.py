@@ -1,0 +1,114 @@
+"""`adapter-atlas overlap PATH PATH... [--json] [--modules REGEX]`: all-pairs overlap per shared module.
+
+JSON (stdout): {"adapters": [names], "modules": {module: {norm, cosine, subspace_similarity,
+input_subspace_similarity, principal_angles_deg, mean_angle_deg, energy_overlap, rank, spectra}},
+"aggregate": {metric: N x N}}. Without --json, a readable pair table. Progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from analysis.adapters import Adapter, load_adapter
+from analysis.errors import AdapterFormatError, IncompatibleAdaptersError
+from analysis.overlap import METRICS, ModuleOverlap, aggregate, overlap_table
+
+
+def adapter_names(paths: Sequence[Path]) -> list[str]:
+    """Directory name or file stem of each input; where two collide, prefix parents until they differ."""
+    paths = [Path(p).resolve() for p in paths]
+
+    def name(p: Path, depth: int) -> str:
+        leaf = p.name if p.is_dir() else p.stem
+        parents = [q.name for q in p.parents][: depth][::-1]
+        return "/".join([*(x for x in parents if x), leaf])
+
+    depth = [0] * len(paths)
+    for _ in range(64):
+        names = [name(p, d) for p, d in zip(paths, depth)]
+        clashes = {n for n in names if names.count(n) > 1}
+        if not clashes:
+            return names
+        depth = [d + 1 if n in clashes else d for n, d in zip(names, depth)]
+    return [str(p) for p in paths]
+
+
+def load_named(paths: Sequence[str], *, minimum: int = 2) -> list[Adapter]:
+    """Load every input with a distinct display name; a missing path is one clear error."""
+    if len(paths) < minimum:
+        raise IncompatibleAdaptersError(f"need at least {minimum} adapters to compare, got {len(paths)}")
+    for p in paths:
+        if not Path(p).exists():
+            raise AdapterFormatError(f"{p}: no such file or directory")
+    return [load_adapter(Path(p), name=n) for p, n in zip(paths, adapter_names([Path(p) for p in paths]))]
+
+
+def compute_table(adapters: Sequence[Adapter], modules_regex: str | None) -> dict[str, ModuleOverlap]:
+    """overlap_table with a tqdm bar on stderr (shown only when stderr is a terminal)."""
+    with tqdm(total=0, desc="overlap", unit="module", file=sys.stderr, disable=None, leave=False) as bar:
+        def progress(done: int, total: int, module: str) -> None:
+            bar.total = total
+            bar.update(1)
+
+        return overlap_table(adapters, modules_regex=modules_regex, progress=progress)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "overlap", help="per-layer overlap between all pairs of adapters",
+        description="Cosine, subspace similarity (Hu et al.), principal angles and energy overlap "
+                    "for every pair of adapters on every module they share, from the low-rank factors.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="adapter directories or files (two or more)")
+    p.add_argument("--json", action="store_true", help="print the full per-module tables as JSON")
+    p.add_argument("--modules", default=None, metavar="REGEX", help="only modules whose name matches (re.search)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    adapters = load_named(args.paths)
+    table = compute_table(adapters, args.modules)
+    names = [a.name for a in adapters]
+    agg = {m: aggregate(table, m) for m in METRICS}
+    if args.json:
+        payload = {
+            "adapters": names,
+            "modules": {m: {k: v for k, v in mo.to_json().items() if k != "adapters"} for m, mo in table.items()},
+            "aggregate": {m: a.tolist() for m, a in agg.items()},
+        }
+        json.dump(payload, sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    sys.stdout.write(_summary(names, table, agg))
+    return 0
+
+
+def _clean(text: str) -> str:
+    """Names come from file names: keep control characters out of the terminal."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _summary(names: list[str], table: dict[str, ModuleOverlap], agg: dict[str, np.ndarray]) -> str:
+    n = len(names)
+    lines = [f"{n} adapters, {len(table)} shared modules (energy-weighted over modules; subspace = output space)", ""]
+    width = max([12] + [len(_clean(names[i])) + len(_clean(names[j])) + 4 for i in range(n) for j in range(i + 1, n)])
+    lines.append(f"{'pair':<{width}} {'cosine':>8} {'subspace':>9} {'angle°':>7} {'energy→':>8} {'energy←':>8}")
+    for i in range(n):
+        for j in range(i + 1, n):
+            pair = f"{_clean(names[i])} vs {_clean(names[j])}"
+            lines.append(
+                f"{pair:<{width}} {agg['cosine'][i, j]:>8.4f} {agg['subspace_similarity'][i, j]:>9.4f} "
+                f"{agg['mean_angle_deg'][i, j]:>7.2f} {agg['energy_overlap'][i, j]:>8.4f} {agg['energy_overlap'][j, i]:>8.4f}")
+    # the modules where some pair collides most, by output subspace similarity
+    off = ~np.eye(n, dtype=bool)
+    top = sorted(table.items(), key=lambda kv: -float(kv[1].subspace_similarity[off].max(initial=0.0)))[:5]
+    lines += ["", "most overlapping modules (max subspace similarity over pairs):"]
+    for m, mo in top:
+        lines.append(f"  {_clean(m)}: {float(mo.subspace_similarity[off].max(initial=0.0)):.4f}")
+    lines.append("energy→: share of the first adapter's energy in the second's column spaces; energy←: the reverse")
+    return "\n".join(lines) + "\n"
