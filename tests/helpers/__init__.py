@@ -1,0 +1,1 @@
+"""Tiny-model and adapter factories shared by tests (import as `helpers.tiny`)."""
