@@ -84,6 +84,17 @@ def load_set(paths: list[str]) -> tuple[list[AdapterRef], list[Adapter], list[st
     return refs, adapters, errors
 
 
+def model_order(modules: list[str] | Any) -> list[str]:
+    """Module names as the model runs them (layer 2 before layer 10), for pickers and tables."""
+    from analysis.overlap import layer_sort_key, parse_module_name
+
+    def key(name: str) -> tuple:
+        layer, kind = parse_module_name(name)
+        return layer_sort_key(layer), kind
+
+    return sorted(modules, key=key)
+
+
 def adapters_of(refs: tuple[AdapterRef, ...]) -> list[Adapter]:
     return [load_adapter(*ref) for ref in refs]
 
@@ -230,10 +241,30 @@ def dendrogram_order(refs: tuple[AdapterRef, ...], metric: str, modules_regex: s
 def capacity(refs: tuple[AdapterRef, ...], r: int | None = None) -> list[dict[str, Any]]:
     """Per-module capacity rows (width, union rank, measured overlap, floor, fits_more), with their layer/type."""
     from analysis.capacity import capacity_report
+    from analysis.overlap import layer_sort_key
 
     _, _, parsed = layers_and_types(refs)
-    rows = capacity_report(overlap_table(refs), r=r)
-    return [{**row, "layer": parsed[row["module"]][0], "type": parsed[row["module"]][1]} for row in rows]
+    rows = [{**row, "layer": parsed[row["module"]][0], "type": parsed[row["module"]][1]}
+            for row in capacity_report(overlap_table(refs), r=r)]
+    return sorted(rows, key=lambda row: (layer_sort_key(row["layer"]), row["type"]))  # model order
 
 
 # --- appended by other pages (merge, review): add a heading per page below ------------------------
+
+# --- review --------------------------------------------------------------------------------------
+# Proposals themselves are never cached: other users and CLI processes write to the store at any time.
+
+@st.cache_resource(show_spinner=False)
+def review_store(url: str) -> Any:
+    """One `ReviewStore` (engine + connection pool) per store URL, shared by every session."""
+    from analysis.review import ReviewStore
+
+    return ReviewStore(url)
+
+
+@st.cache_data(show_spinner="Loading the inputs and computing their overlap…", max_entries=16)
+def review_overlap(url: str, proposal_id: int, recipe_sha256: str) -> Any:
+    """`InputOverlap` of a proposal's inputs; the recipe hash is in the key, the proposal never changes."""
+    from analysis.review.evidence import input_overlap
+
+    return input_overlap(review_store(url).get(proposal_id))

@@ -128,10 +128,20 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from analysis.review.evidence import input_overlap
     from analysis.review.reports import write_report
 
     with _store(args) as store:
         p = store.get(args.id)
-    out = write_report(p, args.format, args.out)
+    with tqdm(desc="overlap of the inputs", unit="module", file=sys.stderr, disable=None) as bar:
+        def progress(done: int, total: int, _module: str) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+        overlap = input_overlap(p, progress=progress)
+    if not overlap.available:
+        print(f"note: {overlap.reason}", file=sys.stderr)
+    out = write_report(p, args.format, args.out, overlap)
     print(f"wrote {out}", file=sys.stderr)
     return 0

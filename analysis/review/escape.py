@@ -56,3 +56,8 @@ def terminal_text(value: object, limit: int | None = None) -> str:
 def terminal_block(value: object) -> str:
     """Multi-line text for a terminal: newlines kept, every other control character dropped."""
     return "\n".join(terminal_text(line) for line in str(value).splitlines())
+
+
+def md_lines(value: object) -> str:
+    """Like `md_text`, but newlines become Markdown hard breaks (for renderers without raw HTML)."""
+    return "  \n".join(md_text(line) for line in str(value).replace("\r\n", "\n").split("\n"))

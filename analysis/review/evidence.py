@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -21,7 +21,11 @@ from analysis.review.models import InputRecord, Proposal
 log = logging.getLogger(__name__)
 
 # (metric passed to analysis.overlap.aggregate, heading shown to reviewers)
-OVERLAP_METRICS: tuple[tuple[str, str], ...] = (("cosine", "cosine similarity of the updates"),)
+OVERLAP_METRICS: tuple[tuple[str, str], ...] = (
+    ("cosine", "cosine similarity of the updates (whole adapters)"),
+    ("subspace_similarity", "output-subspace similarity (Hu et al.), energy-weighted mean over modules"),
+    ("energy_overlap", "share of the row adapter's energy inside the column adapter's column space"),
+)
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,12 @@ def resolve_input(record: InputRecord, source_dir: str | None) -> Path | None:
     return next((c for c in candidates if c.exists()), None)
 
 
-def input_overlap(proposal: Proposal) -> InputOverlap:
-    """Load the recipe's inputs and aggregate their per-module overlap; never raises for missing data."""
+def input_overlap(proposal: Proposal, *,
+                  progress: Callable[[int, int, str], None] | None = None) -> InputOverlap:
+    """Load the recipe's inputs and aggregate their per-module overlap; never raises for missing data.
+
+    `progress(done, total, module)` is passed on to `overlap_table` for a progress bar.
+    """
     paths: list[Path] = []
     for record in proposal.inputs:
         found = resolve_input(record, proposal.source_dir)
@@ -72,14 +80,14 @@ def input_overlap(proposal: Proposal) -> InputOverlap:
         return InputOverlap(False, f"the inputs are not available: overlap analysis cannot run ({exc})")
     try:
         adapters = [load_adapter(p, name=r.name) for p, r in zip(paths, proposal.inputs)]
-    except (AtlasError, OSError) as exc:
+    except (AtlasError, OSError, ImportError) as exc:  # ImportError: loader not installed here
         return InputOverlap(False, f"the inputs are not available: {exc}")
     hashes = tuple(HashCheck(r.name, str(p), r.sha256, a.sha256)
                    for r, p, a in zip(proposal.inputs, paths, adapters))
     if len(adapters) < 2:
         return InputOverlap(False, "a single input: there is no pair to compare", hashes=hashes)
     try:
-        table = overlap_table(adapters)
+        table = overlap_table(adapters, progress=progress)
         matrices = {metric: np.asarray(aggregate(table, metric), dtype=float)  # (N, N)
                     for metric, _heading in OVERLAP_METRICS}
     except AtlasError as exc:
@@ -111,7 +119,7 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool)) or value is None
 
 
-def heatmap_figure(matrix: np.ndarray, labels: tuple[str, ...], title: str) -> "Any":
+def heatmap_figure(matrix: np.ndarray, labels: tuple[str, ...], title: str, *, signed: bool | None = None) -> Any:
     """A symmetric N x N heatmap; labels are HTML-escaped because plotly renders pseudo-HTML in text."""
     import html
 
@@ -119,9 +127,12 @@ def heatmap_figure(matrix: np.ndarray, labels: tuple[str, ...], title: str) -> "
 
     safe = [html.escape(s, quote=True) for s in labels]
     z = np.asarray(matrix, dtype=float)  # (N, N)
+    if signed is None:  # cosine can be negative: a diverging scale centred on 0; shares are 0..1
+        signed = bool(np.nanmin(z) < 0) if z.size else False
     fig = go.Figure(go.Heatmap(
-        z=z, x=safe, y=safe, zmin=-1.0 if np.nanmin(z) < 0 else 0.0, zmax=1.0, colorscale="RdBu_r",
-        zmid=0.0 if np.nanmin(z) < 0 else None, texttemplate="%{z:.2f}" if z.size <= 144 else None,
+        z=z, x=safe, y=safe, zmin=-1.0 if signed else 0.0, zmax=1.0,
+        colorscale="RdBu_r" if signed else "Viridis", zmid=0.0 if signed else None,
+        texttemplate="%{z:.2f}" if z.size <= 144 else None,
         hovertemplate="%{y} × %{x}: %{z:.4f}<extra></extra>", xgap=1, ygap=1))
     fig.update_layout(title=html.escape(title), xaxis=dict(type="category", tickangle=-35),
                       yaxis=dict(type="category", autorange="reversed"),

@@ -83,7 +83,7 @@ def _overlap_section(overlap: InputOverlap | None) -> tuple[str, bool]:
     parts = [f"<p class='meta'>Aggregated over {overlap.n_modules} shared module(s).</p>"]
     for metric, heading in OVERLAP_METRICS:
         if metric in overlap.matrices:
-            fig = heatmap_figure(overlap.matrices[metric], overlap.labels, heading)
+            fig = heatmap_figure(overlap.matrices[metric], overlap.labels, heading, signed=metric == "cosine")
             parts.append(_figure_html(fig))
     return "\n".join(parts), True
 

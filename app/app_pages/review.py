@@ -1,0 +1,208 @@
+"""Review: the team's proposals to merge adapters, each with its recipe, evidence, discussion and decision.
+
+`?proposal=ID` opens one proposal directly, so a link can be pasted in chat or a pull request.
+Everything here calls `analysis.review`; user-written text is escaped before Streamlit renders it.
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from analysis.errors import AtlasError
+from analysis.review import DECISIONS, propose, resolve_db_url
+from analysis.review.escape import md_lines, md_text
+from analysis.review.evidence import OVERLAP_METRICS, heatmap_figure, preview_tasks
+from analysis.review.report_html import render_html
+from analysis.review.report_md import render_markdown
+from app import cache
+
+AUTHOR = "review_author"
+FLASH = "review_flash"
+DECISION_LABELS = {"approve": "Approve", "changes": "Request changes", "reject": "Reject"}
+
+st.title("Review")
+st.caption("Merge decisions are made together: each proposal keeps the exact recipe, the preview numbers its "
+           "author saw, and an append-only history of comments and decisions. The latest decision sets the status.")
+
+url = resolve_db_url()
+try:
+    store = cache.review_store(url)
+except AtlasError as exc:
+    st.error(str(exc))
+    st.stop()
+st.session_state.setdefault(AUTHOR, "")
+if message := st.session_state.pop(FLASH, None):
+    st.success(message)
+
+
+def open_proposal(pid: int | None) -> None:
+    if pid is None:
+        st.query_params.pop("proposal", None)
+    else:
+        st.query_params["proposal"] = str(pid)
+
+
+def requested_id() -> int | None:
+    raw = st.query_params.get("proposal")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        st.error(f"'{raw}' is not a proposal id: ids are whole numbers.")
+        return None
+
+
+def show_list() -> None:
+    """All proposals, newest first, with a picker that opens one."""
+    rows = store.list_proposals()
+    st.caption(f"Review store: `{store.display_url}`")
+    if not rows:
+        st.info("No proposals yet. Propose a merge from the Merge page, with `adapter-atlas review propose`, "
+                "or from a recipe below.")
+    else:
+        statuses = st.multiselect("Status", ["open", *DECISIONS.values()], key="review_status_filter",
+                                  placeholder="all statuses")
+        shown = [r for r in rows if not statuses or r.status in statuses]
+        table = pd.DataFrame([{"id": r.id, "title": r.title, "author": r.author, "status": r.status,
+                               "method": r.method, "updated": r.updated_at[:19].replace("T", " ")}
+                              for r in shown])
+        st.dataframe(table, hide_index=True, width="stretch")
+        labels = {r.id: f"#{r.id} · {r.title} ({r.status})" for r in shown}
+        if labels:
+            chosen = st.selectbox("Open proposal", list(labels), format_func=labels.get, key="review_pick")
+            if st.button("Open", key="review_open", type="primary"):
+                open_proposal(chosen)
+                st.rerun()
+    with st.expander("Propose a merge from a recipe file"):
+        with st.form("review_propose_form"):
+            path = st.text_input("recipe.yaml or the merge output directory")
+            title = st.text_input("Title")
+            author = st.text_input("Your name", value=st.session_state[AUTHOR])
+            if st.form_submit_button("Propose"):
+                try:
+                    pid = propose(store, path, title, author)
+                except AtlasError as exc:
+                    st.error(str(exc))
+                else:
+                    st.session_state[AUTHOR] = author
+                    st.session_state[FLASH] = f"Proposal #{pid} opened."
+                    open_proposal(pid)
+                    st.rerun()
+
+
+def show_evidence(p) -> None:  # noqa: ANN001 - analysis.review.Proposal
+    tab_preview, tab_overlap, tab_recipe = st.tabs(["Merge preview", "Overlap of the inputs", "Recipe"])
+    with tab_preview:
+        tasks, metrics, rows = preview_tasks(p.preview)
+        if p.preview is None:
+            st.info("No merge preview was attached to this proposal.")
+        elif tasks:
+            st.dataframe(pd.DataFrame(rows, index=tasks, columns=metrics), width="stretch")
+        if p.preview is not None:
+            with st.expander("Full preview snapshot (JSON)"):
+                st.json(p.preview, expanded=False)
+    with tab_overlap:
+        inputs = pd.DataFrame([{"name": i.name, "format": i.format, "sha256": i.sha256, "path": i.path}
+                               for i in p.inputs])
+        st.dataframe(inputs, hide_index=True, width="stretch")
+        if st.toggle("Load the inputs and compute their overlap", key=f"review_overlap_{p.id}"):
+            overlap = cache.review_overlap(url, p.id, p.recipe_sha256)
+            if not overlap.available:
+                st.warning(overlap.reason)
+            for check in overlap.hashes:
+                if not check.matches:
+                    st.warning(f"{check.name}: the file on disk ({check.found}) differs from the sha256 recorded "
+                               "in the recipe; the overlap below is of the file as it is now.")
+            for metric, heading in OVERLAP_METRICS if overlap.available else ():
+                st.plotly_chart(heatmap_figure(overlap.matrices[metric], overlap.labels, heading,
+                                               signed=metric == "cosine"), key=f"review_fig_{metric}")
+    with tab_recipe:
+        st.caption(f"recipe sha256 `{p.recipe_sha256}`")
+        st.code(p.recipe_text, language="yaml")
+
+
+def show_history(p) -> None:  # noqa: ANN001
+    st.subheader("Discussion")
+    for e in p.events:
+        with st.container(border=True):
+            if e.kind == "created":
+                st.markdown(f"**{md_text(e.author)}** opened the proposal · {e.created_at[:19]}")
+            elif e.kind == "comment":
+                st.markdown(f"**{md_text(e.author)}** commented · {e.created_at[:19]}")
+                st.markdown(md_lines(e.text))
+            else:
+                st.markdown(f"**{md_text(e.author)}** decided **{DECISIONS[e.decision]}** · {e.created_at[:19]}")
+                st.markdown(md_lines(e.text))
+
+
+def show_forms(p) -> None:  # noqa: ANN001
+    st.text_input("Your name", key=AUTHOR, help="Recorded with every comment and decision you add.")
+    left, right = st.columns(2)
+    with left, st.form("review_comment_form", clear_on_submit=True):
+        st.markdown("**Comment**")
+        body = st.text_area("Comment", label_visibility="collapsed", key="review_comment_text")
+        if st.form_submit_button("Add comment"):
+            try:
+                store.add_comment(p.id, author=st.session_state[AUTHOR], text=body)
+            except AtlasError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state[FLASH] = "Comment added."
+                st.rerun()
+    with right, st.form("review_decision_form", clear_on_submit=True):
+        st.markdown("**Decision**")
+        decision = st.radio("Decision", list(DECISION_LABELS), format_func=DECISION_LABELS.get, horizontal=True,
+                            label_visibility="collapsed", key="review_decision")
+        rationale = st.text_area("Rationale", key="review_rationale")
+        if st.form_submit_button("Record decision"):
+            try:
+                store.add_decision(p.id, author=st.session_state[AUTHOR], decision=decision, rationale=rationale)
+            except AtlasError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state[FLASH] = f"Decision recorded: {DECISIONS[decision]}."
+                st.rerun()
+
+
+def show_proposal(pid: int) -> None:
+    try:
+        p = store.get(pid)
+    except AtlasError as exc:
+        st.error(str(exc))
+        if st.button("All proposals", key="review_back_missing"):
+            open_proposal(None)
+            st.rerun()
+        return
+    if st.button("← All proposals", key="review_back", type="tertiary"):
+        open_proposal(None)
+        st.rerun()
+    st.header(f"#{p.id} · {md_text(p.title)}", anchor=False)
+    a, b, c = st.columns(3)
+    a.metric("Status", p.status)
+    b.metric("Method", p.method)
+    c.metric("Inputs", len(p.inputs))
+    latest = p.latest_decision
+    st.markdown(f"Opened by **{md_text(p.author)}** on {p.created_at[:19]}; "
+                + (f"latest decision by **{md_text(latest.author)}**." if latest else "no decision yet."))
+    show_evidence(p)
+    show_history(p)
+    show_forms(p)
+    overlap = (cache.review_overlap(url, p.id, p.recipe_sha256)
+               if st.session_state.get(f"review_overlap_{p.id}") else None)
+    d1, d2 = st.columns(2)
+    d1.download_button("Report (offline HTML)", lambda: render_html(p, overlap), file_name=f"proposal-{p.id}.html",
+                       mime="text/html", key="review_dl_html", on_click="ignore")
+    d2.download_button("Summary for a pull request (Markdown)", lambda: render_markdown(p, overlap),
+                       file_name=f"proposal-{p.id}.md", mime="text/markdown", key="review_dl_md", on_click="ignore")
+    with st.expander("History as JSON"):
+        st.code(json.dumps(p.to_json(), indent=2), language="json")
+
+
+pid = requested_id()
+if pid is None:
+    show_list()
+else:
+    show_proposal(pid)
