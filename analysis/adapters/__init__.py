@@ -1,10 +1,7 @@
 """Reading every adapter format into one factored model."""
 from analysis.adapters.model import Adapter, DenseDelta, Delta, ExtraTensor, LowRankDelta
+from analysis.adapters.load import detect_format, load_adapter
+from analysis.adapters.describe import describe_adapter
 
-__all__ = ["Adapter", "DenseDelta", "Delta", "ExtraTensor", "LowRankDelta", "load_adapter"]
-
-
-def load_adapter(path, *, name=None):  # noqa: ANN001 - replaced by the real loader below
-    from analysis.adapters.load import load_adapter as _load
-
-    return _load(path, name=name)
+__all__ = ["Adapter", "DenseDelta", "Delta", "ExtraTensor", "LowRankDelta", "load_adapter", "detect_format",
+           "describe_adapter"]

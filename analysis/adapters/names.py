@@ -37,6 +37,9 @@ text_embedder x_embedder context_embedder ff_context norm1_context norm_added_q 
 text_model self_attn q_proj k_proj v_proj out_proj final_layer_norm layer_norm1 layer_norm2
 token_embedding position_embedding text_projection
 input_blocks middle_block output_blocks in_layers out_layers emb_layers skip_connection time_embed label_emb
+o_proj gate_proj up_proj down_proj gate_up_proj qkv_proj embed_tokens lm_head input_layernorm
+post_attention_layernorm c_attn c_proj c_fc query_key_value dense_h_to_4h dense_4h_to_h q_lin k_lin v_lin
+out_lin word_embeddings in_proj x_proj dt_proj
 """
 _VOCAB: dict[int, set[tuple[str, ...]]] = {}
 for _word in _MULTI_WORD.split():
