@@ -97,6 +97,9 @@ def _resolve_dir(p: Path) -> tuple[Path, Path | None]:
     if not by_stem:
         raise AdapterFormatError(f"{p}: no adapter files; recognised formats: {RECOGNISED}")
     if len(by_stem) > 1:
+        if not any(detect_format(open_weights(f).keys()) != "unknown" for f in by_stem.values()):
+            raise AdapterFormatError(f"{p}: no file here is in a recognised adapter format; recognised formats: "
+                                     f"{RECOGNISED}")
         names = ", ".join(f.name for f in by_stem.values())
         raise AdapterFormatError(f"{p}: holds several adapters ({names}): pass one file")
     return next(iter(by_stem.values())), None
