@@ -8,7 +8,6 @@ taken when the proposal was opened.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -18,7 +17,6 @@ import numpy as np
 from analysis.errors import AtlasError
 from analysis.review.models import InputRecord, Proposal
 
-log = logging.getLogger(__name__)
 
 # (metric passed to analysis.overlap.aggregate, heading shown to reviewers)
 OVERLAP_METRICS: tuple[tuple[str, str], ...] = (

@@ -19,7 +19,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
      color:#1f2328;line-height:1.45;padding:0 1rem}
 h1{font-size:1.6rem;margin-bottom:.2rem} h2{border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #d0d7de;padding:.25rem .5rem;text-align:left}
+table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #d0d7de;padding:.25rem .5rem;text-align:left;overflow-wrap:anywhere}
 th{background:#f6f8fa} pre{background:#f6f8fa;padding:.75rem;overflow:auto;white-space:pre-wrap}
 .meta{color:#57606a} .badge{display:inline-block;padding:.1rem .6rem;border-radius:1rem;font-weight:600}
 .open{background:#ddf4ff;color:#0969da} .approved{background:#dafbe1;color:#1a7f37}
