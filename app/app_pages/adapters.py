@@ -65,10 +65,10 @@ for card in cards:
 st.subheader("Singular values of one module")
 names = [ref[2] for ref in refs]
 left, right = st.columns([1, 2])
-chosen = left.selectbox("Adapter", names, key="adapters_spectrum_adapter")
-ref = refs[names.index(chosen)]
-modules = sorted(cache.load_adapter(*ref).modules)
-module = view.choose("Module", modules, view.MODULE)
+with left:
+    chosen = st.selectbox("Adapter", names, key="adapters_spectrum_adapter")
+    ref = refs[names.index(chosen)]
+    module = view.choose("Module", cache.model_order(cache.load_adapter(*ref).modules), view.MODULE)
 if module:
     s = cache.singular_values(ref, module)
     with right:

@@ -34,6 +34,10 @@ a.metric("Most crowded module", f"{occupancy['sum_rank']}/{occupancy['width']} d
 b.metric("Mean measured overlap", f"{sum(x['mean_overlap'] for x in rows) / len(rows):.3f}")
 c.metric("Fewest extra adapters that fit", min(x["fits_more"] for x in rows if x["fits_more"] is not None))
 
+if all(x["floor"] == 0 for x in rows):
+    st.caption("N·r ≤ d in every module here: the floor is 0, so all the overlap measured below is learned, "
+               "not forced by crowding.")
+
 # 3. Per layer for the chosen module type
 chosen = [row for row in rows if row["type"] == kind]
 labels = [str(row["layer"]) for row in chosen]

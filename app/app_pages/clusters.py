@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import cache
 from app.components import figures, view
-from app.components.display import matrix_downloads, show_figure
+from app.components.display import show_figure
 from app.components.metrics import DISTANCE_OF_METRIC, DISTANCES, MetricSpec
 
 st.title("Clusters")
@@ -54,6 +54,5 @@ ordered = [names[x] for x in order]
 spec = MetricSpec("distance", f"distance ({distance})", 0.0, 1.0, "Viridis_r", ".3f", DISTANCES[distance])
 shown = fit["distance"][order][:, order]  # (N, N)
 show_figure(figures.heatmap(shown, ordered, ordered, spec, title=f"Distance · {DISTANCES[distance]}"),
-            name=f"distance_{distance}", key="clusters_distance_heatmap")
-matrix_downloads(shown, ordered, ordered, name=f"distance_{distance}", key="clusters_distance_matrix",
-                 distance=distance, method=method)
+            name=f"distance_{distance}", key="clusters_distance_heatmap", matrix=(shown, ordered, ordered),
+            distance=distance, method=method)

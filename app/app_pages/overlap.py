@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import cache
 from app.components import figures, view
-from app.components.display import matrix_downloads, show_figure
+from app.components.display import show_figure
 from app.components.metrics import METRICS, metric_label
 
 ALL = "all"
@@ -29,7 +29,7 @@ with middle:
     scope = st.radio("Scope", ["Layer / module type", "One module"], key="overlap_scope", horizontal=True)
 with right:
     if scope == "One module":
-        module = view.choose("Module", list(table), view.MODULE)
+        module = view.choose("Module", cache.model_order(table), view.MODULE)
         matrix, where = getattr(table[module], metric), module
     else:
         layer = view.choose("Layer", [ALL] + layers, "overlap_layer", widget=st.select_slider)
@@ -47,9 +47,8 @@ cols_title = "inside adapter j (column)" if metric == "energy_overlap" else "ada
 event = show_figure(
     figures.heatmap(shown, names, names, spec, title=f"{spec.label} · {where}", row_title=rows_title,
                     col_title=cols_title),
-    name=f"overlap_{metric}_{where}", key="overlap_heatmap", on_select="rerun")
-matrix_downloads(shown, names, names, name=f"overlap_{metric}_{where}", key="overlap_matrix",
-                 metric=metric, scope=where)
+    name=f"overlap_{metric}_{where}", key="overlap_heatmap", on_select="rerun",
+    matrix=(shown, names, names), metric=metric, scope=where)
 if metric == "energy_overlap":
     st.caption("Energy overlap is asymmetric: row i, column j is the share of i's update inside j's column space.")
 
@@ -70,8 +69,7 @@ show_figure(
     figures.heatmap(pm, [str(x) for x in pair_layers], pair_types, spec,
                     title=f"{spec.label} · {refs[i][2]} vs {refs[j][2]}", row_title="layer",
                     col_title="module type", annotate=pm.size <= 120),
-    name=f"pair_{metric}_{refs[i][2]}_{refs[j][2]}", key="overlap_pair_heatmap")
-matrix_downloads(pm, [str(x) for x in pair_layers], pair_types, name=f"pair_{metric}_{refs[i][2]}_{refs[j][2]}",
-                 key="overlap_pair_matrix", metric=metric, pair=[refs[i][2], refs[j][2]])
+    name=f"pair_{metric}_{refs[i][2]}_{refs[j][2]}", key="overlap_pair_heatmap",
+    matrix=(pm, [str(x) for x in pair_layers], pair_types), metric=metric, pair=[refs[i][2], refs[j][2]])
 st.page_link("app_pages/subspaces.py", label="Principal angles and the phi grid of this pair",
              icon=":material/architecture:")

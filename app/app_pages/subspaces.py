@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import cache
 from app.components import figures, view
-from app.components.display import matrix_downloads, show_figure
+from app.components.display import show_figure
 
 st.title("Subspaces")
 st.caption("Two updates collide when their column spaces share directions. Principal angles near 0° are shared "
@@ -33,7 +33,7 @@ st.session_state[view.PAIR] = (name_a, name_b)
 
 # 2. Principal-angle spectra, one curve per module
 st.subheader("Principal angles per module")
-modules = list(table)
+modules = cache.model_order(table)
 _, _, parsed = cache.layers_and_types(refs)
 anchor = st.session_state.get(view.MODULE) if st.session_state.get(view.MODULE) in table else modules[0]
 default = [m for m in modules if parsed[m][0] == parsed[anchor][0]][:8]
@@ -41,14 +41,13 @@ chosen = st.multiselect("Modules", modules, default=default, key="subspaces_modu
                         help="Defaults to the modules of the layer of the module last looked at.")
 curves = {m: table[m].principal_angles_deg[i][j] for m in chosen}
 if curves:
-    show_figure(figures.angle_spectra(curves, title=f"Principal angles · {name_a} vs {name_b}"),
-                name=f"angles_{name_a}_{name_b}", key="subspaces_angles")
     width = max(len(a) for a in curves.values())
     padded = np.full((len(curves), width), np.nan)  # (modules, max angles)
     for row, angles in enumerate(curves.values()):
         padded[row, : len(angles)] = angles
-    matrix_downloads(padded, list(curves), [f"angle_{k + 1}" for k in range(width)],
-                     name=f"angles_deg_{name_a}_{name_b}", key="subspaces_angles_matrix", unit="degrees")
+    show_figure(figures.angle_spectra(curves, title=f"Principal angles · {name_a} vs {name_b}"),
+                name=f"angles_deg_{name_a}_{name_b}", key="subspaces_angles",
+                matrix=(padded, list(curves), [f"angle_{k + 1}" for k in range(width)]), unit="degrees")
 
 # 3. phi(k, l) for one module
 st.subheader("Subspace similarity grid phi(k, l)")
@@ -60,6 +59,6 @@ with right:
                     help="output: column spaces (what the updates write); input: row spaces (what they read)")
 grid = cache.phi_grid(refs[i], refs[j], module, side)
 show_figure(figures.phi_grid(grid, name_i=name_a, name_j=name_b, title=f"phi(k, l) · {module} · {side} space"),
-            name=f"phi_{name_a}_{name_b}_{module}_{side}", key="subspaces_phi")
-matrix_downloads(grid, [f"k={k + 1}" for k in range(grid.shape[0])], [f"l={l + 1}" for l in range(grid.shape[1])],
-                 name=f"phi_{name_a}_{name_b}_{module}_{side}", key="subspaces_phi_matrix", module=module, side=side)
+            name=f"phi_{name_a}_{name_b}_{module}_{side}", key="subspaces_phi",
+            matrix=(grid, [f"k={k + 1}" for k in range(grid.shape[0])], [f"l={l + 1}" for l in range(grid.shape[1])]),
+            module=module, side=side)

@@ -1,6 +1,7 @@
 """Showing figures and matrices the same way on every page: chart + PNG toolbar + HTML/CSV/JSON downloads."""
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
@@ -16,11 +17,12 @@ def _slug(text: str) -> str:
 
 
 def matrix_csv(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str]) -> str:
-    """CSV with a header row of column labels and the row label first on each line."""
+    """Standard CSV: a header of column labels after an empty corner cell, then one labelled row each."""
     out = io.StringIO()
-    out.write(",".join(['""'] + [json.dumps(str(c)) for c in cols]) + "\n")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([""] + [str(c) for c in cols])
     for r, values in zip(rows, np.asarray(matrix, dtype=float)):
-        out.write(",".join([json.dumps(str(r))] + [repr(float(v)) for v in values]) + "\n")
+        writer.writerow([str(r)] + [repr(float(v)) for v in values])
     return out.getvalue()
 
 
@@ -32,8 +34,12 @@ def matrix_json(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], **
 
 
 def show_figure(fig: go.Figure, *, name: str, key: str, on_select: str = "ignore",
-                selection_mode: str | tuple[str, ...] = "points") -> Any:
-    """Plot with the toolbar's PNG export named after the view, plus a standalone HTML download."""
+                selection_mode: str | tuple[str, ...] = "points",
+                matrix: tuple[np.ndarray, Sequence[str], Sequence[str]] | None = None, **meta: Any) -> Any:
+    """Plot, then one row of downloads: the figure as HTML and, when given, its matrix as CSV and JSON.
+
+    The toolbar's camera button saves a PNG named after the view.
+    """
     config = {"displaylogo": False,
               "toImageButtonOptions": {"format": "png", "filename": _slug(name), "scale": 2}}
     if on_select == "ignore":
@@ -41,19 +47,27 @@ def show_figure(fig: go.Figure, *, name: str, key: str, on_select: str = "ignore
     else:
         event = st.plotly_chart(fig, key=key, config=config, width="stretch", on_select=on_select,
                                 selection_mode=selection_mode)
-    # Built only on click (a callable) and self-contained, so the saved file opens offline.
-    st.download_button("Figure (HTML)", lambda: fig.to_html(include_plotlyjs=True, full_html=True),
-                       file_name=f"{_slug(name)}.html", mime="text/html", key=f"{key}_html",
-                       on_click="ignore")
+    with st.container(horizontal=True):
+        # Built only on click (a callable) and self-contained, so the saved file opens offline.
+        st.download_button("Figure (HTML)", lambda: fig.to_html(include_plotlyjs=True, full_html=True),
+                           file_name=f"{_slug(name)}.html", mime="text/html", key=f"{key}_html",
+                           on_click="ignore", icon=":material/download:")
+        if matrix is not None:
+            _matrix_buttons(*matrix, name=name, key=key, **meta)
     return event
+
+
+def _matrix_buttons(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *, name: str, key: str,
+                    **meta: Any) -> None:
+    st.download_button("Matrix (CSV)", matrix_csv(matrix, rows, cols), file_name=f"{_slug(name)}.csv",
+                       mime="text/csv", key=f"{key}_csv", on_click="ignore", icon=":material/table:")
+    st.download_button("Matrix (JSON)", matrix_json(matrix, rows, cols, name=name, **meta),
+                       file_name=f"{_slug(name)}.json", mime="application/json", key=f"{key}_json",
+                       on_click="ignore", icon=":material/data_object:")
 
 
 def matrix_downloads(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *, name: str,
                      key: str, **meta: Any) -> None:
-    """CSV and JSON buttons side by side for one matrix on screen."""
-    left, right, _ = st.columns([1, 1, 4])
-    left.download_button("Matrix (CSV)", matrix_csv(matrix, rows, cols), file_name=f"{_slug(name)}.csv",
-                         mime="text/csv", key=f"{key}_csv", on_click="ignore")
-    right.download_button("Matrix (JSON)", matrix_json(matrix, rows, cols, name=name, **meta),
-                          file_name=f"{_slug(name)}.json", mime="application/json", key=f"{key}_json",
-                          on_click="ignore")
+    """CSV and JSON buttons in one row, for a matrix shown without its own figure."""
+    with st.container(horizontal=True):
+        _matrix_buttons(matrix, rows, cols, name=name, key=key, **meta)

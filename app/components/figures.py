@@ -53,7 +53,7 @@ def spectrum_bar(singular_values: Sequence[float], *, title: str) -> go.Figure:
     fig = go.Figure(go.Bar(
         x=[str(k + 1) for k in range(len(s))], y=s, customdata=energy,
         hovertemplate="sigma_%{x} = %{y:.4g}<br>energy share %{customdata:.1%}<extra></extra>"))
-    fig.update_layout(title=title, font=FONT, xaxis_title="singular value index",
+    fig.update_layout(title=title, font=FONT, xaxis=dict(title="singular value index", type="category"),
                       yaxis_title="singular value", height=320, margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
@@ -66,7 +66,7 @@ def angle_spectra(curves: dict[str, Sequence[float]], *, title: str) -> go.Figur
         fig.add_trace(go.Scatter(
             x=list(range(1, len(a) + 1)), y=a, mode="lines+markers", name=short_label(module, 48),
             hovertemplate=f"{module}<br>angle %{{x}}: %{{y:.1f}} deg<extra></extra>"))
-    fig.update_layout(title=title, font=FONT, xaxis_title="principal angle index (ascending)",
+    fig.update_layout(title=title, font=FONT, xaxis=dict(title="principal angle index (ascending)", dtick=1),
                       yaxis=dict(title="angle (deg)", range=[0, 90]), height=420,
                       legend=dict(font=dict(size=10)), margin=dict(l=10, r=10, t=50, b=10))
     return fig
@@ -103,7 +103,7 @@ def dendrogram(dendro: dict[str, Any], labels: Sequence[str], *, metric_label: s
                       annotation_text=f"cut at {threshold:.3f}", annotation_position="top right")
     fig.update_layout(font=FONT, height=440, margin=dict(l=10, r=10, t=40, b=10),
                       xaxis=dict(tickvals=ticks, ticktext=[short_label(x) for x in leaves], tickangle=-30,
-                                 title="adapter"),
+                                 title="adapter", range=[0, 10 * len(leaves)], automargin=True),
                       yaxis=dict(title=f"distance ({metric_label})", rangemode="tozero"))
     return fig
 
@@ -132,7 +132,7 @@ def rank_vs_width(layers: Sequence[str], union_rank: Sequence[float], width: Seq
     fig.add_trace(go.Scatter(x=list(layers), y=list(width), name="width d", mode="lines",
                              line=dict(color="#7f8c8d", dash="dot"),
                              hovertemplate="%{x}<br>width %{y}<extra></extra>"))
-    fig.update_layout(title=title, font=FONT, yaxis=dict(title="dimensions", type="log"),
+    fig.update_layout(title=title, font=FONT, yaxis=dict(title="dimensions (log scale)", type="log", dtick=1),
                       xaxis=dict(title="layer / module", type="category", tickangle=-35), height=380,
                       legend=dict(orientation="h", y=1.08), margin=dict(l=10, r=10, t=60, b=10))
     return fig

@@ -89,9 +89,9 @@ def resolve_server_folder(text: str, roots: list[Path] | None = None) -> list[Pa
         raise FolderRefusedError(f"{path}: no such file or folder")
     if path.is_file() or (path / "adapter_config.json").is_file():
         return [path]
+    # child adapter folders, then loose weights files (a kohya/diffusers folder holds one adapter per file)
     found = sorted(p for p in path.iterdir() if p.is_dir() and is_adapter_location(p))
-    if not found and is_adapter_location(path):
-        return [path]  # a folder of loose weights files, e.g. one diffusers LoRA
+    found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix in ADAPTER_FILE_SUFFIXES)
     if not found:
         raise FolderRefusedError(f"{path}: no adapter inside (expected adapter_config.json or a weights file)")
     return found

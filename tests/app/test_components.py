@@ -1,0 +1,65 @@
+"""Figure builders and download formats: fixed colour ranges per metric, hover text, CSV/JSON round trips."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from app.components import figures
+from app.components.display import matrix_csv, matrix_json
+from app.components.metrics import DISTANCE_OF_METRIC, METRICS
+
+
+@pytest.mark.parametrize("key,lo,hi", [("cosine", -1, 1), ("subspace_similarity", 0, 1), ("energy_overlap", 0, 1),
+                                       ("mean_angle_deg", 0, 90)])
+def test_heatmap_range_is_the_metric_range_not_the_data(key: str, lo: float, hi: float) -> None:
+    z = np.array([[0.1, 0.2], [0.2, 0.1]])  # (2, 2) a narrow band of values
+    fig = figures.heatmap(z, ["alpha", "beta"], ["alpha", "beta"], METRICS[key], title="t")
+    trace = fig.data[0]
+    assert (trace.zmin, trace.zmax) == (lo, hi)
+    assert (trace.zmid == 0.0) == (key == "cosine")  # only the signed metric is centred
+    assert "%{customdata[0]}" in trace.hovertemplate and "%{customdata[1]}" in trace.hovertemplate
+    assert METRICS[key].label in trace.hovertemplate
+    assert tuple(trace.customdata[0][1]) == ("alpha", "beta")
+
+
+def test_long_names_are_shortened_on_axes_but_full_in_hover() -> None:
+    long = "a" * 20 + "_curriculum_stage_one_of_three"
+    fig = figures.heatmap(np.eye(2), [long, "b"], [long, "b"], METRICS["cosine"], title="t")
+    assert len(fig.data[0].y[0]) <= 28 and fig.data[0].y[0].endswith("of_three")
+    assert fig.data[0].customdata[0][0][0] == long
+
+
+def test_csv_round_trip_keeps_labels_and_values() -> None:
+    m = np.array([[1.0, -0.25], [1 / 3, np.nan]])  # (2, 2)
+    text = matrix_csv(m, ["a,1", 'b"2'], ["x", "y"])
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["", "x", "y"] and rows[1][0] == "a,1" and rows[2][0] == 'b"2'
+    assert float(rows[2][1]) == 1 / 3 and np.isnan(float(rows[2][2]))
+
+
+def test_json_has_nulls_for_nan_and_meta() -> None:
+    out = json.loads(matrix_json(np.array([[0.5, np.nan]]), ["r"], ["c1", "c2"], metric="cosine"))
+    assert out == {"metric": "cosine", "rows": ["r"], "cols": ["c1", "c2"], "values": [[0.5, None]]}
+
+
+def test_dendrogram_draws_scipy_layout() -> None:
+    from scipy.cluster.hierarchy import dendrogram, linkage
+
+    z = linkage(np.array([0.1, 0.8, 0.7]), method="average")  # condensed distances of 3 points
+    layout = dendrogram(z, no_plot=True, labels=["a", "b", "c"])
+    fig = figures.dendrogram(layout, ["a", "b", "c"], metric_label="angle", threshold=0.5)
+    assert len(fig.data) == 2  # one U per merge
+    assert list(fig.layout.xaxis.ticktext) == layout["ivl"]
+    assert max(max(t.y) for t in fig.data) == pytest.approx(z[-1, 2])
+
+
+def test_every_metric_has_a_clustering_distance() -> None:
+    from analysis.clustering import DISTANCE_METRICS
+    from analysis.overlap import METRICS as LIBRARY_METRICS
+
+    assert set(METRICS) == set(LIBRARY_METRICS)
+    assert set(DISTANCE_OF_METRIC) == set(METRICS) and set(DISTANCE_OF_METRIC.values()) <= set(DISTANCE_METRICS)

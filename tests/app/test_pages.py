@@ -1,0 +1,209 @@
+"""Every atlas page in Streamlit's AppTest, on the three real gemma-3-270m adapters.
+
+The numbers on screen are checked against the library computed directly (a second route), and the
+failure paths (bad upload, refused folder, adapters from a URL) must end in an error box, never an
+exception.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from analysis.adapters import load_adapter
+from analysis.clustering import Linkage, adapter_distance
+from analysis.overlap import aggregate, overlap_table
+
+REPO = Path(__file__).resolve().parents[2]
+GEMMA = REPO.parent / "shared" / "real_adapters" / "gemma3-270m-svg-lora"
+NAMES = ["adapter", "adapter_curriculum_stage1", "adapter_seed123"]
+APP = str(REPO / "app" / "streamlit_app.py")
+
+pytestmark = pytest.mark.skipif(not GEMMA.is_dir(), reason="../shared/real_adapters not present")
+
+
+@pytest.fixture()
+def app(monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("ADAPTER_ATLAS_ADAPTERS", os.pathsep.join(str(GEMMA / n) for n in NAMES))
+    monkeypatch.setenv("ADAPTER_ATLAS_ROOTS", str(GEMMA))
+    return AppTest.from_file(APP, default_timeout=300)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return overlap_table([load_adapter(GEMMA / n, name=n) for n in NAMES])
+
+
+def _charts(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def _arr(value: object) -> np.ndarray:
+    if isinstance(value, dict):  # plotly's typed-array encoding
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        return flat.reshape([int(x) for x in str(value["shape"]).split(",")]) if "shape" in value else flat
+    return np.asarray(value, dtype=float)
+
+
+def _z(trace: dict) -> np.ndarray:
+    return _arr(trace["z"])
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_adapters_page_inventory(app: AppTest) -> None:
+    at = app.run()
+    _ok(at)
+    inventory = at.dataframe[0].value
+    assert list(inventory["adapter"]) == NAMES
+    assert list(inventory["modules"]) == [72, 72, 72] and set(inventory["ranks"]) == {"4"}
+    norms = [load_adapter(GEMMA / n).total_norm() for n in NAMES]
+    np.testing.assert_allclose(inventory["total norm"], norms, rtol=1e-9)
+    module = at.selectbox(key="atlas_module").value
+    spectrum = _arr(_charts(at)[0]["data"][0]["y"])
+    delta = load_adapter(GEMMA / "adapter").modules[module]
+    dense_sv = np.linalg.svd(delta.dense(dtype=torch.float64).numpy(), compute_uv=False)[:4]
+    np.testing.assert_allclose(spectrum, dense_sv, rtol=1e-8)  # factored SVD on screen == dense SVD
+
+
+def test_overlap_heatmap_matches_library(app: AppTest, table) -> None:
+    at = app.run().switch_page("app_pages/overlap.py").run()
+    _ok(at)
+    at.selectbox(key="atlas_metric").select("cosine").run()
+    heat = _charts(at)[0]["data"][0]
+    order = [NAMES.index(n) for n in heat["y"]]
+    assert sorted(order) == [0, 1, 2] and (heat["zmin"], heat["zmax"]) == (-1.0, 1.0)
+    expected = aggregate(table, "cosine")[np.ix_(order, order)]
+    np.testing.assert_allclose(_z(heat), expected, atol=1e-9)
+    # one module instead of the aggregate
+    at.radio(key="overlap_scope").set_value("One module").run()
+    module = "model.layers.5.self_attn.v_proj"
+    at.selectbox(key="atlas_module").select(module).run()
+    _ok(at)
+    heat = _charts(at)[0]["data"][0]
+    order = [NAMES.index(n) for n in heat["y"]]
+    np.testing.assert_allclose(_z(heat), table[module].cosine[np.ix_(order, order)], atol=1e-9)
+    assert at.query_params["metric"] == ["cosine"] or at.query_params["metric"] == "cosine"
+
+
+def test_overlap_pair_layer_by_type(app: AppTest, table) -> None:
+    at = app.run().switch_page("app_pages/overlap.py").run()
+    at.selectbox(key="atlas_metric").select("mean_angle_deg").run()
+    pair = at.selectbox(key="overlap_pair").value
+    i, j = pair
+    layered = _charts(at)[1]["data"][0]
+    assert (layered["zmin"], layered["zmax"]) == (0.0, 90.0)
+    z = _z(layered)  # (18 layers, 4 types)
+    assert z.shape == (18, 4)
+    types = list(layered["x"])
+    module = f"model.layers.7.{types[2]}"
+    assert z[7, 2] == pytest.approx(table[module].mean_angle_deg[i, j])
+
+
+def test_subspaces_page(app: AppTest, table) -> None:
+    at = app.run().switch_page("app_pages/subspaces.py").run()
+    _ok(at)
+    angles, phi = _charts(at)
+    assert len(angles["data"]) >= 1 and angles["layout"]["yaxis"]["range"] == [0, 90]
+    a, b = at.selectbox(key="subspaces_a").value, at.selectbox(key="subspaces_b").value
+    module = at.selectbox(key="atlas_module").value
+    grid = _z(phi["data"][0])  # (4, 4)
+    assert grid.shape == (4, 4)
+    # phi at full ranks is the table's subspace similarity
+    assert grid[-1, -1] == pytest.approx(table[module].subspace_similarity[NAMES.index(a), NAMES.index(b)], abs=1e-9)
+
+
+def test_clusters_page(app: AppTest, table) -> None:
+    at = app.run().switch_page("app_pages/clusters.py").run()
+    _ok(at)
+    at.selectbox(key="clusters_distance").select("angle").run()
+    at.radio(key="clusters_method").set_value("complete").run()
+    at.slider(key="clusters_k").set_value(2).run()
+    _ok(at)
+    fitted = Linkage(method="complete").fit(adapter_distance(table, "angle"), NAMES)
+    groups = fitted.cut(k=2)
+    shown = at.dataframe[0].value
+    expected = sorted(", ".join(n for n, g in zip(NAMES, groups) if g == x) for x in set(groups))
+    assert sorted(shown["adapters"]) == expected
+    dendro = _charts(at)[0]
+    assert len(dendro["data"]) == len(NAMES) - 1  # one U per merge
+
+
+def test_capacity_page(app: AppTest) -> None:
+    at = app.run().switch_page("app_pages/capacity.py").run()
+    _ok(at)
+    at.selectbox(key="capacity_type").select("self_attn.q_proj").run()
+    rows = at.dataframe[0].value
+    q = rows[rows["type"] == "self_attn.q_proj"]
+    assert list(q["layer"]) == [str(k) for k in range(18)]  # model order, not string order
+    assert (q["union rank"] == 12).all() and (q["more fit"] == (1024 - 12) // 4).all()
+    np.testing.assert_allclose(_arr(_charts(at)[0]["data"][0]["y"]), q["mean overlap"], atol=1e-12)
+
+
+def test_server_folder_refused_shows_error(app: AppTest) -> None:
+    at = app.run()
+    at.text_input(key="adapters_folder").input("/etc").run()
+    at.button(key="adapters_open_folder").click().run()
+    assert not at.exception
+    assert any("outside the allowed roots" in e.value for e in at.error)
+    assert list(at.dataframe[0].value["adapter"]) == NAMES  # the set is untouched
+
+
+def test_server_folder_inside_root_opens(app: AppTest) -> None:
+    at = app.run()
+    at.multiselect(key="atlas_adapters").set_value([str(GEMMA / "adapter")]).run()
+    at.text_input(key="adapters_folder").input(str(GEMMA / "adapter_seed123")).run()
+    at.button(key="adapters_open_folder").click().run()
+    _ok(at)
+    assert list(at.dataframe[0].value["adapter"]) == ["adapter", "adapter_seed123"]
+
+
+def test_bad_upload_shows_error_and_app_keeps_working(app: AppTest) -> None:
+    at = app.run()
+    at.file_uploader(key="adapters_upload_files").set_value(("broken.safetensors", b"not a header", "")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "broken.safetensors" in at.error[0].value and "\n" not in at.error[0].value
+    assert list(at.dataframe[0].value["adapter"]) == NAMES
+    at.switch_page("app_pages/overlap.py").run()
+    assert not at.exception and len(_charts(at)) == 2
+
+
+def test_zip_upload_joins_the_set(app: AppTest, tmp_path: Path) -> None:
+    at = app.run()
+    at.multiselect(key="atlas_adapters").set_value([str(GEMMA / "adapter")]).run()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in (GEMMA / "adapter_seed123").iterdir():
+            zf.write(p, f"seed/{p.name}")
+    at.file_uploader(key="adapters_upload_files").set_value(("seed.zip", buf.getvalue(), "application/zip")).run()
+    _ok(at)
+    assert list(at.dataframe[0].value["adapter"]) == ["adapter", "seed"]
+
+
+def test_url_restores_view_and_ignores_foreign_paths(app: AppTest) -> None:
+    app.query_params = {"page": "overlap", "metric": "energy_overlap",
+                        "adapter": [str(GEMMA / "adapter"), str(GEMMA / "adapter_seed123"), "/etc"]}
+    at = app.run()
+    _ok(at)
+    assert at.title[0].value == "Overlap"
+    assert at.selectbox(key="atlas_metric").value == "energy_overlap"
+    heat = _charts(at)[0]["data"][0]
+    assert sorted(heat["y"]) == ["adapter", "adapter_seed123"]  # /etc was dropped
+
+
+def test_pages_need_two_adapters(app: AppTest) -> None:
+    at = app.run()
+    at.multiselect(key="atlas_adapters").set_value([str(GEMMA / "adapter")]).run()
+    at.switch_page("app_pages/overlap.py").run()
+    assert not at.exception and any("at least 2" in i.value for i in at.info)

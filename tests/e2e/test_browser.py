@@ -1,0 +1,134 @@
+"""Real-browser check of the app: `adapter-atlas serve` on a free port, Debian chromium, every page.
+
+Each page must render its charts (plotly elements in the DOM) and show no exception box.
+Screenshots land in tests/e2e/screenshots/ (gitignored) for a human to look at.
+Set ATLAS_E2E_URL to test a server that is already running instead of starting one.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = Path(__file__).resolve().parent / "screenshots"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+# (url path, title on the page, plotly charts expected at least); the default page lives at "/"
+PAGES = [("", "Adapters", 1), ("overlap", "Overlap", 2), ("subspaces", "Subspaces", 2),
+         ("clusters", "Clusters", 2), ("capacity", "Capacity", 2)]
+
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian chromium is not installed at /usr/bin/chromium (CI installs it with `make browser`)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"adapter-atlas serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    if os.environ.get("ATLAS_E2E_URL"):
+        yield os.environ["ATLAS_E2E_URL"].rstrip("/")
+        return
+    port = _free_port()
+    exe = Path(sys.executable).with_name("adapter-atlas")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "analysis.cli"]
+    proc = subprocess.Popen(cmd + ["serve", "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page():
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1500, "height": 1000})
+        yield context.new_page()
+        browser.close()
+
+
+def _settle(page, min_charts: int, timeout_ms: int = 240_000) -> None:
+    """Wait until the script run is over and the expected charts are drawn."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
+    page.wait_for_function(
+        """n => document.querySelectorAll('.js-plotly-plot').length >= n
+              || document.querySelector('[data-testid="stException"]') !== null""",
+        arg=min_charts, timeout=timeout_ms)
+    page.wait_for_function("""() => !document.querySelector('[data-testid="stStatusWidget"] button')
+                                    || !document.querySelector('[data-testid="stStatusWidget"]').innerText.includes('Stop')""",
+                           timeout=timeout_ms)
+    page.wait_for_timeout(1500)  # plotly finishes its layout after the last delta
+
+
+def _screenshot(page, name: str) -> None:
+    """Streamlit scrolls inside its main section, so grow the viewport to the content before the shot."""
+    height = page.evaluate("""() => Math.max(...[...document.querySelectorAll(
+        '[data-testid="stMain"], [data-testid="stAppViewContainer"], [data-testid="stMainBlockContainer"]')]
+        .map(e => e.scrollHeight), 800)""")
+    page.set_viewport_size({"width": 1500, "height": min(int(height) + 80, 9000)})
+    page.wait_for_timeout(1200)
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size({"width": 1500, "height": 1000})
+
+
+@pytest.mark.parametrize("path,title,min_charts", PAGES)
+def test_page_renders(server_url: str, page, path: str, title: str, min_charts: int) -> None:
+    page.goto(f"{server_url}/{path}", wait_until="domcontentloaded")
+    _settle(page, min_charts)
+    _screenshot(page, path or "adapters")
+    exceptions = page.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, exceptions.first.inner_text()[:2000]
+    assert page.get_by_role("heading", name=title).count() >= 1
+    assert page.locator(".js-plotly-plot").count() >= min_charts
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0, \
+        page.locator('[data-testid="stAlertContentError"]').first.inner_text()
+
+
+def test_url_carries_view(server_url: str, page) -> None:
+    """The query string names the page, the adapters and the metric, and a shared link restores them."""
+    page.goto(f"{server_url}/overlap", wait_until="domcontentloaded")
+    _settle(page, 2)
+    page.wait_for_function("() => location.search.includes('metric=')", timeout=30_000)
+    shared = page.url
+    assert "page=overlap" in shared and "adapter=" in shared
+    page.goto(shared.replace("metric=subspace_similarity", "metric=cosine"), wait_until="domcontentloaded")
+    _settle(page, 2)
+    assert page.get_by_text("Cosine of the updates").count() >= 1
