@@ -55,6 +55,9 @@ class Recipe(BaseModel):
         spec = get_method(self.method)  # RecipeError listing valid names
         self.parameters = spec.resolve_params(self.parameters)
         spec.resolve_weights(len(self.inputs), self.weights)
+        if self.export.format != "delta" and self.export.rank is None and not spec.is_exact(self.parameters):
+            raise RecipeError(f"method '{self.method}' gives dense (not low-rank) updates with these parameters: "
+                              f"pass --rank R to export to {self.export.format}, or use --format delta")
         return self
 
 

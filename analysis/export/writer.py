@@ -88,6 +88,8 @@ def export_merge(modules: Mapping[str, Delta], recipe: Recipe, out: str | Path, 
             (tmp / name).write_text(text)
         _verify(tmp, weights_name, tensors, metadata, texts)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
+        for file in tmp.iterdir():
+            os.chmod(file, 0o644)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "previous")

@@ -22,11 +22,13 @@ import numpy as np
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
-from analysis.isolation import (GRANULARITIES, ClaimStats, coefficient_maps, core_overlap, importance, parse_groups,
-                                task_groups, top_fraction)
+from analysis.isolation import (GRANULARITIES, ClaimStats, Cores, coefficient_maps, core_overlap, importance,
+                                parse_groups, task_cores, task_groups, top_fraction)
 from analysis.merge.ops import dense, gram, like, scaled_factors
 from analysis.merge.registry import ModuleContext, Param, ParamValue, register
 from analysis.merge.slerp import multislerp_coefficients
+
+KEEP_CORES_MAX = 400_000_000  # boolean core masks up to ~400 MB are kept between the two passes
 
 PARAMS = [
     Param("p", float, 0.01, "core fraction per task and module (paper default 1%)", low=1e-5, high=1.0),
@@ -47,6 +49,7 @@ class IsolationPlan:
 
     groups: np.ndarray  # (N,) group label per input
     jaccard: np.ndarray  # (N, N)
+    cores: Cores | None = None  # kept when small enough, so the merge pass does not recompute them
     stats: dict[str, ClaimStats] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -59,10 +62,14 @@ class IsolationPlan:
 def plan_isolation(adapters: Sequence[Adapter], weights: Sequence[float],
                    params: Mapping[str, ParamValue]) -> IsolationPlan:
     # cores and groups
-    overlap = core_overlap(adapters, granularity=str(params["granularity"]), p=float(params["p"]))
+    granularity, p = str(params["granularity"]), float(params["p"])
+    positions = sum(int(np.prod(d.shape)) if granularity == "entries" else d.shape[granularity == "columns"]
+                    for a in adapters for d in a.modules.values())
+    cores = task_cores(adapters, granularity=granularity, p=p) if positions <= KEEP_CORES_MAX else None
+    overlap = core_overlap(adapters, granularity=granularity, p=p, cores=cores)
     given = parse_groups(str(params["groups"]), len(adapters))
     groups = given if given is not None else task_groups(overlap.jaccard, float(params["tau"]))
-    return IsolationPlan(groups=groups, jaccard=overlap.jaccard)
+    return IsolationPlan(groups=groups, jaccard=overlap.jaccard, cores=cores)
 
 
 def blend_coefficients(deltas: Sequence[Delta], weights: Sequence[float], how: str) -> torch.Tensor:
@@ -77,6 +84,7 @@ def blend_coefficients(deltas: Sequence[Delta], weights: Sequence[float], how: s
 
 
 @register("isolation", params=PARAMS, default_weight="mean", prepare=plan_isolation,
+          exact_lowrank=lambda params: params["granularity"] != "entries",
           help="core-parameter isolation (Wang et al. 2025): transplant each task's top-p core, blend the rest")
 def isolation(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
               ctx: ModuleContext) -> Delta:
@@ -84,7 +92,10 @@ def isolation(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping
     granularity, p = str(params["granularity"]), float(params["p"])
     # cores
     scores = torch.stack([importance(d, granularity).to(torch.float32) for d in deltas])  # (N, *shape)
-    masks = torch.stack([top_fraction(s, p) for s in scores])  # (N, *shape) bool
+    if plan.cores is not None:
+        masks = torch.stack([plan.cores[ctx.module][i] for i in ctx.indices])  # (N, *shape) bool
+    else:
+        masks = torch.stack([top_fraction(s, p) for s in scores])  # (N, *shape) bool
     # blend
     blend = blend_coefficients(deltas, weights, str(params["blend"]))  # (N,)
     # transplant, group mean, resolve conflicts

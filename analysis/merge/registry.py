@@ -93,8 +93,13 @@ class MergeMethod:
     default_weight: str = "one"  # "one" (each weight 1) | "mean" (each weight 1/N)
     min_inputs: int = 1
     max_inputs: int | None = None
-    exact_lowrank: bool = False  # result stays a LowRankDelta, so PEFT export needs no --rank
+    # result stays a LowRankDelta, so PEFT export needs no --rank; a function of the parameters when it depends
+    exact_lowrank: bool | Callable[[Mapping[str, ParamValue]], bool] = False
     prepare: PrepareFn | None = None
+
+    def is_exact(self, params: Mapping[str, ParamValue]) -> bool:
+        """Whether low-rank inputs give a low-rank (exactly exportable) result with these parameters."""
+        return self.exact_lowrank(params) if callable(self.exact_lowrank) else bool(self.exact_lowrank)
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -132,7 +137,7 @@ def register(
     default_weight: str = "one",
     min_inputs: int = 1,
     max_inputs: int | None = None,
-    exact_lowrank: bool = False,
+    exact_lowrank: bool | Callable[[Mapping[str, ParamValue]], bool] = False,
     prepare: PrepareFn | None = None,
 ) -> Callable[[ModuleFn], ModuleFn]:
     """Decorator adding a per-module merge function to `METHODS` under `name`."""
@@ -169,7 +174,8 @@ def describe_methods() -> list[dict[str, Any]]:
     """Plain data for `--list-methods`, the app and docs."""
     return [
         {"name": m.name, "help": m.help, "default_weight": m.default_weight, "min_inputs": m.min_inputs,
-         "max_inputs": m.max_inputs, "exact_lowrank": m.exact_lowrank,
+         "max_inputs": m.max_inputs,
+         "exact_lowrank": "depends on parameters" if callable(m.exact_lowrank) else m.exact_lowrank,
          "params": [{"name": p.name, "type": p.type.__name__, "default": p.default, "low": p.low,
                      "high": p.high, "choices": list(p.choices) if p.choices else None, "help": p.help}
                     for p in m.params]}

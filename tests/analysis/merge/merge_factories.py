@@ -5,11 +5,14 @@ the loader; the real-PEFT adapters are read back with PEFT's own layer objects, 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 from analysis.adapters.model import Adapter, LowRankDelta
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded in tests
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
