@@ -163,3 +163,23 @@ def test_tensors_are_zero_copy_views_of_the_file(tmp_path: Path) -> None:
     adapter = load_adapter(d, check_finite=False)
     q = adapter.modules["model.layers.0.self_attn.q_proj"]
     torch.testing.assert_close(q.dense(), lora()[f"{Q}.lora_B.weight"] @ lora()[f"{Q}.lora_A.weight"] * 2.0)
+
+
+def test_misaligned_and_bf16_tensors_and_legacy_pickle(tmp_path: Path) -> None:
+    """An F32 tensor at an odd offset (after an F16 alpha) is copied, not mis-viewed; BF16 read as stored."""
+    m = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    g = torch.Generator().manual_seed(1)
+    down, up = torch.randn(4, 8, generator=g), torch.randn(8, 4, generator=g).to(torch.bfloat16)
+    header = {f"{m}.alpha": {"dtype": "F16", "shape": [], "data_offsets": [0, 2]},
+              f"{m}.lora_down.weight": {"dtype": "F32", "shape": [4, 8], "data_offsets": [2, 130]},
+              f"{m}.lora_up.weight": {"dtype": "BF16", "shape": [8, 4], "data_offsets": [130, 194]}}
+    data = (torch.tensor(2.0, dtype=torch.float16).view(torch.int16).numpy().tobytes() + down.numpy().tobytes()
+            + up.view(torch.int16).numpy().tobytes())
+    adapter = load_adapter(raw_safetensors(tmp_path / "mis.safetensors", header, data))
+    d = adapter.modules["down_blocks.0.attentions.0.proj_in"]
+    assert adapter.format == "kohya" and d.scale == 0.5 and d.B.dtype == torch.bfloat16
+    torch.testing.assert_close(d.dense(), (up.float() @ down) * 0.5)
+
+    torch.save(lora(), tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    legacy = load_adapter(tmp_path / "legacy.bin")
+    assert legacy.format == "peft" and any("assumed scale 1.0" in w for w in legacy.warnings)
