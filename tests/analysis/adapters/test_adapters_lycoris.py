@@ -102,3 +102,32 @@ def test_lokr_scale_uses_w1_rank_then_w2_rank(tmp_path: Path) -> None:
     torch.testing.assert_close(m["b"].dense(), torch.kron(w1, w2a @ w2b) * 7 / 2)
     torch.testing.assert_close(m["c"].dense(), torch.kron(w1, w2))
     assert m["a"].shape == (20, 12)
+
+
+def test_lokr_conv_full_factors_layout_and_lycoris_scale(tmp_path: Path) -> None:
+    """Full w1 (a, b) and 4-D w2 (c, d, kh, kw): the flattened kron equals PEFT's kernel; the scale is
+    LyCORIS's (both factors full -> alpha forced to dim, scale 1) where PEFT keeps alpha / r."""
+    from peft import LoKrConfig, get_peft_model
+
+    torch.manual_seed(2)
+    model = get_peft_model(TinyConvNet(), LoKrConfig(r=2, alpha=3, target_modules=["conv1", "conv2"],
+                                                     init_weights=False))
+    deltas = lycoris_file(model, tmp_path / "lokr_conv.safetensors", 3.0, LOKR)
+    adapter = load_adapter(tmp_path / "lokr_conv.safetensors")
+    assert adapter.modules["conv1"].kernel_shape == (3, 3) and adapter.modules["conv1"].kind == "conv"
+    for name, ref in deltas.items():
+        ours = adapter.modules[name].dense()  # (out, in*kh*kw)
+        torch.testing.assert_close(ours * (3 / 2), ref.reshape(ours.shape), rtol=1e-5, atol=1e-6)
+
+
+def test_kohya_conv_lora(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(3)
+    down, up = torch.randn(2, 4, 3, 3, generator=g), torch.randn(6, 2, 1, 1, generator=g)
+    m = "lora_unet_down_blocks_0_resnets_0_conv1"
+    save_file({f"{m}.lora_down.weight": down, f"{m}.lora_up.weight": up, f"{m}.alpha": torch.tensor(1.0)},
+              tmp_path / "c.safetensors")
+    adapter = load_adapter(tmp_path / "c.safetensors")
+    d = adapter.modules["down_blocks.0.resnets.0.conv1"]
+    assert adapter.format == "kohya" and (d.kind, d.kernel_shape, d.shape, d.scale) == ("conv", (3, 3), (6, 36), 0.5)
+    ref = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)  # (out, in, kh, kw)
+    torch.testing.assert_close(d.dense(), ref.reshape(6, -1) * 0.5)
