@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 
 from analysis.adapters.model import Adapter, Delta
 from analysis.errors import RecipeError
@@ -59,6 +60,20 @@ def render_export(modules: Mapping[str, Delta], recipe: Recipe, *, inputs: list[
     return weights_name, tensors, metadata, texts
 
 
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """safetensors serialisation with a byte-stable header: the library writes `__metadata__` from a hash
+    map whose order changes from process to process, so the header is re-emitted with sorted keys
+    (tensor entries and data are already in a fixed order). Needed for recipes to replay to identical bytes."""
+    raw = save(dict(tensors), metadata=dict(metadata))
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    ordered = {"__metadata__": dict(sorted(meta.items())), **header}
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # keep the data 8-byte aligned, as the library does
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+
+
 def _verify(tmp: Path, weights_name: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
             texts: Mapping[str, str]) -> None:
     """Re-read what was written and compare; raises RecipeError on any mismatch."""
@@ -83,7 +98,7 @@ def export_merge(modules: Mapping[str, Delta], recipe: Recipe, out: str | Path, 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        save_file(tensors, str(tmp / weights_name), metadata=dict(metadata))
+        (tmp / weights_name).write_bytes(safetensors_bytes(tensors, metadata))
         for name, text in texts.items():
             (tmp / name).write_text(text)
         _verify(tmp, weights_name, tensors, metadata, texts)
