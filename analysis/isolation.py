@@ -180,7 +180,11 @@ def coefficient_maps(masks: torch.Tensor, scores: torch.Tensor, groups: Sequence
     if policy == "mean":
         M = M + m * conflict / claims.clamp(min=1)
     else:
-        winner = torch.argmax(torch.where(masks, scores.to(torch.float32), torch.full_like(m, -1.0)), dim=0)
-        M = M + torch.nn.functional.one_hot(winner, N).movedim(-1, 0).to(torch.float32) * conflict
+        # argmax only over the (few) conflicting positions: a full (N, ...) argmax is the slow part
+        where = conflict.nonzero(as_tuple=True)
+        claimed = torch.where(masks[(slice(None), *where)], scores[(slice(None), *where)].to(torch.float32),
+                              torch.tensor(-1.0))  # (N, n_conflicts)
+        winner = torch.argmax(claimed, dim=0)  # (n_conflicts,)
+        M[(winner, *where)] = 1.0
     stats = ClaimStats(int(claims.numel()), int(sole.sum()), int(shared.sum()), int(conflict.sum()), int(free.sum()))
     return M, stats

@@ -97,7 +97,7 @@ def export_fidelity(merged: Mapping[str, Delta], rank: int | None) -> dict[str, 
                 "per_module": {}}
     per_module, err2, tot2 = {}, 0.0, 0.0
     for m, d in sorted(merged.items()):
-        S = svd_of(d)[1]  # (k,)
+        S = svd_of(d)[1] if isinstance(d, LowRankDelta) else torch.linalg.svdvals(d.dense(torch.float64))  # (k,)
         e = relative_truncation_error(S, rank)
         per_module[m] = e
         n2 = float((S**2).sum())
