@@ -1,6 +1,6 @@
 """`adapter-atlas serve`: start the Streamlit app headless on the sample adapters (or the paths given).
 
-The app lives in `app/`; this command only builds the `streamlit run` command line. It runs from
+The app lives in `app/`; this command only builds the `streamlit run` command line and execs it. It runs from
 `app/` so that `app/.streamlit/config.toml` applies, and passes explicit adapter paths and allowed
 server roots through environment variables the app reads (`ADAPTER_ATLAS_ADAPTERS`,
 `ADAPTER_ATLAS_ROOTS`), because Streamlit owns the script's command line.
@@ -46,6 +46,12 @@ def run_serve(args: argparse.Namespace) -> int:
     cmd = streamlit_command(host=args.host, port=args.port)
     print(f"Adapter Atlas on http://{args.host}:{args.port}  (Ctrl+C stops it)", file=sys.stderr)
     log.debug("running %s", " ".join(cmd))
+    if os.name == "posix":
+        # Become the Streamlit server (same pid), so a signal to `adapter-atlas serve` reaches it
+        # and no orphan server is left behind when a supervisor or a test stops us.
+        os.chdir(APP_DIR)
+        sys.stderr.flush()
+        os.execve(cmd[0], cmd, env)
     return subprocess.call(cmd, cwd=APP_DIR, env=env)
 
 

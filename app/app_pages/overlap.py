@@ -46,7 +46,7 @@ rows_title = "adapter i (row)" if metric == "energy_overlap" else "adapter"
 cols_title = "inside adapter j (column)" if metric == "energy_overlap" else "adapter"
 event = show_figure(
     figures.heatmap(shown, names, names, spec, title=f"{spec.label} · {where}", row_title=rows_title,
-                    col_title=cols_title),
+                    col_title=cols_title, clickable=True),
     name=f"overlap_{metric}_{where}", key="overlap_heatmap", on_select="rerun",
     matrix=(shown, names, names), metric=metric, scope=where)
 if metric == "energy_overlap":

@@ -21,7 +21,7 @@ def short_label(label: str, limit: int = 28) -> str:
 
 def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], spec: MetricSpec, *,
             title: str, row_title: str = "adapter", col_title: str = "adapter",
-            annotate: bool | None = None) -> go.Figure:
+            annotate: bool | None = None, clickable: bool = False) -> go.Figure:
     """A metric heatmap with the metric's fixed range; rows read top to bottom in the given order."""
     z = np.asarray(matrix, dtype=float)  # (len(rows), len(cols))
     rows_s, cols_s = [short_label(r) for r in rows], [short_label(c) for c in cols]
@@ -39,6 +39,17 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], spec: 
         texttemplate=f"%{{z:{spec.fmt}}}" if annotate else None,
         xgap=1, ygap=1,
     ))
+    if clickable:
+        # Plotly heatmaps emit no selection events; a near-invisible marker on each cell does, so a
+        # click on a cell reaches Streamlit's on_select. It carries the same hover text as the cell.
+        ys, xs = np.meshgrid(np.arange(len(rows)), np.arange(len(cols)), indexing="ij")  # (R, C) each
+        fig.add_trace(go.Scatter(
+            x=[cols_s[c] for c in xs.ravel()], y=[rows_s[r] for r in ys.ravel()], mode="markers",
+            customdata=[(rows[r], cols[c], z[r, c]) for r, c in zip(ys.ravel(), xs.ravel())],
+            hovertemplate=(f"{row_title}: %{{customdata[0]}}<br>{col_title}: %{{customdata[1]}}<br>"
+                           f"{spec.label}: %{{customdata[2]:{spec.fmt}}}<extra></extra>"),
+            marker=dict(symbol="square", size=28, opacity=0.01), showlegend=False,
+            unselected=dict(marker=dict(opacity=0.01)), selected=dict(marker=dict(opacity=0.01))))
     fig.update_layout(title=title, font=FONT, xaxis_title=col_title, yaxis_title=row_title,
                       yaxis=dict(autorange="reversed", type="category"),
                       xaxis=dict(type="category", tickangle=-35),

@@ -132,3 +132,24 @@ def test_url_carries_view(server_url: str, page) -> None:
     page.goto(shared.replace("metric=subspace_similarity", "metric=cosine"), wait_until="domcontentloaded")
     _settle(page, 2)
     assert page.get_by_text("Cosine of the updates").count() >= 1
+
+
+def test_hover_names_both_adapters_and_click_opens_the_pair(server_url: str, page) -> None:
+    page.goto(f"{server_url}/overlap", wait_until="domcontentloaded")
+    _settle(page, 2)
+    pair_title = lambda: page.locator(".js-plotly-plot").nth(1).locator(".gtitle").text_content()  # noqa: E731
+    heat = page.locator(".js-plotly-plot").first
+    labels = [t.text_content() for t in heat.locator(".ytick text").all()]
+    assert len(labels) == 3
+    box = heat.locator(".nsewdrag").first.bounding_box()
+    bottom_left = (box["x"] + box["width"] / 6, box["y"] + box["height"] * 5 / 6)  # row 3, column 1
+    page.mouse.move(*bottom_left)
+    page.wait_for_timeout(800)
+    hover = page.locator(".hoverlayer").first.text_content()
+    assert labels[2] in hover and labels[0] in hover and "Subspace similarity" in hover
+    before = pair_title()
+    page.mouse.click(*bottom_left)
+    page.wait_for_function("t => document.querySelectorAll('.js-plotly-plot')[1]"
+                           ".querySelector('.gtitle').textContent !== t", arg=before, timeout=60_000)
+    after = pair_title()
+    assert labels[0] in after and labels[2] in after
