@@ -10,7 +10,7 @@ import json
 import sys
 
 from analysis.clustering import DISTANCE_METRICS, Linkage, adapter_distance
-from analysis.commands.overlap import _clean, compute_table, load_named
+from analysis.commands.overlap import _clean, compute_table, limit_threads, load_named
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     model = Linkage(args.linkage)
     if args.linkage not in ("average", "complete"):
         model.fit([[0.0]])  # raises the one-line explanation before any loading
+    limit_threads()
     adapters = load_named(args.paths)
     table = compute_table(adapters, args.modules)
     names = [a.name for a in adapters]
