@@ -268,3 +268,95 @@ def review_overlap(url: str, proposal_id: int, recipe_sha256: str) -> Any:
     from analysis.review.evidence import input_overlap
 
     return input_overlap(review_store(url).get(proposal_id))
+
+
+# --- merge ---------------------------------------------------------------------------------------
+# A merge is keyed by (refs, method, parameters as sorted items, weights): the refs carry each input's
+# sha256, so a changed file is a new merge. Merged deltas are resources (tensors, read-only); previews
+# and accuracies are data.
+
+MergeKey = tuple[tuple[AdapterRef, ...], str, tuple[tuple[str, Any], ...], tuple[float, ...] | None]
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def merge_result(key: MergeKey) -> Any:
+    """`analysis.merge.merge_adapters` on the referenced adapters (a `MergeResult`)."""
+    from analysis.merge import merge_adapters
+
+    refs, method, params, weights = key
+    return merge_adapters(adapters_of(refs), method, params=dict(params),
+                          weights=list(weights) if weights else None)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def merge_cores(refs: tuple[AdapterRef, ...], granularity: str, p: float) -> Any:
+    """Every input's core masks, shared by the previews of all methods."""
+    from analysis.isolation import task_cores
+
+    return task_cores(adapters_of(refs), granularity=granularity, p=p)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def merge_preview(key: MergeKey, rank: int | None, granularity: str, p: float) -> dict[str, Any]:
+    """Data-free preview of one merge (plain data), plus the method's own diagnostics."""
+    from analysis.preview import preview_merge
+
+    result = merge_result(key)
+    out = preview_merge(adapters_of(key[0]), result.modules, rank=rank, granularity=granularity, p=p,
+                        cores=merge_cores(key[0], granularity, p))
+    out["method_info"] = result.info
+    return out
+
+
+@st.cache_data(show_spinner=False)
+def sample_tasks() -> list[str]:
+    """Sample-set tasks with an eval split on disk (empty when the sample set is absent)."""
+    from analysis.evaluate import list_tasks
+
+    return list_tasks()
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def merged_accuracy(key: MergeKey, task: str, limit: int | None) -> float:
+    """Real accuracy of one merge on one sample task (exact match, the evaluator's fixed protocol)."""
+    from analysis.preview import real_accuracy
+
+    result = merge_result(key)
+    return real_accuracy(result.modules, adapters_of(key[0]), [task], limit=limit, individual=False)["merged"][task]
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def adapter_accuracy(ref: AdapterRef, task: str, limit: int | None) -> float:
+    """Real accuracy of one input adapter on one sample task."""
+    from analysis.preview import real_accuracy
+
+    adapter = load_adapter(*ref)
+    return real_accuracy(adapter.modules, [adapter], [task], limit=limit, individual=False)["merged"][task]
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def merge_export(key: MergeKey, fmt: str, rank: int | None, granularity: str = "entries",
+                 p: float = 0.01) -> dict[str, Any]:
+    """Build the export of one merge in a temporary directory; returns the zip bytes and the recipe.
+
+    The directory is written by the same atomic `export_merge` the CLI uses, then zipped and removed."""
+    import shutil
+    import tempfile
+
+    from analysis.export import build_recipe, export_merge, recipe_to_yaml, zip_directory
+    from analysis.export.recipe import recipe_to_dict
+
+    refs, method, params, weights = key
+    adapters = adapters_of(refs)
+    recipe = build_recipe(adapters, method, parameters=dict(params), weights=list(weights) if weights else None,
+                          export_format=fmt, rank=rank)
+    full = merge_preview(key, rank, granularity, p)
+    preview = {k: full[k] for k in ("settings", "per_task", "export", "method_info")}
+    root = Path(tempfile.mkdtemp(prefix="atlas-merge-"))
+    try:
+        out = export_merge(merge_result(key).modules, recipe, root / f"merged-{method}", inputs=adapters,
+                           preview=preview)
+        return {"zip": zip_directory(out), "recipe_yaml": recipe_to_yaml(recipe), "recipe": recipe_to_dict(recipe),
+                "preview": preview, "name": out.name}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -96,3 +96,28 @@ def test_svd_matches_peft_add_weighted_adapter(trio, tmp_path):  # noqa: ANN001
     theirs = peft_weighted(trio, tmp_path, "svd", svd_rank=3)
     for m, d in ours.modules.items():
         assert d.rank == 3 and rel(d.dense(torch.float64), theirs[m]) < 1e-4
+
+
+def test_zip_holds_the_export_and_kohya_delta_formats_reload(trio, tmp_path):  # noqa: ANN001
+    import io
+    import zipfile
+
+    from safetensors.torch import load_file
+
+    from analysis.export import zip_directory
+
+    res = merge_adapters(trio, "ties")
+    for fmt, weights_file in (("kohya", "lora.safetensors"), ("delta", "delta.safetensors")):
+        recipe = build_recipe(trio, "ties", export_format=fmt, rank=None if fmt == "delta" else 32)
+        out = export_merge(res.modules, recipe, tmp_path / fmt, inputs=trio)
+        names = zipfile.ZipFile(io.BytesIO(zip_directory(out))).namelist()
+        assert sorted(names) == sorted([f"{fmt}/{weights_file}", f"{fmt}/recipe.yaml"])
+        tensors = load_file(str(out / weights_file))
+        m = "model.layers.0.self_attn.q_proj"
+        if fmt == "delta":
+            got = tensors[f"{m}.delta"].double()
+        else:
+            key = "lora_unet_" + m.replace(".", "_")
+            got = tensors[f"{key}.lora_up.weight"].double() @ tensors[f"{key}.lora_down.weight"].double()
+            assert float(tensors[f"{key}.alpha"]) == tensors[f"{key}.lora_down.weight"].shape[0]
+        assert rel(got, res.modules[m].dense(torch.float64)) < 1e-5
