@@ -44,8 +44,8 @@ groups = cache.cut(refs, distance, method, k, threshold)
 show_figure(figures.dendrogram(fit["dendrogram"], names, metric_label=DISTANCES[distance], threshold=threshold),
             name=f"dendrogram_{distance}_{method}", key="clusters_dendrogram")
 st.subheader("Groups")
-st.dataframe(pd.DataFrame([{"group": g + 1, "adapters": ", ".join(n for n, x in zip(names, groups) if x == g),
-                            "size": groups.count(g)} for g in sorted(set(groups))]),
+st.dataframe(pd.DataFrame([{"adapter": names[x], "group": groups[x] + 1, "group size": groups.count(groups[x])}
+                           for x in fit["order"]]),
              hide_index=True, width="stretch")
 
 # 4. The distance matrix behind it, in dendrogram order

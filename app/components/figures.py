@@ -16,7 +16,11 @@ FONT = dict(size=13)
 
 
 def short_label(label: str, limit: int = 28) -> str:
-    return label if len(label) <= limit else "…" + label[-(limit - 1):]
+    """Keep both ends of a long name (task prefix and variant suffix), drop the middle."""
+    if len(label) <= limit:
+        return label
+    head = (limit - 1) // 2
+    return label[:head] + "…" + label[-(limit - 1 - head):]
 
 
 def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], spec: MetricSpec, *,
@@ -51,9 +55,9 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], spec: 
             marker=dict(symbol="square", size=28, opacity=0.01), showlegend=False,
             unselected=dict(marker=dict(opacity=0.01)), selected=dict(marker=dict(opacity=0.01))))
     fig.update_layout(title=title, font=FONT, xaxis_title=col_title, yaxis_title=row_title,
-                      yaxis=dict(autorange="reversed", type="category"),
-                      xaxis=dict(type="category", tickangle=-35),
-                      height=max(360, 60 + 34 * len(rows)), margin=dict(l=10, r=10, t=60, b=10))
+                      yaxis=dict(autorange="reversed", type="category", tickmode="array", tickvals=rows_s),
+                      xaxis=dict(type="category", tickangle=-35, tickmode="array", tickvals=cols_s),
+                      height=max(380, 150 + 40 * len(rows)), margin=dict(l=10, r=10, t=60, b=10))
     return fig
 
 

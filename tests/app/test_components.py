@@ -29,7 +29,8 @@ def test_heatmap_range_is_the_metric_range_not_the_data(key: str, lo: float, hi:
 def test_long_names_are_shortened_on_axes_but_full_in_hover() -> None:
     long = "a" * 20 + "_curriculum_stage_one_of_three"
     fig = figures.heatmap(np.eye(2), [long, "b"], [long, "b"], METRICS["cosine"], title="t")
-    assert len(fig.data[0].y[0]) <= 28 and fig.data[0].y[0].endswith("of_three")
+    shown = fig.data[0].y[0]
+    assert len(shown) <= 28 and shown.startswith("aaaa") and shown.endswith("of_three") and "…" in shown
     assert fig.data[0].customdata[0][0][0] == long
 
 
