@@ -26,6 +26,9 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 # (url path, title on the page, plotly charts expected at least); the default page lives at "/"
 PAGES = [("", "Adapters", 1), ("overlap", "Overlap", 2), ("subspaces", "Subspaces", 2),
          ("clusters", "Clusters", 2), ("capacity", "Capacity", 2)]
+# pages other engineers own join the navigation when their files exist; they must at least render cleanly
+PAGES += [(url, title, 0) for url, title in (("merge", "Merge"), ("review", "Review"))
+          if (REPO / "app" / "app_pages" / f"{url}.py").is_file()]
 
 if not Path(CHROMIUM).exists():
     pytest.skip("Debian chromium is not installed at /usr/bin/chromium (CI installs it with `make browser`)",
@@ -87,6 +90,7 @@ def page():
 def _settle(page, min_charts: int, timeout_ms: int = 240_000) -> None:
     """Wait until the script run is over and the expected charts are drawn."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
+    page.wait_for_selector("h1", timeout=timeout_ms)
     page.wait_for_function(
         """n => document.querySelectorAll('.js-plotly-plot').length >= n
               || document.querySelector('[data-testid="stException"]') !== null""",
