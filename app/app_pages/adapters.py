@@ -28,7 +28,7 @@ known = st.session_state.get(view.KNOWN, [])
 st.session_state[view.ADAPTERS] = [p for p in st.session_state.get(view.ADAPTERS, []) if p in known]
 st.multiselect("Open adapters", known, key=view.ADAPTERS, format_func=lambda p: f"{Path(p).name}  ·  {p}")
 
-refs, adapters = view.adapter_set()
+refs, _ = view.adapter_set()
 
 # 3. Inventory: one row per adapter
 cards = [cache.describe(ref) for ref in refs]

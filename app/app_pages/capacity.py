@@ -13,8 +13,8 @@ st.caption("A layer of width d holds at most d / r mutually orthogonal rank-r up
            "N subspaces of dimension r have mean normalised overlap at least (N·r/d − 1)/(N − 1). "
            "Overlap far above this floor is learned, shared structure; overlap near it is crowding.")
 
-refs, adapters = view.adapter_set(minimum=2)
-view.overlap_table(refs)
+refs, _ = view.adapter_set(minimum=2)
+view.overlap_table(refs)  # progress bar and error box; the table is cached for what follows
 layers, types, _ = cache.layers_and_types(refs)
 
 # 1. The rank of a hypothetical new adapter, and the module type to follow across layers

@@ -13,8 +13,8 @@ st.title("Clusters")
 st.caption("Adapters whose updates overlap end up in one branch. Average or complete linkage only: the distances "
            "are angle-based, and ward/centroid assume Euclidean geometry.")
 
-refs, adapters = view.adapter_set(minimum=2)
-view.overlap_table(refs)
+refs, _ = view.adapter_set(minimum=2)
+view.overlap_table(refs)  # progress bar and error box; the table is cached for what follows
 names = [ref[2] for ref in refs]
 
 # 1. Distance and linkage

@@ -15,7 +15,7 @@ st.title("Overlap")
 st.caption("Adapter × adapter overlap of the updates dW, per module or averaged (energy-weighted) over a layer "
            "or module type. Adapters are listed in dendrogram order, so similar ones sit together.")
 
-refs, adapters = view.adapter_set(minimum=2)
+refs, _ = view.adapter_set(minimum=2)
 table = view.overlap_table(refs)
 layers, types, _ = cache.layers_and_types(refs)
 

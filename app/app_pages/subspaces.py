@@ -13,7 +13,7 @@ st.caption("Two updates collide when their column spaces share directions. Princ
            "directions, near 90° orthogonal ones. phi(k, l) asks how much of adapter A's top-k directions lies in "
            "adapter B's top-l directions (LoRA paper, section 7 and figure 3).")
 
-refs, adapters = view.adapter_set(minimum=2)
+refs, _ = view.adapter_set(minimum=2)
 table = view.overlap_table(refs)
 names = [ref[2] for ref in refs]
 

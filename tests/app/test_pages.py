@@ -210,3 +210,15 @@ def test_pages_need_two_adapters(app: AppTest) -> None:
     at.multiselect(key="atlas_adapters").set_value([str(GEMMA / "adapter")]).run()
     at.switch_page("app_pages/overlap.py").run()
     assert not at.exception and any("at least 2" in i.value for i in at.info)
+
+
+def test_adapters_of_different_bases_get_an_error_box(monkeypatch: pytest.MonkeyPatch) -> None:
+    other = REPO.parent / "shared" / "real_adapters" / "tashu014-lora-imdb-distilbert"
+    monkeypatch.setenv("ADAPTER_ATLAS_ADAPTERS", os.pathsep.join([str(GEMMA / "adapter"), str(other)]))
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    _ok(at)
+    assert "distilbert-base-uncased" in at.warning[0].value  # the inventory warns about the two bases
+    for page in ("overlap", "subspaces", "clusters", "capacity"):
+        at.switch_page(f"app_pages/{page}.py").run()
+        assert not at.exception
+        assert len(at.error) == 1 and "cannot be compared" in at.error[0].value, page
