@@ -222,3 +222,14 @@ def test_adapters_of_different_bases_get_an_error_box(monkeypatch: pytest.Monkey
         at.switch_page(f"app_pages/{page}.py").run()
         assert not at.exception
         assert len(at.error) == 1 and "cannot be compared" in at.error[0].value, page
+
+
+def test_folder_upload_joins_the_set(app: AppTest) -> None:
+    at = app.run()
+    at.multiselect(key="atlas_adapters").set_value([str(GEMMA / "adapter")]).run()
+    files = [(f"adapter_curriculum_stage1/{p.name}", p.read_bytes(), "application/octet-stream")
+             for p in sorted((GEMMA / "adapter_curriculum_stage1").iterdir())]
+    at.file_uploader(key="adapters_upload_dir").set_value(files).run()
+    _ok(at)
+    assert list(at.dataframe[0].value["adapter"]) == ["adapter", "adapter_curriculum_stage1"]
+    assert at.dataframe[0].value["sha256"][1] == load_adapter(GEMMA / "adapter_curriculum_stage1").sha256[:12]
