@@ -1,0 +1,103 @@
+"""Real accuracy of merged sample adapters: isolation against the baselines, in one run.
+
+Every sample adapter (sample_adapters/<task>/, LoRA on SmolLM2-135M) is merged into ONE adapter per
+method configuration; the merge is evaluated on every task's eval split (first `--limit` rows, exact
+match under the evaluator's fixed protocol) next to each individual adapter on its own task and the
+base model. Retention = merged accuracy / the task's own adapter accuracy. Results are written after
+every configuration (a partial run still leaves a readable file).
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/sample_merge_table.py --limit 32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.adapters import load_adapter  # noqa: E402
+from analysis.base_model import load_base_model  # noqa: E402
+from analysis.evaluate import evaluate_deltas, list_tasks  # noqa: E402
+from analysis.merge import merge_adapters  # noqa: E402
+from analysis.preview import preview_merge  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results_sample_merge.json"
+
+# (label, method, params): the baselines the brief asks for, then the isolation variants tried.
+CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("isolation", "isolation", {}),
+    ("linear_mean", "linear", {}),
+    ("task_arithmetic", "task_arithmetic", {}),
+    ("ties", "ties", {}),
+    ("orthogonal", "orthogonal", {}),
+    ("isolation_sum", "isolation", {"blend": "sum"}),
+    ("isolation_sum_p05", "isolation", {"blend": "sum", "p": 0.05}),
+    ("isolation_rows_sum_p10", "isolation", {"blend": "sum", "granularity": "rows", "p": 0.1}),
+    ("isolation_mean", "isolation", {"blend": "mean"}),
+]
+
+log = logging.getLogger("sample_merge_table")
+
+
+def accuracy(model: Any, tokenizer: Any, deltas: dict, tasks: list[str], limit: int) -> dict[str, float]:
+    res = evaluate_deltas(model, tokenizer, deltas, tasks, limit=limit)
+    return {t: float(r["accuracy"]) for t, r in res.items()}
+
+
+def summarize(merged: dict[str, float], own: dict[str, float]) -> dict[str, Any]:
+    ratios = {t: merged[t] / own[t] for t in own if own[t] > 0}
+    return {"mean_accuracy": statistics.fmean(merged.values()),
+            "mean_retention": statistics.fmean(ratios.values()) if ratios else None,
+            "retention": ratios}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=32, help="eval rows per task (first N of the eval split)")
+    ap.add_argument("--only", nargs="*", default=None, help="configuration labels to run (default: all)")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+
+    tasks = [t for t in list_tasks() if (ROOT / "sample_adapters" / t / "adapter_model.safetensors").is_file()]
+    adapters = [load_adapter(ROOT / "sample_adapters" / t, name=t) for t in tasks]
+    model, tokenizer = load_base_model()
+    out: dict[str, Any] = {"limit": args.limit, "tasks": tasks, "protocol": "analysis.evaluate (exact match, "
+                           "greedy, first line), first `limit` eval rows per task", "configs": {}}
+    t0 = time.perf_counter()
+    out["base"] = accuracy(model, tokenizer, {}, tasks, args.limit)
+    out["individual_own"] = {a.name: accuracy(model, tokenizer, a.modules, [a.name], args.limit)[a.name]
+                             for a in adapters}
+    log.info("base and individual done in %.0f s", time.perf_counter() - t0)
+    path = Path(args.out)
+    for label, method, params in CONFIGS:
+        if args.only and label not in args.only:
+            continue
+        t = time.perf_counter()
+        res = merge_adapters(adapters, method, params=params)
+        merge_s = time.perf_counter() - t
+        acc = accuracy(model, tokenizer, res.modules, tasks, args.limit)
+        pv = preview_merge(adapters, res.modules)
+        out["configs"][label] = {
+            "method": method, "parameters": res.params, "weights": res.weights, "merge_seconds": round(merge_s, 2),
+            "accuracy": acc, **summarize(acc, out["individual_own"]),
+            "preview": {n: {k: v for k, v in s.items()} for n, s in pv["per_task"].items()},
+            "method_info": {k: v for k, v in res.info.items() if k != "conflicts_per_module"},
+        }
+        log.info("%s: mean acc %.3f, mean retention %s (%.0f s)", label, out["configs"][label]["mean_accuracy"],
+                 out["configs"][label]["mean_retention"], time.perf_counter() - t)
+        path.write_text(json.dumps(out, indent=2, default=float) + "\n")
+    path.write_text(json.dumps(out, indent=2, default=float) + "\n")
+    print(json.dumps({k: {"mean_accuracy": v["mean_accuracy"], "mean_retention": v["mean_retention"]}
+                      for k, v in out["configs"].items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
