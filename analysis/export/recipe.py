@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from analysis import __version__
 from analysis.adapters.model import Adapter
 from analysis.errors import RecipeError
-from analysis.merge.registry import get_method
+from analysis.merge.registry import METHODS, get_method, params_model
 
 EXPORT_FORMATS = ("peft", "kohya", "delta")
 
@@ -59,6 +59,13 @@ class Recipe(BaseModel):
             raise RecipeError(f"method '{self.method}' gives dense (not low-rank) updates with these parameters: "
                               f"pass --rank R to export to {self.export.format}, or use --format delta")
         return self
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """JSON schema of a recipe, with each method's `parameters` schema generated from its declaration."""
+    schema = Recipe.model_json_schema()
+    schema["x-method-parameters"] = {name: params_model(name).model_json_schema() for name in sorted(METHODS)}
+    return schema
 
 
 def build_recipe(adapters: Sequence[Adapter], method: str, *, parameters: Mapping[str, Any] | None = None,

@@ -170,6 +170,21 @@ def parse_param_strings(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def params_model(method: str) -> type:
+    """A pydantic model of one method's parameters, generated from its declaration (for the recipe's JSON
+    schema and any boundary that wants pydantic validation); `Param.coerce` gives the friendlier errors."""
+    from typing import Literal
+
+    from pydantic import ConfigDict, Field, create_model
+
+    spec = get_method(method)
+    fields: dict[str, Any] = {}
+    for p in spec.params:
+        kind: Any = Literal[p.choices] if p.choices else p.type  # type: ignore[valid-type]
+        fields[p.name] = (kind, Field(default=p.default, ge=p.low, le=p.high, description=p.help))
+    return create_model(f"{method}_parameters", __config__=ConfigDict(extra="forbid"), **fields)
+
+
 def describe_methods() -> list[dict[str, Any]]:
     """Plain data for `--list-methods`, the app and docs."""
     return [

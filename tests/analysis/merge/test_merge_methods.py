@@ -198,3 +198,20 @@ def test_rank_refactors_each_module():
     a, b = random_adapter("a", seed=1), random_adapter("b", seed=2)
     out = merge_adapters([a, b], "ties", rank=2)
     assert all(isinstance(d, LowRankDelta) and d.rank == 2 for d in out.modules.values())
+
+
+def test_pydantic_parameter_models_come_from_the_declarations():
+    from pydantic import ValidationError
+
+    from analysis.export.recipe import recipe_json_schema
+    from analysis.merge.registry import params_model
+
+    ties_params = params_model("ties")
+    assert ties_params().density == 0.2
+    with pytest.raises(ValidationError):
+        ties_params(density=1.5)
+    with pytest.raises(ValidationError):
+        params_model("isolation")(granularity="cells")
+    schema = recipe_json_schema()["x-method-parameters"]
+    assert set(schema) == set(METHODS)
+    assert schema["ties"]["properties"]["density"]["maximum"] == 1.0
