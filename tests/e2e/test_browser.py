@@ -144,16 +144,20 @@ def test_hover_names_both_adapters_and_click_opens_the_pair(server_url: str, pag
     pair_title = lambda: page.locator(".js-plotly-plot").nth(1).locator(".gtitle").text_content()  # noqa: E731
     heat = page.locator(".js-plotly-plot").first
     labels = [t.text_content() for t in heat.locator(".ytick text").all()]
-    assert len(labels) == 3
+    n = len(labels)
+    assert n >= 2
     box = heat.locator(".nsewdrag").first.bounding_box()
-    bottom_left = (box["x"] + box["width"] / 6, box["y"] + box["height"] * 5 / 6)  # row 3, column 1
+    bottom_left = (box["x"] + box["width"] / (2 * n), box["y"] + box["height"] * (1 - 1 / (2 * n)))  # row n, col 1
     page.mouse.move(*bottom_left)
     page.wait_for_timeout(800)
     hover = page.locator(".hoverlayer").first.text_content()
-    assert labels[2] in hover and labels[0] in hover and "Subspace similarity" in hover
+    assert labels[-1] in hover and labels[0] in hover and "Subspace similarity" in hover
+    if n < 3:
+        pytest.skip("one pair only: a click cannot change it")
     before = pair_title()
+    assert labels[-1] not in before  # the default pair is the first two
     page.mouse.click(*bottom_left)
     page.wait_for_function("t => document.querySelectorAll('.js-plotly-plot')[1]"
                            ".querySelector('.gtitle').textContent !== t", arg=before, timeout=60_000)
     after = pair_title()
-    assert labels[0] in after and labels[2] in after
+    assert labels[0] in after and labels[-1] in after
