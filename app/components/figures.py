@@ -134,7 +134,8 @@ def capacity_chart(layers: Sequence[str], measured: Sequence[float], floor: Sequ
                              hovertemplate="%{x}<br>floor %{y:.3f}<extra></extra>"))
     fig.update_layout(title=title, font=FONT, yaxis=dict(title="mean normalised overlap", range=[0, 1]),
                       xaxis=dict(title="layer / module", type="category", tickangle=-35), height=420,
-                      legend=dict(orientation="h", y=1.08), margin=dict(l=10, r=10, t=60, b=10))
+                      legend=dict(orientation="h", y=1.0, yanchor="bottom", x=1.0, xanchor="right"),
+                      margin=dict(l=10, r=10, t=70, b=10))
     return fig
 
 
@@ -147,7 +148,9 @@ def rank_vs_width(layers: Sequence[str], union_rank: Sequence[float], width: Seq
     fig.add_trace(go.Scatter(x=list(layers), y=list(width), name="width d", mode="lines",
                              line=dict(color="#7f8c8d", dash="dot"),
                              hovertemplate="%{x}<br>width %{y}<extra></extra>"))
-    fig.update_layout(title=title, font=FONT, yaxis=dict(title="dimensions (log scale)", type="log", dtick=1),
+    top = 1.08 * max([*width, *union_rank, 1])
+    fig.update_layout(title=title, font=FONT, yaxis=dict(title="dimensions", range=[0, top]),
                       xaxis=dict(title="layer / module", type="category", tickangle=-35), height=380,
-                      legend=dict(orientation="h", y=1.08), margin=dict(l=10, r=10, t=60, b=10))
+                      legend=dict(orientation="h", y=1.0, yanchor="bottom", x=1.0, xanchor="right"),
+                      margin=dict(l=10, r=10, t=70, b=10))
     return fig
