@@ -38,10 +38,16 @@ CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("ties", "ties", {}),
     ("orthogonal", "orthogonal", {}),
     ("isolation_sum", "isolation", {"blend": "sum"}),
-    ("isolation_sum_p05", "isolation", {"blend": "sum", "p": 0.05}),
-    ("isolation_rows_sum_p10", "isolation", {"blend": "sum", "granularity": "rows", "p": 0.1}),
     ("isolation_mean", "isolation", {"blend": "mean"}),
+    ("isolation_mean_p05", "isolation", {"blend": "mean", "p": 0.05}),
+    ("isolation_mean_p20", "isolation", {"blend": "mean", "p": 0.2}),
+    ("isolation_rows_mean_p10", "isolation", {"blend": "mean", "granularity": "rows", "p": 0.1}),
+    ("isolation_mean_conflict_mean", "isolation", {"blend": "mean", "conflict": "mean"}),
 ]
+# Smaller merges ("tasks" in the investigation): dissimilar pairs, a triple, and the most similar pair
+# (format_date / format_date_us have the highest core Jaccard of the set).
+SUBSETS = ["format_date,text_uppercase", "math_max,text_last_word", "format_snake,text_reverse_words",
+           "math_add,text_first_word,format_date_us", "format_date,format_date_us"]
 
 log = logging.getLogger("sample_merge_table")
 
@@ -58,11 +64,37 @@ def summarize(merged: dict[str, float], own: dict[str, float]) -> dict[str, Any]
             "retention": ratios}
 
 
+def run_configs(adapters: list, tasks: list[str], model: Any, tokenizer: Any, args: argparse.Namespace,
+                own: dict[str, float], path: Path, out: dict, into: dict) -> dict:
+    """Merge `adapters` with every configuration, evaluate on `tasks`, store in `into` (saved each time)."""
+    for label, method, params in CONFIGS:
+        if args.only and label not in args.only:
+            continue
+        t = time.perf_counter()
+        res = merge_adapters(adapters, method, params=params)
+        merge_s = time.perf_counter() - t
+        acc = accuracy(model, tokenizer, res.modules, tasks, args.limit)
+        pv = preview_merge(adapters, res.modules)
+        into[label] = {
+            "method": method, "parameters": res.params, "weights": res.weights, "merge_seconds": round(merge_s, 2),
+            "accuracy": acc, **summarize(acc, {t: own[t] for t in tasks}),
+            "preview": {n: dict(s) for n, s in pv["per_task"].items()},
+            "method_info": {k: v for k, v in res.info.items() if k != "conflicts_per_module"},
+        }
+        log.info("%s on %s: mean acc %.3f, mean retention %s (%.0f s)", label, ",".join(tasks),
+                 into[label]["mean_accuracy"], into[label]["mean_retention"], time.perf_counter() - t)
+        path.write_text(json.dumps(out, indent=2, default=float) + "\n")
+    return into
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=32, help="eval rows per task (first N of the eval split)")
     ap.add_argument("--only", nargs="*", default=None, help="configuration labels to run (default: all)")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--subsets", nargs="*", default=None,
+                    help="also merge these task subsets (comma-separated names; no value = the built-in list)")
+    ap.add_argument("--skip-full", action="store_true", help="skip the all-task merge (keep its stored results)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
 
@@ -77,26 +109,25 @@ def main() -> None:
                              for a in adapters}
     log.info("base and individual done in %.0f s", time.perf_counter() - t0)
     path = Path(args.out)
-    for label, method, params in CONFIGS:
-        if args.only and label not in args.only:
-            continue
-        t = time.perf_counter()
-        res = merge_adapters(adapters, method, params=params)
-        merge_s = time.perf_counter() - t
-        acc = accuracy(model, tokenizer, res.modules, tasks, args.limit)
-        pv = preview_merge(adapters, res.modules)
-        out["configs"][label] = {
-            "method": method, "parameters": res.params, "weights": res.weights, "merge_seconds": round(merge_s, 2),
-            "accuracy": acc, **summarize(acc, out["individual_own"]),
-            "preview": {n: {k: v for k, v in s.items()} for n, s in pv["per_task"].items()},
-            "method_info": {k: v for k, v in res.info.items() if k != "conflicts_per_module"},
-        }
-        log.info("%s: mean acc %.3f, mean retention %s (%.0f s)", label, out["configs"][label]["mean_accuracy"],
-                 out["configs"][label]["mean_retention"], time.perf_counter() - t)
-        path.write_text(json.dumps(out, indent=2, default=float) + "\n")
+    if args.skip_full and path.is_file():
+        kept = json.loads(path.read_text())
+        out["configs"] = kept.get("configs", {})
+    else:
+        out["configs"] = run_configs(adapters, tasks, model, tokenizer, args, out["individual_own"], path, out,
+                                     out["configs"])
+    if args.subsets is not None:
+        out["subsets"] = {}
+        for subset in args.subsets or SUBSETS:
+            names = subset.split(",")
+            chosen = [a for a in adapters if a.name in names]
+            out["subsets"][subset] = {}
+            run_configs(chosen, names, model, tokenizer, args, out["individual_own"], path, out,
+                        out["subsets"][subset])
     path.write_text(json.dumps(out, indent=2, default=float) + "\n")
-    print(json.dumps({k: {"mean_accuracy": v["mean_accuracy"], "mean_retention": v["mean_retention"]}
-                      for k, v in out["configs"].items()}, indent=2))
+    brief = {k: round(v["mean_retention"] or 0.0, 3) for k, v in out["configs"].items()}
+    for subset, configs in out.get("subsets", {}).items():
+        brief[subset] = {k: round(v["mean_retention"] or 0.0, 3) for k, v in configs.items()}
+    print(json.dumps(brief, indent=2))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ PARAMS = [
           "by energy (exactly low rank)", choices=GRANULARITIES),
     Param("tau", float, 0.1, "Jaccard threshold for grouping tasks (paper default 0.1)", low=0.0, high=1.0),
     Param("groups", str, "", "group label per input, e.g. 0,0,1; empty = connected components of Jaccard >= tau"),
-    Param("blend", str, "slerp", "how non-core positions are combined: slerp (spherical mean), mean, or sum",
+    Param("blend", str, "slerp", "how non-core positions are combined: slerp (spherical mean), mean, or sum "
+          "(task arithmetic: equal weights count 1 each)",
           choices=("slerp", "mean", "sum")),
     Param("conflict", str, "magnitude", "two groups' cores on one position: larger magnitude wins, or their mean",
           choices=("magnitude", "mean")),
@@ -80,7 +81,8 @@ def blend_coefficients(deltas: Sequence[Delta], weights: Sequence[float], how: s
         return multislerp_coefficients(gram(deltas), (w / w.sum()).tolist() if float(w.sum()) else [1.0 / n] * n)
     if how == "mean":
         return w / w.sum() if float(w.sum()) else torch.full((n,), 1.0 / n, dtype=torch.float64)
-    return w  # sum
+    # sum (task arithmetic): weights rescaled so equal weights give 1 each, whatever their normalisation
+    return w / w.mean() if float(w.mean()) else torch.ones(n, dtype=torch.float64)
 
 
 @register("isolation", params=PARAMS, default_weight="mean", prepare=plan_isolation,

@@ -112,3 +112,12 @@ def test_groups_from_jaccard_with_tau():
     other = random_adapter("other", seed=9, rank=3, shapes=SHAPES)
     res = merge_adapters([a, twin, other], "isolation", params={"granularity": "rows", "p": 0.1, "tau": 0.9})
     assert res.info["groups"][0] == res.info["groups"][1] != res.info["groups"][2]
+
+
+def test_blend_sum_is_task_arithmetic_off_the_cores():
+    ads = adapters(3)
+    res = merge_adapters(ads, "isolation", params={"granularity": "rows", "p": 0.1, "groups": "0,1,2",
+                                                   "blend": "sum"})
+    for m in SHAPES:
+        expect = dense_isolation(ads, m, "rows", 0.1, [0, 1, 2], [1.0] * 3)
+        assert torch.allclose(res.modules[m].dense(torch.float64), expect, atol=1e-10)
