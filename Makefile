@@ -31,6 +31,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_overlap.py
+	$(PY) bench/bench_merge.py
 
 samples: $(STAMP)
 	$(PY) -m sample_adapters.build
