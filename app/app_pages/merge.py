@@ -26,7 +26,7 @@ METRIC_COLUMNS = {  # preview key -> (column label, help)
 
 st.title("Merge")
 st.caption("Isolation merging (Wang, Liang & Peng 2025): each task keeps its core, the top p of its parameters by "
-           "|dW|, transplanted unchanged; everything else is blended (SLERP or mean). Tasks whose cores overlap "
+           "|dW|, transplanted unchanged; everything else is blended (mean by default, which measured better than SLERP on the sample set). Tasks whose cores overlap "
            "(Jaccard ≥ τ) are grouped; a position two groups both claim is a conflict, resolved by a stated policy "
            "and counted. Row/column cores keep the merge exactly low rank, entry cores give a dense update. "
            "Compare it here with the classic merges on data-free diagnostics, then on real accuracy.")
