@@ -87,7 +87,12 @@ class RecipeExport(BaseModel):
 
 
 class Recipe(BaseModel):
-    """The minimal keys of a merge recipe that review relies on; anything else is kept as data."""
+    """The minimal keys of a merge recipe that review relies on; anything else is kept as data.
+
+    Deliberately looser than `analysis.export.recipe.Recipe` (the schema a replay enforces): a review
+    store must keep accepting recipes written by older or newer versions of the tool, whose methods
+    or parameters this version may not know, and reading the store must not import torch.
+    """
 
     model_config = ConfigDict(extra="allow")
     atlas_recipe: Literal[1]
