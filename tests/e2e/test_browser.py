@@ -3,6 +3,8 @@
 Each page must render its charts (plotly elements in the DOM) and show no exception box.
 Screenshots land in tests/e2e/screenshots/ (gitignored) for a human to look at.
 Set ATLAS_E2E_URL to test a server that is already running instead of starting one.
+The server started here reads its review store from a temporary SQLite file (`ADAPTER_ATLAS_DB`)
+that the module seeds with one proposal first, so the review page never touches a user's own store.
 """
 from __future__ import annotations
 
@@ -56,16 +58,41 @@ def _wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 120.
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
+# a title a browser would turn bold if the page rendered it as HTML instead of text
+PROPOSAL_TITLE = "Merge <b>sst2</b> + imdb"
+PROPOSAL_COMMENT = "Rank 8 keeps the sst2 core intact"
+PROPOSAL_RATIONALE = "Preview numbers hold up on both tasks"
+
+
 @pytest.fixture(scope="module")
-def server_url():
+def review_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """A fresh review store with one proposal carrying a comment and an approval; returns (db, id)."""
+    from analysis.review import ReviewStore, propose
+
+    db = tmp_path_factory.mktemp("review") / "review.db"
+    recipe = {"atlas_recipe": 1, "tool_version": "0.1.0", "method": "ties", "parameters": {"density": 0.2},
+              "weights": None, "export": {"format": "peft", "rank": 8},
+              "inputs": [{"name": n, "path": f"/nonexistent/{n}", "sha256": f"{i:064x}", "format": "peft"}
+                         for i, n in enumerate(("sst2", "imdb"))]}
+    with ReviewStore(db) as store:
+        pid = propose(store, recipe, PROPOSAL_TITLE, "ann",
+                      preview={"tasks": {"sst2": {"core_intact": 0.91}, "imdb": {"core_intact": 0.88}}})
+        store.add_comment(pid, author="bob", text=PROPOSAL_COMMENT)
+        store.add_decision(pid, author="cy", decision="approve", rationale=PROPOSAL_RATIONALE)
+    return db, pid
+
+
+@pytest.fixture(scope="module")
+def server_url(review_db: tuple[Path, int]):
     if os.environ.get("ATLAS_E2E_URL"):
         yield os.environ["ATLAS_E2E_URL"].rstrip("/")
         return
     port = _free_port()
     exe = Path(sys.executable).with_name("adapter-atlas")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "analysis.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ADAPTER_ATLAS_DB": str(review_db[0])}
     proc = subprocess.Popen(cmd + ["serve", "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)
@@ -161,3 +188,28 @@ def test_hover_names_both_adapters_and_click_opens_the_pair(server_url: str, pag
                            ".querySelector('.gtitle').textContent !== t", arg=before, timeout=60_000)
     after = pair_title()
     assert labels[0] in after and labels[-1] in after
+
+
+def test_review_proposal_opens_by_its_link(server_url: str, page, review_db: tuple[Path, int]) -> None:
+    """A pasted `/review?proposal=ID` link shows that proposal: its title as text, discussion and decision."""
+    if os.environ.get("ATLAS_E2E_URL"):
+        pytest.skip("the seeded review store only backs the server this module starts")
+    if not (REPO / "app" / "app_pages" / "review.py").is_file():
+        pytest.skip("the review page is not in this checkout")
+    _, pid = review_db
+    page.goto(f"{server_url}/review?proposal={pid}", wait_until="domcontentloaded")
+    _settle(page, 0)
+    page.get_by_text(PROPOSAL_COMMENT).first.wait_for(timeout=60_000)
+    _screenshot(page, "review_proposal")
+    exceptions = page.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, exceptions.first.inner_text()[:2000]
+    heading = page.get_by_role("heading", name=f"#{pid}")
+    assert heading.count() >= 1
+    assert heading.first.inner_text().strip() == f"#{pid} · {PROPOSAL_TITLE}"  # the markup stays literal text
+    assert heading.first.locator("b").count() == 0
+    assert page.get_by_text(PROPOSAL_COMMENT).count() >= 1
+    assert page.get_by_text(PROPOSAL_RATIONALE).count() >= 1
+    status = page.locator('[data-testid="stMetric"]').filter(has_text="Status")
+    assert "approved" in status.first.inner_text()
+    assert "approved" in page.get_by_text("decided").first.inner_text()
+    assert "proposal=" in page.url and str(pid) in page.url
