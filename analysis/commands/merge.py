@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="merge adapters recorded for different base models anyway")
     p.add_argument("--recipe", default=None, metavar="FILE", help="replay a recipe.yaml instead of PATH/--method")
     p.add_argument("--no-preview", action="store_true", help="skip the data-free preview (preview.json)")
+    p.add_argument("--json", action="store_true", help="print the summary (with the preview per task) as JSON")
     p.add_argument("--list-methods", action="store_true", help="print the methods and their parameters")
     p.set_defaults(func=run)
 
@@ -121,5 +122,24 @@ def run(args: argparse.Namespace) -> int:
                "weights": result.weights, "format": recipe.export.format, "rank": recipe.export.rank,
                "modules": len(result.modules), "recipe_sha256": recipe_sha256(recipe),
                "preview": preview["per_task"] if preview else None, "method_info": result.info or None}
-    print(json.dumps(summary, indent=2, default=float))
+    print(json.dumps(summary, indent=2, default=float) if args.json else _readable(summary))
     return 0
+
+
+def _readable(summary: dict[str, Any]) -> str:
+    """The summary as a person reads it: where it went, what was merged, the preview per task."""
+    params = ", ".join(f"{k}={v}" for k, v in summary["parameters"].items()) or "defaults"
+    lines = [f"wrote {summary['out']} ({summary['format']}, {summary['modules']} modules, "
+             f"rank {summary['rank'] or 'exact'})",
+             f"method: {summary['method']} ({params}); weights {summary['weights']}",
+             f"recipe sha256: {summary['recipe_sha256']}"]
+    preview = summary.get("preview")
+    if preview:
+        width = max(len(t) for t in preview)
+        lines += ["", f"{'task':<{width}}  core kept  interference  cosine  conflicts"]
+        for task, m in preview.items():
+            lines.append(f"{task:<{width}}  {m['core_retention']:9.3f}  {m['interference']:12.3f}  "
+                         f"{m['cosine']:6.3f}  {m['conflicts']:9d}")
+        lines.append("core kept: share of the task's core that survives; interference: "
+                     "||(dW_merged - dW_t) V_t|| / ||dW_t V_t|| on the task's own inputs (lower is better)")
+    return "\n".join(lines)

@@ -36,7 +36,8 @@ def test_list_methods_shows_declared_parameters():
 def test_merge_exports_what_peft_loads_and_replays_to_identical_bytes(inputs, tmp_path):  # noqa: ANN001
     paths = [str(a.path) for a in inputs]
     out = tmp_path / "iso"
-    res = cli(*paths, "--method", "isolation", "--param", "granularity=rows", "--param", "p=0.1", "--out", str(out))
+    res = cli(*paths, "--method", "isolation", "--param", "granularity=rows", "--param", "p=0.1", "--out", str(out),
+              "--json")
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["modules"] == 8 and set(summary["preview"]) == {"a", "b", "c"}
