@@ -37,6 +37,11 @@ if message := st.session_state.pop(FLASH, None):
     st.success(message)
 
 
+
+def _when(timestamp: str) -> str:
+    """ISO timestamps as people read them: date and time to the second, no 'T'."""
+    return timestamp[:19].replace("T", " ")
+
 def open_proposal(pid: int | None) -> None:
     if pid is None:
         st.query_params.pop("proposal", None)
@@ -67,7 +72,7 @@ def show_list() -> None:
                                   placeholder="all statuses")
         shown = [r for r in rows if not statuses or r.status in statuses]
         table = pd.DataFrame([{"id": r.id, "title": r.title, "author": r.author, "status": r.status,
-                               "method": r.method, "updated": r.updated_at[:19].replace("T", " ")}
+                               "method": r.method, "updated": _when(r.updated_at)}
                               for r in shown])
         st.dataframe(table, hide_index=True, width="stretch")
         labels = {r.id: f"#{r.id} · {r.title} ({r.status})" for r in shown}
@@ -129,12 +134,12 @@ def show_history(p) -> None:  # noqa: ANN001
     for e in p.events:
         with st.container(border=True):
             if e.kind == "created":
-                st.markdown(f"**{md_text(e.author)}** opened the proposal · {e.created_at[:19]}")
+                st.markdown(f"**{md_text(e.author)}** opened the proposal · {_when(e.created_at)}")
             elif e.kind == "comment":
-                st.markdown(f"**{md_text(e.author)}** commented · {e.created_at[:19]}")
+                st.markdown(f"**{md_text(e.author)}** commented · {_when(e.created_at)}")
                 st.markdown(md_lines(e.text))
             else:
-                st.markdown(f"**{md_text(e.author)}** decided **{DECISIONS[e.decision]}** · {e.created_at[:19]}")
+                st.markdown(f"**{md_text(e.author)}** decided **{DECISIONS[e.decision]}** · {_when(e.created_at)}")
                 st.markdown(md_lines(e.text))
 
 
@@ -185,7 +190,7 @@ def show_proposal(pid: int) -> None:
     b.metric("Method", p.method)
     c.metric("Inputs", len(p.inputs))
     latest = p.latest_decision
-    st.markdown(f"Opened by **{md_text(p.author)}** on {p.created_at[:19]}; "
+    st.markdown(f"Opened by **{md_text(p.author)}** on {_when(p.created_at)}; "
                 + (f"latest decision by **{md_text(latest.author)}**." if latest else "no decision yet."))
     show_evidence(p)
     show_history(p)
