@@ -37,10 +37,10 @@ if message := st.session_state.pop(FLASH, None):
     st.success(message)
 
 
-
 def _when(timestamp: str) -> str:
     """ISO timestamps as people read them: date and time to the second, no 'T'."""
     return timestamp[:19].replace("T", " ")
+
 
 def open_proposal(pid: int | None) -> None:
     if pid is None:
