@@ -7,6 +7,7 @@ base model. Retention = merged accuracy / the task's own adapter accuracy. Resul
 every configuration (a partial run still leaves a readable file).
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/sample_merge_table.py --limit 32
+    OMP_NUM_THREADS=2 .venv/bin/python bench/sample_merge_table.py --limit 16 --sweep   # lambda/p sweep
 """
 from __future__ import annotations
 
@@ -44,6 +45,29 @@ CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("isolation_rows_mean_p10", "isolation", {"blend": "mean", "granularity": "rows", "p": 0.1}),
     ("isolation_mean_conflict_mean", "isolation", {"blend": "mean", "conflict": "mean"}),
 ]
+# Scale sweep (--sweep, written to results_sample_merge_sweep.json): the fair comparison at lambda < 1.
+# task_arithmetic lambda 0.1 is linear_mean (already in CONFIGS); isolation lambda scales only the non-core
+# blend, so sum + lambda is task arithmetic off the cores with the cores transplanted at full strength.
+SWEEP: list[tuple[str, str, dict[str, Any]]] = [
+    ("task_arithmetic_l01", "task_arithmetic", {"lambda": 0.1}),  # = linear_mean, the reference at this limit
+    ("task_arithmetic_l02", "task_arithmetic", {"lambda": 0.2}),
+    ("task_arithmetic_l03", "task_arithmetic", {"lambda": 0.3}),
+    ("task_arithmetic_l05", "task_arithmetic", {"lambda": 0.5}),
+    ("isolation_sum_l02", "isolation", {"blend": "sum", "lambda": 0.2}),
+    ("isolation_sum_l03", "isolation", {"blend": "sum", "lambda": 0.3}),
+    ("isolation_sum_l05", "isolation", {"blend": "sum", "lambda": 0.5}),
+    ("isolation_rows_p10_sum_l03", "isolation", {"blend": "sum", "lambda": 0.3, "granularity": "rows", "p": 0.1}),
+    ("isolation_rows_p30_sum_l03", "isolation", {"blend": "sum", "lambda": 0.3, "granularity": "rows", "p": 0.3}),
+    ("isolation_rows_p30_mean", "isolation", {"blend": "mean", "granularity": "rows", "p": 0.3}),
+    ("isolation_sum_l01", "isolation", {"blend": "sum", "lambda": 0.1}),  # = blend mean, cores at full strength
+    ("isolation_p10_sum_l01", "isolation", {"blend": "sum", "lambda": 0.1, "p": 0.1}),
+    ("isolation_p30_sum_l01", "isolation", {"blend": "sum", "lambda": 0.1, "p": 0.3}),
+    ("isolation_p30_cores_only", "isolation", {"blend": "sum", "lambda": 0.0, "p": 0.3}),
+    ("isolation_rows_p30_cores_only", "isolation", {"blend": "sum", "lambda": 0.0, "granularity": "rows", "p": 0.3}),
+    ("ties_l05", "ties", {"lambda": 0.5}),
+    ("ties_l20", "ties", {"lambda": 2.0}),
+]
+SWEEP_OUT = ROOT / "bench" / "results_sample_merge_sweep.json"
 # Smaller merges ("tasks" in the investigation): dissimilar pairs, a triple, and the most similar pair
 # (format_date / format_date_us have the highest core Jaccard of the set).
 SUBSETS = ["format_date,text_uppercase", "math_max,text_last_word", "format_snake,text_reverse_words",
@@ -67,7 +91,7 @@ def summarize(merged: dict[str, float], own: dict[str, float]) -> dict[str, Any]
 def run_configs(adapters: list, tasks: list[str], model: Any, tokenizer: Any, args: argparse.Namespace,
                 own: dict[str, float], path: Path, out: dict, into: dict) -> dict:
     """Merge `adapters` with every configuration, evaluate on `tasks`, store in `into` (saved each time)."""
-    for label, method, params in CONFIGS:
+    for label, method, params in (SWEEP if args.sweep else CONFIGS):
         if args.only and label not in args.only:
             continue
         t = time.perf_counter()
@@ -90,8 +114,10 @@ def run_configs(adapters: list, tasks: list[str], model: Any, tokenizer: Any, ar
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=32, help="eval rows per task (first N of the eval split)")
-    ap.add_argument("--only", nargs="*", default=None, help="configuration labels to run (default: all)")
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="configuration labels to run (default: all); others stored at the same limit are kept")
+    ap.add_argument("--out", default=None, help=f"default {OUT.name}, or {SWEEP_OUT.name} with --sweep")
+    ap.add_argument("--sweep", action="store_true", help="run the scale-sweep configurations (SWEEP) instead")
     ap.add_argument("--subsets", nargs="*", default=None,
                     help="also merge these task subsets (comma-separated names; no value = the built-in list)")
     ap.add_argument("--skip-full", action="store_true", help="skip the all-task merge (keep its stored results)")
@@ -108,7 +134,9 @@ def main() -> None:
     out["individual_own"] = {a.name: accuracy(model, tokenizer, a.modules, [a.name], args.limit)[a.name]
                              for a in adapters}
     log.info("base and individual done in %.0f s", time.perf_counter() - t0)
-    path = Path(args.out)
+    path = Path(args.out or (SWEEP_OUT if args.sweep else OUT))
+    if args.only and path.is_file() and json.loads(path.read_text()).get("limit") == args.limit:
+        out["configs"] = json.loads(path.read_text()).get("configs", {})  # --only adds to the stored configs
     if args.skip_full and path.is_file():
         kept = json.loads(path.read_text())
         out["configs"] = kept.get("configs", {})

@@ -4,7 +4,7 @@ Pipeline, once for the whole merge then per module:
   # cores and groups (prepare): top-p cores per module, Jaccard of cores pooled over modules, groups
     = connected components of Jaccard >= tau (or the groups the user gives);
   # blend: coefficients for positions no core claims: plain mean (default, measured best here), SLERP
-    (Karcher mean of the directions, the paper's choice), or sum (task arithmetic);
+    (Karcher mean of the directions, the paper's choice), or sum (task arithmetic); times `lambda`;
   # transplant: a position claimed by one core takes that task's value, unscaled;
   # group mean: a position claimed by several cores of one group takes their mean (grouped tasks are
     similar by construction, averaging them is what joint training of the group would approximate);
@@ -43,6 +43,10 @@ PARAMS = [
     Param("blend", str, "mean", "how non-core positions are combined: mean (measured best on the sample set), "
           "slerp (spherical mean, the paper's choice), or sum (task arithmetic: equal weights count 1 each)",
           choices=("slerp", "mean", "sum")),
+    # Scales only what the blend gives the free positions; cores keep full strength. With blend=sum this is
+    # task arithmetic's lambda outside the cores, the fair comparison with a scaled task_arithmetic/ties.
+    Param("lambda", float, 1.0, "scale of the blended (non-core) coefficients; cores stay transplanted at full "
+          "strength (with blend=sum: task arithmetic's lambda off the cores)", low=0.0, high=10.0),
     Param("conflict", str, "magnitude", "two groups' cores on one position: larger magnitude wins, or their mean",
           choices=("magnitude", "mean")),
 ]
@@ -103,7 +107,7 @@ def isolation(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping
     else:
         masks = torch.stack([top_fraction(s, p) for s in scores])  # (N, *shape) bool
     # blend
-    blend = blend_coefficients(deltas, weights, str(params["blend"]))  # (N,)
+    blend = blend_coefficients(deltas, weights, str(params["blend"])) * float(params["lambda"])  # (N,)
     # transplant, group mean, resolve conflicts
     M, stats = coefficient_maps(masks, scores, [int(plan.groups[i]) for i in ctx.indices], blend,
                                 str(params["conflict"]))

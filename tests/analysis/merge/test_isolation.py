@@ -121,3 +121,28 @@ def test_blend_sum_is_task_arithmetic_off_the_cores():
     for m in SHAPES:
         expect = dense_isolation(ads, m, "rows", 0.1, [0, 1, 2], [1.0] * 3)
         assert torch.allclose(res.modules[m].dense(torch.float64), expect, atol=1e-10)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 2.5])
+def test_lambda_scales_only_the_blend_rows(lam: float):
+    """Independent dense route: blend coefficients lam * 1 (sum) off the cores, cores untouched."""
+    ads = adapters(3)
+    res = merge_adapters(ads, "isolation", params={"granularity": "rows", "p": 0.1, "groups": "0,1,2",
+                                                   "blend": "sum", "lambda": lam})
+    for m in SHAPES:
+        expect = dense_isolation(ads, m, "rows", 0.1, [0, 1, 2], [lam] * 3)
+        assert torch.allclose(res.modules[m].dense(torch.float64), expect, atol=1e-10)
+
+
+def test_lambda_is_linear_in_the_non_core_part_entries():
+    """merged(lam) = merged(0) + lam * (merged(1) - merged(0)); merged(0) is zero off the cores."""
+    ads = adapters(3)
+    base = {"granularity": "entries", "p": 0.1, "groups": "0,1,2", "blend": "mean"}
+    W = {lam: merge_adapters(ads, "isolation", params={**base, "lambda": lam}).modules
+         for lam in (0.0, 0.4, 1.0)}
+    for m in SHAPES:
+        w0, w4, w1 = (W[lam][m].dense(torch.float64) for lam in (0.0, 0.4, 1.0))
+        assert torch.allclose(w4, w0 + 0.4 * (w1 - w0), atol=1e-6)
+        claimed = torch.stack([core_mask(a.modules[m], "entries", 0.1) for a in ads]).any(0)
+        assert float(w0[~claimed].abs().max()) == 0.0 and float((w1 - w0)[claimed].abs().max()) == 0.0
+        assert float((w1 - w0)[~claimed].abs().max()) > 0.0
