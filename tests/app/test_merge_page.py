@@ -1,9 +1,6 @@
 """The Merge page in Streamlit's AppTest on the gemma-3-270m trio: numbers on screen vs the library."""
 from __future__ import annotations
 
-import io
-import os
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,21 +10,14 @@ from analysis.adapters import load_adapter
 from analysis.merge import merge_adapters
 from analysis.preview import preview_merge
 
-REPO = Path(__file__).resolve().parents[2]
-GEMMA = REPO.parent / "shared" / "real_adapters" / "gemma3-270m-svg-lora"
-NAMES = ["adapter", "adapter_curriculum_stage1", "adapter_seed123"]
-APP = str(REPO / "app" / "streamlit_app.py")
+from helpers.app_env import GEMMA, NAMES, gemma_app, needs_gemma
 
-pytestmark = pytest.mark.skipif(not GEMMA.is_dir(), reason="../shared/real_adapters not present")
+pytestmark = needs_gemma
 
 
 @pytest.fixture()
 def app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AppTest:
-    monkeypatch.setenv("ADAPTER_ATLAS_ADAPTERS", os.pathsep.join(str(GEMMA / n) for n in NAMES))
-    monkeypatch.setenv("ADAPTER_ATLAS_ROOTS", str(GEMMA))
-    monkeypatch.setenv("ADAPTER_ATLAS_DB", str(tmp_path / "review.db"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return AppTest.from_file(APP, default_timeout=600)
+    return gemma_app(monkeypatch, timeout=600, ADAPTER_ATLAS_DB=str(tmp_path / "review.db"), OMP_NUM_THREADS="1")
 
 
 def _ok(at: AppTest) -> None:

@@ -22,19 +22,14 @@ from analysis.adapters import load_adapter
 from analysis.clustering import Linkage, adapter_distance
 from analysis.overlap import aggregate, overlap_table
 
-REPO = Path(__file__).resolve().parents[2]
-GEMMA = REPO.parent / "shared" / "real_adapters" / "gemma3-270m-svg-lora"
-NAMES = ["adapter", "adapter_curriculum_stage1", "adapter_seed123"]
-APP = str(REPO / "app" / "streamlit_app.py")
+from helpers.app_env import APP, GEMMA, NAMES, REPO, gemma_app, needs_gemma
 
-pytestmark = pytest.mark.skipif(not GEMMA.is_dir(), reason="../shared/real_adapters not present")
+pytestmark = needs_gemma
 
 
 @pytest.fixture()
 def app(monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("ADAPTER_ATLAS_ADAPTERS", os.pathsep.join(str(GEMMA / n) for n in NAMES))
-    monkeypatch.setenv("ADAPTER_ATLAS_ROOTS", str(GEMMA))
-    return AppTest.from_file(APP, default_timeout=300)
+    return gemma_app(monkeypatch)
 
 
 @pytest.fixture(scope="module")
