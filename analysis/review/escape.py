@@ -36,13 +36,6 @@ def md_text(value: object) -> str:
     return text.replace("\n", "<br>")
 
 
-def md_code_block(value: str, language: str = "") -> str:
-    """A fenced code block whose fence is longer than any backtick run inside `value`."""
-    longest = max((len(run) for run in re.findall(r"`+", value)), default=0)
-    fence = "`" * max(3, longest + 1)
-    body = _CONTROL.sub("", value.replace("\r\n", "\n")).rstrip("\n")
-    return f"{fence}{language}\n{body}\n{fence}"
-
 
 def terminal_text(value: object, limit: int | None = None) -> str:
     """One line safe for a terminal: control characters (ANSI escapes included) dropped."""

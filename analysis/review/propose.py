@@ -112,11 +112,3 @@ def propose(store: ReviewStore, recipe_path_or_mapping: str | os.PathLike[str] |
                                 author=author, preview=snapshot, source_dir=source_dir)
     log.info("proposal %d opened for a %s merge of %d adapters", pid, recipe.method, len(recipe.inputs))
     return pid
-
-
-def resolve_input_path(path: str, source_dir: str | None) -> Path:
-    """An input path from the recipe: absolute as written, relative to the recipe's directory otherwise."""
-    p = Path(path).expanduser()
-    if not p.is_absolute() and source_dir:
-        p = Path(source_dir) / p
-    return p

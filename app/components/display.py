@@ -64,10 +64,3 @@ def _matrix_buttons(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str]
     st.download_button("Matrix (JSON)", matrix_json(matrix, rows, cols, name=name, **meta),
                        file_name=f"{_slug(name)}.json", mime="application/json", key=f"{key}_json",
                        on_click="ignore", icon=":material/data_object:")
-
-
-def matrix_downloads(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *, name: str,
-                     key: str, **meta: Any) -> None:
-    """CSV and JSON buttons in one row, for a matrix shown without its own figure."""
-    with st.container(horizontal=True):
-        _matrix_buttons(matrix, rows, cols, name=name, key=key, **meta)
