@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 
 from app.components import view  # noqa: E402
 
-# (file, title, icon, url path); merge and review belong to other engineers and appear once they exist.
+# (file, title, icon, url path), in the order of the sidebar.
 PAGES = [
     ("adapters.py", "Adapters", ":material/folder_open:", "adapters"),
     ("overlap.py", "Overlap", ":material/grid_on:", "overlap"),
@@ -29,7 +29,6 @@ view.init_session()
 pages = {
     url: st.Page(f"app_pages/{file}", title=title, icon=icon, url_path=url, default=(url == "adapters"))
     for file, title, icon, url in PAGES
-    if (APP_DIR / "app_pages" / file).is_file()
 }
 navigation = st.navigation(list(pages.values()))
 wanted = view.requested_page()
