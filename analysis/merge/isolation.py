@@ -22,8 +22,18 @@ import numpy as np
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
-from analysis.isolation import (GRANULARITIES, ClaimStats, Cores, coefficient_maps, core_overlap, importance,
-                                parse_groups, task_cores, task_groups, top_fraction)
+from analysis.isolation import (
+    GRANULARITIES,
+    ClaimStats,
+    Cores,
+    coefficient_maps,
+    core_overlap,
+    importance,
+    parse_groups,
+    task_cores,
+    task_groups,
+    top_fraction,
+)
 from analysis.merge.ops import dense, gram, like, scaled_factors
 from analysis.merge.registry import ModuleContext, Param, ParamValue, register
 from analysis.merge.slerp import multislerp_coefficients

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from analysis.adapters.model import DenseDelta, Delta, LowRankDelta
+from analysis.adapters.model import Delta, DenseDelta, LowRankDelta
 from analysis.linalg import delta_svd, gram_all_pairs
 
 DENSE_DTYPE = torch.float32  # entry-wise methods: half the memory of float64, ample for 1e-5 checks

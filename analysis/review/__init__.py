@@ -4,8 +4,18 @@
 comments and decisions and reads the history back; `analysis.review.reports` renders the offline
 HTML report and the Markdown summary. The status of a proposal is derived from its events.
 """
-from analysis.review.models import (DECISIONS, OPEN, SCHEMA_VERSION, Event, InputRecord, Proposal,
-                                    ProposalSummary, Recipe, derive_status, validate_recipe)
+from analysis.review.models import (
+                                    DECISIONS,
+                                    OPEN,
+                                    SCHEMA_VERSION,
+                                    Event,
+                                    InputRecord,
+                                    Proposal,
+                                    ProposalSummary,
+                                    Recipe,
+                                    derive_status,
+                                    validate_recipe,
+)
 from analysis.review.propose import propose, read_recipe
 from analysis.review.store import ENV_VAR, ReviewStore, default_db_path, resolve_db_url
 

@@ -17,7 +17,6 @@ import numpy as np
 from analysis.errors import AtlasError
 from analysis.review.models import InputRecord, Proposal
 
-
 # (metric passed to analysis.overlap.aggregate, heading shown to reviewers)
 OVERLAP_METRICS: tuple[tuple[str, str], ...] = (
     ("cosine", "cosine similarity of the updates (whole adapters)"),

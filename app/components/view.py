@@ -10,7 +10,6 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.errors import AtlasError
-
 from app import cache
 from app.components.figures import short_label
 from app.components.metrics import METRICS

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analysis.adapters.model import Adapter, LowRankDelta
 from analysis.capacity import capacity_floor, capacity_report, module_capacity, stacked_basis_stats

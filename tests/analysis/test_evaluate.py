@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny import save_peft_adapter, tiny_gpt2, tiny_llama
 
 from analysis.adapters import load_adapter
 from analysis.adapters.model import DenseDelta, LowRankDelta
 from analysis.errors import AtlasError, IncompatibleAdaptersError
-from analysis.evaluate import (applied_deltas, clean_completion, list_tasks, load_task, score_rows)
-from helpers.tiny import save_peft_adapter, tiny_gpt2, tiny_llama
+from analysis.evaluate import applied_deltas, clean_completion, list_tasks, load_task, score_rows
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analysis.adapters.model import DenseDelta, LowRankDelta
 from analysis.linalg import (

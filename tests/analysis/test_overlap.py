@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analysis.adapters.model import Adapter, DenseDelta, LowRankDelta
 from analysis.errors import IncompatibleAdaptersError
 from analysis.overlap import (
     aggregate,
-    modules_by_layer,
     module_overlap,
+    modules_by_layer,
     overlap_table,
     pair_layer_module_matrix,
     parse_module_name,

@@ -4,13 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.app_env import GEMMA, NAMES, gemma_app, needs_gemma
 from streamlit.testing.v1 import AppTest
 
 from analysis.adapters import load_adapter
 from analysis.merge import merge_adapters
 from analysis.preview import preview_merge
-
-from helpers.app_env import GEMMA, NAMES, gemma_app, needs_gemma
 
 pytestmark = needs_gemma
 

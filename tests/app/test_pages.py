@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.app_env import APP, GEMMA, NAMES, REPO, gemma_app, needs_gemma
 from streamlit.testing.v1 import AppTest
 
 from analysis.adapters import load_adapter
 from analysis.clustering import Linkage, adapter_distance
 from analysis.overlap import aggregate, overlap_table
-
-from helpers.app_env import APP, GEMMA, NAMES, REPO, gemma_app, needs_gemma
 
 pytestmark = needs_gemma
 

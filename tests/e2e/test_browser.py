@@ -33,7 +33,7 @@ PAGES += [(url, title, 0) for url, title in (("merge", "Merge"), ("review", "Rev
           if (REPO / "app" / "app_pages" / f"{url}.py").is_file()]
 
 if not Path(CHROMIUM).exists():
-    pytest.skip("Debian chromium is not installed at /usr/bin/chromium (CI installs it with `make browser`)",
+    pytest.skip("Debian chromium is not installed at /usr/bin/chromium (CI installs it with `make system`)",
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 

@@ -11,8 +11,8 @@ from analysis.adapters.model import DenseDelta, LowRankDelta
 from analysis.errors import IncompatibleAdaptersError, RecipeError
 from analysis.merge import METHODS, get_method, merge_adapters
 from analysis.merge.registry import parse_param_strings
-from analysis.merge.sparsify import disjoint_mean, elect_sign, trim
 from analysis.merge.slerp import multislerp_coefficients, slerp_coefficients
+from analysis.merge.sparsify import disjoint_mean, elect_sign, trim
 
 IDENTITY_PARAMS = {
     "ties": {"density": 1.0}, "magnitude_prune": {"density": 1.0}, "dare_linear": {"drop_rate": 0.0},
