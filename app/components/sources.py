@@ -2,27 +2,30 @@
 
 No Streamlit here, so every rule (which folders a browser may name, how an upload lands on disk)
 is a plain function that tests can call directly. The server must never read a folder a user
-merely typed: `resolve_server_folder` refuses anything outside the configured roots, and
-`allowed_paths` applies the same rule to paths arriving in a shared URL.
+merely typed: `confine` is the one rule (resolve links and '..', then require a configured root) and
+the folder picker, the shared-URL filter and the Review page's recipe field all go through it.
+Uploads land in per-session folders with size, entry and ratio limits (`app.components.uploads`).
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
-import tempfile
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from analysis.errors import AdapterFormatError, AtlasError
+from analysis.errors import AtlasError
+from app.components.uploads import (  # noqa: F401 - re-exported for the pickers
+    ADAPTER_FILE_SUFFIXES,
+    UPLOAD_BASE,
+    UploadArea,
+    UploadLimits,
+    UploadRefusedError,
+    save_upload,
+)
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_REAL = REPO_ROOT.parent / "shared" / "real_adapters"
-ADAPTER_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-UPLOAD_BASE = Path(tempfile.gettempdir()) / "adapter-atlas-uploads"
 ENV_ROOTS = "ADAPTER_ATLAS_ROOTS"
 ENV_ADAPTERS = "ADAPTER_ATLAS_ADAPTERS"
 
@@ -61,6 +64,57 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+MAX_PATH_CHARS = 4096
+MAX_NAME_BYTES = 255
+
+
+def confine(text: str | os.PathLike[str], roots: list[Path] | None = None) -> Path:
+    """The resolved path when it lies under one of `roots`, else one FolderRefusedError line.
+
+    The one rule for every path a visitor names (folder picker, shared URL, the Review page's recipe
+    file): symlinks and '..' are resolved first, so a link inside a root pointing outside it is refused
+    like the outside path itself; NUL and over-long names are refused before touching the disk.
+    """
+    roots = configured_roots() if roots is None else roots
+    raw = os.fspath(text).strip()
+    if not raw:
+        raise FolderRefusedError("no path given: type a path under one of the allowed roots")
+    if "\0" in raw:
+        raise FolderRefusedError("path refused: it contains a NUL character")
+    if len(raw) > MAX_PATH_CHARS or any(len(part.encode("utf-8", "replace")) > MAX_NAME_BYTES
+                                        for part in Path(raw).parts):
+        raise FolderRefusedError(f"path refused: {len(raw)} characters, or a name longer than "
+                                 f"{MAX_NAME_BYTES} bytes ({raw[:60]}...)")
+    try:
+        path = Path(raw).expanduser().resolve()  # resolves symlinks and '..'
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: a symlink loop
+        raise FolderRefusedError(f"{raw[:200]}: cannot be resolved ({exc})") from None
+    if not any(_inside(path, r) for r in roots):
+        allowed = ", ".join(str(r) for r in roots) or "(none configured: set ADAPTER_ATLAS_ROOTS)"
+        raise FolderRefusedError(f"{path}: outside the allowed roots {allowed}")
+    return path
+
+
+def _escaping_link(folder: Path, roots: list[Path]) -> Path | None:
+    """A direct child of an adapter folder that is a link leaving the roots (the loader would follow it)."""
+    for child in folder.iterdir():
+        if child.is_symlink():
+            try:
+                confine(child, roots)
+            except FolderRefusedError:
+                return child
+    return None
+
+
+def _confined_child(child: Path, roots: list[Path]) -> bool:
+    try:
+        confine(child, roots)
+        return not (child.is_dir() and _escaping_link(child, roots))
+    except (FolderRefusedError, OSError):
+        log.warning("not listing %s: it leads outside the allowed roots", child)
+        return False
+
+
 def is_adapter_location(path: Path) -> bool:
     """A PEFT-style directory (config or weights inside) or a single weights file."""
     if path.is_file():
@@ -76,25 +130,28 @@ def resolve_server_folder(text: str, roots: list[Path] | None = None) -> list[Pa
     """The adapters inside a server folder, after checking it lies under a configured root.
 
     A folder that is itself an adapter gives [folder]; otherwise each direct child that is an
-    adapter (directory or weights file) is returned, sorted by name.
+    adapter (directory or weights file) is returned, sorted by name. Children that are links leaving
+    the roots are neither listed nor loaded.
     """
     roots = configured_roots() if roots is None else roots
     if not text.strip():
         raise FolderRefusedError("no folder given: type a path under one of the allowed roots")
-    path = Path(text.strip()).expanduser().resolve()  # resolves symlinks and '..'
-    if not any(_inside(path, r) for r in roots):
-        allowed = ", ".join(str(r) for r in roots) or "(none configured: set ADAPTER_ATLAS_ROOTS)"
-        raise FolderRefusedError(f"{path}: outside the allowed roots {allowed}")
+    path = confine(text, roots)
     if not path.exists():
         raise FolderRefusedError(f"{path}: no such file or folder")
     if path.is_file() or (path / "adapter_config.json").is_file():
+        if path.is_dir() and (link := _escaping_link(path, roots)) is not None:
+            raise FolderRefusedError(f"{link}: a link leading outside the allowed roots")
         return [path]
+    if not path.is_dir():
+        raise FolderRefusedError(f"{path}: not a regular file or folder")
     # child adapter folders, then loose weights files (a kohya/diffusers folder holds one adapter per file)
-    found = sorted(p for p in path.iterdir() if p.is_dir() and is_adapter_location(p))
-    found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix in ADAPTER_FILE_SUFFIXES)
+    children = sorted(p for p in path.iterdir() if _confined_child(p, roots))
+    found = [p for p in children if p.is_dir() and is_adapter_location(p)]
+    found += [p for p in children if p.is_file() and p.suffix in ADAPTER_FILE_SUFFIXES]
     if not found:
         raise FolderRefusedError(f"{path}: no adapter inside (expected adapter_config.json or a weights file)")
-    return found
+    return [p.resolve() for p in found]
 
 
 def allowed_paths(paths: list[str], roots: list[Path] | None = None) -> list[Path]:
@@ -103,80 +160,13 @@ def allowed_paths(paths: list[str], roots: list[Path] | None = None) -> list[Pat
     defaults = {p.resolve() for p in default_adapter_paths()}
     kept = []
     for text in paths:
-        p = Path(text).resolve()
-        if (p in defaults or any(_inside(p, r) for r in roots)) and p.exists():
+        try:
+            p = confine(text, roots + sorted(defaults))
+            ok = p.exists() and not (p.is_dir() and p not in defaults and _escaping_link(p, roots))
+        except (FolderRefusedError, OSError):
+            ok = False
+        if ok:
             kept.append(p)
         else:
-            log.warning("ignoring adapter path from URL outside the allowed roots: %s", text)
+            log.warning("ignoring adapter path from URL outside the allowed roots: %.200s", text)
     return kept
-
-
-def _safe_member(name: str) -> PurePosixPath:
-    member = PurePosixPath(name)
-    if member.is_absolute() or ".." in member.parts:
-        raise AdapterFormatError(f"zip entry {name!r}: absolute or '..' paths are refused")
-    return member
-
-
-def _adapter_root(folder: Path) -> Path:
-    """The folder holding the adapter inside an extracted upload (zips often wrap one directory)."""
-    configs = sorted(folder.rglob("adapter_config.json"))
-    if configs:
-        return configs[0].parent
-    weights = sorted(p for p in folder.rglob("*") if p.suffix in ADAPTER_FILE_SUFFIXES)
-    if len(weights) == 1:
-        return weights[0]
-    if weights:
-        return weights[0].parent
-    raise AdapterFormatError(f"{folder.name}: upload holds no adapter_config.json and no weights file "
-                             f"({', '.join(ADAPTER_FILE_SUFFIXES)})")
-
-
-def _upload_label(files: list[tuple[str, bytes]], digest: str) -> str:
-    """A readable folder name: the zip's stem, the uploaded directory's name, or upload-<hash>."""
-    first = PurePosixPath(files[0][0].replace("\\", "/"))
-    if len(files) == 1 and first.suffix.lower() == ".zip":
-        return first.stem
-    parents = {PurePosixPath(n.replace("\\", "/")).parent.name for n, _ in files}
-    if len(parents) == 1 and "" not in parents:
-        return parents.pop()
-    return f"upload-{digest[:8]}"
-
-
-def save_upload(files: list[tuple[str, bytes]], base: Path = UPLOAD_BASE) -> Path:
-    """Write uploaded files to their own temp folder and return the adapter path inside it.
-
-    Accepts one zip (a PEFT directory zipped), one weights file, or the files of one PEFT
-    directory (picked one by one or as a folder). The folder is named by the content hash, so a
-    rerun of the page reuses it, and inside by the upload's own name, which becomes the adapter's.
-    """
-    if not files:
-        raise AdapterFormatError("upload: no files received")
-    h = hashlib.sha256()
-    for name, data in sorted(files):
-        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    digest = h.hexdigest()
-    label = _upload_label(files, digest)
-    if len(files) == 1 and files[0][0].lower().endswith(".zip"):
-        name, data = files[0]
-        target = base / digest[:16] / label
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                for info in zf.infolist():
-                    member = _safe_member(info.filename)
-                    if info.is_dir():
-                        continue
-                    out = target / Path(*member.parts)
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_bytes(zf.read(info))
-        except zipfile.BadZipFile as exc:
-            raise AdapterFormatError(f"{name}: not a readable zip archive ({exc})") from exc
-        target.mkdir(parents=True, exist_ok=True)
-        return _adapter_root(target)
-    target = base / digest[:16] / ("" if len(files) == 1 else label)
-    target.mkdir(parents=True, exist_ok=True)
-    for name, data in files:
-        (target / PurePosixPath(name.replace("\\", "/")).name).write_bytes(data)  # basename only
-    if len(files) == 1:
-        return target / PurePosixPath(files[0][0].replace("\\", "/")).name
-    return _adapter_root(target)
