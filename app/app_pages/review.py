@@ -17,6 +17,7 @@ from analysis.review.evidence import OVERLAP_METRICS, heatmap_figure, preview_ta
 from analysis.review.report_html import render_html
 from analysis.review.report_md import render_markdown
 from app import cache
+from app.components.sources import confine
 
 AUTHOR = "review_author"
 FLASH = "review_flash"
@@ -88,7 +89,7 @@ def show_list() -> None:
             author = st.text_input("Your name", value=st.session_state[AUTHOR])
             if st.form_submit_button("Propose"):
                 try:
-                    pid = propose(store, path, title, author)
+                    pid = propose(store, confine(path), title, author)  # only files under the roots
                 except AtlasError as exc:
                     st.error(str(exc))
                 else:
