@@ -24,3 +24,7 @@ class RecipeError(AtlasError):
 
 class ReviewError(AtlasError):
     """A review-store operation was refused (unknown proposal, bad decision...)."""
+
+
+class ResourceLimitError(AtlasError):
+    """An input would need more memory or time than the stated limit (the message gives both sizes)."""

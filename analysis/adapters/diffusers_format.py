@@ -9,9 +9,10 @@ alpha / rank with alpha = rank, i.e. 1.
 """
 from __future__ import annotations
 
+import math
 import re
 
-from analysis.adapters.lowrank import complete_pairs, make_lowrank, pair_rank
+from analysis.adapters.lowrank import add_half, complete_pairs, make_lowrank, pair_rank
 from analysis.adapters.names import OLD_PROCESSOR_KEY, diffusers_canonical, old_processor_canonical
 from analysis.adapters.parsed import Parsed
 from analysis.adapters.safetensors_io import TensorSource
@@ -36,7 +37,10 @@ def _alpha(src: TensorSource, key: str | None) -> float | None:
     t = src.get(key)
     if t.numel() != 1:
         raise AdapterFormatError(f"{src.path}: tensor '{key}': alpha must be a scalar, found shape {list(t.shape)}")
-    return float(t.reshape(()).item())
+    value = float(t.reshape(()).item())
+    if not math.isfinite(value):
+        raise AdapterFormatError(f"{src.path}: tensor '{key}': alpha is {value}, expected a finite number")
+    return value
 
 
 def load_diffusers_down_up(src: TensorSource) -> Parsed:
@@ -47,7 +51,7 @@ def load_diffusers_down_up(src: TensorSource) -> Parsed:
     for key in src.keys():
         m = LORA_DOWN_UP.match(key)
         if m:
-            halves.setdefault(m["module"], {})[m["which"]] = key
+            add_half(src.path, halves, m["module"], m["which"], key)
         elif key.endswith(".alpha"):
             alphas.add(key)
         else:
@@ -69,7 +73,7 @@ def load_diffusers_old(src: TensorSource) -> Parsed:
     for key in src.keys():
         m = OLD_PROCESSOR_KEY.match(key)
         if m:
-            halves.setdefault(old_processor_canonical(m["module"], m["proj"]), {})[m["which"]] = key
+            add_half(src.path, halves, old_processor_canonical(m["module"], m["proj"]), m["which"], key)
         else:
             parsed.add_extra(src, key, "other")
     for name, (down, up) in complete_pairs(src.path, halves, ("down", "up")).items():
@@ -80,6 +84,4 @@ def load_diffusers_old(src: TensorSource) -> Parsed:
 
 
 def _store(parsed: Parsed, src: TensorSource, name: str, down: str, up: str, scale: float) -> None:
-    if name in parsed.modules:
-        raise AdapterFormatError(f"{src.path}: tensor '{down}': module '{name}' appears twice")
-    parsed.modules[name] = make_lowrank(src, down, up, scale)
+    parsed.put_module(src.path, name, down, make_lowrank(src, down, up, scale))

@@ -7,7 +7,10 @@ LoHa/LoKr module is reported as format "lycoris".
 """
 from __future__ import annotations
 
+import torch
+
 from analysis.adapters.diffusers_format import _alpha
+from analysis.adapters.limits import check_dense_budget
 from analysis.adapters.lowrank import complete_pairs, make_lowrank, pair_rank
 from analysis.adapters.lycoris import LOHA_KEYS, LOKR_KEYS, LazyDenseDelta, LycorisModule, loha_delta, lokr_delta
 from analysis.adapters.names import kohya_to_canonical, split_kohya_prefix
@@ -97,12 +100,10 @@ def _full_diff(src: TensorSource, key: str) -> LazyDenseDelta:
     for d in shape[1:]:
         width *= d
     kernel = tuple(shape[2:]) or None
+    check_dense_budget((shape[0], width), torch.float32, f"{src.path}: tensor '{key}'")
     return LazyDenseDelta(build=lambda: src.get(key).reshape(shape[0], -1).float(), shape=(shape[0], width),
                           kernel_shape=kernel, kind="conv" if kernel else "linear")
 
 
 def _put(parsed: Parsed, src: TensorSource, name: str, key: str, delta: object) -> None:
-    if name in parsed.modules:
-        raise AdapterFormatError(f"{src.path}: tensor '{key}': module '{name}' appears twice "
-                                 "(e.g. both lora_te_ and lora_te1_)")
-    parsed.modules[name] = delta  # type: ignore[assignment]
+    parsed.put_module(src.path, name, key, delta)  # type: ignore[arg-type]

@@ -6,14 +6,20 @@ Recognised, by the tensor names themselves (never by file order or shapes):
 - diffusers-old  `...attn1.processor.to_q_lora.down.weight`
 - kohya          `lora_unet_*` / `lora_te*_*` with `.lora_down.weight` / `.lora_up.weight` / `.alpha`
 - lycoris        kohya names with `.hada_*` (LoHa) or `.lokr_*` (LoKr) tensors
-Loading reads headers only; tensors stay memory-mapped until used. The one exception is the
-optional NaN/Inf scan (`check_finite`), which streams each tensor once to warn about bad values.
+Each file is read once into memory (regular files only, size-bounded: `limits.py`); the adapter's
+sha256 is computed from those same bytes and the tensors are views of them, so the hash always names
+the numbers in use. Every tensor is then scanned once: NaN/Inf anywhere is refused naming the tensor,
+and a module whose |dW| entries could overflow float32 arithmetic is refused naming the module.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
+import stat
 from pathlib import Path
+from typing import Mapping
 
 from analysis.adapters.diffusers_format import (
     is_down_up_key,
@@ -22,7 +28,8 @@ from analysis.adapters.diffusers_format import (
     load_diffusers_old,
 )
 from analysis.adapters.kohya_format import has_kohya_prefix, load_kohya
-from analysis.adapters.model import Adapter
+from analysis.adapters.limits import MAX_CONFIG_BYTES, is_regular_file, read_regular_file
+from analysis.adapters.model import Adapter, LowRankDelta
 from analysis.adapters.names import has_diffusers_prefix
 from analysis.adapters.parsed import Parsed
 from analysis.adapters.peft_format import (
@@ -30,9 +37,9 @@ from analysis.adapters.peft_format import (
     is_peft_factor,
     load_diffusers_peft,
     load_peft,
-    read_peft_config,
+    parse_config_json,
 )
-from analysis.adapters.safetensors_io import TensorSource, nonfinite_counts, open_weights
+from analysis.adapters.safetensors_io import TensorSource, open_weights, scan_values
 from analysis.errors import AdapterFormatError
 
 log = logging.getLogger(__name__)
@@ -46,50 +53,101 @@ RECOGNISED = ("PEFT (adapter_config.json + adapter_model.safetensors/.bin, keys 
               "LyCORIS LoHa/LoKr ('lora_unet_<module>.hada_w1_a' / '.lokr_w1')")
 
 
+#: Largest |dW| entry bound accepted (|scale| * r * max|B| * max|A|): downstream math runs in float32.
+MAX_DELTA_ENTRY = 1e30
+
+
 def load_adapter(path: str | os.PathLike[str], *, name: str | None = None, check_finite: bool = True) -> Adapter:
     """Read an adapter directory or weights file into the factored `Adapter` model.
 
     Raises `AdapterFormatError` (one line naming the file, the tensor and the reason) for anything
-    that is not a readable adapter. NaN/Inf values are reported in `adapter.warnings`, not raised;
-    `check_finite=False` skips that scan and leaves every tensor unread.
+    that is not a readable adapter, including NaN/Inf values in any tensor; `ResourceLimitError` for
+    files or modules over the stated size limits. `check_finite=False` skips the value scan (for
+    callers that have just written the file themselves); it never turns a refusal into a warning.
     """
     p = Path(path)
-    if not p.exists():
-        raise AdapterFormatError(f"{p}: no such file or directory")
-    if p.is_dir():
+    try:
+        is_dir = stat.S_ISDIR(os.stat(p).st_mode)
+    except FileNotFoundError:
+        raise AdapterFormatError(f"{p}: no such file or directory") from None
+    except OSError as exc:
+        raise AdapterFormatError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    if is_dir:
         weights, config_path = _resolve_dir(p)
         default_name = p.name
     else:
         weights = p
         sibling = p.parent / CONFIG_NAME
-        config_path = sibling if p.name in PEFT_WEIGHTS and sibling.exists() else None
+        config_path = sibling if p.name in PEFT_WEIGHTS and os.path.lexists(sibling) else None
         default_name = p.parent.name if config_path else p.stem
-    src = open_weights(weights)
-    parsed = _parse(src, config_path)
+    blobs = {weights.name: read_regular_file(weights, "weights file")}
+    config = None
+    if config_path is not None:
+        blobs[config_path.name] = read_regular_file(config_path, "adapter config", limit=MAX_CONFIG_BYTES)
+        config = parse_config_json(config_path, blobs[config_path.name])
+    sha256 = sha256_of_blobs(blobs)
+    src = open_weights(weights, blobs[weights.name])
+    if check_finite:
+        _refuse_nonfinite(src)
+    parsed = _parse(src, config, config_path)
     if not parsed.modules:
         raise AdapterFormatError(f"{weights}: no LoRA modules found (only {len(parsed.extras)} other tensors)")
     if check_finite:
-        for key, n in nonfinite_counts(src, src.keys()).items():
-            parsed.warnings.append(f"{weights}: tensor '{key}' has {n} NaN/Inf values")
+        _refuse_overflow(weights, parsed)
     for w in parsed.warnings:
         log.warning(w)
     files = [weights] + ([config_path] if config_path else [])
     return Adapter(name=name or default_name, path=p, format=parsed.format, base_model=parsed.base_model,
                    config=parsed.config, modules=dict(sorted(parsed.modules.items())), files=files,
-                   extras=parsed.extras, warnings=parsed.warnings)
+                   extras=parsed.extras, warnings=parsed.warnings, _sha256=sha256)
+
+
+def sha256_of_blobs(blobs: Mapping[str, bytes | bytearray]) -> str:
+    """The same hash as `model.sha256_of_files`, from contents already in memory ({file name: bytes}).
+
+    `load_adapter` hashes the very bytes its tensors are built from, so the hash names the numbers.
+    """
+    h = hashlib.sha256()
+    for name in sorted(blobs):
+        h.update(name.encode() + b"\0")
+        h.update(blobs[name])
+    return h.hexdigest()
+
+
+def _refuse_nonfinite(src: TensorSource) -> None:
+    """NaN/Inf in any tensor (factor, alpha, extra) makes every later number meaningless: refuse."""
+    for key, (bad, _peak) in scan_values(src, src.keys()).items():
+        if bad:
+            raise AdapterFormatError(f"{src.path}: tensor '{key}' has {bad} NaN/Inf values")
+
+
+def _refuse_overflow(path: Path, parsed: Parsed) -> None:
+    """A finite module whose product can overflow float32 (|dW| bound over MAX_DELTA_ENTRY) is refused."""
+    for name, d in parsed.modules.items():
+        if not isinstance(d, LowRankDelta) or d.A.numel() == 0 or d.B.numel() == 0:
+            continue
+        bound = abs(d.scale) * d.rank * float(d.A.abs().max()) * float(d.B.abs().max())
+        if not math.isfinite(d.scale) or not bound <= MAX_DELTA_ENTRY:
+            raise AdapterFormatError(f"{path}: module '{name}': |dW| entries could reach {bound:.3g} (scale "
+                                     f"{d.scale:.3g}, rank {d.rank}), over {MAX_DELTA_ENTRY:g}: float32 math "
+                                     "on it would overflow")
 
 
 def _resolve_dir(p: Path) -> tuple[Path, Path | None]:
-    """(weights file, adapter_config.json or None) of an adapter directory."""
+    """(weights file, adapter_config.json or None) of an adapter directory.
+
+    Presence is decided with `lexists` (a FIFO or a directory named like a weights file still counts,
+    and is then refused by `read_regular_file` with what it is), never by opening anything.
+    """
     config = p / CONFIG_NAME
-    peft_weights = [p / w for w in PEFT_WEIGHTS if (p / w).exists()]
-    if config.exists():
+    peft_weights = [p / w for w in PEFT_WEIGHTS if os.path.lexists(p / w)]
+    if os.path.lexists(config):
         if not peft_weights:
             raise AdapterFormatError(f"{p}: has {CONFIG_NAME} but no {' or '.join(PEFT_WEIGHTS)}")
         return peft_weights[0], config  # safetensors preferred over the pickle
     if peft_weights:
         raise AdapterFormatError(f"{config}: missing adapter config next to {peft_weights[0].name}")
-    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in WEIGHT_SUFFIXES)
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in WEIGHT_SUFFIXES and is_regular_file(f))
     by_stem: dict[str, Path] = {}
     for f in files:  # the same weights saved twice (.safetensors and .bin): take the safetensors
         if f.stem not in by_stem or f.suffix == ".safetensors":
@@ -121,10 +179,9 @@ def detect_format(keys: list[str]) -> str:
     return "unknown"
 
 
-def _parse(src: TensorSource, config_path: Path | None) -> Parsed:
+def _parse(src: TensorSource, config: dict | None, config_path: Path | None) -> Parsed:
     keys = src.keys()
-    if config_path is not None:
-        config = read_peft_config(config_path)
+    if config is not None:
         return load_peft(src, config, config_path)
     fmt = detect_format(keys)
     if fmt == "peft":

@@ -18,6 +18,20 @@ from analysis.adapters.safetensors_io import TensorSource
 from analysis.errors import AdapterFormatError
 
 
+def add_half(path: Path, halves: dict[str, dict[str, str]], module: str, role: str, key: str) -> None:
+    """Record `key` as the `role` factor of `module`, refusing a second tensor for the same slot.
+
+    Several spellings normalise to one module (`base_model.model.x.lora_A.weight` and
+    `x.lora_A.weight`, `.processor.to_out_lora` and `.to_out_lora`); keeping "the last one" would
+    silently drop the other, so both keys are named instead.
+    """
+    found = halves.setdefault(module, {})
+    if role in found and found[role] != key:
+        raise AdapterFormatError(f"{path}: tensors '{found[role]}' and '{key}' are both the {role} factor of "
+                                 f"module '{module}': the module is stored twice")
+    found[role] = key
+
+
 def complete_pairs(path: Path, halves: Mapping[str, Mapping[str, str]],
                    roles: tuple[str, str]) -> dict[str, tuple[str, str]]:
     """{module: (down_key, up_key)}, refusing any module that has only one of the two tensors."""

@@ -12,12 +12,14 @@ is already the row-major flattening of the (a*c, b*d, kh, kw) kernel, so no resh
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from analysis.adapters.limits import check_dense_budget
 from analysis.adapters.model import DenseDelta
 from analysis.adapters.safetensors_io import TensorSource
 from analysis.adapters.scaling import lora_scale
@@ -94,6 +96,29 @@ def _require(path: Path, m: LycorisModule, suffixes: tuple[str, ...]) -> None:
             raise AdapterFormatError(f"{path}: tensor '{have}': module '{m.name}' lacks '{m.name}.{s}'")
 
 
+def check_factor_dims(src: TensorSource, m: LycorisModule) -> None:
+    """Every LoHa/LoKr factor and Tucker core is at least 2-d (a 0-d/1-d one is a corrupt file)."""
+    for key in m.keys.values():
+        if len(src.shape(key)) < 2:
+            raise AdapterFormatError(f"{src.path}: tensor '{key}': shape {list(src.shape(key))} is not a "
+                                     "LyCORIS factor (expected at least 2 dimensions)")
+
+
+def _budgeted(src: TensorSource, m: LycorisModule, out: int, width: int,
+              build: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """Check the dense size now (load time, from the header) and the values when built."""
+    what = f"{src.path}: module '{m.name}'"
+    check_dense_budget((out, width), torch.float64, what)  # the float64 intermediates of `build`
+
+    def checked() -> torch.Tensor:
+        W = build()  # (out, width)
+        if not bool(torch.isfinite(W).all()):
+            raise AdapterFormatError(f"{what}: the dense update overflows float32 (NaN/Inf after building it)")
+        return W
+
+    return checked
+
+
 def _kernel_for(canonical: str, width: int) -> tuple[int, ...] | None:
     """Kernel shape of a flattened conv delta when the file does not say (old LyCORIS flattens
     conv weights to 2-D): SD UNet convs named conv/conv1/conv2/conv_in/conv_out are 3x3."""
@@ -107,6 +132,7 @@ def loha_delta(src: TensorSource, m: LycorisModule, canonical: str) -> LazyDense
     """LoHa module -> lazy dense delta (see module docstring for the formula)."""
     path = src.path
     _require(path, m, ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
+    check_factor_dims(src, m)
     tucker = "hada_t1" in m.keys
     w1a, w1b = _shape(src, m, "hada_w1_a"), _shape(src, m, "hada_w1_b")
     w2a, w2b = _shape(src, m, "hada_w2_a"), _shape(src, m, "hada_w2_b")
@@ -117,16 +143,18 @@ def loha_delta(src: TensorSource, m: LycorisModule, canonical: str) -> LazyDense
         _require(path, m, ("hada_t2",))
         t1 = _shape(src, m, "hada_t1")
         out, n_in, kernel = w1a[1], w1b[1], tuple(t1[2:])
-        ok = w1a[0] == dim and t1[:2] == (dim, dim) and w2a == w1a and w2b == w1b
+        t2 = _shape(src, m, "hada_t2")
+        ok = w1a[0] == dim and t1[:2] == (dim, dim) and w2a == w1a and w2b == w1b and t2 == t1 and len(w1b) == 2
     else:
         out, n_in, kernel = w1a[0], w1b[1], tuple(w1b[2:])
         ok = w1a[1] == dim and w2a[0] == out and w2b[1:] == w1b[1:] and w2a[1] == w2b[0]
+    ok = ok and len(w1a) == 2 and len(w2a) == 2
     if not ok:
         raise AdapterFormatError(f"{path}: tensor '{m.keys['hada_w2_a']}': LoHa factors of '{m.name}' have "
                                  f"inconsistent shapes w1_a {list(w1a)}, w1_b {list(w1b)}, w2_a {list(w2a)}, "
                                  f"w2_b {list(w2b)}")
     scale = lora_scale(dim, m.alpha)
-    width = n_in * int(torch.tensor(kernel).prod()) if kernel else n_in
+    width = n_in * math.prod(kernel)
 
     def build() -> torch.Tensor:
         if tucker:
@@ -139,26 +167,30 @@ def loha_delta(src: TensorSource, m: LycorisModule, canonical: str) -> LazyDense
 
     kernel_shape = kernel or _kernel_for(canonical, width)
     kind = "conv" if kernel_shape else "linear"
-    return LazyDenseDelta(build=build, shape=(out, width), kernel_shape=kernel_shape or None, kind=kind)
+    return LazyDenseDelta(build=_budgeted(src, m, out, width, build), shape=(out, width),
+                          kernel_shape=kernel_shape or None, kind=kind)
 
 
 def _lokr_factor_shape(src: TensorSource, m: LycorisModule, which: str) -> tuple[int, int, tuple[int, ...]]:
     """(rows, cols, kernel) of w1 or w2 from whichever of full / factored / Tucker tensors exist."""
     full = _shape(src, m, f"lokr_{which}")
     if full is not None:
-        return full[0], int(torch.tensor(full[1:]).prod()), tuple(full[2:])
+        return full[0], math.prod(full[1:]), tuple(full[2:])
     a, b = _shape(src, m, f"lokr_{which}_a"), _shape(src, m, f"lokr_{which}_b")
     if a is None or b is None:
         present = next(iter(m.keys.values()))
         raise AdapterFormatError(f"{src.path}: tensor '{present}': LoKr module '{m.name}' needs lokr_{which} "
                                  f"or both lokr_{which}_a and lokr_{which}_b")
     t = _shape(src, m, f"lokr_t{which[-1]}")
-    if t is not None:  # Tucker: a (r, rows), b (r, cols), t (r, r, *k)
-        return a[1], b[1] * int(torch.tensor(t[2:]).prod()), tuple(t[2:])
-    if a[1] != b[0]:
+    if t is not None:  # Tucker: a (i, rows), b (j, cols), t (i, j, *k)
+        if len(a) != 2 or len(b) != 2 or t[:2] != (a[0], b[0]):
+            raise AdapterFormatError(f"{src.path}: tensor '{m.keys[f'lokr_t{which[-1]}']}': Tucker core {list(t)} "
+                                     f"does not match lokr_{which}_a {list(a)} and lokr_{which}_b {list(b)}")
+        return a[1], b[1] * math.prod(t[2:]), tuple(t[2:])
+    if a[1] != b[0] or len(a) != 2:
         raise AdapterFormatError(f"{src.path}: tensor '{m.keys[f'lokr_{which}_b']}': shape {list(b)} does not "
                                  f"match lokr_{which}_a {list(a)}")
-    return a[0], int(torch.tensor(b[1:]).prod()), tuple(b[2:])
+    return a[0], math.prod(b[1:]), tuple(b[2:])
 
 
 def _lokr_factor(src: TensorSource, m: LycorisModule, which: str) -> torch.Tensor:
@@ -175,6 +207,7 @@ def _lokr_factor(src: TensorSource, m: LycorisModule, which: str) -> torch.Tenso
 
 def lokr_delta(src: TensorSource, m: LycorisModule, canonical: str) -> LazyDenseDelta:
     """LoKr module -> lazy dense delta (see module docstring for the formula and the scale's dim)."""
+    check_factor_dims(src, m)
     r1, c1, _k1 = _lokr_factor_shape(src, m, "w1")
     r2, c2, k2 = _lokr_factor_shape(src, m, "w2")
     if "lokr_w1_a" in m.keys:
@@ -195,4 +228,5 @@ def lokr_delta(src: TensorSource, m: LycorisModule, canonical: str) -> LazyDense
 
     kernel = k2 or _kernel_for(canonical, width)
     kind = "conv" if kernel else "linear"
-    return LazyDenseDelta(build=build, shape=(out, width), kernel_shape=kernel or None, kind=kind)
+    return LazyDenseDelta(build=_budgeted(src, m, out, width, build), shape=(out, width),
+                          kernel_shape=kernel or None, kind=kind)

@@ -9,11 +9,12 @@ own key. diffusers writes the same factor names with a pipeline-component prefix
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from analysis.adapters.lowrank import complete_pairs, make_lowrank, pair_rank
+from analysis.adapters.lowrank import add_half, complete_pairs, make_lowrank, pair_rank
 from analysis.adapters.names import DENOISER_PREFIXES, TEXT_ENCODER_PREFIXES, diffusers_canonical
 from analysis.adapters.parsed import Parsed
 from analysis.adapters.safetensors_io import TensorSource
@@ -36,17 +37,52 @@ def is_peft_factor(key: str) -> bool:
     return bool(LINEAR_FACTOR.match(key) or EMBEDDING_FACTOR.match(key))
 
 
-def read_peft_config(path: Path) -> dict[str, Any]:
-    """adapter_config.json as a dict, or one line naming the file and what is wrong with it."""
+def parse_config_json(path: Path, data: bytes | bytearray, what: str = "adapter config") -> dict[str, Any]:
+    """A JSON config (already read, bounded) as a dict, or one line naming the file and what is wrong."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AdapterFormatError(f"{path}: missing adapter_config.json next to the PEFT weights") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterFormatError(f"{path}: broken JSON in adapter config: {exc}") from None
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AdapterFormatError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
+    return parse_config_text(path, text, what)
+
+
+def parse_config_text(path: Path, text: str, what: str) -> dict[str, Any]:
+    """JSON object from text: broken JSON, deep nesting, NaN/Infinity literals and repeated keys refused."""
+    def no_constant(name: str) -> float:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        config = json.loads(text, parse_constant=no_constant, object_pairs_hook=_unique)
+    except ValueError as exc:  # JSONDecodeError included
+        raise AdapterFormatError(f"{path}: broken JSON in {what}: {_short(str(exc), 160)}") from None
+    except RecursionError:
+        raise AdapterFormatError(f"{path}: broken JSON in {what}: nested too deeply") from None
     if not isinstance(config, dict):
-        raise AdapterFormatError(f"{path}: adapter config must be a JSON object")
+        raise AdapterFormatError(f"{path}: {what} must be a JSON object, found a {type(config).__name__}")
     return config
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {_short(k)} appears twice")
+        out[k] = v
+    return out
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = value if isinstance(value, str) and limit > 80 else repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _base_model(config: Mapping[str, Any], where: Path) -> str | None:
+    value = config.get("base_model_name_or_path")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise AdapterFormatError(f"{where}: 'base_model_name_or_path' must be a string, found {_short(value)}")
+    return value
 
 
 def parse_peft_keys(src: TensorSource, fmt: str, settings_for: SettingsFor,
@@ -68,7 +104,7 @@ def parse_peft_keys(src: TensorSource, fmt: str, settings_for: SettingsFor,
         if m:
             if m["adapter"]:
                 adapters.add(m["adapter"])
-            halves.setdefault(m["module"], {})[m["ab"]] = key
+            add_half(src.path, halves, m["module"], m["ab"], key)
             if m.re is EMBEDDING_FACTOR:
                 embedding.add(m["module"])
         elif DORA_MAGNITUDE.match(k):
@@ -95,10 +131,8 @@ def parse_peft_keys(src: TensorSource, fmt: str, settings_for: SettingsFor,
                     f"'{pattern_key}' (PEFT would refuse to load it); scale uses the config's r")
             scale = lora_scale(expected, alpha, use_rslora=settings.use_rslora)
             fan = settings.fan_in_fan_out and not is_emb
-        name = canonical(module)
-        if name in parsed.modules:
-            raise AdapterFormatError(f"{src.path}: tensor '{a_key}': module '{name}' appears twice")
-        parsed.modules[name] = make_lowrank(src, a_key, b_key, scale, embedding=is_emb, fan_in_fan_out=fan)
+        parsed.put_module(src.path, canonical(module), a_key,
+                          make_lowrank(src, a_key, b_key, scale, embedding=is_emb, fan_in_fan_out=fan))
     if dora:
         parsed.warnings.append(f"{src.path}: {dora} modules use DoRA: the deltas shown are the plain LoRA part "
                                "(the exact DoRA update needs the base model's weights); magnitudes kept as extras")
@@ -124,15 +158,23 @@ def _extra_kind(key: str, modules_to_save: tuple[str, ...]) -> str:
 
 
 def load_peft(src: TensorSource, config: Mapping[str, Any] | None, config_path: Path | None) -> Parsed:
-    """A PEFT adapter: with its adapter_config.json, or a bare file whose scale has to be assumed."""
+    """A PEFT adapter: with its adapter_config.json, with its LoraConfig in the file's
+    `lora_adapter_metadata` header (diffusers `save_lora_adapter` without a component prefix), or a
+    bare file whose scale has to be assumed."""
+    where: Path = config_path or src.path
+    if config is None and DIFFUSERS_METADATA_KEY in src.metadata:
+        config = _metadata_config(src)
+        if "r" not in config:
+            config = None  # per-component metadata ('unet.r'): no component prefix here to pick one
+        where = src.path
     if config is not None:
-        settings = settings_from_config(config, config_path or src.path)
+        settings = settings_from_config(config, where)
         parsed = parse_peft_keys(src, "peft", lambda m: (settings, m), canonical=lambda m: m, strip=PEFT_PREFIX,
                                  modules_to_save=settings.modules_to_save)
         parsed.config = dict(config)
-        parsed.base_model = config.get("base_model_name_or_path")
+        parsed.base_model = _base_model(config, where)
         return parsed
-    alpha, where = _metadata_alpha(src.metadata)
+    alpha, where_alpha = _metadata_alpha(src.metadata)
     parsed = parse_peft_keys(src, "peft", lambda m: (None, m), canonical=lambda m: m, strip=PEFT_PREFIX,
                              default_alpha=alpha)
     if alpha is None:
@@ -140,18 +182,26 @@ def load_peft(src: TensorSource, config: Mapping[str, Any] | None, config_path: 
                                "for every module")
     else:
         parsed.warnings.append(f"{src.path}: no adapter_config.json: assumed lora_alpha = {alpha:g} from "
-                               f"metadata '{where}', scale alpha/r per module")
+                               f"metadata '{where_alpha}', scale alpha/r per module")
     parsed.config = {"metadata": dict(src.metadata)}
     return parsed
+
+
+def _metadata_config(src: TensorSource) -> dict[str, Any]:
+    """The JSON object stored in the `lora_adapter_metadata` header entry (checked like a config file)."""
+    return parse_config_text(src.path, src.metadata[DIFFUSERS_METADATA_KEY],
+                             f"'{DIFFUSERS_METADATA_KEY}' metadata")
 
 
 def _metadata_alpha(metadata: Mapping[str, str]) -> tuple[float | None, str]:
     for key in METADATA_ALPHA_KEYS:
         if key in metadata:
             try:
-                return float(metadata[key]), key
+                value = float(metadata[key])
             except ValueError:
                 continue
+            if math.isfinite(value):
+                return value, key
     return None, ""
 
 
@@ -166,12 +216,7 @@ def load_diffusers_peft(src: TensorSource) -> Parsed:
     shared: LoraSettings | None = None
     config: dict[str, Any] = {}
     if raw is not None:
-        try:
-            config = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise AdapterFormatError(f"{src.path}: broken JSON in '{DIFFUSERS_METADATA_KEY}' metadata: {exc}") from None
-        if not isinstance(config, dict):
-            raise AdapterFormatError(f"{src.path}: '{DIFFUSERS_METADATA_KEY}' metadata must be a JSON object")
+        config = _metadata_config(src)
         if "r" in config:
             shared = settings_from_config(config, src.path)
         else:

@@ -1,22 +1,25 @@
-"""Reading tensors without trusting the file: safetensors headers checked, data memory-mapped.
+"""Reading tensors without trusting the file: bytes read once, safetensors headers checked.
 
 A safetensors file is an 8-byte little-endian header length, a JSON header
 `{key: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}` and a data section.
-We parse the header ourselves so every entry is checked against the file size *before* anything is
-allocated: a truncated download or a garbled header becomes one `AdapterFormatError` naming the
-file and the tensor, never a segfault or a 40 GB allocation. Tensors are then exposed as zero-copy
-views over a copy-on-write memory map (`mmap.ACCESS_COPY` + `torch.frombuffer`): loading an adapter
-reads only its header, and pages are read from disk when a tensor is first used.
+The file is read into memory exactly once (regular files only, bounded: see `limits`), and we parse
+the header ourselves so every entry is checked against that length *before* anything is allocated:
+a truncated download or a garbled header becomes one `AdapterFormatError` naming the file and the
+tensor, never a segfault or a 40 GB allocation. Tensors are zero-copy views over those bytes
+(`torch.frombuffer`), so the numbers in use are exactly the bytes the adapter's sha256 was computed
+from. (An earlier design memory-mapped the file: a same-size rewrite then changed the numbers while
+the hash still named the old content, and truncation killed the process with SIGBUS.)
 
-`.bin` pickles are read only through `torch.load(weights_only=True)`; anything that needs code to
-unpickle is refused. Both readers speak the small `TensorSource` protocol that the format parsers use.
+`.bin` pickles are read only through `torch.load(weights_only=True)` on the same in-memory bytes;
+anything that needs code to unpickle is refused. Both readers speak the small `TensorSource`
+protocol that the format parsers use.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from typing import Protocol
 
 import torch
 
+from analysis.adapters.limits import read_regular_file
 from analysis.errors import AdapterFormatError
 
 log = logging.getLogger(__name__)
@@ -70,19 +74,29 @@ def _fail(path: Path, what: str) -> AdapterFormatError:
     return AdapterFormatError(f"{path}: {what}")
 
 
+#: Largest single dimension accepted in a header: far above any real layer, far below int64 overflow.
+MAX_DIM = 1 << 40
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _parse_entry(path: Path, key: str, raw: object, data_len: int) -> TensorEntry:
-    """Check one header entry: known float dtype, non-negative shape, offsets inside the data section."""
+    """Check one header entry: known float dtype, sane shape, offsets inside the data section."""
     if not isinstance(raw, dict) or not {"dtype", "shape", "data_offsets"} <= raw.keys():
         raise _fail(path, f"tensor '{key}': header entry must have dtype, shape and data_offsets")
     dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
-    if dtype not in SUPPORTED_DTYPES:
-        raise _fail(path, f"tensor '{key}': unsupported dtype {dtype!r} "
+    if not isinstance(dtype, str) or dtype not in SUPPORTED_DTYPES:
+        raise _fail(path, f"tensor '{key}': unsupported dtype {_short(dtype)} "
                           f"(adapters must be {'/'.join(SUPPORTED_DTYPES)})")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise _fail(path, f"tensor '{key}': shape {shape!r} is not a list of non-negative integers")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape):
+        raise _fail(path, f"tensor '{key}': shape {_short(shape)} is not a list of at most 8 integers in "
+                          f"[0, 2^40]")
     if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
-        raise _fail(path, f"tensor '{key}': data_offsets {offsets!r} must be [begin, end] with 0 <= begin <= end")
+            or not all(_is_int(o) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        raise _fail(path, f"tensor '{key}': data_offsets {_short(offsets)} must be [begin, end] with "
+                          "0 <= begin <= end")
     need = math.prod(shape) * SUPPORTED_DTYPES[dtype][1]
     if offsets[1] - offsets[0] != need:
         raise _fail(path, f"tensor '{key}': data_offsets {offsets} span {offsets[1] - offsets[0]} bytes "
@@ -93,35 +107,60 @@ def _parse_entry(path: Path, key: str, raw: object, data_len: int) -> TensorEntr
     return TensorEntry(key, dtype, tuple(shape), offsets[0], offsets[1])
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str], int]:
-    """Parse and validate a safetensors header without touching tensor data.
+def _short(value: object, limit: int = 80) -> str:
+    """repr of a header value, cut short: a hostile header must not produce a megabyte-long message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
-    Returns (entries by key, `__metadata__`, byte offset where the data section starts).
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json object_pairs_hook: a key given twice is an error, not 'the last one wins'."""
+    out: dict[str, object] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {_short(k)} appears twice")
+        out[k] = v
+    return out
+
+
+def parse_safetensors_header(path: Path, data: bytes | bytearray) -> tuple[dict[str, TensorEntry], dict[str, str], int]:
+    """Parse and validate the header of a safetensors file held in `data` (its whole content).
+
+    Returns (entries by key, `__metadata__`, byte offset where the data section starts). Every entry
+    is checked against the real length of `data` before any tensor is built.
     """
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise _fail(path, f"not a safetensors file: {size} bytes, shorter than the 8-byte header length")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER_BYTES or 8 + n > size:
-            raise _fail(path, f"not a safetensors file or truncated: header length {n} does not fit "
-                              f"in the file ({size} bytes)")
-        raw = f.read(n)
+    size = len(data)
+    if size < 8:
+        raise _fail(path, f"not a safetensors file: {size} bytes, shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
+    if n > MAX_HEADER_BYTES or 8 + n > size:
+        raise _fail(path, f"not a safetensors file or truncated: header length {n} does not fit "
+                          f"in the file ({size} bytes)")
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"garbled safetensors header: {exc}") from None
+        header = json.loads(bytes(data[8:8 + n]).decode("utf-8"), object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise _fail(path, f"garbled safetensors header: {_short(str(exc), 200)}") from None
+    except RecursionError:
+        raise _fail(path, "garbled safetensors header: JSON nested too deeply") from None
     if not isinstance(header, dict):
-        raise _fail(path, "garbled safetensors header: not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
+        raise _fail(path, f"garbled safetensors header: a JSON {type(header).__name__}, expected an object")
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise _fail(path, "__metadata__ must map strings to strings")
+    for key in header:
+        if not key or not key.isprintable():
+            raise _fail(path, f"tensor name {_short(key)} is empty or holds control characters")
     data_start = 8 + n
     data_len = size - data_start
     entries = {k: _parse_entry(path, k, v, data_len) for k, v in header.items()}
     _check_no_overlap(path, entries)
     return entries, dict(metadata), data_start
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str], int]:
+    """Header of a safetensors file on disk (the whole file is read once, bounded; see `limits`)."""
+    return parse_safetensors_header(path, read_regular_file(path, "weights file"))
 
 
 def _check_no_overlap(path: Path, entries: dict[str, TensorEntry]) -> None:
@@ -133,15 +172,16 @@ def _check_no_overlap(path: Path, entries: dict[str, TensorEntry]) -> None:
 
 
 class SafetensorsFile:
-    """A validated safetensors file whose tensors are zero-copy views over one memory map.
+    """A validated safetensors file whose tensors are views over one in-memory copy of its bytes.
 
-    The map is opened on the first `get` and stays alive as long as any tensor viewing it does.
+    The bytes are read once (`limits.read_regular_file`), so the tensors can never change under us
+    and the caller's sha256 of the same bytes names exactly these numbers. Memory cost: the file size.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], data: bytearray | None = None) -> None:
         self.path = Path(path)
-        self.entries, self.metadata, self._data_start = read_safetensors_header(self.path)
-        self._map: mmap.mmap | None = None
+        self.data = read_regular_file(self.path, "weights file") if data is None else data
+        self.entries, self.metadata, self._data_start = parse_safetensors_header(self.path, self.data)
 
     def keys(self) -> list[str]:
         return list(self.entries)
@@ -152,15 +192,8 @@ class SafetensorsFile:
     def dtype(self, key: str) -> str:
         return self.entries[key].dtype
 
-    def _mapped(self) -> mmap.mmap:
-        if self._map is None:
-            with open(self.path, "rb") as f:
-                # ACCESS_COPY: writable (torch.frombuffer wants that) but never written back to disk.
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        return self._map
-
     def get(self, key: str) -> torch.Tensor:
-        """The tensor as a view on the file's pages: no copy, nothing read until it is used."""
+        """The tensor as a view on the bytes read at open: no copy (one for a misaligned tensor)."""
         e = self.entries[key]
         dtype, itemsize = SUPPORTED_DTYPES[e.dtype]
         count = (e.end - e.begin) // itemsize
@@ -168,46 +201,43 @@ class SafetensorsFile:
             return torch.empty(e.shape, dtype=dtype)
         offset = self._data_start + e.begin
         if offset % itemsize:  # misaligned element start: a view would be unsafe, copy this one tensor
-            raw = bytearray(self._mapped()[offset:offset + e.end - e.begin])
+            raw = bytearray(self.data[offset:offset + e.end - e.begin])
             return torch.frombuffer(raw, dtype=dtype, count=count).reshape(e.shape)
-        flat = torch.frombuffer(self._mapped(), dtype=dtype, count=count, offset=offset)  # (numel,)
+        flat = torch.frombuffer(self.data, dtype=dtype, count=count, offset=offset)  # (numel,)
         return flat.reshape(e.shape)
 
 
 class TorchPickleFile:
     """A `.bin`/`.pt` state dict read with `torch.load(weights_only=True)`: plain tensors or nothing.
 
-    Zip-format checkpoints are memory-mapped by torch itself (`mmap=True`), so this is lazy too.
+    Loaded from the bytes read once at open (torch copies the tensors out of them).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], data: bytearray | None = None) -> None:
         self.path = Path(path)
         self.metadata: dict[str, str] = {}
-        state = self._load()
+        state = self._load(read_regular_file(self.path, "weights file") if data is None else data)
         if not isinstance(state, dict):
             raise _fail(self.path, f"expected a dict of tensors, found {type(state).__name__}")
         for key, value in state.items():
             if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-                raise _fail(self.path, f"entry {key!r}: expected a tensor, found {type(value).__name__}")
+                raise _fail(self.path, f"entry {_short(key)}: expected a tensor, found {type(value).__name__}")
+            if not key or not key.isprintable():
+                raise _fail(self.path, f"tensor name {_short(key)} is empty or holds control characters")
             if value.dtype not in _TORCH_TO_CODE:
                 raise _fail(self.path, f"tensor '{key}': unsupported dtype {value.dtype} "
                                        f"(adapters must be {'/'.join(SUPPORTED_DTYPES)})")
+            if value.is_sparse or value.layout != torch.strided:
+                raise _fail(self.path, f"tensor '{key}': sparse or non-strided tensors are not adapter factors")
         self._tensors: dict[str, torch.Tensor] = state
 
-    def _load(self) -> object:
+    def _load(self, data: bytearray) -> object:
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc) and "zip" not in str(exc).lower():
-                raise _fail(self.path, f"cannot read torch checkpoint: {_first_line(exc)}") from None
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch raises pickle/unpickling errors of many types
             raise _fail(self.path, "refusing to unpickle: the file needs code execution beyond plain "
-                                   f"tensors (torch.load weights_only=True failed: {_first_line(exc)})") from None
-        try:  # legacy (non-zip) checkpoints cannot be memory-mapped
-            return torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise _fail(self.path, "refusing to unpickle: the file needs code execution beyond plain "
-                                   f"tensors (torch.load weights_only=True failed: {_first_line(exc)})") from None
+                                   f"tensors, or is not a torch checkpoint (torch.load weights_only=True "
+                                   f"failed: {_short(_first_line(exc), 200)})") from None
 
     def keys(self) -> list[str]:
         return list(self._tensors)
@@ -227,27 +257,38 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def open_weights(path: Path) -> TensorSource:
-    """Open a weights file by extension: `.safetensors` parsed here, `.bin`/`.pt`/`.pth` via weights_only."""
+def open_weights(path: Path, data: bytearray | None = None) -> TensorSource:
+    """Open a weights file by extension: `.safetensors` parsed here, `.bin`/`.pt`/`.pth` via weights_only.
+
+    `data` is the file's content when the caller already read it (to hash the same bytes).
+    """
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return SafetensorsFile(path)
+        return SafetensorsFile(path, data)
     if suffix in (".bin", ".pt", ".pth", ".ckpt"):
-        return TorchPickleFile(path)
+        return TorchPickleFile(path, data)
     raise _fail(path, f"unknown weights file type {suffix!r} (expected .safetensors, .bin, .pt or .pth)")
 
 
-def nonfinite_counts(src: TensorSource, keys: list[str], *, chunk: int = 1 << 20) -> dict[str, int]:
-    """Number of NaN/Inf values per tensor (only those with any), streamed in chunks.
+def scan_values(src: TensorSource, keys: list[str], *, chunk: int = 1 << 20) -> dict[str, tuple[int, float]]:
+    """{key: (number of NaN/Inf values, largest finite |value|)} for every tensor, streamed in chunks.
 
-    Reads the data once but allocates only one chunk-sized mask at a time.
+    Reads the data once and allocates only chunk-sized temporaries.
     """
-    bad: dict[str, int] = {}
+    out: dict[str, tuple[int, float]] = {}
     for key in keys:
         flat = src.get(key).reshape(-1)  # (numel,)
-        n = 0
+        bad, peak = 0, 0.0
         for start in range(0, flat.numel(), chunk):
-            n += int((~torch.isfinite(flat[start:start + chunk])).sum())
-        if n:
-            bad[key] = n
-    return bad
+            part = flat[start:start + chunk]
+            finite = torch.isfinite(part)
+            bad += int(part.numel() - int(finite.sum()))
+            if bool(finite.any()):
+                peak = max(peak, float(part[finite].abs().max()))
+        out[key] = (bad, peak)
+    return out
+
+
+def nonfinite_counts(src: TensorSource, keys: list[str], *, chunk: int = 1 << 20) -> dict[str, int]:
+    """Number of NaN/Inf values per tensor (only those with any)."""
+    return {k: n for k, (n, _) in scan_values(src, keys, chunk=chunk).items() if n}
