@@ -124,3 +124,42 @@ def connected_components(similarity: np.ndarray, tau: float) -> np.ndarray:
     np.fill_diagonal(adj, False)
     _, raw = _cc(csr_matrix(adj), directed=False)
     return _renumber(raw)
+
+
+def silhouettes(D: np.ndarray, Z: np.ndarray) -> dict[int, float]:
+    """Mean silhouette (scikit-learn, on the precomputed distances) of the cut at each k in 2..N-1."""
+    from sklearn.metrics import silhouette_score
+
+    D = np.asarray(D, dtype=np.float64)  # (N, N)
+    n = D.shape[0]
+    scores: dict[int, float] = {}
+    for k in range(2, n):
+        labels = fcluster(Z, t=k, criterion="maxclust")  # (N,)
+        if 2 <= len(set(labels.tolist())) <= n - 1:
+            scores[k] = float(silhouette_score(D, labels, metric="precomputed"))
+    return scores
+
+
+def best_cut(D: np.ndarray, Z: np.ndarray) -> tuple[int, dict[int, float]]:
+    """The number of groups with the highest mean silhouette (fewest groups on ties), and every score.
+
+    With fewer than three adapters no cut can be scored, so the answer is one group.
+    """
+    scores = silhouettes(D, Z)
+    if not scores:
+        return 1, scores
+    best = max(scores.values())
+    return min(k for k, s in scores.items() if s >= best - 1e-12), scores
+
+
+def cut_height(Z: np.ndarray, k: int) -> float:
+    """A distance at which the tree falls into exactly k groups: halfway between the merges around the cut."""
+    heights = np.sort(np.asarray(Z, dtype=np.float64)[:, 2])  # (N-1,) ascending for average/complete
+    n = len(heights) + 1
+    if not 1 <= k <= n:
+        raise AtlasError(f"number of groups must be between 1 and {n}, got {k}")
+    below = heights[n - k - 1] if n - k - 1 >= 0 else 0.0  # the last merge kept inside groups
+    above = heights[n - k] if n - k < len(heights) else below  # the first merge the cut undoes
+    if k == 1:
+        return float(heights[-1]) if len(heights) else 0.0
+    return float((below + above) / 2.0)

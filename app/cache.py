@@ -131,20 +131,38 @@ def module_overlap(refs: tuple[AdapterRef, ...], module: str) -> Any:
     return _module([a.modules[module] for a in adapters_of(refs)], [ref[2] for ref in refs], module)
 
 
+@st.cache_resource(show_spinner=False)
+def _whole_tables() -> dict[tuple[tuple[AdapterRef, ...], str | None], dict[str, Any]]:
+    """Assembled tables by (refs, regex), shared read-only by all sessions: a hit costs no unpickling."""
+    return {}
+
+
+def overlap_ready(refs: tuple[AdapterRef, ...], modules_regex: str | None = None) -> bool:
+    """Whether the whole table of this set is computed (by the warm-up or an earlier visit)."""
+    return (tuple(refs), modules_regex) in _whole_tables()
+
+
 def overlap_table(refs: tuple[AdapterRef, ...], modules_regex: str | None = None,
                   progress: Progress = None) -> dict[str, Any]:
     """`analysis.overlap.overlap_table`, assembled from per-module cached pieces.
 
     Caching module by module (rather than the whole table in one `st.cache_data` call) lets the
     page drive an `st.progress` bar from outside the cache: Streamlit cannot replay elements a
-    cached function wrote into a container created outside it.
+    cached function wrote into a container created outside it. The assembled table is then kept
+    whole per set (the refs carry each adapter's content sha256), so later pages pay nothing.
     """
+    memo, key = _whole_tables(), (tuple(refs), modules_regex)
+    if key in memo:
+        return memo[key]
     modules = shared_modules(refs, modules_regex)
     table: dict[str, Any] = {}
     for done, m in enumerate(modules, start=1):
         table[m] = module_overlap(refs, m)
         if progress is not None:
             progress(done, len(modules), m)
+    while len(memo) >= 16:  # oldest set out first
+        memo.pop(next(iter(memo)))
+    memo[key] = table
     return table
 
 
@@ -185,6 +203,13 @@ def pair_matrix(refs: tuple[AdapterRef, ...], i: int, j: int, metric: str,
 
 # --- subspaces -----------------------------------------------------------------------------------
 
+def most_colliding(refs: tuple[AdapterRef, ...], i: int, j: int, metric: str = "subspace_similarity") -> str:
+    """The module where adapters i and j overlap most (first in model order on ties)."""
+    table = overlap_table(refs)
+    sign = -1.0 if metric == "mean_angle_deg" else 1.0  # small angles collide
+    return max(model_order(table), key=lambda m: sign * float(getattr(table[m], metric)[i, j]))
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def phi_grid(ref_i: AdapterRef, ref_j: AdapterRef, module: str, side: str = "output") -> np.ndarray:
     """phi(k, l) of Hu et al. between the top singular directions of two adapters at one module."""
@@ -220,7 +245,18 @@ def cut(refs: tuple[AdapterRef, ...], metric: str, method: str, k: int | None, t
 
     distance = np.asarray(adapter_distance(overlap_table(refs, modules_regex), metric))  # (N, N)
     fitted = Linkage(method=method).fit(distance, [ref[2] for ref in refs])
-    return [int(g) for g in fitted.cut(k=k, threshold=threshold)]
+    raw = fitted.cut(k=k, threshold=threshold)
+    seen: dict[int, int] = {}
+    for leaf in fitted.order_:  # number the groups as they appear along the dendrogram, left to right
+        seen.setdefault(int(raw[leaf]), len(seen))
+    return [seen[int(g)] for g in raw]
+
+
+def cut_height(refs: tuple[AdapterRef, ...], metric: str, method: str, k: int) -> float:
+    """The distance at which this set's tree falls into k groups (where the cut line is drawn)."""
+    from analysis.clustering import cut_height as _height
+
+    return _height(linkage(refs, metric, method)["linkage"], k)
 
 
 def dendrogram_order(refs: tuple[AdapterRef, ...], metric: str, modules_regex: str | None = None) -> list[int]:
@@ -233,6 +269,76 @@ def dendrogram_order(refs: tuple[AdapterRef, ...], metric: str, modules_regex: s
         return linkage(refs, DISTANCE_OF_METRIC.get(metric, "cosine"), "average", modules_regex)["order"]
     except (ImportError, AtlasError, ValueError):
         return list(range(len(refs)))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def adapter_map(refs: tuple[AdapterRef, ...], metric: str, method: str = "average", k: int | None = None,
+                neighbours: int = 3) -> dict[str, Any]:
+    """2-D map of the set from its distance matrix (MDS, t-SNE for many), its groups and nearest neighbours."""
+    from analysis.embedding import embed_distances, nearest_neighbours, stress
+
+    fit = linkage(refs, metric, method)
+    distance = fit["distance"]  # (N, N)
+    coords = embed_distances(distance, seed=0)  # (N, 2)
+    groups = cut(refs, metric, method, k if k is not None else best_k(refs, metric, method), None)
+    return {"coords": coords, "groups": groups, "distance": distance,
+            "neighbours": nearest_neighbours(distance, neighbours), "stress": stress(distance, coords)}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def best_k(refs: tuple[AdapterRef, ...], metric: str, method: str) -> int:
+    """The number of groups with the best silhouette (scikit-learn) on the precomputed distances."""
+    from analysis.clustering import best_cut
+
+    fit = linkage(refs, metric, method)
+    return int(best_cut(fit["distance"], fit["linkage"])[0])
+
+
+# --- start-up warm-up ----------------------------------------------------------------------------
+# The first visit to Overlap must not wait for the whole table: the first script run of the process
+# starts one background thread that computes what Overlap, Clusters and the map show first.
+
+@st.cache_resource(show_spinner=False)
+def _warm_started() -> dict[tuple[str, ...], Any]:
+    return {}
+
+
+def warm_up(paths: list[str], metric: str = "subspace_similarity") -> Any:
+    """Start (once per process and set) the background computation of the set's overlap views."""
+    import threading
+
+    started, key = _warm_started(), tuple(paths)
+    if not started:  # the thread has no session: Streamlit's "missing ScriptRunContext" notes are noise there
+        import logging
+
+        logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").addFilter(
+            lambda record: threading.current_thread().name != "atlas-warm-up")
+    if key not in started and len(paths) >= 2:
+        thread = threading.Thread(target=_warm, args=(list(paths), metric), daemon=True, name="atlas-warm-up")
+        started[key] = thread
+        thread.start()
+    return started.get(key)
+
+
+def _warm(paths: list[str], metric: str) -> None:
+    import logging
+
+    from app.components.metrics import DISTANCE_OF_METRIC
+
+    log = logging.getLogger("adapter_atlas.warm_up")
+    try:
+        refs, _, _ = load_set(paths)
+        refs_t = tuple(refs)
+        if len(refs_t) < 2:
+            return
+        overlap_table(refs_t)
+        layers_and_types(refs_t)
+        aggregated(refs_t, metric, None, None)
+        dendrogram_order(refs_t, metric)
+        adapter_map(refs_t, DISTANCE_OF_METRIC.get(metric, "cosine"))
+        log.info("warm-up done: %d adapters, %d modules", len(refs_t), len(overlap_table(refs_t)))
+    except Exception:  # noqa: BLE001 - a failed warm-up only means the page computes on demand
+        log.warning("warm-up failed; pages will compute on demand", exc_info=True)
 
 
 # --- capacity ------------------------------------------------------------------------------------

@@ -1,8 +1,6 @@
 """Adapters: choose the set, then see what each adapter holds and how its rank is used."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
@@ -27,7 +25,8 @@ with folder_tab:
 # 2. The open set (a multiselect over everything offered so far)
 known = st.session_state.get(view.KNOWN, [])
 st.session_state[view.ADAPTERS] = [p for p in st.session_state.get(view.ADAPTERS, []) if p in known]
-st.multiselect("Open adapters", known, key=view.ADAPTERS, format_func=lambda p: f"{Path(p).name}  ·  {p}")
+st.multiselect("Open adapters", known, key=view.ADAPTERS, format_func=view.adapter_label,
+               help="Named relative to the allowed server folders; the link of this page names them the same way.")
 
 refs, _ = view.adapter_set()
 
@@ -50,14 +49,30 @@ if len(bases) > 1:
     st.warning("These adapters name different base models: " + ", ".join(md_text(b) for b in sorted(bases))
                + ". Overlap is only computed on modules with the same name and shape.")
 
-# 4. Per adapter: modules, extra tensors, warnings
+# 4. Per adapter: modules (layer as a number, so it sorts 0, 1, 2, ..., 10), extra tensors, warnings
+def module_table(modules: list[dict]) -> pd.DataFrame:
+    from analysis.overlap import parse_module_name
+
+    order = {m: k for k, m in enumerate(cache.model_order([m["name"] for m in modules]))}
+    rows = []
+    for m in sorted(modules, key=lambda m: order[m["name"]]):
+        layer, kind = parse_module_name(m["name"])
+        rows.append({"layer": layer if isinstance(layer, int) else None, "type": kind, "rank": m["rank"],
+                     "shape": " × ".join(map(str, m["shape"])), "scale": m["scale"], "norm": m["norm"],
+                     "kind": m["kind"], "module": m["name"]})
+    table = pd.DataFrame(rows)
+    table["layer"] = table["layer"].astype("Int64")
+    return table
+
+
 for card in cards:
     with st.expander(f"{card['name']} — {len(card['modules'])} modules, format {card['format']}"):
         for warning in card.get("warnings", []):
             st.warning(md_text(warning))  # warnings quote file contents (base_model_name_or_path): literal text
-        st.dataframe(pd.DataFrame(card["modules"]), hide_index=True, width="stretch",
+        st.dataframe(module_table(card["modules"]), hide_index=True, width="stretch",
                      column_config={"norm": st.column_config.NumberColumn(format="%.4g"),
-                                    "scale": st.column_config.NumberColumn(format="%.4g")})
+                                    "scale": st.column_config.NumberColumn(format="%.4g"),
+                                    "layer": st.column_config.NumberColumn(format="%d", width="small")})
         if card.get("extras"):
             st.caption("Non-LoRA tensors kept alongside (never merged as LoRA):")
             st.dataframe(pd.DataFrame(card["extras"]), hide_index=True, width="stretch")
@@ -67,7 +82,7 @@ st.subheader("Singular values of one module")
 names = [ref[2] for ref in refs]
 left, right = st.columns([1, 2])
 with left:
-    chosen = st.selectbox("Adapter", names, key="adapters_spectrum_adapter")
+    chosen = view.choose("Adapter", names, "adapters_spectrum_adapter", param="spectrum")
     ref = refs[names.index(chosen)]
     module = view.choose("Module", cache.model_order(cache.load_adapter(*ref).modules), view.MODULE)
 if module:

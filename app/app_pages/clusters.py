@@ -21,38 +21,62 @@ names = [ref[2] for ref in refs]
 st.session_state.setdefault("clusters_distance", DISTANCE_OF_METRIC.get(st.session_state.get(view.METRIC), "cosine"))
 left, right = st.columns(2)
 with left:
-    distance = view.choose("Distance", list(DISTANCES), "clusters_distance", format_func=DISTANCES.get)
+    distance = view.choose("Distance", list(DISTANCES), "clusters_distance", param="distance",
+                           format_func=DISTANCES.get)
 with right:
-    method = st.radio("Linkage", ["average", "complete"], key="clusters_method", horizontal=True)
+    method = view.choose("Linkage", ["average", "complete"], "clusters_method", param="linkage", widget=st.radio,
+                         horizontal=True)
 fit = cache.linkage(refs, distance, method)
-heights = [float(h) for h in fit["linkage"][:, 2]] if len(fit["linkage"]) else [0.0]
+heights = sorted(float(h) for h in fit["linkage"][:, 2]) if len(fit["linkage"]) else [0.0]
+best = cache.best_k(refs, distance, method)
 
-# 2. The cut: k groups or a distance threshold
+# 2. The cut: k groups (default: the best silhouette) or a distance threshold (default: that cut's height)
+CUTS = {"k": "number of groups", "threshold": "distance threshold"}
 left, right = st.columns(2)
 with left:
-    how = st.radio("Cut by", ["number of groups", "distance threshold"], key="clusters_cut_by", horizontal=True)
+    how = view.choose("Cut by", list(CUTS), "clusters_cut_by", param="cut", widget=st.radio, format_func=CUTS.get,
+                      horizontal=True)
 with right:
-    if how == "number of groups":
-        k = st.slider("Groups k", 1, len(refs), min(2, len(refs)), key="clusters_k")
-        threshold = None
+    if how == "k":
+        view.url_state("clusters_k", "k", default=best, kind=int)
+        st.session_state["clusters_k"] = min(max(int(st.session_state["clusters_k"]), 1), len(refs))
+        k = st.slider("Groups k", 1, len(refs), key="clusters_k",
+                      help=f"{best} groups score the best silhouette (scikit-learn) on these distances.")
+        threshold = cache.cut_height(refs, distance, method, k)
+        cut_label = f"{k} groups: cut at {threshold:.3f}"
     else:
+        lo, hi = round(heights[0] - 0.005, 3), round(heights[-1] + 0.005, 3)
+        view.url_state("clusters_threshold", "t", default=round(cache.cut_height(refs, distance, method, best), 3),
+                       kind=float)
+        st.session_state["clusters_threshold"] = min(max(float(st.session_state["clusters_threshold"]), lo), hi)
+        threshold = st.slider("Threshold", lo, hi, step=0.001, format="%.3f", key="clusters_threshold",
+                              help="Adapters merged below this distance form one group. The range spans the "
+                                   "merges of this tree.")
         k = None
-        threshold = st.slider("Threshold", 0.0, 1.0, round(max(heights) / 2, 3), step=0.005, key="clusters_threshold")
-groups = cache.cut(refs, distance, method, k, threshold)
+        cut_label = f"cut at {threshold:.3f}"
+groups = cache.cut(refs, distance, method, k, None if k is not None else threshold)
+n_groups = max(groups) + 1
 
-# 3. Dendrogram (drawn from scipy's layout) and the groups
-show_figure(figures.dendrogram(fit["dendrogram"], names, metric_label=DISTANCES[distance], threshold=threshold),
+# 3. Dendrogram (drawn from scipy's layout) with the cut and the group colours, then the groups
+show_figure(figures.dendrogram(fit["dendrogram"], names, metric_label=DISTANCES[distance], threshold=threshold,
+                               groups=groups, cut_label=f"{cut_label} → {n_groups} group(s)"),
             name=f"dendrogram_{distance}_{method}", key="clusters_dendrogram")
+st.caption(f"The distance axis spans the merges ({heights[0]:.3f} to {heights[-1]:.3f}), not 0 to 1, so close "
+           "merges stay apart. Links inside a group take its colour; grey links join groups above the cut.")
 st.subheader("Groups")
-st.dataframe(pd.DataFrame([{"adapter": names[x], "group": groups[x] + 1, "group size": groups.count(groups[x])}
-                           for x in fit["order"]]),
-             hide_index=True, width="stretch")
+rows = [{"group": groups[x] + 1, "adapter": names[x], "group size": groups.count(groups[x])} for x in fit["order"]]
+st.dataframe(pd.DataFrame(rows).style.apply(
+    lambda col: [f"color: {figures.group_colour(g - 1)}; font-weight: 600" for g in col], subset=["group"]),
+    hide_index=True, width="stretch")
 
 # 4. The distance matrix behind it, in dendrogram order
 order = fit["order"]
 ordered = [names[x] for x in order]
 spec = MetricSpec("distance", f"distance ({distance})", 0.0, 1.0, "Viridis_r", ".3f", DISTANCES[distance])
 shown = fit["distance"][order][:, order]  # (N, N)
-show_figure(figures.heatmap(shown, ordered, ordered, spec, title=f"Distance · {DISTANCES[distance]}"),
+d_lo, d_hi = figures.color_range(shown, spec)
+show_figure(figures.heatmap(shown, ordered, ordered, spec, title=f"Distance · {DISTANCES[distance]}",
+                            mask_diagonal=True, zrange=(d_lo, d_hi)),
             name=f"distance_{distance}", key="clusters_distance_heatmap", matrix=(shown, ordered, ordered),
             distance=distance, method=method)
+st.caption(f"Colours span the off-diagonal distances, {d_lo:.3f} to {d_hi:.3f}.")

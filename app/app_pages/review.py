@@ -6,6 +6,7 @@ Everything here calls `analysis.review`; user-written text is escaped before Str
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pandas as pd
 import streamlit as st
@@ -17,10 +18,13 @@ from analysis.review.evidence import OVERLAP_METRICS, heatmap_figure, preview_ta
 from analysis.review.report_html import render_html
 from analysis.review.report_md import render_markdown
 from app import cache
+from app.components import view
+from app.components.display import show_figure
 from app.components.sources import confine
 
-AUTHOR = "review_author"
+AUTHOR = "review_author"  # the name field's widget key on this page
 FLASH = "review_flash"
+CLEAR = "review_clear"  # form fields to empty at the next run, after a successful submit
 DECISION_LABELS = {"approve": "Approve", "changes": "Request changes", "reject": "Reject"}
 
 st.title("Review")
@@ -33,14 +37,30 @@ try:
 except AtlasError as exc:
     st.error(str(exc))
     st.stop()
-st.session_state.setdefault(AUTHOR, "")
+view.show_refused()
+st.session_state.setdefault(AUTHOR, view.author())
+for key in st.session_state.pop(CLEAR, []):
+    st.session_state[key] = ""
 if message := st.session_state.pop(FLASH, None):
     st.success(message)
 
 
 def _when(timestamp: str) -> str:
-    """ISO timestamps as people read them: date and time to the second, no 'T'."""
-    return timestamp[:19].replace("T", " ")
+    """ISO timestamps as people read them: to the second with the zone, no 'T' (UTC when the text has none)."""
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return timestamp[:19].replace("T", " ")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    if not moment.utcoffset():
+        return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC%z")
+
+
+def _signed(name: str) -> None:
+    """Remember the name for the other forms of this session (the Merge page reads it too)."""
+    st.session_state[view.AUTHOR] = name.strip()
 
 
 def open_proposal(pid: int | None) -> None:
@@ -69,7 +89,7 @@ def show_list() -> None:
         st.info("No proposals yet. Propose a merge from the Merge page, with `adapter-atlas review propose`, "
                 "or from a recipe below.")
     else:
-        statuses = st.multiselect("Status", ["open", *DECISIONS.values()], key="review_status_filter",
+        statuses = view.choose_many("Status", ["open", *DECISIONS.values()], "review_status_filter", param="status",
                                   placeholder="all statuses")
         shown = [r for r in rows if not statuses or r.status in statuses]
         table = pd.DataFrame([{"id": r.id, "title": r.title, "author": r.author, "status": r.status,
@@ -83,17 +103,18 @@ def show_list() -> None:
                 open_proposal(chosen)
                 st.rerun()
     with st.expander("Propose a merge from a recipe file"):
+        st.session_state.setdefault("review_propose_author", view.author())
         with st.form("review_propose_form"):
-            path = st.text_input("recipe.yaml or the merge output directory")
-            title = st.text_input("Title")
-            author = st.text_input("Your name", value=st.session_state[AUTHOR])
+            path = st.text_input("recipe.yaml or the merge output directory", key="review_propose_path")
+            title = st.text_input("Title", key="review_propose_title")
+            author = st.text_input("Your name", key="review_propose_author", placeholder="required")
             if st.form_submit_button("Propose"):
                 try:
                     pid = propose(store, confine(path), title, author)  # only files under the roots
                 except AtlasError as exc:
                     st.error(str(exc))
                 else:
-                    st.session_state[AUTHOR] = author
+                    _signed(author)
                     st.session_state[FLASH] = f"Proposal #{pid} opened."
                     open_proposal(pid)
                     st.rerun()
@@ -123,8 +144,12 @@ def show_evidence(p) -> None:  # noqa: ANN001 - analysis.review.Proposal
                     st.warning(f"{check.name}: the file on disk ({check.found}) differs from the sha256 recorded "
                                "in the recipe; the overlap below is of the file as it is now.")
             for metric, heading in OVERLAP_METRICS if overlap.available else ():
-                st.plotly_chart(heatmap_figure(overlap.matrices[metric], overlap.labels, heading,
-                                               signed=metric == "cosine"), key=f"review_fig_{metric}")
+                fig = heatmap_figure(overlap.matrices[metric], overlap.labels, heading, signed=metric == "cosine")
+                fig.update_layout(xaxis_title="adapter", yaxis_title="adapter")
+                fig.update_traces(colorbar=dict(title=dict(text=metric.replace("_", " "), side="right")))
+                show_figure(fig, name=f"proposal_{p.id}_{metric}", key=f"review_fig_{metric}",
+                            matrix=(overlap.matrices[metric], list(overlap.labels), list(overlap.labels)),
+                            metric=metric, proposal=p.id)
     with tab_recipe:
         st.caption(f"recipe sha256 `{p.recipe_sha256}`")
         st.code(p.recipe_text, language="yaml")
@@ -145,9 +170,13 @@ def show_history(p) -> None:  # noqa: ANN001
 
 
 def show_forms(p) -> None:  # noqa: ANN001
-    st.text_input("Your name", key=AUTHOR, help="Recorded with every comment and decision you add.")
+    st.text_input("Your name (required)", key=AUTHOR, placeholder="required: who comments or decides",
+                  help="Recorded with every comment and decision you add.",
+                  on_change=lambda: _signed(st.session_state[AUTHOR]))
+    # The forms keep what was typed when the store refuses it (no name, an empty comment); the
+    # fields are emptied only after a successful submit (CLEAR, applied before the widgets exist).
     left, right = st.columns(2)
-    with left, st.form("review_comment_form", clear_on_submit=True):
+    with left, st.form("review_comment_form", clear_on_submit=False):
         st.markdown("**Comment**")
         body = st.text_area("Comment", label_visibility="collapsed", key="review_comment_text")
         if st.form_submit_button("Add comment"):
@@ -156,9 +185,11 @@ def show_forms(p) -> None:  # noqa: ANN001
             except AtlasError as exc:
                 st.error(str(exc))
             else:
+                _signed(st.session_state[AUTHOR])
+                st.session_state[CLEAR] = ["review_comment_text"]
                 st.session_state[FLASH] = "Comment added."
                 st.rerun()
-    with right, st.form("review_decision_form", clear_on_submit=True):
+    with right, st.form("review_decision_form", clear_on_submit=False):
         st.markdown("**Decision**")
         decision = st.radio("Decision", list(DECISION_LABELS), format_func=DECISION_LABELS.get, horizontal=True,
                             label_visibility="collapsed", key="review_decision")
@@ -169,6 +200,8 @@ def show_forms(p) -> None:  # noqa: ANN001
             except AtlasError as exc:
                 st.error(str(exc))
             else:
+                _signed(st.session_state[AUTHOR])
+                st.session_state[CLEAR] = ["review_rationale"]
                 st.session_state[FLASH] = f"Decision recorded: {DECISIONS[decision]}."
                 st.rerun()
 
@@ -208,6 +241,7 @@ def show_proposal(pid: int) -> None:
 
 
 pid = requested_id()
+view.keep_param("proposal", None if pid is None else str(pid))
 if pid is None:
     show_list()
 else:

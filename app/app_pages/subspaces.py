@@ -23,22 +23,32 @@ st.session_state.setdefault("subspaces_a", last[0] if last[0] in names else name
 st.session_state.setdefault("subspaces_b", last[1] if last[1] in names else names[1])
 left, right = st.columns(2)
 with left:
-    name_a = view.choose("Adapter A", names, "subspaces_a")
+    name_a = view.choose("Adapter A", names, "subspaces_a", param="a")
 with right:
-    name_b = view.choose("Adapter B", names, "subspaces_b")
+    name_b = view.choose("Adapter B", names, "subspaces_b", param="b")
 if name_a == name_b:
     st.warning("Pick two different adapters: an adapter's angles to itself are all 0°.")
 i, j = names.index(name_a), names.index(name_b)
 st.session_state[view.PAIR] = (name_a, name_b)
 
-# 2. Principal-angle spectra, one curve per module
-st.subheader("Principal angles per module")
+# The module to open on: where this pair collides most, unless the link or the user named one
 modules = cache.model_order(table)
 _, _, parsed = cache.layers_and_types(refs)
-anchor = st.session_state.get(view.MODULE) if st.session_state.get(view.MODULE) in table else modules[0]
-default = [m for m in modules if parsed[m][0] == parsed[anchor][0]][:8]
-chosen = st.multiselect("Modules", modules, default=default, key="subspaces_modules",
-                        help="Defaults to the modules of the layer of the module last looked at.")
+if st.session_state.get("subspaces_for_pair") != (name_a, name_b):
+    st.session_state["subspaces_for_pair"] = (name_a, name_b)
+    hot = cache.most_colliding(refs, i, j) if i != j else modules[0]
+    if not view.linked("at"):
+        st.session_state["subspaces_module"] = hot
+    if not view.linked("mods"):
+        st.session_state["subspaces_modules"] = [m for m in modules if parsed[m][0] == parsed[hot][0]][:8]
+hot_module = cache.most_colliding(refs, i, j) if i != j else modules[0]
+st.caption(f"This pair collides most at **{hot_module}** (subspace similarity "
+           f"{table[hot_module].subspace_similarity[i, j]:.3f}); the page opens there.")
+
+# 2. Principal-angle spectra, one curve per module
+st.subheader("Principal angles per module")
+chosen = view.choose_many("Modules", modules, "subspaces_modules", param="mods", short=view.module_token,
+                          help="Defaults to the modules of the layer where the pair collides most.")
 curves = {m: table[m].principal_angles_deg[i][j] for m in chosen}
 if curves:
     width = max(len(a) for a in curves.values())
@@ -53,10 +63,11 @@ if curves:
 st.subheader("Subspace similarity grid phi(k, l)")
 left, right = st.columns([2, 1])
 with left:
-    module = view.choose("Module", modules, view.MODULE)
+    module = view.choose("Module", modules, "subspaces_module", param="at", short=view.module_token)
 with right:
-    side = st.radio("Space", ["output", "input"], key="subspaces_side", horizontal=True,
-                    help="output: column spaces (what the updates write); input: row spaces (what they read)")
+    side = view.choose("Space", ["output", "input"], "subspaces_side", param="side", widget=st.radio,
+                       horizontal=True,
+                       help="output: column spaces (what the updates write); input: row spaces (what they read)")
 grid = cache.phi_grid(refs[i], refs[j], module, side)
 show_figure(figures.phi_grid(grid, name_i=name_a, name_j=name_b, title=f"phi(k, l) · {module} · {side} space"),
             name=f"phi_{name_a}_{name_b}_{module}_{side}", key="subspaces_phi",

@@ -17,17 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from app.components.figures import FONT, short_label
+from app.components.figures import FONT, GROUP_COLOURS, group_colour, short_label
 
-# Qualitative colours that stay apart for colour-blind readers (Okabe-Ito, then Plotly's D3 tail).
-GROUP_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
-                 "#8c564b", "#7f7f7f", "#bcbd22", "#17becf"]
 TEXT_LIMIT = 40  # write names beside the points up to this many adapters
 LEGEND_LIMIT = len(GROUP_COLOURS)  # one legend entry per group up to this many groups
-
-
-def group_colour(group: int) -> str:
-    return GROUP_COLOURS[int(group) % len(GROUP_COLOURS)]
 
 
 def neighbour_hover(names: Sequence[str], D: np.ndarray, *, k: int = 3, unit: str = "d") -> list[str]:

@@ -13,6 +13,35 @@ import plotly.graph_objects as go
 from app.components.metrics import MetricSpec
 
 FONT = dict(size=13)
+# Qualitative colours that stay apart for colour-blind readers (Okabe-Ito, then Plotly's D3 tail):
+# group g is drawn in GROUP_COLOURS[g] on the dendrogram, the groups table and the adapter map alike.
+GROUP_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
+                 "#8c564b", "#7f7f7f", "#bcbd22", "#17becf"]
+ABOVE_CUT = "#9aa5b1"
+
+
+def group_colour(group: int) -> str:
+    return GROUP_COLOURS[int(group) % len(GROUP_COLOURS)]
+
+
+def color_range(matrix: np.ndarray, spec: MetricSpec, *, exclude_diagonal: bool = True) -> tuple[float, float]:
+    """The colour range the data needs (off-diagonal cells only by default), inside the metric's own range.
+
+    Signed metrics stay centred on 0 (symmetric range), so white still means orthogonal.
+    """
+    z = np.asarray(matrix, dtype=float)  # (R, C)
+    values = z[~np.eye(*z.shape, dtype=bool)] if exclude_diagonal and z.ndim == 2 and z.shape[0] == z.shape[1] \
+        else z.ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return spec.zmin, spec.zmax
+    if spec.zmin < 0:
+        top = float(min(max(np.abs(values).max(), 1e-6), spec.zmax))
+        return -top, top
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-9:
+        lo, hi = max(spec.zmin, lo - 0.05), min(spec.zmax, hi + 0.05)
+    return max(spec.zmin, lo), min(spec.zmax, hi)
 
 
 def short_label(label: str, limit: int = 28) -> str:
@@ -25,9 +54,18 @@ def short_label(label: str, limit: int = 28) -> str:
 
 def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], spec: MetricSpec, *,
             title: str, row_title: str = "adapter", col_title: str = "adapter",
-            annotate: bool | None = None, clickable: bool = False) -> go.Figure:
-    """A metric heatmap with the metric's fixed range; rows read top to bottom in the given order."""
-    z = np.asarray(matrix, dtype=float)  # (len(rows), len(cols))
+            annotate: bool | None = None, clickable: bool = False, mask_diagonal: bool = False,
+            zrange: tuple[float, float] | None = None) -> go.Figure:
+    """A metric heatmap; rows read top to bottom in the given order.
+
+    The colour range is the metric's fixed range unless `zrange` is given (see `color_range`).
+    `mask_diagonal` blanks the self-comparisons (always 1 or 0) so they neither take a colour nor
+    stretch the range; their hover still says what they are.
+    """
+    z = np.asarray(matrix, dtype=float).copy()  # (len(rows), len(cols))
+    if mask_diagonal and z.ndim == 2 and z.shape[0] == z.shape[1]:
+        np.fill_diagonal(z, np.nan)
+    zmin, zmax = zrange if zrange is not None else (spec.zmin, spec.zmax)
     rows_s, cols_s = [short_label(r) for r in rows], [short_label(c) for c in cols]
     custom = np.empty(z.shape + (2,), dtype=object)  # full names for the hover text
     for a, r in enumerate(rows):
@@ -36,7 +74,7 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], spec: 
     annotate = z.size <= 144 if annotate is None else annotate
     fig = go.Figure(go.Heatmap(
         z=z, x=cols_s, y=rows_s, customdata=custom,
-        zmin=spec.zmin, zmax=spec.zmax, zmid=0.0 if spec.zmin < 0 else None,
+        zmin=zmin, zmax=zmax, zmid=0.0 if spec.zmin < 0 else None, hoverongaps=False,
         colorscale=spec.colorscale, colorbar=dict(title=dict(text=spec.label, side="right")),
         hovertemplate=(f"{row_title}: %{{customdata[0]}}<br>{col_title}: %{{customdata[1]}}<br>"
                        f"{spec.label}: %{{z:{spec.fmt}}}<extra></extra>"),
@@ -49,9 +87,10 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], spec: 
         ys, xs = np.meshgrid(np.arange(len(rows)), np.arange(len(cols)), indexing="ij")  # (R, C) each
         fig.add_trace(go.Scatter(
             x=[cols_s[c] for c in xs.ravel()], y=[rows_s[r] for r in ys.ravel()], mode="markers",
-            customdata=[(rows[r], cols[c], z[r, c]) for r, c in zip(ys.ravel(), xs.ravel())],
+            customdata=[(rows[r], cols[c], "self" if np.isnan(z[r, c]) else f"{z[r, c]:{spec.fmt}}")
+                        for r, c in zip(ys.ravel(), xs.ravel())],
             hovertemplate=(f"{row_title}: %{{customdata[0]}}<br>{col_title}: %{{customdata[1]}}<br>"
-                           f"{spec.label}: %{{customdata[2]:{spec.fmt}}}<extra></extra>"),
+                           f"{spec.label}: %{{customdata[2]}}<br><i>click to open this pair</i><extra></extra>"),
             marker=dict(symbol="square", size=28, opacity=0.01), showlegend=False,
             unselected=dict(marker=dict(opacity=0.01)), selected=dict(marker=dict(opacity=0.01))))
     fig.update_layout(title=title, font=FONT, xaxis_title=col_title, yaxis_title=row_title,
@@ -105,21 +144,46 @@ def phi_grid(grid: np.ndarray, *, name_i: str, name_j: str, title: str) -> go.Fi
 
 
 def dendrogram(dendro: dict[str, Any], labels: Sequence[str], *, metric_label: str,
-               threshold: float | None = None) -> go.Figure:
-    """Draw scipy's `dendrogram(no_plot=True)` layout: leaves sit at x = 5, 15, 25, ..."""
+               threshold: float | None = None, groups: Sequence[int] | None = None,
+               cut_label: str | None = None) -> go.Figure:
+    """Draw scipy's `dendrogram(no_plot=True)` layout (leaves at x = 5, 15, 25, ...).
+
+    The y axis fits the merge heights (angle-based distances often all sit between 0.8 and 0.95, where
+    a 0-based axis piles them up); the legs run down to its bottom edge. With `groups` (per adapter,
+    input order), links inside one group take the group's colour and the leaf labels too; links above
+    the cut stay grey. `threshold` draws the cut as a dashed line with its label inside the plot.
+    """
     fig = go.Figure()
+    leaves_idx = list(dendro.get("leaves") or range(len(labels)))
+    leaf_group = [groups[i] for i in leaves_idx] if groups is not None else None
+    tops = [max(ys) for ys in dendro["dcoord"]] or [0.0]
     for xs, ys in zip(dendro["icoord"], dendro["dcoord"]):
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#1f5f8b", width=2),
-                                 hovertemplate="merge height %{y:.3f}<extra></extra>", showlegend=False))
-    leaves = dendro.get("ivl") or [labels[i] for i in dendro["leaves"]]
+        colour = "#1f5f8b"
+        if leaf_group is not None:
+            below = threshold is None or max(ys) < threshold
+            pos = min(max(int((xs[0] - 5) // 10), 0), len(leaf_group) - 1)  # a leaf under the left child
+            colour = group_colour(leaf_group[pos]) if below else ABOVE_CUT
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=colour, width=2.5),
+                                 hovertemplate="merge at distance %{y:.3f}<extra></extra>", showlegend=False))
+    leaves = dendro.get("ivl") or [labels[i] for i in leaves_idx]
     ticks = [5 + 10 * k for k in range(len(leaves))]
+    lo, hi = min(tops), max(tops)
+    pad = max(hi - lo, 0.02) * 0.12
+    y_range = [max(0.0, lo - 3 * pad), hi + 2 * pad]
     if threshold is not None:
-        fig.add_hline(y=threshold, line=dict(color="#c0392b", dash="dash"),
-                      annotation_text=f"cut at {threshold:.3f}", annotation_position="top right")
-    fig.update_layout(font=FONT, height=440, margin=dict(l=10, r=10, t=40, b=10),
-                      xaxis=dict(tickvals=ticks, ticktext=[short_label(x) for x in leaves], tickangle=-30,
-                                 title="adapter", range=[0, 10 * len(leaves)], automargin=True),
-                      yaxis=dict(title=f"distance ({metric_label})", rangemode="tozero"))
+        fig.add_hline(y=threshold, line=dict(color="#c0392b", dash="dash", width=2))
+        fig.add_annotation(x=0, xref="paper", y=threshold, yref="y", xanchor="left", yanchor="bottom",
+                           text=cut_label or f"cut at {threshold:.3f}", showarrow=False,
+                           font=dict(color="#c0392b", size=12), bgcolor="rgba(255,255,255,0.85)")
+        y_range = [min(y_range[0], threshold - pad), max(y_range[1], threshold + pad)]
+    if leaf_group is not None:
+        ticktext = [f"<span style='color:{group_colour(g)}'>{short_label(x)}</span>" for x, g in zip(leaves, leaf_group)]
+    else:
+        ticktext = [short_label(x) for x in leaves]
+    fig.update_layout(font=FONT, height=460, margin=dict(l=10, r=10, t=30, b=10),
+                      xaxis=dict(tickvals=ticks, ticktext=ticktext, tickangle=-30, title="adapter",
+                                 range=[0, 10 * len(leaves)], automargin=True),
+                      yaxis=dict(title=f"merge distance ({metric_label})", range=y_range, automargin=True))
     return fig
 
 
@@ -130,9 +194,13 @@ def capacity_chart(layers: Sequence[str], measured: Sequence[float], floor: Sequ
     fig.add_trace(go.Bar(x=list(layers), y=list(measured), name="measured mean overlap",
                          hovertemplate="%{x}<br>measured %{y:.3f}<extra></extra>"))
     fig.add_trace(go.Scatter(x=list(layers), y=list(floor), name="unavoidable floor", mode="lines+markers",
-                             line=dict(color="#c0392b"),
+                             line=dict(color="#c0392b", width=3), marker=dict(size=7, symbol="diamond"),
+                             cliponaxis=False,
                              hovertemplate="%{x}<br>floor %{y:.3f}<extra></extra>"))
-    fig.update_layout(title=title, font=FONT, yaxis=dict(title="mean normalised overlap", range=[0, 1]),
+    top = max([*measured, *floor, 0.0])
+    fig.update_layout(title=title, font=FONT,
+                      yaxis=dict(title="mean normalised overlap", range=[-0.02 * max(top, 0.05), 1.15 * max(top, 0.05)],
+                                 zeroline=True, zerolinecolor="#d0d4d9"),
                       xaxis=dict(title="layer / module", type="category", tickangle=-35), height=420,
                       legend=dict(orientation="h", y=1.0, yanchor="bottom", x=1.0, xanchor="right"),
                       margin=dict(l=10, r=10, t=70, b=10))

@@ -1,8 +1,10 @@
-"""How each overlap metric is shown: its label, fixed colour range and scale.
+"""How each overlap metric is shown: its label, fixed colour range, scale and one line of help.
 
-Fixed ranges matter: a heatmap that rescales to its own min/max makes 0.02 look like 0.9. Cosine is
-signed, so it gets a diverging scale centred on 0; similarities and energy shares live in [0, 1];
-angles in [0, 90] degrees, where small means collision, so that scale is reversed.
+The fixed range is each metric's whole range: cosine is signed (a diverging scale centred on 0),
+similarities and energy shares live in [0, 1], angles in [0, 90] degrees (small = collision, so that
+scale is reversed). Heatmaps of an adapter set use the range of their off-diagonal data instead
+(`figures.color_range`, stated in the caption): the diagonal is 1 by definition and real overlaps
+are often 0.05-0.2, which the whole range would wash into one colour.
 """
 from __future__ import annotations
 
@@ -25,15 +27,15 @@ METRICS: dict[str, MetricSpec] = {
     m.key: m
     for m in (
         MetricSpec("cosine", "Cosine of the updates", -1.0, 1.0, "RdBu_r", ".3f",
-                   "<dW_i, dW_j>_F / (|dW_i| |dW_j|): signed, 0 = orthogonal updates"),
+                   "do the two updates point the same way? −1 to 1, 0 = orthogonal"),
         MetricSpec("subspace_similarity", "Subspace similarity (Hu et al.)", 0.0, 1.0, "Viridis", ".3f",
-                   "|U_i^T U_j|_F^2 / min(r_i, r_j): 1 = same output subspace"),
+                   "do they write into the same output directions? 0 to 1"),
         MetricSpec("input_subspace_similarity", "Input subspace similarity", 0.0, 1.0, "Viridis", ".3f",
-                   "the same similarity on the input (row) spaces: do they read the same features?"),
+                   "do they read the same input features? 0 to 1"),
         MetricSpec("energy_overlap", "Energy overlap", 0.0, 1.0, "Viridis", ".3f",
-                   "share of dW_i's energy inside dW_j's column space (row i, column j)"),
+                   "how much of the row's update lies in the column's output space? 0 to 1, not symmetric"),
         MetricSpec("mean_angle_deg", "Mean principal angle (deg)", 0.0, 90.0, "Viridis_r", ".1f",
-                   "mean principal angle between output subspaces: 0 = collide, 90 = orthogonal",
+                   "average angle between their output directions: 0° = same, 90° = orthogonal",
                    higher_is_closer=False),
     )
 }
@@ -41,6 +43,11 @@ METRICS: dict[str, MetricSpec] = {
 
 def metric_label(key: str) -> str:
     return METRICS[key].label
+
+
+def metric_help() -> str:
+    """One short line per metric (markdown list), for a control's help tooltip."""
+    return "\n".join(f"- **{m.label}**: {m.help}" for m in METRICS.values())
 
 
 # Distances the clustering library offers (analysis.clustering.DISTANCE_METRICS), and the one that

@@ -76,3 +76,26 @@ def test_connected_components_is_transitive_and_thresholded() -> None:
     assert connected_components(S, 0.1).tolist() == [0, 0, 0, 1, 2]  # 0-1-2 chained, 3 and 4 alone
     assert connected_components(S, 0.18).tolist() == [0, 0, 1, 2, 3]
     assert connected_components(S, 0.0).tolist() == [0] * 5
+
+
+def test_best_cut_finds_the_planted_groups_and_agrees_with_sklearn() -> None:
+    from sklearn.cluster import AgglomerativeClustering
+
+    from analysis.clustering import best_cut, cut_height
+
+    groups = [0, 0, 1, 2, 1, 0, 2, 1]
+    D = adapter_distance(overlap_table(_planted(3, groups)), "subspace")
+    model = Linkage("average").fit(D)
+    k, scores = best_cut(D, model.linkage_)
+    assert k == 3 and set(scores) == set(range(2, 8)) and scores[3] == max(scores.values())
+    for k in (2, 3, 5):
+        # a second route to the partition: scikit-learn's agglomeration on the same precomputed distances
+        theirs = AgglomerativeClustering(n_clusters=k, metric="precomputed", linkage="average").fit(D).labels_
+        assert model.cut(k=k).tolist() == _renumber_list(theirs)
+        assert model.cut(threshold=cut_height(model.linkage_, k)).tolist() == model.cut(k=k).tolist()
+    assert best_cut(D[:2, :2], Linkage().fit(D[:2, :2]).linkage_)[0] == 1
+
+
+def _renumber_list(labels) -> list[int]:
+    seen: dict[int, int] = {}
+    return [seen.setdefault(int(x), len(seen)) for x in labels]

@@ -44,7 +44,8 @@ def _arr(value: object) -> np.ndarray:
     if isinstance(value, dict):  # plotly's typed-array encoding
         flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
         return flat.reshape([int(x) for x in str(value["shape"]).split(",")]) if "shape" in value else flat
-    return np.asarray(value, dtype=float)
+    return np.asarray([np.nan if v is None else v for v in value] if np.ndim(value) == 1 else
+                      [[np.nan if v is None else v for v in row] for row in value], dtype=float)
 
 
 def _z(trace: dict) -> np.ndarray:
@@ -77,17 +78,23 @@ def test_overlap_heatmap_matches_library(app: AppTest, table) -> None:
     at.selectbox(key="atlas_metric").select("cosine").run()
     heat = _charts(at)[0]["data"][0]
     order = [NAMES.index(n) for n in heat["y"]]
-    assert sorted(order) == [0, 1, 2] and (heat["zmin"], heat["zmax"]) == (-1.0, 1.0)
     expected = aggregate(table, "cosine")[np.ix_(order, order)]
-    np.testing.assert_allclose(_z(heat), expected, atol=1e-9)
+    off = ~np.eye(3, dtype=bool)
+    # the colour range is the off-diagonal data's (signed: symmetric about 0), not the metric's -1..1
+    assert sorted(order) == [0, 1, 2] and heat["zmax"] == pytest.approx(np.abs(expected[off]).max())
+    assert heat["zmin"] == pytest.approx(-heat["zmax"]) and heat["zmax"] < 1.0
+    z = _z(heat)
+    assert np.isnan(np.diag(z)).all()  # the diagonal is blanked
+    np.testing.assert_allclose(z[off], expected[off], atol=1e-9)
+    assert any("Click a cell" in c.value for c in at.caption)
     # one module instead of the aggregate
-    at.radio(key="overlap_scope").set_value("One module").run()
+    at.radio(key="overlap_scope").set_value("module").run()
     module = "model.layers.5.self_attn.v_proj"
     at.selectbox(key="atlas_module").select(module).run()
     _ok(at)
     heat = _charts(at)[0]["data"][0]
     order = [NAMES.index(n) for n in heat["y"]]
-    np.testing.assert_allclose(_z(heat), table[module].cosine[np.ix_(order, order)], atol=1e-9)
+    np.testing.assert_allclose(_z(heat)[off], table[module].cosine[np.ix_(order, order)][off], atol=1e-9)
     assert at.query_params["metric"] == ["cosine"] or at.query_params["metric"] == "cosine"
 
 
@@ -96,9 +103,9 @@ def test_overlap_pair_layer_by_type(app: AppTest, table) -> None:
     at.selectbox(key="atlas_metric").select("mean_angle_deg").run()
     pair = at.selectbox(key="overlap_pair").value
     i, j = pair
-    layered = _charts(at)[1]["data"][0]
-    assert (layered["zmin"], layered["zmax"]) == (0.0, 90.0)
+    layered = _charts(at)[2]["data"][0]  # after the set's heatmap and the adapter map
     z = _z(layered)  # (18 layers, 4 types)
+    assert (layered["zmin"], layered["zmax"]) == pytest.approx((z.min(), z.max()))  # the pair's own range
     assert z.shape == (18, 4)
     types = list(layered["x"])
     module = f"model.layers.7.{types[2]}"
@@ -111,7 +118,10 @@ def test_subspaces_page(app: AppTest, table) -> None:
     angles, phi = _charts(at)
     assert len(angles["data"]) >= 1 and angles["layout"]["yaxis"]["range"] == [0, 90]
     a, b = at.selectbox(key="subspaces_a").value, at.selectbox(key="subspaces_b").value
-    module = at.selectbox(key="atlas_module").value
+    module = at.selectbox(key="subspaces_module").value
+    i, j = NAMES.index(a), NAMES.index(b)
+    # the page opens on the module where this pair collides most
+    assert module == max(table, key=lambda m: table[m].subspace_similarity[i, j])
     grid = _z(phi["data"][0])  # (4, 4)
     assert grid.shape == (4, 4)
     # phi at full ranks is the table's subspace similarity
@@ -173,7 +183,7 @@ def test_bad_upload_shows_error_and_app_keeps_working(app: AppTest) -> None:
     assert len(at.error) == 1 and "broken.safetensors" in at.error[0].value and "\n" not in at.error[0].value
     assert list(at.dataframe[0].value["adapter"]) == NAMES
     at.switch_page("app_pages/overlap.py").run()
-    assert not at.exception and len(_charts(at)) == 2
+    assert not at.exception and len(_charts(at)) == 3
 
 
 def test_zip_upload_joins_the_set(app: AppTest, tmp_path: Path) -> None:
@@ -211,7 +221,7 @@ def test_adapters_of_different_bases_get_an_error_box(monkeypatch: pytest.Monkey
     monkeypatch.setenv("ADAPTER_ATLAS_ADAPTERS", os.pathsep.join([str(GEMMA / "adapter"), str(other)]))
     at = AppTest.from_file(APP, default_timeout=300).run()
     _ok(at)
-    assert "distilbert-base-uncased" in at.warning[0].value  # the inventory warns about the two bases
+    assert "distilbert-base-uncased" in at.warning[0].value.replace("\\", "")  # the inventory warns: two bases
     for page in ("overlap", "subspaces", "clusters", "capacity"):
         at.switch_page(f"app_pages/{page}.py").run()
         assert not at.exception
