@@ -4,6 +4,7 @@ Atomic because a half-written adapter directory is worse than none: everything i
 temporary directory next to the target, re-read and compared, and only then renamed into place. An
 existing target is refused unless `force`, in which case it is swapped out only after the new one is
 complete. The safetensors header carries the recipe's sha256, so weights and recipe can be matched.
+Checks on the target, fsync and the clean-up after a killed export live in `analysis.export.outdir`.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from analysis.adapters.model import Adapter, Delta
 from analysis.errors import RecipeError
 from analysis.export.delta import delta_files
 from analysis.export.kohya import kohya_files
+from analysis.export.outdir import MARKER, check_out_dir, fsync_path, write_durable, write_marker
 from analysis.export.peft import peft_files
 from analysis.export.recipe import Recipe, recipe_sha256, recipe_to_yaml
 
@@ -90,28 +92,39 @@ def _verify(tmp: Path, weights_name: str, tensors: Mapping[str, torch.Tensor], m
 
 def export_merge(modules: Mapping[str, Delta], recipe: Recipe, out: str | Path, *, inputs: list[Adapter],
                  preview: Mapping[str, Any] | None = None, force: bool = False) -> Path:
-    """Write the export described by `recipe.export` into directory `out`, atomically. Returns `out`."""
+    """Write the export described by `recipe.export` into directory `out`, atomically. Returns `out`.
+
+    Every file and the folder are fsync'd before the rename, and the parent after it, so a power cut
+    leaves either the old export or the complete new one. An `out` that is, holds or lies inside an
+    input is refused even with `force` (see `check_out_dir`).
+    """
     out = Path(out)
-    if out.exists() and not force:
-        raise RecipeError(f"{out} already exists; pass --force to replace it")
+    check_out_dir(out, inputs=[a.path for a in inputs if getattr(a, "path", None)], force=force)
     weights_name, tensors, metadata, texts = render_export(modules, recipe, inputs=inputs, preview=preview)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        (tmp / weights_name).write_bytes(safetensors_bytes(tensors, metadata))
+        write_marker(tmp)
+        write_durable(tmp / weights_name, safetensors_bytes(tensors, metadata))
         for name, text in texts.items():
-            (tmp / name).write_text(text)
+            write_durable(tmp / name, text.encode())
         _verify(tmp, weights_name, tensors, metadata, texts)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
         for file in tmp.iterdir():
             os.chmod(file, 0o644)
-        if out.exists():
+        fsync_path(tmp)
+        if out.exists() or out.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            write_marker(old)
             os.replace(out, old / "previous")
             os.replace(tmp, out)
+            fsync_path(out.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+        (out / MARKER).unlink()  # kept until now so a kill at any earlier point leaves a folder `clean_stale` knows
+        fsync_path(out)
+        fsync_path(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

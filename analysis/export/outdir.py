@@ -1,0 +1,155 @@
+"""Where an export may go, checked before any work, and what a killed export leaves behind.
+
+`check_out_dir` answers every question about `--out` that can be answered without merging: it must not
+be, hold or lie inside an input (with `--force` that input would be deleted), must not be an existing
+file or FIFO, must not lie under a file or in a kernel filesystem, and its parent must accept a new
+file (probed, not guessed from permission bits: root passes `os.access` on a read-only mount).
+
+An export writes into `.<name>.tmp-*` beside its target and, when replacing, parks the old target in
+`.<name>.old-*`. Each such folder holds a marker naming its writer (host and pid). `clean_stale` removes
+ours whose writer is gone (or that are older than a day), and puts a parked target back when the kill
+landed between the two renames of a replacement, so no kill -9 loses the previous export.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable
+
+from analysis.errors import RecipeError
+
+log = logging.getLogger(__name__)
+
+MARKER = ".adapter-atlas-export"
+STALE_AFTER_S = 24 * 3600.0
+KERNEL_FS = (Path("/proc"), Path("/sys"), Path("/dev"))
+_OURS = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[A-Za-z0-9_]{6,}$")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_out_dir(out: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLike[str]] = (),
+                  force: bool = False) -> Path:
+    """Refuse a bad `--out` with one RecipeError line before any merge work; returns the resolved path."""
+    text = os.fspath(out)
+    if not text.strip() or "\0" in text:
+        raise RecipeError(f"--out {text!r}: an output directory path is needed (no NUL characters)")
+    target = Path(text).expanduser().absolute()
+    resolved = target.resolve()
+    for item in inputs:
+        inp = Path(item).expanduser().resolve()
+        if _inside(resolved, inp) or _inside(inp, resolved):
+            how = ("is" if resolved == inp else "lies inside" if _inside(resolved, inp) else "holds")
+            raise RecipeError(f"--out {target} {how} the input {inp}: refused, it would be overwritten "
+                              "(choose another --out)")
+    if any(_inside(resolved, fs) for fs in KERNEL_FS):
+        raise RecipeError(f"--out {target}: {resolved} is in a kernel filesystem, not a place for files")
+    if resolved.exists() or target.is_symlink():
+        if not resolved.is_dir():
+            raise RecipeError(f"--out {target} exists and is not a directory: refused")
+        if not force:
+            raise RecipeError(f"{target} already exists; pass --force to replace it")
+    ancestor = resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RecipeError(f"--out {target} lies under {ancestor}, which is a file, not a directory")
+    try:  # a real probe: permission bits say nothing to root on a read-only mount
+        fd, probe = tempfile.mkstemp(prefix=f".{resolved.name[:100]}.probe-", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RecipeError(f"--out {target}: cannot write in {ancestor} ({exc.strerror})") from None
+    if ancestor == resolved.parent:
+        clean_stale(ancestor)
+    return resolved
+
+
+def recipe_input_paths(recipe: str | os.PathLike[str] | None) -> list[str]:
+    """The input paths a recipe names, for `check_out_dir` before a replay; [] when it cannot be read
+    (the replay itself then reports why, in one line)."""
+    if not recipe:
+        return []
+    from analysis.errors import AtlasError
+    from analysis.export.recipe import load_recipe
+
+    try:
+        return [item.path for item in load_recipe(recipe).inputs]
+    except AtlasError:
+        return []
+
+
+def write_marker(folder: Path) -> None:
+    (folder / MARKER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                             "started": time.time()}))
+
+
+def _writer_gone(marker: Path, now: float) -> bool:
+    try:
+        info = json.loads(marker.read_text())
+        age = now - float(info.get("started", marker.stat().st_mtime))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+    if age > STALE_AFTER_S:
+        return True
+    if info.get("host") != socket.gethostname():
+        return False  # another machine's export on a shared disk: only the age decides
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return False
+
+
+def clean_stale(parent: Path, *, now: float | None = None) -> list[Path]:
+    """Remove our leftover `.<name>.tmp-*` / `.<name>.old-*` folders in `parent` whose writer is gone.
+
+    A parked `.<name>.old-*/previous` whose target is missing is moved back first (the kill landed
+    between the two renames of a `--force` replacement). Folders without our marker are never touched.
+    """
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _OURS.match(entry.name)
+        if not match or entry.is_symlink() or not entry.is_dir() or not _writer_gone(entry / MARKER, now):
+            continue
+        target = parent / match["name"]
+        previous = entry / "previous"
+        if match["kind"] == "old" and previous.is_dir() and not target.exists() and not target.is_symlink():
+            os.replace(previous, target)
+            log.warning("restored %s from an export killed while replacing it", target)
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+        log.info("removed %s, left by a killed export", entry)
+    return removed
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's entries are durable only once it is synced)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: Path, data: bytes) -> None:
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
