@@ -1,11 +1,14 @@
 """`adapter-atlas merge`: merge adapters with a registered method and export what PEFT (or kohya) loads.
 
-    adapter-atlas merge A B C --method isolation --param p=0.02 --param granularity=rows --out merged/
+    adapter-atlas merge A B C --method isolation --out merged/          # dense: automatic export rank
+    adapter-atlas merge A B C --method isolation --rank 16 --out merged/
     adapter-atlas merge --recipe merged/recipe.yaml --out again/      # replay; refuses changed inputs
     adapter-atlas merge --list-methods                                  # methods and declared parameters
 
-Progress goes to stderr (tqdm), a JSON summary to stdout. The `--param` keys, their types and ranges
-come from each method's declaration in `analysis.merge.registry`, like the recipe schema and the app.
+A thin face over `analysis.workflow.run_merge` (the same pipeline the app and the review use): this
+file parses arguments, draws progress bars (stderr) and prints the summary (stdout, `--json` for
+scripts). Dense results get the smallest export rank whose relative Frobenius error is at most
+`--target-error` (capped at the summed input rank); `--rank` overrides it.
 """
 from __future__ import annotations
 
@@ -18,44 +21,64 @@ from typing import Any
 from tqdm import tqdm
 
 from analysis.errors import RecipeError
-from analysis.export import build_recipe, export_merge, load_recipe, load_recipe_inputs, recipe_sha256
-from analysis.export.recipe import EXPORT_FORMATS, Recipe
-from analysis.merge import describe_methods, merge_adapters
+from analysis.export import load_recipe, load_recipe_inputs, recipe_sha256
+from analysis.export.outdir import check_out_dir, recipe_input_paths
+from analysis.export.recipe import EXPORT_FORMATS
+from analysis.merge import describe_methods
 from analysis.merge.registry import parse_param_strings
-from analysis.preview import preview_merge
+from analysis.workflow.evidence import METRIC_HELP, export_line
+from analysis.workflow.rank import DEFAULT_TARGET_ERROR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "merge", help="merge adapters (isolation, ties, svd, ...) and export PEFT/kohya/delta",
         description="Merge adapters module by module on dW and export the result with its recipe.",
-        epilog="Dense results (ties, dare_*, magnitude_prune, entry isolation) need --rank for peft/kohya.")
+        epilog="Dense results (ties, dare_*, magnitude_prune, entry isolation) are exported at the smallest rank "
+               "reaching --target-error (capped at the summed input rank) unless --rank is given.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="adapter directories or files")
     p.add_argument("--method", default=None, help="merge method (see --list-methods)")
     p.add_argument("--weights", default=None, metavar="W1,W2,...", help="one weight per adapter")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeatable)")
     p.add_argument("--rank", type=int, default=None, help="re-factor every module to this rank for export")
+    p.add_argument("--target-error", type=float, default=DEFAULT_TARGET_ERROR, metavar="E",
+                   help="automatic export rank: smallest rank with relative Frobenius error <= E "
+                        f"(default {DEFAULT_TARGET_ERROR})")
+    p.add_argument("--drop-extras", action="store_true",
+                   help="drop the inputs' non-LoRA tensors (heads, DoRA magnitudes, biases) instead of refusing "
+                        "when they differ")
     p.add_argument("--format", default="peft", choices=EXPORT_FORMATS, help="export format (default peft)")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (refused if it exists)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument("--allow-different-bases", action="store_true",
                    help="merge adapters recorded for different base models anyway")
     p.add_argument("--recipe", default=None, metavar="FILE", help="replay a recipe.yaml instead of PATH/--method")
-    p.add_argument("--no-preview", action="store_true", help="skip the data-free preview (preview.json)")
+    p.add_argument("--no-preview", action="store_true", help="skip the data-free preview in preview.json")
     p.add_argument("--json", action="store_true", help="print the summary (with the preview per task) as JSON")
     p.add_argument("--list-methods", action="store_true", help="print the methods and their parameters")
     p.set_defaults(func=run)
 
 
-def _bar(desc: str) -> tuple[Any, Any]:
-    bar = tqdm(total=0, desc=desc, unit="module", file=sys.stderr, leave=False, disable=None)
+class _Bars:
+    """One tqdm bar per pipeline stage (merge, export rank, preview) on stderr; tqdm shows the ETA."""
 
-    def progress(done: int, total: int, _label: str = "") -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.stage = ""
 
-    return bar, progress
+    def __call__(self, stage: str, done: int, total: int, _eta: float | None, _label: str) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=stage, unit="module", file=sys.stderr, leave=False, disable=None)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _weights(text: str | None) -> list[float] | None:
@@ -69,7 +92,7 @@ def _weights(text: str | None) -> list[float] | None:
 
 def list_methods() -> int:
     for m in describe_methods():
-        exact = {True: "exact low rank", False: "dense: --rank for peft/kohya"}.get(
+        exact = {True: "exact low rank", False: "dense: exported at an automatic or given rank"}.get(
             m["exact_lowrank"], "low rank or dense depending on parameters")
         print(f"{m['name']}: {m['help']} [{exact}]")
         for p in m["params"]:
@@ -79,22 +102,27 @@ def list_methods() -> int:
     return 0
 
 
-def _recipe_from_args(args: argparse.Namespace) -> tuple[Recipe, list]:
+def _job(args: argparse.Namespace) -> tuple[Any, str, dict, list[float] | None, Any, bool]:
+    """(adapter set, method, parameters, weights, export spec, force) from the arguments or a recipe."""
+    from analysis.workflow import AdapterSet, ExportSpec
+
     if args.recipe:
         if args.paths or args.method:
             raise RecipeError("--recipe replays a recipe: do not also give PATH or --method")
         recipe = load_recipe(args.recipe)
-        return recipe, load_recipe_inputs(recipe)
+        adapters = AdapterSet(tuple(load_recipe_inputs(recipe)))
+        return adapters, recipe.method, recipe.parameters, recipe.weights, ExportSpec.from_recipe(recipe), recipe.force
     if not args.paths or not args.method:
         raise RecipeError("merge needs PATH... and --method (or --recipe FILE, or --list-methods)")
-    from analysis.adapters import load_adapter
-
-    adapters = [load_adapter(Path(p)) for p in tqdm(args.paths, desc="loading", file=sys.stderr, leave=False,
-                                                    disable=None)]
-    recipe = build_recipe(adapters, args.method, parameters=parse_param_strings(args.param),
-                          weights=_weights(args.weights), export_format=args.format, rank=args.rank,
-                          force=args.allow_different_bases)
-    return recipe, adapters
+    if args.rank is not None and args.rank < 1:
+        raise RecipeError(f"--rank {args.rank}: expected a positive integer")
+    if not 0.0 < args.target_error < 1.0:
+        raise RecipeError(f"--target-error {args.target_error}: expected a relative error between 0 and 1")
+    export = ExportSpec(format=args.format, rank=args.rank, target_error=args.target_error,
+                        extras="drop" if args.drop_extras else "carry")
+    adapters = AdapterSet.from_paths(args.paths)
+    return (adapters, args.method, parse_param_strings(args.param), _weights(args.weights), export,
+            args.allow_different_bases)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,43 +131,46 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise RecipeError("merge needs --out DIR")
     out = Path(args.out)
-    if out.exists() and not args.force:  # refuse before any work
-        raise RecipeError(f"{out} already exists; pass --force to replace it")
-    recipe, adapters = _recipe_from_args(args)
-    bar, progress = _bar(f"merge ({recipe.method})")
-    result = merge_adapters(adapters, recipe.method, weights=recipe.weights, params=recipe.parameters,
-                            force=recipe.force, progress=progress)
-    bar.close()
-    preview = None
-    if not args.no_preview:
-        bar, progress = _bar("preview")
-        preview = preview_merge(adapters, result.modules, rank=recipe.export.rank, progress=progress)
-        if result.info:
-            preview["method_info"] = result.info
-        bar.close()
-    export_merge(result.modules, recipe, out, inputs=adapters, preview=preview, force=args.force)
-    summary = {"out": str(out), "method": recipe.method, "parameters": recipe.parameters,
-               "weights": result.weights, "format": recipe.export.format, "rank": recipe.export.rank,
-               "modules": len(result.modules), "recipe_sha256": recipe_sha256(recipe),
-               "preview": preview["per_task"] if preview else None, "method_info": result.info or None}
+    check_out_dir(out, inputs=[*args.paths, *recipe_input_paths(args.recipe)], force=args.force)  # before any work
+    from analysis.workflow import ProgressReporter, run_merge
+
+    adapters, method, params, weights, export, force = _job(args)
+    bars = _Bars()
+    try:
+        merged = run_merge(adapters, method, params, weights, export, force=force, preview=not args.no_preview,
+                           progress=ProgressReporter(bars))
+    finally:
+        bars.close()
+    merged.write(out, force=args.force)
+    summary = {"out": str(out), "method": method, "parameters": merged.result.params,
+               "weights": merged.result.weights, "format": export.format, "rank": merged.rank,
+               "modules": len(merged.result.modules), "recipe_sha256": recipe_sha256(merged.recipe),
+               **{k: merged.evidence[k] for k in ("inputs", "tasks", "export", "extras", "method_info")}}
     print(json.dumps(summary, indent=2, default=float) if args.json else _readable(summary))
     return 0
 
 
 def _readable(summary: dict[str, Any]) -> str:
-    """The summary as a person reads it: where it went, what was merged, the preview per task."""
+    """The summary as a person reads it: where it went, what was merged, the export fidelity, the preview."""
     params = ", ".join(f"{k}={v}" for k, v in summary["parameters"].items()) or "defaults"
     lines = [f"wrote {summary['out']} ({summary['format']}, {summary['modules']} modules, "
              f"rank {summary['rank'] or 'exact'})",
              f"method: {summary['method']} ({params}); weights {summary['weights']}",
+             export_line(summary) or "",
              f"recipe sha256: {summary['recipe_sha256']}"]
-    preview = summary.get("preview")
-    if preview:
-        width = max(len(t) for t in preview)
+    extras = summary["extras"]
+    if extras["carried"] or extras["dropped"]:
+        lines.append(f"extras: {len(extras['carried'])} carried, {len(extras['dropped'])} dropped")
+    tasks = summary.get("tasks")
+    if tasks:
+        width = max(len(t["name"]) for t in tasks)
         lines += ["", f"{'task':<{width}}  core kept  interference  cosine  conflicts"]
-        for task, m in preview.items():
-            lines.append(f"{task:<{width}}  {m['core_retention']:9.3f}  {m['interference']:12.3f}  "
-                         f"{m['cosine']:6.3f}  {m['conflicts']:9d}")
-        lines.append("core kept: share of the task's core that survives; interference: "
-                     "||(dW_merged - dW_t) V_t|| / ||dW_t V_t|| on the task's own inputs (lower is better)")
+        for t in tasks:
+            lines.append(f"{t['name']:<{width}}  {_f(t['core_retention'], 9)}  {_f(t['interference'], 12)}  "
+                         f"{_f(t['cosine'], 6)}  {t['conflicts']:9d}")
+        lines.append(f"core kept: {METRIC_HELP['core_retention']}; interference: {METRIC_HELP['interference']}")
     return "\n".join(lines)
+
+
+def _f(value: float | None, width: int) -> str:
+    return f"{value:{width}.3f}" if value is not None else f"{'n/a':>{width}}"

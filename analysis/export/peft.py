@@ -4,7 +4,9 @@ Keys are `base_model.model.<module>.lora_A.weight` (r, n_in) and `...lora_B.weig
 `r` is the most common module rank and `lora_alpha = r`; modules of other ranks get `rank_pattern`
 and `alpha_pattern` entries with alpha = their rank, so PEFT's scaling is 1 everywhere and the
 exported factors carry the merge exactly. `target_modules` lists the full module names so PEFT adds
-LoRA to exactly the merged modules and nothing else.
+LoRA to exactly the merged modules and nothing else. The inputs' non-LoRA tensors (heads, DoRA
+magnitudes, LoRA biases) are written back when identical across inputs (`analysis.export.extras`);
+a caller that drops them passes inputs without extras.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Mapping
 import torch
 
 from analysis.adapters.model import Adapter, Delta
+from analysis.export.extras import peft_config_for, plan_extras
 from analysis.export.layout import export_factors
 
 PEFT_PREFIX = "base_model.model."
@@ -34,6 +37,8 @@ def peft_files(modules: Mapping[str, Delta], *, rank: int | None, base_model: st
         down, up = f.conv_shapes() if f.kind == "conv" else (f.down, f.up)
         tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = down  # (r, n_in) or (r, in_ch, kh, kw)
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = up  # (n_out, r) or (n_out, r, 1, 1)
+    extras = plan_extras(inputs, "carry")
+    tensors.update(extras.carried)
     ranks = {name: f.rank for name, f in factors.items()}
     r0 = Counter(ranks.values()).most_common(1)[0][0]
     pattern = {name: r for name, r in sorted(ranks.items()) if r != r0}
@@ -54,5 +59,6 @@ def peft_files(modules: Mapping[str, Delta], *, rank: int | None, base_model: st
         "modules_to_save": None,
         "init_lora_weights": True,
         "inference_mode": True,
+        **peft_config_for(extras.kinds, inputs),
     }
     return tensors, {"adapter_config.json": json.dumps(config, indent=2, sort_keys=True) + "\n"}

@@ -32,9 +32,25 @@ class RecipeInput(BaseModel):
 
 
 class RecipeExport(BaseModel):
+    """How the merge is written. `rank_mode: auto` records that `rank` was chosen as the smallest rank whose
+    pooled relative Frobenius error is at most `target_error` (`analysis.workflow.rank`); a replay writes
+    that recorded rank (and checks it would choose it again). `extras`: carry or drop the inputs'
+    non-LoRA tensors (`analysis.export.extras`)."""
+
     model_config = ConfigDict(extra="forbid")
     format: Literal["peft", "kohya", "delta"] = "peft"
     rank: int | None = Field(default=None, ge=1)
+    rank_mode: Literal["exact", "fixed", "auto"] = "exact"
+    target_error: float | None = Field(default=None, gt=0.0, lt=1.0)
+    extras: Literal["carry", "drop"] = "carry"
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> "RecipeExport":
+        if self.rank_mode == "exact" and self.rank is not None:
+            self.rank_mode = "fixed"
+        if self.rank_mode == "auto" and self.target_error is None:
+            raise ValueError("rank_mode auto needs target_error (the relative Frobenius error to reach)")
+        return self
 
 
 class Recipe(BaseModel):
@@ -55,7 +71,8 @@ class Recipe(BaseModel):
         spec = get_method(self.method)  # RecipeError listing valid names
         self.parameters = spec.resolve_params(self.parameters)
         spec.resolve_weights(len(self.inputs), self.weights)
-        if self.export.format != "delta" and self.export.rank is None and not spec.is_exact(self.parameters):
+        if (self.export.format != "delta" and self.export.rank is None and self.export.rank_mode != "auto"
+                and not spec.is_exact(self.parameters)):
             raise RecipeError(f"method '{self.method}' gives dense (not low-rank) updates with these parameters: "
                               f"pass --rank R to export to {self.export.format}, or use --format delta")
         return self
@@ -70,13 +87,17 @@ def recipe_json_schema() -> dict[str, Any]:
 
 def build_recipe(adapters: Sequence[Adapter], method: str, *, parameters: Mapping[str, Any] | None = None,
                  weights: Sequence[float] | None = None, export_format: str = "peft", rank: int | None = None,
-                 force: bool = False) -> Recipe:
+                 force: bool = False, rank_mode: str | None = None, target_error: float | None = None,
+                 extras: str = "carry") -> Recipe:
     """A recipe for merging `adapters`; input paths are stored absolute so a replay finds them from anywhere."""
+    export: dict[str, Any] = {"format": export_format, "rank": rank, "extras": extras}
+    if rank_mode is not None:
+        export |= {"rank_mode": rank_mode, "target_error": target_error}
     inputs = [RecipeInput(name=a.name, path=str(Path(a.path).resolve()), sha256=a.sha256, format=a.format)
               for a in adapters]
     return parse_recipe({"inputs": [i.model_dump() for i in inputs], "method": method,
                          "parameters": dict(parameters or {}), "weights": list(weights) if weights else None,
-                         "force": force, "export": {"format": export_format, "rank": rank}}, "recipe")
+                         "force": force, "export": export}, "recipe")
 
 
 def parse_recipe(data: Any, source: str) -> Recipe:

@@ -16,6 +16,7 @@ import numpy as np
 
 from analysis.errors import AtlasError
 from analysis.review.models import InputRecord, Proposal
+from analysis.workflow.evidence import export_line, task_table
 
 # (metric passed to analysis.overlap.aggregate, heading shown to reviewers)
 OVERLAP_METRICS: tuple[tuple[str, str], ...] = (
@@ -96,24 +97,15 @@ def input_overlap(proposal: Proposal, *,
 def preview_tasks(preview: Mapping[str, Any] | None) -> tuple[list[str], list[str], list[list[Any]]]:
     """(tasks, metric names, rows) of the preview's scalar per-task metrics, for a table.
 
-    The preview is opaque JSON from the merge lab; only `tasks: {task: {metric: scalar}}` is laid
-    out as a table, everything else is shown as JSON.
+    The preview is the merge's evidence record (`analysis.workflow.evidence`, version 2, one row per
+    input) or an older snapshot (`tasks` or the Merge page's `per_task` mapping); all read the same way.
     """
-    tasks = (preview or {}).get("tasks")
-    if not isinstance(tasks, Mapping):
-        return [], [], []
-    names = [str(t) for t in tasks]
-    metrics: list[str] = []
-    for values in tasks.values():
-        if isinstance(values, Mapping):
-            metrics += [str(k) for k, v in values.items() if _scalar(v) and str(k) not in metrics]
-    rows = [[(values.get(k) if isinstance(values, Mapping) and _scalar(values.get(k)) else None)
-             for k in metrics] for values in tasks.values()]
-    return names, metrics, rows
+    return task_table(preview)
 
 
-def _scalar(value: Any) -> bool:
-    return isinstance(value, (int, float, str, bool)) or value is None
+def preview_export(preview: Mapping[str, Any] | None) -> str | None:
+    """One line on the exported adapter's rank and fidelity (None for snapshots that do not record it)."""
+    return export_line(preview)
 
 
 def heatmap_figure(matrix: np.ndarray, labels: tuple[str, ...], title: str, *, signed: bool | None = None) -> Any:

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from analysis import __version__
 from analysis.review.escape import html_text as h
-from analysis.review.evidence import OVERLAP_METRICS, InputOverlap, heatmap_figure, preview_tasks
+from analysis.review.evidence import OVERLAP_METRICS, InputOverlap, heatmap_figure, preview_export, preview_tasks
 from analysis.review.models import DECISIONS, Proposal
 
 CSS = """
@@ -93,10 +93,13 @@ def _preview_section(preview: Mapping[str, Any] | None) -> tuple[str, bool]:
         return "<p class='note'>No merge preview was attached to this proposal.</p>", False
     tasks, metrics, rows = preview_tasks(preview)
     parts, has_fig = [], False
+    export = preview_export(preview)
+    if export:
+        parts.append(f"<p>{h(export)}</p>")
     if tasks:
         parts.append(_table(["task"] + metrics, [[t] + r for t, r in zip(tasks, rows)]))
-        numeric = [k for j, k in enumerate(metrics)
-                   if all(isinstance(r[j], (int, float)) and not isinstance(r[j], bool) for r in rows)]
+        numeric = [k for j, k in enumerate(metrics) if k not in ("conflicts", "core_size")  # counts, not shares
+                   and all(isinstance(r[j], (int, float)) and not isinstance(r[j], bool) for r in rows)]
         if numeric:
             import plotly.graph_objects as go
 

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from analysis.review.escape import md_text as t
-from analysis.review.evidence import InputOverlap, preview_tasks
+from analysis.review.evidence import InputOverlap, preview_export, preview_tasks
 from analysis.review.models import DECISIONS, Proposal
 
 MAX_PARAM_CHARS = 120
@@ -81,6 +81,9 @@ def render_markdown(proposal: Proposal, overlap: InputOverlap | None = None) -> 
 
     tasks, metrics, trows = preview_tasks(p.preview)
     lines += ["### Merge preview", ""]
+    export = preview_export(p.preview)
+    if export:
+        lines += [t(export), ""]
     if tasks:
         lines += _table(["task", *metrics], [[task, *r] for task, r in zip(tasks, trows)]) + [""]
     else:

@@ -40,7 +40,7 @@ def test_merge_exports_what_peft_loads_and_replays_to_identical_bytes(inputs, tm
               "--json")
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
-    assert summary["modules"] == 8 and set(summary["preview"]) == {"a", "b", "c"}
+    assert summary["modules"] == 8 and [t["name"] for t in summary["tasks"]] == ["a", "b", "c"]
     assert {p.name for p in out.iterdir()} == {"adapter_model.safetensors", "adapter_config.json", "recipe.yaml",
                                                "preview.json"}
     assert set(peft_delta_weights(out)) == set(inputs[0].modules)
@@ -73,7 +73,10 @@ def test_refusals_are_one_line_and_leave_nothing(inputs, tmp_path):  # noqa: ANN
     paths = [str(a.path) for a in inputs]
     for args, needle in [
         (("--method", "nope"), "unknown merge method 'nope'; valid:"),
-        (("--method", "ties"), "pass --rank R"),
+        (("--method", "ties", "--format", "peft", "--rank", "0"), "--rank 0: expected a positive integer"),
+        (("--method", "linear", "--weights", "0,0,0"), "every weight is 0"),
+        (("--method", "linear", "--weights", "1,inf,1"), "weight 2 is inf"),
+        (("--method", "linear", "--weights", "1,nan,1"), "weight 2 is nan"),
         (("--method", "ties", "--param", "density=2"), "above the maximum"),
         (("--method", "linear", "--weights", "1,2"), "2 weights given for 3 adapters"),
     ]:

@@ -1,0 +1,250 @@
+"""`run_merge`: one merge, start to finish, the same for the CLI, the app and the review store.
+
+Steps (each a library call; the faces only parse, cache and show):
+1. validate at the boundary: weights finite and not all zero, inputs sharing at least one module,
+   extras carried / refused / dropped (`analysis.export.extras`);
+2. merge with the registered method (`analysis.merge.merge_adapters`);
+3. choose the export rank: exact for low-rank results, the user's `rank`, or automatic (smallest
+   rank reaching `target_error`, `analysis.workflow.rank`); fidelity at any rank from one spectrum;
+4. build the recipe (`rank_mode`, `target_error`, extras policy recorded);
+5. preview the adapter written, with the method's own cores (granularity, p) when it declares them;
+6. assemble the evidence record (`analysis.workflow.evidence`) that preview.json, the app's proposal
+   and the review all use.
+Nothing is written until `MergeRun.write` (or `to_zip`), so a cancelled run leaves nothing behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from analysis.adapters.model import Adapter, LowRankDelta
+from analysis.errors import IncompatibleAdaptersError, RecipeError
+from analysis.export.extras import ExtrasPlan, plan_extras
+from analysis.export.recipe import EXPORT_FORMATS, Recipe, build_recipe
+from analysis.merge.registry import MergeResult, get_method
+from analysis.workflow.adapter_set import AdapterSet
+from analysis.workflow.evidence import build_evidence
+from analysis.workflow.progress import ProgressReporter
+from analysis.workflow.rank import DEFAULT_TARGET_ERROR, Spectrum, spectrum
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """How to write the merge: format; `rank` (a fixed rank) or automatic rank reaching `target_error`;
+    extras carried or dropped. `rank_mode` None decides: fixed with a rank, else exact when the result is
+    exactly low rank, else auto. A replayed recipe passes its recorded mode and rank."""
+
+    format: str = "peft"
+    rank: int | None = None
+    rank_mode: str | None = None  # None | exact | fixed | auto
+    target_error: float = DEFAULT_TARGET_ERROR
+    extras: str = "carry"
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> "ExportSpec":
+        e = recipe.export
+        return cls(format=e.format, rank=e.rank, rank_mode=e.rank_mode, extras=e.extras,
+                   target_error=e.target_error if e.target_error is not None else DEFAULT_TARGET_ERROR)
+
+
+@dataclass(frozen=True)
+class MergeRun:
+    """Everything one merge produced; `write`/`to_zip` put it on disk (atomically, via the export writer)."""
+
+    adapters: AdapterSet
+    result: MergeResult
+    recipe: Recipe
+    evidence: dict[str, Any]
+    spectrum: Spectrum | None
+    extras: ExtrasPlan
+    writer_inputs: tuple[Adapter, ...]
+
+    @property
+    def rank(self) -> int | None:
+        return self.recipe.export.rank
+
+    def fidelity(self, rank: int | None) -> dict[str, Any]:
+        """Export fidelity at any rank without re-running anything (the exact result has error 0)."""
+        if self.spectrum is None or rank is None:
+            return {"relative_error": 0.0, "worst_module": None, "worst_module_error": 0.0}
+        return self.spectrum.fidelity(rank)
+
+    def write(self, out: str | Path, *, force: bool = False) -> Path:
+        """The export, recipe.yaml and preview.json (the evidence) in `out`, atomically."""
+        from analysis.export import export_merge
+
+        return export_merge(self.result.modules, self.recipe, out, inputs=list(self.writer_inputs),
+                            preview=self.evidence, force=force)
+
+    def to_zip(self) -> tuple[str, bytes]:
+        """(directory name, zip bytes) of the written export, built in a temporary directory."""
+        from analysis.export import zip_directory
+
+        root = Path(tempfile.mkdtemp(prefix="atlas-merge-"))
+        try:
+            out = self.write(root / f"merged-{self.result.method}")
+            return out.name, zip_directory(out)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def validate_weights(weights: Sequence[float] | None, n: int) -> list[float] | None:
+    """Refuse non-finite or all-zero weights with one line (weight 0 on one input is fine: no contribution)."""
+    if weights is None:
+        return None
+    out = []
+    for i, w in enumerate(weights):
+        try:
+            value = float(w)
+        except (TypeError, ValueError):
+            raise RecipeError(f"weight {i + 1} ({w!r}): expected a number") from None
+        if not math.isfinite(value):
+            raise RecipeError(f"weight {i + 1} is {value}: weights must be finite numbers")
+        out.append(value)
+    if len(out) != n:
+        raise RecipeError(f"{len(out)} weights given for {n} adapters")
+    if out and all(w == 0.0 for w in out):
+        raise RecipeError("every weight is 0: the merge would be empty; give at least one input a non-zero weight")
+    return out
+
+
+def diagnostic_cores(method: str, params: Mapping[str, Any], default: tuple[str, float] | None) -> tuple[str, float]:
+    """(granularity, p) of the preview's cores: the method's own when it declares them, else `default`, else
+    the isolation method's declared defaults (the paper's top 1% of entries)."""
+    if "granularity" in params and "p" in params:
+        return str(params["granularity"]), float(params["p"])
+    if default is not None:
+        return str(default[0]), float(default[1])
+    iso = get_method("isolation")
+    return str(iso.param("granularity").default), float(iso.param("p").default)
+
+
+def _cap(adapters: AdapterSet) -> int:
+    """Summed input rank: the widest a merge of these inputs needs to be."""
+    return sum(max((d.rank for d in a.modules.values()), default=1) for a in adapters.adapters)
+
+
+def _rank_choice(spec: ExportSpec, exact: bool, spec_of: Spectrum | None) -> tuple[str, int | None, bool | None]:
+    """(rank_mode, rank, target reached) for the export."""
+    if spec.format == "delta":
+        return "exact", None, None
+    mode = spec.rank_mode or ("fixed" if spec.rank is not None else ("exact" if exact else "auto"))
+    if mode == "exact":
+        if not exact:
+            raise RecipeError(f"the merge result is dense (not low rank): pass --rank R to export it to {spec.format}, "
+                              "or use --format delta")
+        return mode, None, None
+    if mode == "fixed":
+        if spec.rank is None or spec.rank < 1:
+            raise RecipeError(f"export rank {spec.rank!r}: expected a positive integer")
+        return mode, spec.rank, None
+    assert spec_of is not None
+    chosen, reached = spec_of.smallest_rank(spec.target_error)
+    if spec.rank is not None and spec.rank != chosen:  # replay of a recorded automatic rank
+        log.warning("recipe records automatic rank %d, this run would choose %d: writing the recorded rank",
+                    spec.rank, chosen)
+        return mode, spec.rank, spec_of.error(spec.rank) <= spec.target_error
+    return mode, chosen, reached
+
+
+def _plain(value: Any) -> Any:
+    """numpy / torch values in method diagnostics as JSON-ready Python values."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    return value
+
+
+def run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | None = None,
+              weights: Sequence[float] | None = None, export: ExportSpec | None = None, *, force: bool = False,
+              preview: bool = True, cores_default: tuple[str, float] | None = None, cores: Any = None,
+              progress: ProgressReporter | None = None) -> MergeRun:
+    """Merge `adapters` with `method` and prepare the export, its recipe and its evidence (nothing written).
+
+    `cores_default`: (granularity, p) of the preview for methods without their own; `cores`: precomputed
+    `analysis.isolation.task_cores` for those settings (the app caches them across methods)."""
+    from analysis.merge import merge_adapters
+
+    export = export or ExportSpec()
+    reporter = progress or ProgressReporter()
+    if export.format not in EXPORT_FORMATS:
+        raise RecipeError(f"export format '{export.format}' is not one of {', '.join(EXPORT_FORMATS)}")
+    if len(adapters) == 0:
+        raise IncompatibleAdaptersError("merge needs at least one adapter")
+    # 1. validate at the boundary
+    w = validate_weights(weights, len(adapters))
+    spec = get_method(method)
+    spec.resolve_weights(len(adapters), w)
+    resolved = spec.resolve_params(params)
+    if len(adapters) > 1:
+        adapters.require_shared()
+    plan_extras(adapters.adapters, export.extras, export_format=export.format)  # refuse before any work
+    reporter.check()
+    # 2. merge
+    result = merge_adapters(list(adapters.adapters), method, weights=w, params=resolved, force=force,
+                            progress=reporter.stage("merge"))
+    spec_of = None
+    if export.format != "delta":
+        spec_of = spectrum(result.modules, max(_cap(adapters), export.rank or 0), progress=reporter.stage("export rank"))
+    return _export(adapters, result, spec_of, export, force=force, preview=preview, cores_default=cores_default,
+                   cores=cores, reporter=reporter)
+
+
+def reexport(run: MergeRun, export: ExportSpec, *, preview: bool = True, cores_default: tuple[str, float] | None = None,
+             cores: Any = None, progress: ProgressReporter | None = None) -> MergeRun:
+    """The same merge written another way (format, rank, extras): no second merge; the preview is redone
+    because it describes the adapter written at the new rank."""
+    reporter = progress or ProgressReporter()
+    spec_of = run.spectrum
+    if export.format != "delta" and (spec_of is None or (export.rank or 0) > spec_of.cap):
+        spec_of = spectrum(run.result.modules, max(_cap(run.adapters), export.rank or 0),
+                           progress=reporter.stage("export rank"))
+    return _export(run.adapters, run.result, spec_of, export, force=run.recipe.force, preview=preview,
+                   cores_default=cores_default, cores=cores, reporter=reporter)
+
+
+def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None, export: ExportSpec, *, force: bool,
+            preview: bool, cores_default: tuple[str, float] | None, cores: Any, reporter: ProgressReporter) -> MergeRun:
+    """Steps 3-6: export rank, recipe, preview of the adapter written, evidence."""
+    from analysis.preview import preview_merge
+
+    extras = plan_extras(adapters.adapters, export.extras, export_format=export.format)
+    writer_inputs = adapters.adapters if extras.policy == "carry" else tuple(
+        dataclasses.replace(a, extras={}, _sha256=a.sha256) for a in adapters.adapters)
+    # 3. export rank
+    exact = all(isinstance(d, LowRankDelta) for d in result.modules.values())
+    mode, rank, reached = _rank_choice(export, exact, spec_of)
+    # 4. recipe
+    recipe = build_recipe(list(adapters.adapters), result.method, parameters=result.params,
+                          weights=result.weights,
+                          export_format=export.format, rank=rank, force=force, rank_mode=mode,
+                          target_error=export.target_error if mode == "auto" else None, extras=extras.policy)
+    # 5. preview of the adapter written
+    pv = None
+    if preview:
+        granularity, p = diagnostic_cores(result.method, result.params, cores_default)
+        pv = preview_merge(list(adapters.adapters), result.modules, rank=rank, granularity=granularity, p=p,
+                           cores=cores, progress=reporter.stage("preview"))
+    # 6. evidence
+    fidelity = spec_of.fidelity(rank) if (spec_of is not None and rank is not None) else \
+        {"relative_error": 0.0, "worst_module": None, "worst_module_error": 0.0}
+    export_info = {"format": export.format, "rank": rank, "rank_mode": mode,
+                   "target_error": export.target_error if mode == "auto" else None, "reached": reached,
+                   "cap": spec_of.cap if spec_of is not None else None, **fidelity}
+    evidence = build_evidence(names=adapters.names, sha256s=adapters.sha256s, method=result.method,
+                              parameters=result.params, weights=result.weights, preview=pv, export=export_info,
+                              extras=extras.summary(), method_info=_plain(result.info))
+    reporter.step("done", 1, 1)
+    return MergeRun(adapters=adapters, result=result, recipe=recipe, evidence=evidence, spectrum=spec_of,
+                    extras=extras, writer_inputs=tuple(writer_inputs))
