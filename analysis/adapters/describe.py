@@ -1,6 +1,7 @@
 """A plain-data summary of one adapter: what `inspect --json` prints and the app's inventory shows."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from analysis.adapters.model import Adapter
@@ -34,3 +35,18 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
         "extras": extras,
         "warnings": list(adapter.warnings),
     }
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None, so `json.dumps(..., allow_nan=False)` works.
+
+    Python's json writes bare `NaN` / `Infinity`, which is not JSON: strict parsers (browsers, jq,
+    `json.loads(..., parse_constant=...)`) refuse the whole document. null is what JSON.stringify writes.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

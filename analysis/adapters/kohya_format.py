@@ -11,7 +11,7 @@ import torch
 
 from analysis.adapters.diffusers_format import _alpha
 from analysis.adapters.limits import check_dense_budget
-from analysis.adapters.lowrank import complete_pairs, make_lowrank, pair_rank
+from analysis.adapters.lowrank import add_half, complete_pairs, make_lowrank, pair_rank
 from analysis.adapters.lycoris import LOHA_KEYS, LOKR_KEYS, LazyDenseDelta, LycorisModule, loha_delta, lokr_delta
 from analysis.adapters.names import kohya_to_canonical, split_kohya_prefix
 from analysis.adapters.parsed import Parsed
@@ -74,7 +74,9 @@ def load_kohya(src: TensorSource) -> Parsed:
         elif "diff" in parts:
             _put(parsed, src, name, parts["diff"], _full_diff(src, parts["diff"]))
         elif any(s in LORA_SUFFIXES for s in parts):
-            lora_halves[name] = {s: k for s, k in parts.items() if s in LORA_SUFFIXES}
+            for s, k in parts.items():  # lora_te_x and lora_te1_x share one canonical name: refuse, never overwrite
+                if s in LORA_SUFFIXES:
+                    add_half(src.path, lora_halves, name, s, k)
             alphas[name] = alpha
         else:
             only = next(iter(parts.values()))

@@ -1,7 +1,8 @@
 """`adapter-atlas inspect PATH [--json]`: what an adapter holds, module by module.
 
 Default output is an aligned table (format, base model, sha256, then one row per module: rank,
-shape, scale, norm, kind; extras and warnings after). `--json` prints `describe_adapter` as JSON.
+shape, scale, norm, kind; extras and warnings after). `--json` prints `describe_adapter` as strict
+JSON (non-finite numbers become null, never bare NaN/Infinity).
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import sys
 from typing import Any
 
 from analysis.adapters import load_adapter
-from analysis.adapters.describe import describe_adapter
+from analysis.adapters.describe import describe_adapter, json_safe
+from analysis.adapters.safe_text import plain_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,15 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def format_table(info: dict[str, Any]) -> str:
     """Readable, column-aligned text of a `describe_adapter` result."""
     lines = [
-        f"name:       {info['name']}",
+        f"name:       {plain_text(info['name'])}",
         f"format:     {info['format']}",
-        f"base model: {info['base_model'] or '-'}",
+        f"base model: {plain_text(info['base_model'] or '-')}",
         f"sha256:     {info['sha256']}",
         f"modules:    {len(info['modules'])}",
         "",
     ]
     header = ("module", "rank", "shape", "scale", "norm", "kind")
-    rows = [(m["name"], str(m["rank"]), "x".join(map(str, m["shape"])), f"{m['scale']:.4g}",
+    rows = [(plain_text(m["name"], None), str(m["rank"]), "x".join(map(str, m["shape"])), f"{m['scale']:.4g}",
              f"{m['norm']:.4g}", m["kind"]) for m in info["modules"]]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     right = {1, 3, 4}
@@ -44,17 +46,21 @@ def format_table(info: dict[str, Any]) -> str:
     if info["extras"]:
         lines += ["", f"extras ({len(info['extras'])}, kept but not merged as LoRA):"]
         for e in info["extras"]:
-            lines.append(f"  {e['key']}  [{e['kind']}]  {'x'.join(map(str, e['shape']))} {e['dtype']}")
+            lines.append(f"  {plain_text(e['key'], None)}  [{e['kind']}]  {'x'.join(map(str, e['shape']))} {e['dtype']}")
     if info["warnings"]:
-        lines += ["", "warnings:"] + [f"  - {w}" for w in info["warnings"]]
+        lines += ["", "warnings:"] + [f"  - {plain_text(w, None)}" for w in info["warnings"]]
     return "\n".join(lines)
+
+
+def to_json(info: dict[str, Any]) -> str:
+    """Strict JSON text of a description: `allow_nan=False` after mapping NaN/Inf to null."""
+    return json.dumps(json_safe(info), indent=2, allow_nan=False)
 
 
 def run(args: argparse.Namespace) -> int:
     info = describe_adapter(load_adapter(args.path))
     if args.json:
-        json.dump(info, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(to_json(info) + "\n")
     else:
         print(format_table(info))
     return 0
