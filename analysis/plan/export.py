@@ -1,0 +1,62 @@
+"""Write a plan: one PEFT adapter directory per group and `plan.json` describing every group.
+
+A merged group goes through the ordinary merge export (`analysis.export.export_merge`: recipe.yaml,
+preview.json, atomic write); a singleton is its input adapter copied as it is (retention 1 by definition).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from analysis.adapters.model import Adapter
+from analysis.errors import AtlasError
+from analysis.plan.planner import Plan
+
+log = logging.getLogger(__name__)
+
+
+def group_dir_name(k: int, tasks: Sequence[str]) -> str:
+    label = "+".join(tasks) if len(tasks) <= 3 else f"{tasks[0]}+{len(tasks) - 1}more"
+    return f"group{k:02d}_{label}"
+
+
+def copy_adapter(adapter: Adapter, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    files = adapter.files or ([adapter.path] if Path(adapter.path).is_file() else [])
+    if not files:
+        raise AtlasError(f"{adapter.path}: no files recorded for adapter {adapter.name}")
+    for f in files:
+        shutil.copy2(f, dest / Path(f).name)
+
+
+def export_plan(plan: Plan, adapters: Sequence[Adapter], out: str | Path, *, force: bool = False) -> dict[str, Any]:
+    """Write every group under `out` and `out/plan.json`; returns the plan.json data."""
+    from analysis.export import build_recipe, export_merge
+    from analysis.merge import merge_adapters
+    from analysis.preview import preview_merge
+
+    out = Path(out)
+    if out.exists():
+        if not force:
+            raise AtlasError(f"{out} already exists; pass --force to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    by_name = {a.name: a for a in adapters}
+    data = plan.as_dict()
+    for k, (group, record) in enumerate(zip(plan.groups, data["groups"])):
+        dest = out / group_dir_name(k, group.tasks)
+        members = [by_name[t] for t in group.tasks]
+        if len(members) == 1:
+            copy_adapter(members[0], dest)
+        else:
+            result = merge_adapters(members, group.method, params=group.parameters)
+            recipe = build_recipe(members, group.method, parameters=group.parameters, export_format="peft")
+            preview = preview_merge(members, result.modules)
+            export_merge(result.modules, recipe, dest, inputs=members, preview=preview)
+        record["path"] = dest.name
+        log.info("wrote %s (%s)", dest, group.method)
+    (out / "plan.json").write_text(json.dumps(data, indent=2, default=float) + "\n", encoding="utf-8")
+    return data

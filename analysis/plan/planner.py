@@ -1,0 +1,227 @@
+"""The merge planner: the fewest adapters that keep every task at `min_retention` of its own adapter.
+
+Steps (data-free unless an evaluator is given):
+1. # order: core Jaccard of the inputs (rows, p = 0.1, as the candidate merge uses), average-linkage
+   dendrogram with Jaccard as the distance, so the tasks whose cores collide LEAST are joined first (on the
+   sample set the one pair that merges well, format_date + text_uppercase, has one of the lowest Jaccards).
+2. # capacity: a group is refused when its total rank exceeds the narrowest module's width (the capacity
+   floor of `analysis.capacity` becomes positive: overlap is forced by counting).
+3. # predict: every candidate method (isolation rows and linear mean, both exactly low rank, so the export
+   loses nothing) is merged and previewed; predicted retention of a task = max(0, 1 - interference on its
+   own input subspace). The candidate with the best worst-task prediction is tried first.
+4. # accept: bottom-up on the dendrogram a node is accepted when both children were and its merge passes:
+   without data, every task's predicted retention >= min_retention; with data, every task's MEASURED
+   accuracy >= min_retention x its own adapter's accuracy (real evaluation). A failing node keeps its
+   children apart (the split); then a repair pass tries the remaining singletons in pairs, least Jaccard
+   first, while trials are left.
+Singletons are the input adapter itself (retention 1 by definition). With data, no returned group has a
+task below the bar: acceptance is the only way into a group.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from analysis.adapters.model import Adapter, Delta
+from analysis.capacity import capacity_floor
+from analysis.errors import AtlasError
+
+log = logging.getLogger(__name__)
+
+Evaluate = Callable[[Mapping[str, Delta], Sequence[str]], dict[str, float]]
+Merge = Callable[[Sequence[Adapter], str, dict[str, Any]], dict[str, Delta]]
+CANDIDATES: list[tuple[str, dict[str, Any]]] = [
+    # the best pair configuration of bench/results_sample_merge.json (0.985 on format_date + text_uppercase)
+    ("isolation", {"granularity": "rows", "p": 0.1, "blend": "mean"}),
+    ("linear", {}),
+]
+JACCARD_P = 0.1  # core rows per task and module for the ordering (as the isolation candidate)
+
+
+@dataclass
+class Trial:
+    """One tried group: its method, predicted and (with data) measured retention, and the verdict."""
+
+    tasks: list[str]
+    method: str
+    parameters: dict[str, Any]
+    predicted: dict[str, float]
+    measured: dict[str, float] | None = None
+    accuracy: dict[str, float] | None = None
+    accepted: bool = False
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("tasks", "method", "parameters", "predicted", "measured", "accuracy",
+                                              "accepted", "reason")}
+
+
+@dataclass
+class Plan:
+    min_retention: float
+    tasks: list[str]
+    groups: list[Trial]
+    jaccard: np.ndarray
+    linkage: np.ndarray
+    own_accuracy: dict[str, float] | None
+    trials: list[Trial] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"min_retention": self.min_retention, "tasks": self.tasks, "adapters_in": len(self.tasks),
+                "adapters_out": len(self.groups), "measured": self.own_accuracy is not None,
+                "own_accuracy": self.own_accuracy, "groups": [g.as_dict() for g in self.groups],
+                "jaccard": np.round(self.jaccard, 6).tolist(), "linkage": np.round(self.linkage, 6).tolist(),
+                "trials": [t.as_dict() for t in self.trials]}
+
+
+def default_merge(adapters: Sequence[Adapter], method: str, params: dict[str, Any]) -> dict[str, Delta]:
+    from analysis.merge import merge_adapters
+
+    return merge_adapters(adapters, method, params=params).modules
+
+
+def predicted_retention(adapters: Sequence[Adapter], merged: Mapping[str, Delta]) -> dict[str, float]:
+    """max(0, 1 - interference) per task, from the data-free preview."""
+    from analysis.preview import preview_merge
+
+    per = preview_merge(adapters, merged)["per_task"]
+    return {a.name: max(0.0, 1.0 - float(per[a.name]["interference"] or 0.0)) for a in adapters}
+
+
+def retention(acc: Mapping[str, float], own: Mapping[str, float]) -> dict[str, float]:
+    """acc / own per task; a task its own adapter cannot do (own = 0) has nothing to lose (1.0)."""
+    return {t: (acc[t] / own[t] if own[t] > 0 else 1.0) for t in acc}
+
+
+def dendrogram(jaccard: np.ndarray) -> np.ndarray:
+    """scipy average-linkage matrix (N-1, 4) with Jaccard as the distance: least-overlapping cores join first."""
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    n = jaccard.shape[0]
+    if n < 2:
+        return np.zeros((0, 4))
+    d = np.array(jaccard, dtype=float)
+    np.fill_diagonal(d, 0.0)
+    return linkage(squareform(d, checks=False), method="average")
+
+
+def capacity_ok(adapters: Sequence[Adapter]) -> bool:
+    """False when the group's ranks cannot fit side by side in its narrowest module (capacity floor > 0)."""
+    ranks = [d.rank for a in adapters for d in a.modules.values()]
+    width = min(min(d.shape) for a in adapters for d in a.modules.values())
+    r = float(np.mean(ranks)) if ranks else 0.0
+    return capacity_floor(len(adapters), r, width) <= 0.0
+
+
+class Planner:
+    """`plan(adapters)` -> Plan. `evaluate(deltas, tasks)` gives real accuracy; without it the plan is data-free."""
+
+    def __init__(self, min_retention: float = 0.9, *, evaluate: Evaluate | None = None, merge: Merge = default_merge,
+                 predict: Callable[[Sequence[Adapter], Mapping[str, Delta]], dict[str, float]] = predicted_retention,
+                 candidates: Sequence[tuple[str, dict[str, Any]]] = tuple(CANDIDATES), max_trials: int = 20) -> None:
+        if not 0.0 < min_retention <= 1.0:
+            raise AtlasError(f"--min-retention {min_retention}: expected a number in (0, 1]")
+        self.min_retention, self.evaluate, self.merge, self.predict = min_retention, evaluate, merge, predict
+        self.candidates, self.max_trials = list(candidates), max_trials
+        self.trials: list[Trial] = []
+        self.own: dict[str, float] | None = None
+
+    # ------------------------------------------------------------ one group
+    def try_group(self, group: Sequence[Adapter]) -> Trial | None:
+        """Merge, predict and (with data) measure `group`; the first candidate method that passes wins."""
+        names = [a.name for a in group]
+        if not capacity_ok(group):
+            self.trials.append(Trial(names, "-", {}, {}, reason="capacity floor > 0"))
+            return None
+        options = []
+        for method, params in self.candidates:
+            merged = self.merge(group, method, dict(params))
+            pred = self.predict(group, merged)
+            options.append((min(pred.values()), method, params, merged, pred))
+        options.sort(key=lambda o: -o[0])
+        for _, method, params, merged, pred in options:
+            if len(self.trials) >= self.max_trials:
+                return None
+            trial = Trial(names, method, dict(params), {t: round(v, 4) for t, v in pred.items()})
+            self.trials.append(trial)
+            if self.evaluate is None:
+                trial.accepted = min(pred.values()) >= self.min_retention
+                trial.reason = "predicted" if trial.accepted else "predicted retention below the bar"
+            else:
+                trial.accuracy = self.evaluate(merged, names)
+                trial.measured = {t: round(v, 4) for t, v in retention(trial.accuracy, self.own or {}).items()}
+                trial.accepted = min(trial.measured.values()) >= self.min_retention
+                worst = min(trial.measured, key=trial.measured.get)  # type: ignore[arg-type]
+                trial.reason = "measured" if trial.accepted else f"{worst} keeps {trial.measured[worst]:.2f}"
+            log.info("group %s with %s: %s", "+".join(names), method, trial.reason)
+            if trial.accepted:
+                return trial
+        return None
+
+    def singleton(self, a: Adapter) -> Trial:
+        return Trial([a.name], "none", {}, {a.name: 1.0}, {a.name: 1.0} if self.own is not None else None,
+                     {a.name: self.own[a.name]} if self.own else None, True, "the adapter itself")
+
+    # ------------------------------------------------------------ the partition
+    def plan(self, adapters: Sequence[Adapter], *, own_accuracy: Mapping[str, float] | None = None) -> Plan:
+        """Partition `adapters`; `own_accuracy` (measured elsewhere by the same evaluator) saves re-measuring."""
+        from analysis.consolidate.cores import core_rows, row_jaccard, row_scores
+
+        names = [a.name for a in adapters]
+        if len(set(names)) != len(names):
+            raise AtlasError(f"adapter names must be distinct, got {', '.join(names)}")
+        if self.evaluate is not None:  # own accuracy, the denominator of every retention
+            given = dict(own_accuracy or {})
+            self.own = {a.name: given[a.name] if a.name in given else self.evaluate(a.modules, [a.name])[a.name]
+                        for a in adapters}
+        jac = row_jaccard(core_rows(row_scores(adapters, "magnitude"), JACCARD_P), len(adapters))
+        Z = dendrogram(jac)
+        n = len(adapters)
+        members: dict[int, list[int]] = {i: [i] for i in range(n)}
+        result: dict[int, Trial] = {i: self.singleton(a) for i, a in enumerate(adapters)}
+        accepted = {i: True for i in range(n)}
+        # bottom-up on the dendrogram
+        for k, (a, b, _, _) in enumerate(Z):
+            a, b, node = int(a), int(b), n + k
+            members[node] = members[a] + members[b]
+            accepted[node] = False
+            if accepted[a] and accepted[b]:
+                trial = self.try_group([adapters[i] for i in members[node]])
+                if trial is not None:
+                    accepted[node], result[node] = True, trial
+        final = self._maximal(n + len(Z) - 1, n, Z, accepted) if n > 1 else [0]
+        # repair: pair the remaining singletons, least Jaccard first
+        singles = sorted(i for node in final for i in members[node] if len(members[node]) == 1)
+        tried = {tuple(sorted(t.tasks)) for t in self.trials}
+        pairs = sorted(((jac[i, j], i, j) for x, i in enumerate(singles) for j in singles[x + 1:]))
+        paired: set[int] = set()
+        for _, i, j in pairs:
+            if i in paired or j in paired or tuple(sorted((names[i], names[j]))) in tried:
+                continue
+            if len(self.trials) >= self.max_trials:
+                break
+            trial = self.try_group([adapters[i], adapters[j]])
+            if trial is not None:
+                paired |= {i, j}
+                node = len(members)
+                members[node], result[node] = [i, j], trial
+                final = [f for f in final if f not in (i, j)] + [node]
+        groups = [result[node] for node in sorted(final, key=lambda f: min(members[f]))]
+        return Plan(self.min_retention, names, groups, jac, Z, self.own, list(self.trials))
+
+    @staticmethod
+    def _maximal(root: int, n: int, Z: np.ndarray, accepted: Mapping[int, bool]) -> list[int]:
+        """The highest accepted nodes, from the root down."""
+        out, stack = [], [root]
+        while stack:
+            node = stack.pop()
+            if accepted[node]:
+                out.append(node)
+            else:
+                a, b = int(Z[node - n, 0]), int(Z[node - n, 1])
+                stack.extend([a, b])
+        return out
