@@ -17,38 +17,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from analysis.adapters import Adapter, load_adapter
-from analysis.errors import AdapterFormatError, IncompatibleAdaptersError
+from analysis.adapters import Adapter
+from analysis.errors import IncompatibleAdaptersError
 from analysis.overlap import METRICS, ModuleOverlap, aggregate, overlap_table
 
 
 def adapter_names(paths: Sequence[Path]) -> list[str]:
-    """Directory name or file stem of each input; where two collide, prefix parents until they differ."""
-    paths = [Path(p).resolve() for p in paths]
+    """Display names as every face shows them (`analysis.workflow.display_names`)."""
+    from analysis.workflow import display_names
 
-    def name(p: Path, depth: int) -> str:
-        leaf = p.name if p.is_dir() else p.stem
-        parents = [q.name for q in p.parents][: depth][::-1]
-        return "/".join([*(x for x in parents if x), leaf])
-
-    depth = [0] * len(paths)
-    for _ in range(64):
-        names = [name(p, d) for p, d in zip(paths, depth)]
-        clashes = {n for n in names if names.count(n) > 1}
-        if not clashes:
-            return names
-        depth = [d + 1 if n in clashes else d for n, d in zip(names, depth)]
-    return [str(p) for p in paths]
+    return display_names(paths)
 
 
 def load_named(paths: Sequence[str], *, minimum: int = 2) -> list[Adapter]:
-    """Load every input with a distinct display name; a missing path is one clear error."""
+    """Load every input with a distinct display name (`AdapterSet`); a missing path is one clear error."""
+    from analysis.workflow import AdapterSet
+
     if len(paths) < minimum:
         raise IncompatibleAdaptersError(f"need at least {minimum} adapters to compare, got {len(paths)}")
-    for p in paths:
-        if not Path(p).exists():
-            raise AdapterFormatError(f"{p}: no such file or directory")
-    return [load_adapter(Path(p), name=n) for p, n in zip(paths, adapter_names([Path(p) for p in paths]))]
+    return list(AdapterSet.from_paths(paths).adapters)
 
 
 def limit_threads() -> None:

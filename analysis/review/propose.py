@@ -112,3 +112,11 @@ def propose(store: ReviewStore, recipe_path_or_mapping: str | os.PathLike[str] |
                                 author=author, preview=snapshot, source_dir=source_dir)
     log.info("proposal %d opened for a %s merge of %d adapters", pid, recipe.method, len(recipe.inputs))
     return pid
+
+
+def propose_merge(store: ReviewStore, run: Any, title: str, author: str) -> int:
+    """Open a proposal for a merge made in this process (`analysis.workflow.MergeRun`): its recipe and its
+    evidence record, exactly what `adapter-atlas merge` writes as recipe.yaml and preview.json."""
+    from analysis.export.recipe import recipe_to_dict
+
+    return propose(store, recipe_to_dict(run.recipe), title, author, preview=run.evidence)
