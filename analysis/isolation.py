@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -55,15 +55,106 @@ def importance(delta: Delta, granularity: str) -> torch.Tensor:
     raise RecipeError(f"isolation granularity '{granularity}' is not one of {', '.join(GRANULARITIES)}")
 
 
+SAMPLE = 65_536  # entries sampled to place the selection threshold
+SLACK = 1.5  # aim the threshold at ~1.5 k candidates so one exact top-k over them finishes the job
+
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Sorted flat positions (k,) of the k largest entries of `scores` (any shape), in linear time.
+
+    Exact, not approximate: a threshold read from a seeded random sample of the scores is placed so that
+    about 1.5 k entries pass (one comparison pass), and an exact top-k runs over those candidates only.
+    When the sample puts the threshold too high (fewer than k pass) a lower one is tried, then a full
+    top-k. Cost ~ one pass over the scores instead of a sort; ties at the boundary are broken arbitrarily
+    (as any top-k does)."""
+    flat = scores.reshape(-1)
+    n = flat.numel()
+    k = max(0, min(int(k), n))
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if n <= 4 * SAMPLE or k > n // 4:
+        return torch.topk(flat, k, sorted=False).indices.sort().values
+    g = torch.Generator().manual_seed(n)
+    sample = flat[torch.randint(0, n, (SAMPLE,), generator=g)]  # (SAMPLE,)
+    for slack in (SLACK, 4 * SLACK):
+        q = min(SAMPLE, max(1, int(SAMPLE * slack * k / n)))  # sample rank of the threshold, from the top
+        thr = torch.topk(sample, q, sorted=False).values.min()
+        cand = (flat >= thr).nonzero().squeeze(1)  # (c,) candidates, c ~ slack * k
+        if cand.numel() >= k:
+            pick = torch.topk(flat[cand], k, sorted=False).indices  # (k,)
+            return cand[pick].sort().values
+    return torch.topk(flat, k, sorted=False).indices.sort().values
+
+
 def top_fraction(scores: torch.Tensor, p: float) -> torch.Tensor:
     """Boolean mask of the ceil(p * numel) highest scores (at least one; none when all scores are 0)."""
-    flat = scores.reshape(-1).contiguous()
+    flat = scores.reshape(-1)
     k = min(flat.numel(), max(1, math.ceil(p * flat.numel())))
     mask = torch.zeros(flat.numel(), dtype=torch.bool)
-    # introselect (numpy argpartition) is O(n), about 3x faster than torch.topk's sort for k << n
-    idx = torch.from_numpy(np.argpartition(flat.numpy(), flat.numel() - k)[flat.numel() - k:])  # (k,)
+    idx = top_indices(flat, k)  # (k,)
     mask[idx] = flat[idx] > 0
     return mask.reshape(scores.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class Core:
+    """One task's core at one module, kept sparse: sorted flat positions and the task's value there.
+
+    For `entries` the value is the signed dW entry (what a transplant copies and the preview compares);
+    for `rows` / `columns` it is the row / column energy. p = 1% of a 4096 x 4096 module is 168k
+    positions: ~1.3 MB instead of a 16.7M-entry mask, so the cores of a whole 7B-shaped set stay in memory
+    between the merge pass and the preview."""
+
+    index: torch.Tensor  # (k,) int32 or int64, sorted flat positions
+    value: torch.Tensor  # (k,) float32
+    shape: tuple[int, ...]  # (n_out, n_in) for entries, (n_out,) rows, (n_in,) columns
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self.index.long()  # (k,)
+
+    def mask(self) -> torch.Tensor:
+        out = torch.zeros(int(np.prod(self.shape)), dtype=torch.bool)
+        out[self.positions] = True
+        return out.reshape(self.shape)
+
+    @staticmethod
+    def from_mask(mask: torch.Tensor, scores: torch.Tensor | None = None) -> "Core":
+        idx = mask.reshape(-1).nonzero().squeeze(1)  # (k,)
+        val = scores.reshape(-1)[idx].float() if scores is not None else torch.zeros(0)  # (k,) or unknown
+        return Core(idx, val, tuple(mask.shape))
+
+
+def dense_into(delta: Delta, buffer: torch.Tensor | None) -> torch.Tensor:
+    """dW as float32 (n_out, n_in), written into `buffer` when it fits (no fresh 64 MB page-faulting per call)."""
+    if isinstance(delta, LowRankDelta):
+        b = delta.B.to(torch.float32) * float(delta.scale)  # (n_out, r)
+        a = delta.A.to(torch.float32)  # (r, n_in)
+        if buffer is not None and tuple(buffer.shape) == delta.shape:
+            return torch.matmul(b, a, out=buffer)
+        return b @ a
+    return delta.dense(torch.float32)
+
+
+def task_core(delta: Delta, granularity: str, p: float, buffer: torch.Tensor | None = None) -> Core:
+    """The task's core at one module; for `entries` dW is formed once (into `buffer`) and read once."""
+    if granularity == "entries":
+        W = dense_into(delta, buffer)  # (n_out, n_in)
+        flat = W.reshape(-1)
+        k = min(flat.numel(), max(1, math.ceil(p * flat.numel())))
+        idx = top_indices(flat.abs(), k)  # (k,)
+        val = flat[idx]  # (k,)
+        keep = val != 0
+        idx, val = idx[keep], val[keep]
+        small = idx.to(torch.int32) if flat.numel() < 2**31 else idx
+        return Core(small, val.clone(), delta.shape)
+    score = importance(delta, granularity)
+    return Core.from_mask(top_fraction(score, p), score)
+
+
+def as_core(x: "Core | torch.Tensor") -> Core:
+    """Accept a `Core` or a boolean mask (older callers pass masks)."""
+    return x if isinstance(x, Core) else Core.from_mask(x)
 
 
 def core_mask(delta: Delta, granularity: str, p: float) -> torch.Tensor:
@@ -82,38 +173,79 @@ class CoreOverlap:
     per_module: dict[str, np.ndarray]  # module -> (N, N) Jaccard at that module
 
 
-Cores = dict[str, dict[int, torch.Tensor]]  # module -> {input index: core mask}
+Cores = dict[str, dict[int, Core]]  # module -> {input index: core}
 
 
-def task_cores(adapters: Sequence[Adapter], *, granularity: str = "entries", p: float = 0.01) -> Cores:
-    """Every input's core mask at every module it has (computed once, reused by merge and preview)."""
+def task_cores(adapters: Sequence[Adapter], *, granularity: str = "entries", p: float = 0.01,
+               progress: Callable[[int, int, str], None] | None = None) -> Cores:
+    """Every input's core at every module it has, module by module: one dense module (reused buffer) at a time."""
     modules = sorted(set().union(*(a.modules for a in adapters)))
-    return {m: {i: core_mask(a.modules[m], granularity, p) for i, a in enumerate(adapters) if m in a.modules}
-            for m in modules}
+    out: Cores = {}
+    buffer: torch.Tensor | None = None
+    for step, m in enumerate(modules):
+        here = {}
+        for i, a in enumerate(adapters):
+            if m in a.modules:
+                d = a.modules[m]
+                if granularity == "entries" and (buffer is None or tuple(buffer.shape) != d.shape):
+                    buffer = torch.empty(d.shape, dtype=torch.float32)
+                here[i] = task_core(d, granularity, p, buffer)
+        out[m] = here
+        if progress is not None:
+            progress(step + 1, len(modules), m)
+    return out
+
+
+@dataclass(frozen=True)
+class Claims:
+    """Who claims what at one module: the union of the given cores, and each task's value there."""
+
+    positions: torch.Tensor  # (U,) int64 sorted flat positions claimed by at least one core
+    member: torch.Tensor  # (N, U) bool: task i's core contains the position
+    value: torch.Tensor  # (N, U) float32: task i's core value there (0 where not a member)
+
+
+def gather_claims(cores: Sequence[Core]) -> Claims:
+    """Union of the cores by one sort (`torch.unique`), membership and values as (N, U) tables."""
+    if not cores:
+        return Claims(torch.zeros(0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.bool), torch.zeros(0, 0))
+    cat = torch.cat([c.positions for c in cores])  # (sum k_i,)
+    positions, inverse = torch.unique(cat, sorted=True, return_inverse=True)  # (U,), (sum k_i,)
+    member = torch.zeros(len(cores), positions.numel(), dtype=torch.bool)  # (N, U)
+    value = torch.zeros(len(cores), positions.numel(), dtype=torch.float32)  # (N, U)
+    start = 0
+    for i, c in enumerate(cores):
+        at = inverse[start:start + c.index.numel()]
+        member[i, at] = True
+        if c.value.numel() == at.numel():  # cores built from bare masks carry no values
+            value[i, at] = c.value.float()
+        start += c.index.numel()
+    return Claims(positions, member, value)
 
 
 def core_overlap(adapters: Sequence[Adapter], *, granularity: str = "entries", p: float = 0.01,
-                 cores: Cores | None = None) -> CoreOverlap:
+                 cores: Mapping[str, Mapping[int, Any]] | None = None) -> CoreOverlap:
     """Jaccard overlap of the tasks' core regions, pooled over the modules they share.
 
-    # cores per module; # intersections by boolean products; # Jaccard = |C_i & C_j| / |C_i | C_j|."""
+    # cores per module; # intersections from the union table (N x U booleans, U <= N k);
+    # Jaccard = |C_i & C_j| / |C_i | C_j|. `cores` may hold `Core`s or boolean masks."""
     n = len(adapters)
     sizes = np.zeros(n)
     inter = np.zeros((n, n))
     per_module: dict[str, np.ndarray] = {}
     modules = sorted(set().union(*(a.modules for a in adapters)))
     for module in modules:
-        masks_at = cores[module] if cores is not None else {
-            i: core_mask(a.modules[module], granularity, p) for i, a in enumerate(adapters) if module in a.modules}
-        present = sorted(masks_at)
-        masks = torch.stack([masks_at[i].reshape(-1) for i in present]).to(torch.float32)  # (n_present, P)
-        counts = (masks @ masks.T).double().numpy()  # (n_present, n_present)
+        at = cores[module] if cores is not None else {
+            i: task_core(a.modules[module], granularity, p) for i, a in enumerate(adapters) if module in a.modules}
+        present = sorted(at)
+        claims = gather_claims([as_core(at[i]) for i in present])
+        m = claims.member.to(torch.float32)  # (n_present, U)
+        counts = (m @ m.T).double().numpy()  # (n_present, n_present)
         local = np.zeros((n, n))
-        for a_i, i in enumerate(present):
-            sizes[i] += counts[a_i, a_i]
-            for a_j, j in enumerate(present):
-                inter[i, j] += counts[a_i, a_j]
-                local[i, j] = counts[a_i, a_j]
+        idx = np.asarray(present)
+        local[np.ix_(idx, idx)] = counts
+        inter += local
+        sizes += np.diag(local)
         d = np.diag(local)
         union = d[:, None] + d[None, :] - local
         per_module[module] = np.divide(local, union, out=np.zeros_like(local), where=union > 0)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ __all__ = [
     "energy_overlap",
     "spectrum_stats",
     "effective_rank",
+    "RankR",
+    "rank_r_svd",
 ]
 
 
@@ -267,3 +270,82 @@ def spectrum_stats(S: ArrayLike) -> dict[str, float]:
         "effective_rank": effective_rank(s),
         "stable_rank": energy / top ** 2,
     }
+
+
+# --- best rank-R approximation of an update that is not (cheaply) low rank ---------------------------
+
+RSVD_OVERSAMPLE = 10  # extra sketch columns beyond the rank asked (Halko, Martinsson & Tropp 2011, sec. 4.2)
+RSVD_TOL = 1e-2  # accept when one more power iteration would lower the squared error by < 1% of itself
+RSVD_FLOOR = 1e-5  # ... or by < 1e-5 of ||dW||_F^2 (float32 rounding: nothing finer is measurable)
+RSVD_MAX_ITERS = 8  # power iterations before giving up and taking the exact SVD
+
+
+@dataclass(frozen=True)
+class RankR:
+    """A rank-R answer U diag(S) V^T and what it is known to cost.
+
+    `values` are the singular values found (descending, up to R + oversampling, all of them when exact);
+    `norm2` is the exact ||dW||_F^2; `error2` = ||dW - U diag(S) V^T||_F^2, exact whatever the route
+    (for the randomised route it equals norm2 - sum(S^2) because U diag(S) V^T = P dW for the orthogonal
+    projector P onto span(U)); `method` is "exact" or "randomized"; `iterations` the power iterations."""
+
+    U: torch.Tensor  # (n_out, k)
+    S: torch.Tensor  # (k,)
+    V: torch.Tensor  # (n_in, k)
+    values: torch.Tensor  # (l,)
+    norm2: float
+    error2: float
+    method: str
+    iterations: int = 0
+
+
+def _exact_rank_r(W: torch.Tensor, rank: int, norm2: float) -> RankR:
+    """Full thin SVD of a dense matrix (the fallback, and the cheap route for small modules)."""
+    U, S, Vh = torch.linalg.svd(W.to(torch.float64), full_matrices=False)  # (n_out, m), (m,), (m, n_in)
+    k = min(rank, int(S.numel()))
+    return RankR(U[:, :k], S[:k], Vh[:k].T, S, norm2, max(norm2 - float((S[:k] ** 2).sum()), 0.0), "exact")
+
+
+def rank_r_svd(matmul: Callable[[torch.Tensor], torch.Tensor], rmatmul: Callable[[torch.Tensor], torch.Tensor],
+               shape: tuple[int, int], rank: int, *, norm2: float, dense: Callable[[], torch.Tensor],
+               dtype: torch.dtype = torch.float32, seed: int = 0, tol: float = RSVD_TOL,
+               max_iters: int = RSVD_MAX_ITERS) -> RankR:
+    """Best rank-`rank` approximation of an operator dW given by products, without a full SVD.
+
+    Randomised range finder with power (subspace) iterations (Halko, Martinsson & Tropp, SIAM Rev. 2011,
+    alg. 4.4): Y = dW Omega (l = rank + 10 columns, seeded), Q = orth(Y); Z = dW^T Q gives B = Z^T = Q^T dW,
+    whose SVD lifts to dW's. Each further iteration is Q = orth(dW Z), Z = dW^T Q.
+
+    A-posteriori check (stated, and what `error2` reports): the squared error of the answer is exact,
+    e(q) = ||dW||_F^2 - sum_{i<=R} s_i(q)^2 with ||dW||_F^2 given exactly by the caller. It can only fall
+    with more iterations; we stop at the first q >= 1 where one more iteration lowered it by at most
+    tol * e(q) + 1e-5 ||dW||_F^2, i.e. the error is converged to within ~1% of itself. If that has not
+    happened after `max_iters` iterations the exact SVD of `dense()` is taken instead. Small matrices
+    (min(shape) <= 2 l) go straight to the exact route, which is then cheaper anyway.
+
+    `matmul(X)` = dW X for X (n_in, k); `rmatmul(Y)` = dW^T Y for Y (n_out, k); `dense()` = dW."""
+    n_out, n_in = shape
+    rank = max(1, int(rank))
+    ell = min(rank + RSVD_OVERSAMPLE, n_out, n_in)
+    if min(n_out, n_in) <= 2 * ell or norm2 == 0.0:
+        return _exact_rank_r(dense(), rank, norm2)
+    g = torch.Generator().manual_seed(seed)
+    omega = torch.randn(n_in, ell, generator=g, dtype=torch.float32).to(dtype)  # (n_in, l)
+    Q = torch.linalg.qr(matmul(omega))[0]  # (n_out, l)
+    Z = rmatmul(Q)  # (n_in, l) = (Q^T dW)^T
+    err_prev = norm2 - float((torch.linalg.svdvals(Z.to(torch.float64))[:rank] ** 2).sum())
+    for it in range(1, max_iters + 1):
+        Q = torch.linalg.qr(matmul(torch.linalg.qr(Z)[0]))[0]  # (n_out, l): one power iteration
+        Z = rmatmul(Q)  # (n_in, l)
+        s = torch.linalg.svdvals(Z.to(torch.float64))  # (l,)
+        err = norm2 - float((s[:rank] ** 2).sum())
+        if err_prev - err <= tol * max(err, 0.0) + RSVD_FLOOR * norm2:
+            Uz, S, Vh = torch.linalg.svd(Z.to(torch.float64), full_matrices=False)  # (n_in, l), (l,), (l, l)
+            U = Q.to(torch.float64) @ Vh.T  # (n_out, l): B = Q^T dW = Vh^T S Uz^T, so dW ~ (Q Vh^T) S Uz^T
+            k = min(rank, int(S.numel()))
+            return RankR(U[:, :k], S[:k], Uz[:, :k], S, norm2, max(norm2 - float((S[:k] ** 2).sum()), 0.0),
+                         "randomized", it)
+        err_prev = err
+    log.info("randomised rank-%d SVD of a %dx%d update did not converge in %d iterations: exact SVD",
+             rank, n_out, n_in, max_iters)
+    return _exact_rank_r(dense(), rank, norm2)

@@ -23,56 +23,86 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
-from analysis.isolation import Cores, column_energy, core_mask, row_energy
-from analysis.merge.ops import inner, linear_combination, relative_truncation_error, svd_of
+from analysis.isolation import Core, as_core, column_energy, gather_claims, row_energy, task_core
+from analysis.merge.ops import ModuleSpectrum, inner, linear_combination, svd_of, truncate_with_spectrum
+from analysis.merge.structured import gather
 
 Progress = Callable[[int, int, str], None]
 
 
-def position_errors(merged: Delta, task: Delta, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(|new - old|, |old|) per position: entries (n_out, n_in), rows (n_out,) or columns (n_in,)."""
-    diff = linear_combination([merged, task], [1.0, -1.0])
-    if granularity == "rows":
-        return row_energy(diff).clamp(min=0).sqrt(), row_energy(task).clamp(min=0).sqrt()
-    if granularity == "columns":
-        return column_energy(diff).clamp(min=0).sqrt(), column_energy(task).clamp(min=0).sqrt()
-    return diff.dense(torch.float64).abs(), task.dense(torch.float64).abs()
+def fidelity_curve(singular_values: Sequence[float] | torch.Tensor, ranks: Sequence[int], *,
+                   norm2: float | None = None) -> list[float]:
+    """Relative Frobenius error ||dW - dW_r||_F / ||dW||_F of the best rank-r export, for every r in `ranks`.
+
+    From one module's singular values (descending) and its exact energy `norm2` (default: the sum of the
+    squared values, right when the spectrum is complete). A rank change is a cumulative sum, never a new
+    SVD or a new preview. Ranks beyond the values given report the error of keeping all of them (an
+    upper bound when the spectrum is truncated)."""
+    s = torch.as_tensor(singular_values, dtype=torch.float64).reshape(-1)  # (k,)
+    total = float((s**2).sum()) if norm2 is None else float(norm2)
+    if total <= 0.0:
+        return [0.0 for _ in ranks]
+    kept = torch.cat([torch.zeros(1, dtype=torch.float64), (s**2).cumsum(0)])  # (k + 1,)
+    return [math.sqrt(max(total - float(kept[min(max(int(r), 0), s.numel())]), 0.0) / total) for r in ranks]
 
 
-def input_subspace_interference(merged: Delta, task: Delta) -> tuple[float, float]:
-    """(||(dW_m - dW_t) V_t||_F^2, ||dW_t V_t||_F^2): the squared numerator and denominator."""
-    _, S, V = svd_of(task)  # (k,), (n_in, k)
+def export_view(merged: Delta, rank: int | None, spectrum: ModuleSpectrum | None) -> tuple[Delta, ModuleSpectrum | None]:
+    """The module as it will be written at `rank` (re-factored when wider), and its spectrum."""
+    if rank is None:
+        if spectrum is None and isinstance(merged, LowRankDelta):
+            S = svd_of(merged)[1]  # (k,)
+            spectrum = ModuleSpectrum(S, float((S**2).sum()), True)
+        return merged, spectrum
+    if isinstance(merged, LowRankDelta) and merged.rank <= rank:
+        if spectrum is None:
+            S = svd_of(merged)[1]  # (k,)
+            spectrum = ModuleSpectrum(S, float((S**2).sum()), True)
+        return merged, spectrum
+    written, own = truncate_with_spectrum(merged, rank)
+    return written, spectrum or own
+
+
+def _times_v(delta: Delta, V: torch.Tensor) -> torch.Tensor:
+    """dW V for a thin V (n_in, k), factored when low rank."""
+    if isinstance(delta, LowRankDelta):
+        b, a = delta.factors(torch.float64)  # (n_out, R), (R, n_in)
+        return b @ (a @ V)  # (n_out, k)
+    return delta.dense(torch.float64) @ V  # (n_out, k)
+
+
+def retention(merged: Delta, task: Delta, core: Core, granularity: str, tol: float) -> int:
+    """Core positions whose merged value stays within tol relative error of the task's own."""
+    pos = core.positions
+    if granularity == "entries":
+        new = gather(merged, pos)  # (k,)
+        old = core.value.to(torch.float64) if core.value.numel() == pos.numel() else gather(task, pos)
+        return int(((new - old).abs() <= tol * old.abs()).sum())
     diff = linear_combination([merged, task], [1.0, -1.0])
-    if isinstance(diff, LowRankDelta):
-        b, a = diff.factors(torch.float64)  # (n_out, R), (R, n_in)
-        moved = b @ (a @ V)  # (n_out, k)
-    else:
-        moved = diff.dense(torch.float64) @ V  # (n_out, k)
-    return float((moved**2).sum()), float((S**2).sum())
+    energy = row_energy if granularity == "rows" else column_energy
+    err, mag = energy(diff).clamp(min=0).sqrt()[pos], energy(task).clamp(min=0).sqrt()[pos]
+    return int((err <= tol * mag).sum())
 
 
 def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granularity: str, p: float,
-                tol: float, cores: Cores | None = None) -> list[dict[str, Any]]:
-    present = [a for a in inputs if module in a.modules]
-    if cores is not None:
-        masks = {inputs[i].name: m for i, m in cores[module].items()}
-    else:
-        masks = {a.name: core_mask(a.modules[module], granularity, p) for a in present}
+                tol: float, cores: Mapping[int, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per input present at `module`, keyed by input index (names may repeat)."""
+    present = [i for i, a in enumerate(inputs) if module in a.modules]
+    at = {i: as_core(cores[i]) for i in present} if cores is not None else {
+        i: task_core(inputs[i].modules[module], granularity, p) for i in present}
+    claims = gather_claims([at[i] for i in present])
+    claimed_twice = claims.member.sum(dim=0) > 1  # (U,)
+    merged_norm2 = merged.frobenius_norm() ** 2
     rows = []
-    for a in present:
-        task = a.modules[module]
-        mask = masks[a.name]
-        err, mag = position_errors(merged, task, granularity)
-        kept = (err <= tol * mag) & mask
-        others = torch.zeros_like(mask)
-        for name, m in masks.items():
-            if name != a.name:
-                others |= m
-        num2, den2 = input_subspace_interference(merged, task)
-        rows.append({"task": a.name, "module": module, "core": int(mask.sum()), "core_kept": int(kept.sum()),
-                     "conflicts": int((mask & others).sum()), "interference_num2": num2, "interference_den2": den2,
+    for row, i in enumerate(present):
+        task = inputs[i].modules[module]
+        U, S, V = svd_of(task)  # (n_out, k), (k,), (n_in, k)
+        moved = _times_v(merged, V) - U * S  # (n_out, k): (dW_m - dW_t) V_t
+        rows.append({"index": i, "task": inputs[i].name, "module": module, "core": int(at[i].positions.numel()),
+                     "core_kept": retention(merged, task, at[i], granularity, tol),
+                     "conflicts": int((claims.member[row] & claimed_twice).sum()),
+                     "interference_num2": float((moved**2).sum()), "interference_den2": float((S**2).sum()),
                      "inner": inner(merged, task), "task_norm2": task.frobenius_norm() ** 2,
-                     "merged_norm2": merged.frobenius_norm() ** 2})
+                     "merged_norm2": merged_norm2})
     return rows
 
 
@@ -89,40 +119,53 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     }
 
 
-def export_fidelity(merged: Mapping[str, Delta], rank: int | None) -> dict[str, Any]:
-    """Pooled relative Frobenius error of the rank-R export; dense results without a rank cannot export."""
-    dense = [m for m, d in merged.items() if not isinstance(d, LowRankDelta)]
-    if rank is None:
-        return {"rank": None, "relative_error": 0.0 if not dense else None, "needs_rank": bool(dense),
-                "per_module": {}}
+def export_summary(spectra: Mapping[str, ModuleSpectrum | None], rank: int | None, needs_rank: bool) -> dict[str, Any]:
+    """Pooled and per-module relative error of the written adapter, and every module's spectrum."""
+    if needs_rank:
+        return {"rank": None, "relative_error": None, "needs_rank": True, "per_module": {}, "spectra": {}}
     per_module, err2, tot2 = {}, 0.0, 0.0
-    for m, d in sorted(merged.items()):
-        S = svd_of(d)[1] if isinstance(d, LowRankDelta) else torch.linalg.svdvals(d.dense(torch.float64))  # (k,)
-        e = relative_truncation_error(S, rank)
+    for m, spec in sorted(spectra.items()):
+        if spec is None:
+            continue
+        e = spec.relative_error(rank)
         per_module[m] = e
-        n2 = float((S**2).sum())
-        err2, tot2 = err2 + e * e * n2, tot2 + n2
+        err2, tot2 = err2 + e * e * spec.norm2, tot2 + spec.norm2
+    worst = max(per_module, key=lambda k: per_module[k]) if per_module else None
     return {"rank": rank, "relative_error": math.sqrt(err2 / tot2) if tot2 else 0.0, "needs_rank": False,
-            "per_module": per_module}
+            "per_module": per_module, "worst_module": worst,
+            "spectra": {m: {"values": [float(v) for v in spec.values], "norm2": spec.norm2, "complete": spec.complete}
+                        for m, spec in sorted(spectra.items()) if spec is not None}}
 
 
 def preview_merge(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *, rank: int | None = None,
-                  granularity: str = "entries", p: float = 0.01, tol: float = 0.25, cores: Cores | None = None,
-                  progress: Progress | None = None) -> dict[str, Any]:
-    """Every data-free diagnostic of one merge result, as plain JSON-ready data.
+                  granularity: str = "entries", p: float = 0.01, tol: float = 0.25, cores: Any = None,
+                  progress: Progress | None = None, spectra: Mapping[str, ModuleSpectrum] | None = None,
+                  ) -> dict[str, Any]:
+    """Every data-free diagnostic of the adapter that will be written, as plain JSON-ready data.
 
-    `cores` (from `analysis.isolation.task_cores` with the same granularity and p) saves recomputing
-    the inputs' core masks when several methods are previewed against the same inputs."""
+    With `rank`, each module wider than `rank` is re-factored first (exactly when low rank, by the checked
+    randomised route otherwise) and core retention, interference and cosine describe that rank-R module;
+    `export` gives its fidelity per module and pooled, and each module's singular values so that
+    `fidelity_curve` answers any other rank without a new preview. `spectra` (from
+    `MergeResult.spectra`) supplies the fidelity of modules the merge already re-factored. `cores`
+    (`analysis.isolation.task_cores` or `MergeResult.cores` with the same granularity and p) saves
+    recomputing the inputs' cores. Per-task results: `per_task` by name, `per_input` in input order."""
     rows: list[dict[str, Any]] = []
     modules = sorted(merged)
-    for i, module in enumerate(modules):
-        rows.extend(module_rows(inputs, module, merged[module], granularity=granularity, p=p, tol=tol, cores=cores))
+    spectra = dict(spectra or {})
+    kept: dict[str, ModuleSpectrum | None] = {}
+    needs_rank = rank is None and any(not isinstance(d, LowRankDelta) for d in merged.values())
+    for step, module in enumerate(modules):
+        written, kept[module] = export_view(merged[module], rank, spectra.get(module))
+        rows.extend(module_rows(inputs, module, written, granularity=granularity, p=p, tol=tol,
+                                cores=cores[module] if cores is not None else None))
         if progress is not None:
-            progress(i + 1, len(modules), module)
-    per_task = {a.name: summarize([r for r in rows if r["task"] == a.name]) for a in inputs}
-    fidelity = export_fidelity(merged, rank)
+            progress(step + 1, len(modules), module)
+    per_input = [summarize([r for r in rows if r["index"] == i]) for i in range(len(inputs))]
     return {"settings": {"granularity": granularity, "p": p, "tol": tol, "rank": rank},
-            "per_task": per_task, "per_module": rows, "export": fidelity}
+            "per_task": {a.name: per_input[i] for i, a in enumerate(inputs)},
+            "per_input": [{"index": i, "name": a.name, **per_input[i]} for i, a in enumerate(inputs)],
+            "per_module": rows, "export": export_summary(kept, rank, needs_rank)}
 
 
 def real_accuracy(merged: Mapping[str, Delta], inputs: Sequence[Adapter], tasks: Sequence[str], *,

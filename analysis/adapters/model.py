@@ -18,6 +18,31 @@ from typing import Any, Mapping, Union
 import torch
 
 
+def _finite_number(x: Any) -> bool:
+    try:
+        return not isinstance(x, bool) and math.isfinite(float(x))
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def check_factors(A: torch.Tensor, B: torch.Tensor, scale: float, *, where: str = "LowRankDelta") -> None:
+    """A (r, n_in) and B (n_out, r): 2-D tensors with the same r, and a finite scale; else `ValueError`.
+
+    `ValueError` (not an `AtlasError`) because a malformed delta is a bug of whoever built it; the
+    loaders check their files first and raise `AdapterFormatError` naming the file and tensor."""
+    problem = None
+    if not isinstance(A, torch.Tensor) or not isinstance(B, torch.Tensor):
+        problem = f"A and B must be torch tensors, got {type(A).__name__} and {type(B).__name__}"
+    elif A.dim() != 2 or B.dim() != 2:
+        problem = f"A (r, n_in) and B (n_out, r) must be 2-D, got A {tuple(A.shape)} and B {tuple(B.shape)}"
+    elif A.shape[0] != B.shape[1]:
+        problem = f"A {tuple(A.shape)} has rank {A.shape[0]} but B {tuple(B.shape)} has rank {B.shape[1]}"
+    elif not _finite_number(scale):
+        problem = f"scale must be a finite number, got {scale!r}"
+    if problem is not None:
+        raise ValueError(f"{where}: {problem}")
+
+
 @dataclass(frozen=True, eq=False)
 class LowRankDelta:
     """dW = scale * B @ A in (out, in) layout, never densified unless `dense()` is called.
@@ -33,6 +58,10 @@ class LowRankDelta:
     kernel_shape: tuple[int, ...] | None = None
     fan_in_fan_out: bool = False
     kind: str = "linear"  # linear | conv | embedding
+
+    def __post_init__(self) -> None:
+        """Refuse malformed factors here, with one line, rather than a shape error deep inside a merge."""
+        check_factors(self.A, self.B, self.scale)
 
     @property
     def rank(self) -> int:
@@ -66,6 +95,11 @@ class DenseDelta:
     kernel_shape: tuple[int, ...] | None = None
     fan_in_fan_out: bool = False
     kind: str = "linear"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.W, torch.Tensor) or self.W.dim() != 2:
+            shape = tuple(self.W.shape) if isinstance(self.W, torch.Tensor) else type(self.W).__name__
+            raise ValueError(f"DenseDelta: W must be a 2-D (n_out, n_in) tensor, got {shape}")
 
     @property
     def rank(self) -> int:

@@ -4,7 +4,7 @@ Modules are the union over inputs; at a module some inputs lack, the method sees
 have it (with their weights), which is what "that adapter's update there is zero" means for the
 linear family and avoids counting absent adapters as sign votes in TIES. With `rank`, each module is
 re-factored right after it is merged, so a 7B-sized dense method never holds more than one dense
-module at a time.
+module at a time (entry isolation never forms one at all: see `analysis.merge.structured`).
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from analysis.adapters.model import Adapter, Delta
 from analysis.errors import IncompatibleAdaptersError
-from analysis.merge.ops import truncate
+from analysis.merge.ops import ModuleSpectrum, materialize, truncate_with_spectrum, zero_like
 from analysis.merge.registry import MergeResult, ModuleContext, get_method
+from analysis.threads import bounded_threads
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,19 @@ def check_compatible(adapters: Sequence[Adapter], *, force: bool = False) -> str
 
 def merge_adapters(adapters: Sequence[Adapter], method: str, *, weights: Sequence[float] | None = None,
                    params: Mapping[str, Any] | None = None, rank: int | None = None, force: bool = False,
-                   progress: Progress | None = None) -> MergeResult:
-    """Merge `adapters` with the registered `method`; parameters are validated against its declaration."""
+                   progress: Progress | None = None, threads: int | None = None) -> MergeResult:
+    """Merge `adapters` with the registered `method`; parameters are validated against its declaration.
+
+    Weight 0 means no contribution, in every method: such an input is treated at every module exactly as
+    an input that lacks the module (it casts no sign vote, claims no core, joins no joint basis).
+    With `rank`, each module is re-factored to its best rank-`rank` approximation right after it is merged
+    (factored SVD when exact, a checked randomised range finder otherwise), and its spectrum is kept in
+    `MergeResult.spectra`, so the fidelity at any smaller rank needs no second run. `threads` caps torch's
+    intra-op threads for the call (`analysis.threads.bounded_threads`)."""
+    if threads is not None:
+        with bounded_threads(threads):
+            return merge_adapters(adapters, method, weights=weights, params=params, rank=rank, force=force,
+                                  progress=progress)
     spec = get_method(method)
     check_compatible(adapters, force=force)
     w = spec.resolve_weights(len(adapters), weights)
@@ -54,15 +66,27 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, *, weights: Sequenc
     shared = spec.prepare(adapters, w, p) if spec.prepare is not None else None
     modules = sorted(set().union(*(a.modules for a in adapters)))
     out: dict[str, Delta] = {}
+    spectra: dict[str, ModuleSpectrum] = {}
     for step, module in enumerate(modules):
-        idx = tuple(i for i, a in enumerate(adapters) if module in a.modules)
-        deltas = [adapters[i].modules[module] for i in idx]
-        merged = spec.merge_module(deltas, [w[i] for i in idx], p, ModuleContext(module, idx, shared))
-        out[module] = truncate(merged, rank) if rank is not None else merged
+        present = [i for i, a in enumerate(adapters) if module in a.modules]
+        idx = tuple(i for i in present if w[i] != 0.0)
+        if idx:
+            deltas = [adapters[i].modules[module] for i in idx]
+            merged = spec.merge_module(deltas, [w[i] for i in idx], p, ModuleContext(module, idx, shared))
+        else:  # only weight-0 inputs have this module: it receives no update
+            merged = zero_like(adapters[present[0]].modules[module])
+        if rank is not None:
+            out[module], spectra[module] = truncate_with_spectrum(merged, rank)
+        else:
+            out[module] = materialize(merged)
+        del merged  # one merged module alive at a time
         if progress is not None:
             progress(step + 1, len(modules), module)
     info: dict[str, Any] = {}
     if shared is not None and hasattr(shared, "summary"):
         info = shared.summary()
+    cores = getattr(shared, "cores", None)
+    settings = (shared.granularity, shared.p) if cores is not None else None
     log.debug("merged %d modules of %d adapters with %s", len(out), len(adapters), method)
-    return MergeResult(method=method, params=p, weights=w, modules=out, inputs=list(adapters), info=info)
+    return MergeResult(method=method, params=p, weights=w, modules=out, inputs=list(adapters), info=info,
+                       spectra=spectra, cores=cores, core_settings=settings)

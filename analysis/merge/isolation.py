@@ -11,7 +11,9 @@ Pipeline, once for the whole merge then per module:
   # resolve conflicts: cores of different groups claiming one position -> policy 'magnitude' (larger
     |dW| or row/column energy wins) or 'mean'; counted per module in `MergeResult.info`.
 For `rows`/`columns` the maps are per row/column, so the result is exactly sum_i (D_i s_i B_i) A_i
-(or B_i (A_i D_i)): a LowRankDelta of rank <= sum of ranks. For `entries` it is a DenseDelta.
+(or B_i (A_i D_i)): a LowRankDelta of rank <= sum of ranks. For `entries` it is the low-rank blend plus a
+sparse correction on the cores (`SparsePlusLowRank`): a DenseDelta when materialised, or re-factored to
+the export rank without ever being formed.
 """
 from __future__ import annotations
 
@@ -25,20 +27,20 @@ from analysis.adapters.model import Adapter, Delta, LowRankDelta
 from analysis.isolation import (
     GRANULARITIES,
     ClaimStats,
+    Core,
     Cores,
     coefficient_maps,
     core_overlap,
+    gather_claims,
     importance,
     parse_groups,
     task_cores,
     task_groups,
-    top_fraction,
 )
-from analysis.merge.ops import dense, gram, like, scaled_factors
+from analysis.merge.ops import dense, gram, like, linear_combination, scaled_factors
 from analysis.merge.registry import ModuleContext, Param, ParamValue, register
 from analysis.merge.slerp import multislerp_coefficients
-
-KEEP_CORES_MAX = 400_000_000  # boolean core masks up to ~400 MB are kept between the two passes
+from analysis.merge.structured import SparsePlusLowRank
 
 PARAMS = [
     Param("p", float, 0.01, "core fraction per task and module (paper default 1%)", low=1e-5, high=1.0),
@@ -64,11 +66,16 @@ PARAMS = [
 
 @dataclass
 class IsolationPlan:
-    """What `prepare` decides once for all modules; `stats` collects per-module claim counts."""
+    """What `prepare` decides once for all modules; `stats` collects per-module claim counts.
 
-    groups: np.ndarray  # (N,) group label per input
+    Weight-0 inputs take no part in the merge: they get group -1, claim no position and are never
+    transplanted (their Jaccard row is still reported, for the record)."""
+
+    groups: np.ndarray  # (N,) group label per input, -1 for weight-0 inputs
     jaccard: np.ndarray  # (N, N)
-    cores: Cores | None = None  # kept when small enough, so the merge pass does not recompute them
+    cores: Cores  # sparse cores of every input at every module (the merge and the preview reuse them)
+    granularity: str = "entries"
+    p: float = 0.01
     stats: dict[str, ClaimStats] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -80,15 +87,18 @@ class IsolationPlan:
 
 def plan_isolation(adapters: Sequence[Adapter], weights: Sequence[float],
                    params: Mapping[str, ParamValue]) -> IsolationPlan:
-    # cores and groups
+    # cores (one dense pass per input and module, kept sparse) and groups over the weighted inputs
     granularity, p = str(params["granularity"]), float(params["p"])
-    positions = sum(int(np.prod(d.shape)) if granularity == "entries" else d.shape[granularity == "columns"]
-                    for a in adapters for d in a.modules.values())
-    cores = task_cores(adapters, granularity=granularity, p=p) if positions <= KEEP_CORES_MAX else None
+    cores = task_cores(adapters, granularity=granularity, p=p)
     overlap = core_overlap(adapters, granularity=granularity, p=p, cores=cores)
+    active = np.array([float(w) != 0.0 for w in weights])
     given = parse_groups(str(params["groups"]), len(adapters))
-    groups = given if given is not None else task_groups(overlap.jaccard, float(params["tau"]))
-    return IsolationPlan(groups=groups, jaccard=overlap.jaccard, cores=cores)
+    groups = np.full(len(adapters), -1)
+    if given is not None:
+        groups[active] = given[active]
+    elif active.any():
+        groups[active] = task_groups(overlap.jaccard[np.ix_(active, active)], float(params["tau"]))
+    return IsolationPlan(groups=groups, jaccard=overlap.jaccard, cores=cores, granularity=granularity, p=p)
 
 
 def blend_coefficients(deltas: Sequence[Delta], weights: Sequence[float], how: str) -> torch.Tensor:
@@ -107,26 +117,39 @@ def blend_coefficients(deltas: Sequence[Delta], weights: Sequence[float], how: s
           exact_lowrank=lambda params: params["granularity"] != "entries",
           help="core-parameter isolation (Wang et al. 2025): transplant each task's top-p core, blend the rest")
 def isolation(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
-              ctx: ModuleContext) -> Delta:
+              ctx: ModuleContext) -> Delta | SparsePlusLowRank:
     plan: IsolationPlan = ctx.shared
-    granularity, p = str(params["granularity"]), float(params["p"])
-    # cores
-    scores = torch.stack([importance(d, granularity).to(torch.float32) for d in deltas])  # (N, *shape)
-    if plan.cores is not None:
-        masks = torch.stack([plan.cores[ctx.module][i] for i in ctx.indices])  # (N, *shape) bool
-    else:
-        masks = torch.stack([top_fraction(s, p) for s in scores])  # (N, *shape) bool
+    granularity = str(params["granularity"])
+    cores = [plan.cores[ctx.module][i] for i in ctx.indices]
+    groups = [int(plan.groups[i]) for i in ctx.indices]
     # blend
     blend = blend_coefficients(deltas, weights, str(params["blend"])) * float(params["lambda"])  # (N,)
-    # transplant, group mean, resolve conflicts
-    M, stats = coefficient_maps(masks, scores, [int(plan.groups[i]) for i in ctx.indices], blend,
-                                str(params["conflict"]))
-    plan.stats[ctx.module] = stats
-    # merge
     if granularity == "entries":
-        W = sum(M[i] * dense(d) for i, d in enumerate(deltas))  # (n_out, n_in)
-        return like(deltas[0], W=W)
+        return entry_merge(deltas, cores, groups, blend, str(params["conflict"]), plan, ctx.module)
+    # transplant, group mean, resolve conflicts (row / column maps are small: dense masks are fine)
+    masks = torch.stack([c.mask() for c in cores])  # (N, n) bool
+    scores = torch.stack([importance(d, granularity).to(torch.float32) for d in deltas])  # (N, n)
+    M, stats = coefficient_maps(masks, scores, groups, blend, str(params["conflict"]))
+    plan.stats[ctx.module] = stats
     return rowcol_merge(deltas, M.to(torch.float64), granularity)
+
+
+def entry_merge(deltas: Sequence[Delta], cores: Sequence[Core], groups: Sequence[int], blend: torch.Tensor,
+                policy: str, plan: IsolationPlan, module: str) -> SparsePlusLowRank:
+    """sum_i blend_i dW_i off the cores, the coefficient maps on them, without forming dW.
+
+    Only the claimed positions (the union of the cores) differ from the blend, and there every claimant's
+    value is in its sparse core, so the result is the exact low-rank blend plus a sparse correction."""
+    claims = gather_claims(cores)  # positions (U,), member (N, U), value (N, U)
+    # transplant, group mean, resolve conflicts: the same maps as the dense route, on claimed positions only
+    M, stats = coefficient_maps(claims.member, claims.value.abs(), groups, blend, policy)  # (N, U)
+    total = int(np.prod(deltas[0].shape))
+    plan.stats[module] = ClaimStats(total, stats.sole, stats.shared_in_group, stats.conflicts,
+                                    total - int(claims.positions.numel()))
+    target = (M.to(torch.float64) * claims.value.to(torch.float64)).sum(dim=0)  # (U,) merged value there
+    # blend everywhere (exactly low rank for LoRA inputs), corrected on the claimed positions
+    base = linear_combination(deltas, blend.tolist())
+    return SparsePlusLowRank(base, claims.positions, target)
 
 
 def rowcol_merge(deltas: Sequence[Delta], M: torch.Tensor, granularity: str) -> Delta:

@@ -9,12 +9,14 @@ entry-wise (TIES, DARE, magnitude pruning, entry isolation) densify, one module 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from analysis.adapters.model import Delta, DenseDelta, LowRankDelta
-from analysis.linalg import delta_svd, gram_all_pairs
+from analysis.linalg import delta_svd, gram_all_pairs, rank_r_svd
+from analysis.merge.structured import SparsePlusLowRank
 
 DENSE_DTYPE = torch.float32  # entry-wise methods: half the memory of float64, ample for 1e-5 checks
 
@@ -62,6 +64,11 @@ def inner(x: Delta, y: Delta) -> float:
         bx, ax = scaled_factors(x)
         by, ay = scaled_factors(y)
         return float(((bx.T @ by) * (ax @ ay.T)).sum())  # (r_x, r_y) elementwise (r_x, r_y)
+    if isinstance(y, LowRankDelta):
+        x, y = y, x
+    if isinstance(x, LowRankDelta):  # <B A, W> = sum(B * (W A^T)): one thin product, x never formed
+        b, a = scaled_factors(x)
+        return float((b * (y.dense(torch.float64) @ a.T)).sum())  # (n_out, r)
     return float((x.dense(torch.float64) * y.dense(torch.float64)).sum())
 
 
@@ -75,18 +82,83 @@ def svd_of(delta: Delta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return delta_svd(delta)  # (n_out, k), (k,), (n_in, k)
 
 
-def truncate(delta: Delta, rank: int) -> LowRankDelta:
-    """Best rank-`rank` approximation (Eckart-Young), with balanced factors B = U sqrt(S), A = sqrt(S) V^T
-    so neither factor carries all the magnitude (kinder to fp16 users of the export)."""
-    U, S, V = svd_of(delta)
-    if S.numel() == 0:  # an all-zero update: keep one zero component so the export stays well formed
-        n_out, n_in = delta.shape
-        return like(delta, A=torch.zeros(1, n_in, dtype=torch.float64), B=torch.zeros(n_out, 1, dtype=torch.float64))  # type: ignore[return-value]
+@dataclass(frozen=True)
+class ModuleSpectrum:
+    """What a module's export at any rank costs: its top singular values and exact ||dW||_F^2.
+
+    `values` are all nonzero singular values when `complete` (low-rank modules, exact SVDs), else the top
+    rank + oversampling ones of the randomised route; the error at rank r <= len(values) is then
+    sqrt(norm2 - sum_{i<=r} values_i^2) / sqrt(norm2), exact for the rank-r answer that route returns."""
+
+    values: torch.Tensor  # (k,) descending, float64
+    norm2: float
+    complete: bool
+    method: str = "exact"  # exact | randomized
+
+    def relative_error(self, rank: int | None) -> float:
+        if rank is None or self.norm2 <= 0.0:
+            return 0.0
+        kept = float((self.values[:rank].double() ** 2).sum())
+        return math.sqrt(max(self.norm2 - kept, 0.0) / self.norm2)
+
+
+def zero_like(template: Delta) -> LowRankDelta:
+    """An all-zero update of the template's shape (a module no weighted input contributes to)."""
+    n_out, n_in = template.shape
+    return like(template, A=torch.zeros(1, n_in, dtype=torch.float64),  # type: ignore[return-value]
+                B=torch.zeros(n_out, 1, dtype=torch.float64))
+
+
+def _balanced(template: Delta, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor, rank: int) -> LowRankDelta:
+    """B = U sqrt(S), A = sqrt(S) V^T so neither factor carries all the magnitude (kinder to fp16 exports)."""
+    if S.numel() == 0 or float(S[0]) == 0.0:  # an all-zero update: one zero component keeps the export well formed
+        return zero_like(template)
     k = max(1, min(rank, int(S.shape[0])))
     root = S[:k].sqrt()  # (k,)
-    B = U[:, :k] * root  # (n_out, k)
-    A = root[:, None] * V[:, :k].T  # (k, n_in)
-    return like(delta, A=A, B=B)  # type: ignore[return-value]
+    return like(template, A=root[:, None] * V[:, :k].T, B=U[:, :k] * root)  # type: ignore[return-value]
+
+
+def truncate_with_spectrum(delta: "Delta | SparsePlusLowRank", rank: int) -> tuple[LowRankDelta, ModuleSpectrum]:
+    """Best rank-`rank` approximation (Eckart-Young) and the module's spectrum, by the cheapest exact-enough route.
+
+    - LowRankDelta: exact factored SVD (QR of the factors, SVD of the small core); stays exact.
+    - DenseDelta / SparsePlusLowRank: randomised range finder with an a-posteriori convergence check
+      (`analysis.linalg.rank_r_svd`), exact SVD when the check fails or the module is small. Never a
+      full SVD of a large dense update when a rank-R answer is asked."""
+    if isinstance(delta, LowRankDelta):
+        U, S, V = svd_of(delta)  # (n_out, k), (k,), (n_in, k)
+        spec = ModuleSpectrum(S, float((S**2).sum()), True, "exact")
+        return _balanced(delta, U, S, V, rank), spec
+    if isinstance(delta, SparsePlusLowRank):
+        matmul, rmatmul = delta.operator()
+        norm2, template = delta.norm2(), delta.base
+        dense_of = delta.dense
+    else:
+        W = delta.dense(torch.float32)  # (n_out, n_in)
+        norm2, template = float((W.double() ** 2).sum()), delta
+
+        def matmul(X: torch.Tensor) -> torch.Tensor:
+            return W @ X.float()
+
+        def rmatmul(Y: torch.Tensor) -> torch.Tensor:
+            return W.T @ Y.float()
+
+        def dense_of() -> torch.Tensor:
+            return W
+    res = rank_r_svd(matmul, rmatmul, delta.shape, rank, norm2=norm2, dense=dense_of)
+    complete = res.method == "exact"
+    spec = ModuleSpectrum(res.values.double(), norm2, complete, res.method)
+    return _balanced(template, res.U, res.S, res.V, rank), spec
+
+
+def truncate(delta: "Delta | SparsePlusLowRank", rank: int) -> LowRankDelta:
+    """Best rank-`rank` approximation with balanced factors (see `truncate_with_spectrum`)."""
+    return truncate_with_spectrum(delta, rank)[0]
+
+
+def materialize(delta: "Delta | SparsePlusLowRank") -> Delta:
+    """A plain Delta: structured results become a DenseDelta (the only time they are formed)."""
+    return delta.materialize() if isinstance(delta, SparsePlusLowRank) else delta
 
 
 def relative_truncation_error(S: torch.Tensor, rank: int | None) -> float:

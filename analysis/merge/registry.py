@@ -8,6 +8,7 @@ raises a `RecipeError` that lists the valid names.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -78,7 +79,8 @@ class ModuleContext:
     shared: Any = None
 
 
-# merge_module(deltas, weights, params, ctx) -> Delta ; deltas are the inputs present at this module
+# merge_module(deltas, weights, params, ctx) -> Delta (or a SparsePlusLowRank that `merge_adapters` re-factors
+# or materialises); deltas are the inputs present at this module with a nonzero weight
 ModuleFn = Callable[[Sequence[Delta], Sequence[float], Mapping[str, ParamValue], ModuleContext], Delta]
 # prepare(adapters, weights, params) -> shared state for every module (e.g. isolation's task groups)
 PrepareFn = Callable[[Sequence[Adapter], Sequence[float], Mapping[str, ParamValue]], Any]
@@ -123,7 +125,18 @@ class MergeMethod:
             return [1.0 / n if self.default_weight == "mean" else 1.0] * n
         if len(weights) != n:
             raise RecipeError(f"method '{self.name}': {len(weights)} weights given for {n} adapters")
-        return [float(w) for w in weights]
+        out = []
+        for i, w in enumerate(weights):
+            try:
+                value = float(w)
+            except (TypeError, ValueError):
+                raise RecipeError(f"method '{self.name}': weight {i + 1} is {w!r}, expected a number") from None
+            if not math.isfinite(value):
+                raise RecipeError(f"method '{self.name}': weight {i + 1} is {value}, expected a finite number")
+            out.append(value)
+        if not any(out):
+            raise RecipeError(f"method '{self.name}': every weight is 0, so no adapter would contribute")
+        return out
 
 
 METHODS: dict[str, MergeMethod] = {}
@@ -208,3 +221,9 @@ class MergeResult:
     modules: dict[str, Delta]
     inputs: list[Adapter] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # method diagnostics (e.g. isolation conflicts)
+    # module -> `analysis.merge.ops.ModuleSpectrum` of the exact merge, when `rank` re-factored it: the
+    # export fidelity at any rank up to its length, without the exact merge kept (pass to `preview_merge`)
+    spectra: dict[str, Any] = field(default_factory=dict)
+    # the method's own cores (`analysis.isolation.Cores`) and their (granularity, p), when it computed them
+    cores: Any = None
+    core_settings: tuple[str, float] | None = None

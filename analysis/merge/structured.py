@@ -1,0 +1,109 @@
+"""`SparsePlusLowRank`: a merged module kept as D + B A + S, never formed unless asked.
+
+An entry-isolation merge is a blend of the inputs everywhere except at the positions some core claims:
+    dW_merged = sum_i c_i dW_i  off the claimed positions,  v  on them (the union of the cores, <= N p of
+    the entries), i.e. the blend plus a sparse correction S = v - blend at those positions.
+The blend is exactly low rank for LoRA inputs (concatenated factors; D holds the dense inputs' share),
+so the merged module costs O((n_out + n_in) R + nnz) to keep and to multiply by a thin matrix, and its
+rank-R export comes from a randomised range finder on those products (`analysis.linalg.rank_r_svd`)
+instead of a full SVD of a 4096 x 4096 dense update. `materialize` gives the DenseDelta when asked.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from analysis.adapters.model import Delta, DenseDelta, LowRankDelta
+
+GATHER_CHUNK = 1 << 16  # positions per chunk when reading B A at scattered entries
+
+
+def gather_lowrank(B: torch.Tensor, A: torch.Tensor, positions: torch.Tensor, n_in: int) -> torch.Tensor:
+    """(B A) at flat positions (k,), chunked so the (chunk, R) temporaries stay small."""
+    out = torch.empty(positions.numel(), dtype=B.dtype)  # (k,)
+    for s in range(0, positions.numel(), GATHER_CHUNK):
+        pos = positions[s:s + GATHER_CHUNK]
+        rows, cols = pos // n_in, pos % n_in
+        out[s:s + GATHER_CHUNK] = (B[rows] * A[:, cols].T).sum(dim=1)  # (chunk,)
+    return out
+
+
+def gather(delta: Delta, positions: torch.Tensor) -> torch.Tensor:
+    """dW at flat positions (k,) as float64, without forming dW when it is low rank."""
+    if isinstance(delta, LowRankDelta):
+        b, a = delta.factors(torch.float64)  # (n_out, r), (r, n_in)
+        return gather_lowrank(b, a, positions, delta.shape[1])
+    return delta.W.reshape(-1)[positions].to(torch.float64)
+
+
+def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
+    """CSR matrix from COO triplets (sorted by row here)."""
+    order = torch.argsort(rows * n_cols + cols)
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    crow = torch.zeros(n_rows + 1, dtype=torch.long)
+    crow[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, cols, vals, (n_rows, n_cols))
+
+
+@dataclass(frozen=True, eq=False)
+class SparsePlusLowRank:
+    """dW = `base` (a LowRankDelta or DenseDelta: the blend) except at sorted flat `positions`, where it is `values`."""
+
+    base: Delta
+    positions: torch.Tensor  # (nnz,) int64 sorted flat positions
+    values: torch.Tensor  # (nnz,) float64 merged values there (transplanted cores are copied exactly)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.base.shape
+
+    def _parts(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        n_out, n_in = self.shape
+        rows, cols = self.positions // n_in, self.positions % n_in
+        corr = (self.values.to(torch.float64) - gather(self.base, self.positions)).float()  # (nnz,)
+        S = _csr(rows, cols, corr, n_out, n_in)  # (n_out, n_in) sparse
+        St = _csr(cols, rows, corr, n_in, n_out)  # (n_in, n_out) sparse
+        if isinstance(self.base, LowRankDelta):
+            b, a = self.base.factors(torch.float32)  # (n_out, R), (R, n_in)
+            return b, a, None, S, St
+        return None, None, self.base.dense(torch.float32), S, St
+
+    def operator(self):  # noqa: ANN201 - (matmul, rmatmul) closures in float32
+        """(X -> dW X, Y -> dW^T Y) for thin float32 X (n_in, k), Y (n_out, k)."""
+        b, a, D, S, St = self._parts()
+
+        def matmul(X: torch.Tensor) -> torch.Tensor:
+            X = X.float()
+            Y = S @ X  # (n_out, k)
+            return Y + (b @ (a @ X) if b is not None else D @ X)
+
+        def rmatmul(Y: torch.Tensor) -> torch.Tensor:
+            Y = Y.float()
+            X = St @ Y  # (n_in, k)
+            return X + (a.T @ (b.T @ Y) if b is not None else D.T @ Y)
+
+        return matmul, rmatmul
+
+    def norm2(self) -> float:
+        """||dW||_F^2 = ||base||^2 - ||base at the positions||^2 + ||values||^2, exact (base read only there)."""
+        at = gather(self.base, self.positions)  # (nnz,)
+        v = self.values.to(torch.float64)
+        return max(self.base.frobenius_norm() ** 2 - float((at * at).sum()) + float((v * v).sum()), 0.0)
+
+    def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        W = self.base.dense(dtype).contiguous()  # (n_out, n_in), a fresh tensor for low-rank bases
+        if isinstance(self.base, DenseDelta) and W.data_ptr() == self.base.W.data_ptr():
+            W = W.clone()
+        W.view(-1)[self.positions] = self.values.to(dtype)
+        return W
+
+    def frobenius_norm(self) -> float:
+        return max(self.norm2(), 0.0) ** 0.5
+
+    def materialize(self) -> DenseDelta:
+        meta = dict(kernel_shape=self.base.kernel_shape, fan_in_fan_out=self.base.fan_in_fan_out, kind=self.base.kind)
+        return DenseDelta(self.dense(torch.float32), **meta)
