@@ -14,7 +14,8 @@ import sys
 from analysis import __version__
 from analysis.errors import AtlasError
 
-COMMAND_MODULES = ("inspect", "overlap", "cluster", "evaluate", "merge", "review", "serve")
+COMMAND_MODULES = ("inspect", "overlap", "cluster", "evaluate", "merge", "review", "serve", "scan", "neighbors", "families", "plan",
+                   "consolidate")
 
 
 def _requested_command(argv: list[str]) -> str | None:

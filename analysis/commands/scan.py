@@ -1,0 +1,68 @@
+"""`adapter-atlas scan ROOT... --out DIR [--scheduler ADDRESS] [--workers N] [--json]`: sketch a population.
+
+Walks the roots, sketches every new or changed adapter in parallel Dask tasks (a local cluster of N
+one-thread worker processes by default, any running scheduler by address, or `--scheduler synchronous`)
+and stores the sketches in DIR (Parquet, keyed by content sha256). Unreadable files are listed with their
+reason and never stop the scan. Progress on stderr; the summary (or --json) on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from tqdm import tqdm
+
+from analysis.commands.overlap import _clean
+from analysis.errors import AtlasError
+from analysis.population.scan import SYNCHRONOUS, scan
+from analysis.population.sketch import DEFAULT_K, DEFAULT_SEED, DEFAULT_TOP, SketchConfig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "scan", help="sketch every adapter under some folders into a population index (Dask)",
+        description="Fixed-size random-projection sketches of every adapter under the roots, computed in "
+                    "parallel on Dask and stored in a Parquet index keyed by content hash; a rerun only "
+                    "sketches new or changed files.")
+    p.add_argument("roots", nargs="+", metavar="ROOT", help="folders (searched recursively) or adapter files")
+    p.add_argument("--out", required=True, metavar="DIR", help="index directory (created, or updated in place)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="a running dask scheduler (tcp://host:8786), or 'synchronous'; default: a local cluster")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local cluster size (default: one worker per core); ignored with --scheduler")
+    p.add_argument("--threads", action="store_true", help="local cluster of threads instead of processes")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"sketch size: k x k per adapter (default {DEFAULT_K})")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="global sketch seed (default 0)")
+    p.add_argument("--top", type=int, default=DEFAULT_TOP, help="top singular values kept per module")
+    p.add_argument("--batch", type=int, default=32, metavar="N", help="adapters per Dask task (default 32)")
+    p.add_argument("--json", action="store_true", help="print the scan report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise AtlasError(f"--workers must be at least 1, got {args.workers}")
+    config = SketchConfig(k=args.k, seed=args.seed, top=args.top)
+    if not args.verbose:  # dask's own INFO lines (scheduler/worker start and stop) would bury the progress bar
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+    with tqdm(total=0, desc="scan", unit="adapter", file=sys.stderr, mininterval=1.0, leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        report = scan(args.roots, args.out, config=config, scheduler=args.scheduler, workers=args.workers,
+                      processes=not args.threads, batch_size=max(1, args.batch), progress=progress)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    where = "synchronous" if args.scheduler == SYNCHRONOUS else (args.scheduler or "local cluster")
+    print(f"{report.total} adapters in {args.out}: {report.sketched} sketched, {report.reused} unchanged, "
+          f"{report.duplicates} duplicates of stored content, {len(report.failed)} unreadable "
+          f"({report.seconds:.1f} s, {where})")
+    for path, reason in report.failed:
+        print(f"  unreadable: {_clean(path)}: {_clean(reason)}")
+    return 0

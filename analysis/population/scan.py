@@ -1,0 +1,198 @@
+"""The population scan: walk roots, sketch every new or changed adapter in parallel Dask tasks, store.
+
+Where the work runs is a choice of scheduler, never of code: a `LocalCluster` on this machine by
+default, any running `dask.distributed` scheduler by address (its workers need this package
+installed and the adapter paths readable), an existing `Client`, or "synchronous" (dask's
+single-threaded scheduler, for debugging and as the reference the parallel runs must agree with).
+Tasks take batches of paths, so per-task overhead is paid once per batch; at most a few batches per
+worker are in flight and finished rows go to a Parquet part every `part_rows`, so the driver's memory
+does not grow with the number of adapters (only the catalog of paths does, ~100 bytes each).
+
+A location whose signature (names, sizes, mtimes) is unchanged since the last scan is not read again;
+a changed or new one is loaded, hashed (sha256 of its files) and sketched, and a sketch whose sha256 is
+already stored is not written twice. Anything that fails to load becomes a catalog row with a one-line
+reason: a scan never stops on a bad file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from analysis.population.sketch import SketchConfig, sketch_adapter
+from analysis.population.store import IndexStore
+from analysis.population.walk import find_adapters, signature
+
+log = logging.getLogger(__name__)
+
+SYNCHRONOUS = "synchronous"
+Progress = Callable[[int, int], None]  # (done, total) over the adapters that need sketching
+
+
+@dataclass
+class ScanReport:
+    """What a scan did: counts, the failures with their reasons, and the wall time."""
+
+    total: int = 0
+    sketched: int = 0
+    reused: int = 0
+    duplicates: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total": self.total, "sketched": self.sketched, "reused": self.reused,
+                "duplicates": self.duplicates, "seconds": round(self.seconds, 3),
+                "failed": [{"path": p, "reason": r} for p, r in self.failed]}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
+def sketch_batch(items: list[tuple[str, str]], config: SketchConfig) -> list[dict[str, Any]]:
+    """Dask task: load, hash and sketch each (path, signature); a failure is a row with `error` set."""
+    from analysis.adapters import load_adapter
+    from analysis.threads import bounded_threads
+
+    with bounded_threads(1):  # one task per worker thread: intra-op threads would only oversubscribe
+        return [_sketch_one(load_adapter, path, sig, config) for path, sig in items]
+
+
+def _sketch_one(load: Callable, path: str, sig: str, config: SketchConfig) -> dict[str, Any]:
+    row: dict[str, Any] = {"path": path, "name": Path(path).stem if Path(path).is_file() else Path(path).name,
+                           "signature": sig, "sha256": None, "error": None, "sketch": None}
+    try:
+        adapter = load(path)  # NaN/Inf and float32 overflow are refused here
+        sk = sketch_adapter(adapter, config)
+        if not (np.isfinite(sk.vector).all() and np.isfinite(sk.norm)):
+            raise ValueError("NaN/Inf values in its tensors")
+        row["sha256"] = adapter.sha256
+        row["sketch"] = {
+            "sha256": adapter.sha256, "layout": sk.layout, "base_model": adapter.base_model,
+            "format": adapter.format, "norm": sk.norm, "vector": sk.vector.astype(np.float32),
+            "modules": list(sk.modules), "module_norm": sk.module_norm.astype(np.float32),
+            "module_top_sv": sk.module_top_sv.reshape(-1).astype(np.float32),
+        }
+    except Exception as exc:  # noqa: BLE001 - the task boundary: any failure is reported per file, never raised
+        row["sketch"] = None
+        row["error"] = _one_line(exc)
+    return row
+
+
+def _batches(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _run_synchronous(batches: Iterator[list], config: SketchConfig) -> Iterator[list[dict]]:
+    import dask
+
+    for batch in batches:
+        yield dask.delayed(sketch_batch)(batch, config).compute(scheduler="synchronous")
+
+
+def _run_distributed(client: Any, batches: Iterator[list], config: SketchConfig) -> Iterator[list[dict]]:
+    from distributed import as_completed
+
+    in_flight = 2 * max(1, len(client.scheduler_info().get("workers", {}))) + 2
+    pending = as_completed()
+    for batch in batches:
+        pending.add(client.submit(sketch_batch, batch, config, pure=False))
+        if pending.count() >= in_flight:
+            future = next(pending)
+            yield future.result()
+            future.release()
+    for future in pending:
+        yield future.result()
+        future.release()
+
+
+def _client(scheduler: str | None, workers: int | None, processes: bool) -> Any:
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler, timeout="30s")
+    n = workers or os.cpu_count() or 1
+    # loopback only; the scheduler's HTTP server (dashboard / health routes) on a free port, never a fixed 8787
+    where = {"host": "127.0.0.1"} if processes else {}  # thread workers talk in-process (inproc://)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address="127.0.0.1:0",
+                           silence_logs=logging.ERROR, **where)
+    return Client(cluster)
+
+
+def scan(
+    roots: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, config: SketchConfig = SketchConfig(),
+    scheduler: str | None = None, workers: int | None = None, client: Any = None, processes: bool = True,
+    batch_size: int = 32, part_rows: int = 4096, progress: Progress | None = None,
+) -> ScanReport:
+    """Scan the roots into the index at `out` (see the module docstring for the scheduler choices)."""
+    t0 = time.perf_counter()
+    store = IndexStore.create_or_open(out, config)
+    report = ScanReport()
+    # 1. what is there, and what changed since the last scan
+    previous = store.read_catalog()
+    catalog: list[dict] = []
+    todo: list[tuple[str, str]] = []
+    for location in find_adapters(roots):
+        path, sig = str(location), signature(location)
+        old = previous.get(path)
+        if old is not None and sig and old["signature"] == sig:
+            catalog.append(old)
+            report.reused += 1
+            if old["error"]:
+                report.failed.append((path, old["error"]))
+        else:
+            todo.append((path, sig))
+    report.total = len(catalog) + len(todo)
+    log.info("scan: %d adapters, %d unchanged, %d to sketch", report.total, report.reused, len(todo))
+    # 2. sketch the rest in parallel tasks, streaming rows into part files
+    known = store.known_sha256()
+    buffer: list[dict] = []
+    done = 0
+    if progress is not None:
+        progress(0, len(todo))
+    batches = _batches(todo, batch_size)
+    owned = None
+    if scheduler == SYNCHRONOUS:
+        results = _run_synchronous(batches, config)
+    else:
+        owned = None if client is not None else _client(scheduler, workers, processes)
+        results = _run_distributed(client or owned, batches, config)
+    try:
+        for rows in results:
+            for row in rows:
+                sketch = row.pop("sketch")
+                catalog.append(row)
+                if row["error"]:
+                    report.failed.append((row["path"], row["error"]))
+                elif row["sha256"] in known:
+                    report.duplicates += 1
+                else:
+                    known.add(row["sha256"])
+                    buffer.append(sketch)
+                    report.sketched += 1
+            if len(buffer) >= part_rows:
+                store.append_sketches(buffer)
+                buffer = []
+            done += len(rows)
+            if progress is not None:
+                progress(done, len(todo))
+    finally:
+        if owned is not None:
+            cluster = owned.cluster
+            owned.close()
+            if cluster is not None:
+                cluster.close()
+    store.append_sketches(buffer)
+    # 3. the catalog last, so an interrupted scan leaves the previous one in place
+    store.write_catalog(catalog)
+    report.failed.sort()
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,0 +1,96 @@
+"""The Dask scan: a two-worker LocalCluster and the synchronous scheduler agree bit for bit; reruns are
+incremental; unreadable files are listed, never fatal."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.population.scan import SYNCHRONOUS, scan
+from analysis.population.sketch import SketchConfig
+from analysis.population.store import IndexStore, PopulationIndexError, vectors_of
+from analysis.population.synthetic import PlantedSpec, member, write_peft, write_population
+
+SPEC = PlantedSpec(families=3, layers=1, d_out=16, d_in=12, core_rank=2, arm_rank=1)
+CONFIG = SketchConfig(k=8, seed=11, top=2)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two in-process workers (processes=False: spawning two torch-importing processes costs ~15 s here)."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0")
+    with Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def _population(root: Path, n: int = 12) -> Path:
+    write_population(SPEC, root / "ads", n)
+    (root / "ads" / "broken.safetensors").write_bytes(b"not a safetensors file at all")
+    (root / "ads" / "f0000" / "notes.pt").write_bytes(b"\x80\x02pickle")
+    return root / "ads"
+
+
+def _sketches(out: Path) -> dict[str, np.ndarray]:
+    table = IndexStore.open(out).read_sketches(["vector"])
+    return dict(zip(table.column("sha256").to_pylist(), vectors_of(table)))
+
+
+def test_cluster_and_synchronous_agree_bit_for_bit(tmp_path: Path, client) -> None:
+    ads = _population(tmp_path)
+    sync = scan([ads], tmp_path / "sync", config=CONFIG, scheduler=SYNCHRONOUS, batch_size=5)
+    dist = scan([ads], tmp_path / "dist", config=CONFIG, client=client, batch_size=3)
+    assert sync.sketched == dist.sketched == 12
+    assert sync.failed == dist.failed
+    a, b = _sketches(tmp_path / "sync"), _sketches(tmp_path / "dist")
+    assert sorted(a) == sorted(b) and len(a) == 12
+    for sha in a:
+        assert a[sha].tobytes() == b[sha].tobytes()
+    cat_a = IndexStore.open(tmp_path / "sync").read_catalog()
+    cat_b = IndexStore.open(tmp_path / "dist").read_catalog()
+    assert cat_a == cat_b
+
+
+def test_unreadable_files_are_listed_with_one_line_reasons(tmp_path: Path) -> None:
+    ads = _population(tmp_path, 4)
+    report = scan([ads], tmp_path / "idx", config=CONFIG, scheduler=SYNCHRONOUS)
+    failed = dict(report.failed)
+    assert set(failed) == {str(ads / "broken.safetensors"), str(ads / "f0000" / "notes.pt")}
+    assert all("\n" not in r and r for r in failed.values())
+    assert "broken.safetensors" in failed[str(ads / "broken.safetensors")]
+    assert report.sketched == 4 and report.total == 6
+
+
+def test_rerun_sketches_only_new_and_changed_files(tmp_path: Path) -> None:
+    ads = _population(tmp_path, 6)
+    first = scan([ads], tmp_path / "idx", config=CONFIG, scheduler=SYNCHRONOUS)
+    assert first.sketched == 6
+    again = scan([ads], tmp_path / "idx", config=CONFIG, scheduler=SYNCHRONOUS)
+    assert (again.sketched, again.reused, again.total) == (0, 8, 8)
+    # change one adapter's content, add a new one, and add a byte-identical copy of another
+    changed, source = sorted((ads / "f0001").iterdir())[0], sorted((ads / "f0002").iterdir())[0]
+    write_peft(member(SPEC, 100)[0], changed)
+    write_peft(member(SPEC, 200)[0], ads / "new")
+    copy = ads / "copy"
+    copy.mkdir()
+    for f in source.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    third = scan([ads], tmp_path / "idx", config=CONFIG, scheduler=SYNCHRONOUS)
+    assert (third.sketched, third.duplicates, third.reused, third.total) == (2, 1, 7, 10)
+    catalog = IndexStore.open(tmp_path / "idx").read_catalog()
+    assert catalog[str(copy)]["sha256"] == catalog[str(source)]["sha256"]
+    assert len(_sketches(tmp_path / "idx")) == 8  # 6 + changed + new; the copy is stored once
+
+
+def test_index_refuses_other_sketch_settings(tmp_path: Path) -> None:
+    ads = _population(tmp_path, 2)
+    scan([ads], tmp_path / "idx", config=CONFIG, scheduler=SYNCHRONOUS)
+    with pytest.raises(PopulationIndexError, match="built with"):
+        scan([ads], tmp_path / "idx", config=SketchConfig(k=4, seed=11, top=2), scheduler=SYNCHRONOUS)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("x")
+    with pytest.raises(PopulationIndexError, match="not an index"):
+        scan([ads], tmp_path / "junk", config=CONFIG, scheduler=SYNCHRONOUS)
