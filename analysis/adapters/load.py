@@ -21,6 +21,8 @@ import stat
 from pathlib import Path
 from typing import Mapping
 
+import torch
+
 from analysis.adapters.diffusers_format import (
     is_down_up_key,
     is_old_processor_key,
@@ -126,11 +128,16 @@ def _refuse_overflow(path: Path, parsed: Parsed) -> None:
     for name, d in parsed.modules.items():
         if not isinstance(d, LowRankDelta) or d.A.numel() == 0 or d.B.numel() == 0:
             continue
-        bound = abs(d.scale) * d.rank * float(d.A.abs().max()) * float(d.B.abs().max())
+        bound = abs(d.scale) * d.rank * _peak(d.A) * _peak(d.B)
         if not math.isfinite(d.scale) or not bound <= MAX_DELTA_ENTRY:
             raise AdapterFormatError(f"{path}: module '{name}': |dW| entries could reach {bound:.3g} (scale "
                                      f"{d.scale:.3g}, rank {d.rank}), over {MAX_DELTA_ENTRY:g}: float32 math "
                                      "on it would overflow")
+
+
+def _peak(t: torch.Tensor) -> float:
+    lo, hi = torch.aminmax(t)  # one fast pass, no |t| temporary
+    return max(-float(lo), float(hi))
 
 
 def _resolve_dir(p: Path) -> tuple[Path, Path | None]:

@@ -74,6 +74,8 @@ def _fail(path: Path, what: str) -> AdapterFormatError:
     return AdapterFormatError(f"{path}: {what}")
 
 
+#: Most tensors accepted in one file: each costs Python work at load, so this bounds load time.
+MAX_TENSORS = 50_000
 #: Largest single dimension accepted in a header: far above any real layer, far below int64 overflow.
 MAX_DIM = 1 << 40
 
@@ -148,6 +150,9 @@ def parse_safetensors_header(path: Path, data: bytes | bytearray) -> tuple[dict[
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise _fail(path, "__metadata__ must map strings to strings")
+    if len(header) > MAX_TENSORS:
+        raise _fail(path, f"{len(header)} tensors in one file (at most {MAX_TENSORS}; the largest real adapters "
+                          "hold a few thousand)")
     for key in header:
         if not key or not key.isprintable():
             raise _fail(path, f"tensor name {_short(key)} is empty or holds control characters")
@@ -270,10 +275,11 @@ def open_weights(path: Path, data: bytearray | None = None) -> TensorSource:
     raise _fail(path, f"unknown weights file type {suffix!r} (expected .safetensors, .bin, .pt or .pth)")
 
 
-def scan_values(src: TensorSource, keys: list[str], *, chunk: int = 1 << 20) -> dict[str, tuple[int, float]]:
+def scan_values(src: TensorSource, keys: list[str], *, chunk: int = 1 << 22) -> dict[str, tuple[int, float]]:
     """{key: (number of NaN/Inf values, largest finite |value|)} for every tensor, streamed in chunks.
 
-    Reads the data once and allocates only chunk-sized temporaries.
+    One `aminmax` per chunk (NaN and Inf propagate into it), so a clean tensor costs one fast pass;
+    only a chunk with a bad value is scanned again to count them. No full-size temporaries.
     """
     out: dict[str, tuple[int, float]] = {}
     for key in keys:
@@ -281,6 +287,10 @@ def scan_values(src: TensorSource, keys: list[str], *, chunk: int = 1 << 20) -> 
         bad, peak = 0, 0.0
         for start in range(0, flat.numel(), chunk):
             part = flat[start:start + chunk]
+            lo, hi = (float(v) for v in torch.aminmax(part))
+            if math.isfinite(lo) and math.isfinite(hi):
+                peak = max(peak, -lo, hi)
+                continue
             finite = torch.isfinite(part)
             bad += int(part.numel() - int(finite.sum()))
             if bool(finite.any()):

@@ -184,6 +184,15 @@ def test_hostile_headers_are_one_line(tmp_path: Path, header: object, needle: st
     refused(raw_safetensors(tmp_path / "h.safetensors", header, bytes(16)), "h.safetensors", needle)
 
 
+def test_tensor_count_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from analysis.adapters import safetensors_io
+
+    monkeypatch.setattr(safetensors_io, "MAX_TENSORS", 3)
+    header = {f"m{i}.lora_A.weight": {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]}
+              for i in range(4)}
+    refused(raw_safetensors(tmp_path / "many.safetensors", header, bytes(16)), "4 tensors in one file (at most 3")
+
+
 # --- NaN/Inf and overflow: refused at load, naming the tensor or module ----------------------------------
 
 def test_nonfinite_alpha_tensor_and_overflowing_module(tmp_path: Path) -> None:
