@@ -4,8 +4,9 @@ LoRA updates of different tasks live in different bases, so entry-wise merging (
 unrelated coordinates. KnOTS stacks the updates side by side, [dW_1 .. dW_N] = U S [V_1^T .. V_N^T]
 (one joint SVD), so dW_i = U S V_i^T with a shared basis U S, and merges only the task-specific V_i
 in that common frame. The joint SVD is taken from the factors: [dW_1 .. dW_N] = [B_1 .. B_N] blockdiag(A_i),
-QR of [B_1 .. B_N] and of each A_i^T, SVD of an R x R core (R = sum of ranks). The result U S V_merged^T
-is an exact LowRankDelta of rank <= R.
+QR of [B_1 .. B_N] and of each A_i^T, SVD of a small core (at most R x R, R = sum of ranks, and never
+wider than the module: R may exceed n_out, e.g. ten rank-32 adapters on a 192-wide k_proj). The result
+U S V_merged^T is an exact LowRankDelta of rank <= min(R, n_out).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Mapping, Sequence
 import torch
 
 from analysis.adapters.model import Delta, LowRankDelta
-from analysis.merge.ops import like, scaled_factors, svd_of
+from analysis.merge.ops import compact, like, scaled_factors, svd_of, zero_like
 from analysis.merge.registry import ModuleContext, Param, ParamValue, register
 from analysis.merge.sparsify import DENSITY, LAMBDA, MAJORITY, disjoint_mean, elect_sign, trim
 
@@ -27,20 +28,26 @@ def lowrank_factors(delta: Delta) -> tuple[torch.Tensor, torch.Tensor]:
     return U * S, V.T  # (n_out, k), (k, n_in)
 
 
-def joint_svd(deltas: Sequence[Delta]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """U (n_out, R), S (R,), [V_i (n_in, R)] with dW_i = U diag(S) V_i^T for every i."""
+def joint_svd(deltas: Sequence[Delta], *, rtol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """U (n_out, k), S (k,), [V_i (n_in, k)] with dW_i = U diag(S) V_i^T for every i, k the joint rank.
+
+    # thin QR of [B_1 .. B_N] = Q_B R_B (m = min(n_out, R) columns: R may exceed the width) and of each A_i^T;
+    # SVD of the (m, sum m_i) core R_B blockdiag(R_Ai^T); # drop directions with S <= rtol S[0], which carry
+    no update (overlapping inputs, or R > n_out): kept, they would take part in TIES' trim with arbitrary
+    vectors; # lift: U = Q_B U_c, V_i = Q_Ai V_c[segment i]."""
     factors = [lowrank_factors(d) for d in deltas]
-    Qb, Rb = torch.linalg.qr(torch.cat([b for b, _ in factors], dim=1))  # (n_out, R), (R, R)
-    qa = [torch.linalg.qr(a.T) for _, a in factors]  # [(n_in, r_i), (r_i, r_i)]
-    core = Rb @ torch.block_diag(*[r.T for _, r in qa])  # (R, R)
-    Uc, S, Vch = torch.linalg.svd(core)  # (R, R), (R,), (R, R)
-    U = Qb @ Uc  # (n_out, R)
+    Qb, Rb = torch.linalg.qr(torch.cat([b for b, _ in factors], dim=1))  # (n_out, m), (m, R)
+    qa = [torch.linalg.qr(a.T) for _, a in factors]  # [(n_in, m_i), (m_i, r_i)]
+    core = Rb @ torch.block_diag(*[r.T for _, r in qa])  # (m, sum m_i)
+    Uc, S, Vch = torch.linalg.svd(core, full_matrices=False)  # (m, k0), (k0,), (k0, sum m_i)
+    k = int((S > rtol * S[0]).sum()) if S.numel() and float(S[0]) > 0 else 0
+    U = Qb @ Uc[:, :k]  # (n_out, k)
     Vs, start = [], 0
     for q, _ in qa:
-        r = q.shape[1]
-        Vs.append(q @ Vch.T[start:start + r])  # (n_in, R)
-        start += r
-    return U, S, Vs
+        width = q.shape[1]
+        Vs.append(q @ Vch[:k, start:start + width].T)  # (n_in, k)
+        start += width
+    return U, S[:k], Vs
 
 
 INNER = Param("inner", str, "ties", "merge applied to the aligned V_i: ties (KnOTS-TIES) or linear (weighted sum)",
@@ -53,12 +60,15 @@ def knots(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str
           ctx: ModuleContext) -> Delta:
     # align: one SVD of the stacked updates
     U, S, Vs = joint_svd(deltas)
-    stacked = torch.stack([v * float(w) for v, w in zip(Vs, weights)])  # (N, n_in, R)
-    # merge in the shared basis
+    if S.numel() == 0:  # every input is zero here
+        return zero_like(deltas[0])
+    stacked = torch.stack([v * float(w) for v, w in zip(Vs, weights)])  # (N, n_in, k)
+    # merge in the shared basis (TIES with the weighting rule of analysis.merge.sparsify)
     if params["inner"] == "ties":
-        trimmed = torch.stack([trim(v, float(params["density"])) for v in stacked])  # (N, n_in, R)
-        agree = elect_sign(trimmed, str(params["majority_sign"]))  # (N, n_in, R)
-        V = disjoint_mean(trimmed, agree)  # (n_in, R)
+        trimmed = torch.stack([trim(v, float(params["density"])) for v in stacked])  # (N, n_in, k)
+        agree = elect_sign(trimmed, str(params["majority_sign"]))  # (N, n_in, k)
+        V = disjoint_mean(trimmed, agree, weights)  # (n_in, k)
     else:
-        V = stacked.sum(dim=0)  # (n_in, R)
-    return like(deltas[0], B=(U * S) * float(params["lambda"]), A=V.T.contiguous())  # (n_out, R), (R, n_in)
+        V = stacked.sum(dim=0)  # (n_in, k)
+    merged = like(deltas[0], B=(U * S) * float(params["lambda"]), A=V.T.contiguous())  # (n_out, k), (k, n_in)
+    return compact(merged)  # k <= n_out may still exceed n_in: the same update at rank <= min(n_out, n_in)

@@ -156,6 +156,11 @@ def truncate(delta: "Delta | SparsePlusLowRank", rank: int) -> LowRankDelta:
     return truncate_with_spectrum(delta, rank)[0]
 
 
+def compact(delta: LowRankDelta) -> LowRankDelta:
+    """The same update at rank <= min(n_out, n_in) when its factors are wider than the module (exact)."""
+    return truncate(delta, min(delta.shape)) if delta.rank > min(delta.shape) else delta
+
+
 def materialize(delta: "Delta | SparsePlusLowRank") -> Delta:
     """A plain Delta: structured results become a DenseDelta (the only time they are formed)."""
     return delta.materialize() if isinstance(delta, SparsePlusLowRank) else delta

@@ -7,6 +7,17 @@ after the paper's phase; a method is a pipeline of them.
   sign per entry, average only the entries that agree with it (disjoint mean).
 - DARE (Yu et al., ICML 2024, "Language Models are Super Mario"): drop entries at random with rate p
   and rescale the survivors by 1/(1-p), so each task vector is preserved in expectation.
+
+Weighting rule (one, for TIES, DARE-TIES and KnOTS-TIES): mergekit's, from
+`mergekit/merge_methods/generalized_task_arithmetic.py` (arcee-ai/mergekit): each trimmed task vector is
+multiplied by its weight *before* the sign election (`weighted_deltas = deltas * weights`, then
+`get_mask(weighted_deltas, method="sum"|"count")`), and the disjoint merge divides the weighted sum of the
+agreeing entries by the *sum of the agreeing tasks' weights* (`divisor = (weights * mask).sum(0)`, 0 -> 1),
+then multiplies by lambda. So weight 0 casts no vote and adds nothing to either sum (no contribution),
+equal weights give the plain disjoint mean of the TIES paper whatever their value, and unequal weights
+give a weighted mean of the agreeing entries. PEFT's `utils/merge_utils.py` differs: it elects signs on
+the unweighted tensors and divides by the *count* of agreeing tasks, so a weight scales the result and a
+weight-0 task still votes; we do not follow it (the two agree when every weight is 1).
 """
 from __future__ import annotations
 
@@ -16,6 +27,7 @@ from typing import Mapping, Sequence
 import torch
 
 from analysis.adapters.model import Delta
+from analysis.isolation import top_indices
 from analysis.merge.ops import dense, like
 from analysis.merge.registry import ModuleContext, Param, ParamValue, register
 
@@ -32,13 +44,13 @@ RESCALE = Param("rescale", bool, True, "rescale kept entries by 1/(1-p) to prese
 
 
 def trim(task: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the int(density * numel) largest-magnitude entries, zero the rest (TIES 'trim')."""
+    """Keep the int(density * numel) largest-magnitude entries, zero the rest (TIES 'trim', mergekit's k)."""
     if density >= 1.0:
         return task
     k = int(density * task.numel())
     out = torch.zeros_like(task).reshape(-1)  # (numel,)
     if k > 0:
-        idx = torch.topk(task.abs().reshape(-1), k=k, largest=True).indices  # (k,)
+        idx = top_indices(task.abs().reshape(-1), k)  # (k,) linear-time selection
         out[idx] = task.reshape(-1)[idx]
     return out.reshape(task.shape)
 
@@ -59,11 +71,17 @@ def elect_sign(stacked: torch.Tensor, method: str) -> torch.Tensor:
     return stacked.sign() == elected  # (N, ...)
 
 
-def disjoint_mean(stacked: torch.Tensor, agree: torch.Tensor) -> torch.Tensor:
-    """Mean over the tasks that agree with the elected sign; entries nobody keeps stay zero."""
+def disjoint_mean(stacked: torch.Tensor, agree: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
+    """Weighted mean over the tasks that agree with the elected sign (mergekit's divisor: the sum of the
+    agreeing tasks' weights, 0 -> 1); `stacked` holds the *weighted* task vectors. Without weights every
+    weight is 1 and this is the plain disjoint mean. Entries nobody keeps stay zero."""
     total = (stacked * agree).sum(dim=0)  # (...)
-    count = agree.sum(dim=0).clamp(min=1)  # (...)
-    return total / count
+    if weights is None:
+        divisor = agree.sum(dim=0).to(stacked.dtype)  # (...)
+    else:
+        w = torch.tensor([float(x) for x in weights], dtype=stacked.dtype).reshape((-1,) + (1,) * (stacked.dim() - 1))
+        divisor = (w * agree).sum(dim=0)  # (...)
+    return total / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
 
 
 def drop_generator(seed: int, module: str, index: int) -> torch.Generator:
@@ -76,16 +94,17 @@ def _weighted(tasks: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.
 
 
 @register("ties", params=[DENSITY, MAJORITY, LAMBDA],
-          help="TIES (Yadav et al. 2023): trim to top density, elect sign, disjoint mean; dense result")
+          help="TIES (Yadav et al. 2023): trim to top density, elect sign on weighted vectors, weighted disjoint "
+               "mean (mergekit's rule); dense result")
 def ties(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
          ctx: ModuleContext) -> Delta:
     # trim
     tasks = [trim(dense(d), float(params["density"])) for d in deltas]
     stacked = _weighted(tasks, weights)  # (N, n_out, n_in)
-    # elect sign
+    # elect sign (on the weighted task vectors)
     agree = elect_sign(stacked, str(params["majority_sign"]))  # (N, n_out, n_in)
-    # disjoint merge
-    merged = disjoint_mean(stacked, agree) * float(params["lambda"])  # (n_out, n_in)
+    # disjoint merge (divided by the agreeing tasks' summed weight)
+    merged = disjoint_mean(stacked, agree, weights) * float(params["lambda"])  # (n_out, n_in)
     return like(deltas[0], W=merged)
 
 
@@ -123,8 +142,8 @@ def dare_ties(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping
               ctx: ModuleContext) -> Delta:
     # drop and rescale
     stacked = _weighted(_dare_tasks(deltas, params, ctx), weights)  # (N, n_out, n_in)
-    # elect sign
+    # elect sign (on the weighted task vectors)
     agree = elect_sign(stacked, str(params["majority_sign"]))  # (N, n_out, n_in)
-    # disjoint merge
-    merged = disjoint_mean(stacked, agree) * float(params["lambda"])  # (n_out, n_in)
+    # disjoint merge (divided by the agreeing tasks' summed weight)
+    merged = disjoint_mean(stacked, agree, weights) * float(params["lambda"])  # (n_out, n_in)
     return like(deltas[0], W=merged)

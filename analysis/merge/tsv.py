@@ -15,15 +15,22 @@ from typing import Mapping, Sequence
 import torch
 
 from analysis.adapters.model import Delta
-from analysis.merge.ops import like, linear_combination, svd_of
+from analysis.merge.ops import compact, like, linear_combination, svd_of
 from analysis.merge.registry import ModuleContext, Param, ParamValue, register
 from analysis.merge.sparsify import LAMBDA
 
 
-def nearest_orthonormal(X: torch.Tensor) -> torch.Tensor:
-    """P Q^T from the thin SVD X = P Sigma Q^T: the orthonormal matrix closest to X (Procrustes)."""
-    P, _, Qh = torch.linalg.svd(X, full_matrices=False)  # (n, K), (K,), (K, K)
-    return P @ Qh  # (n, K)
+def nearest_orthonormal(X: torch.Tensor, *, rtol: float = 1e-10) -> torch.Tensor:
+    """P Q^T from the thin SVD X = P Sigma Q^T over Sigma > rtol Sigma_1: the polar factor of X (Procrustes).
+
+    With K <= n columns of full rank this is the orthonormal matrix closest to X, the paper's whitening.
+    When the columns are dependent (overlapping task subspaces, or K > n: more task vectors than the width)
+    no orthonormal n x K matrix exists and the SVD's null directions are arbitrary; keeping only the
+    nonzero singular triplets gives the unique partial isometry with X's row and column spaces, so the
+    result is well defined and the same whatever SVD routine computed it."""
+    P, sig, Qh = torch.linalg.svd(X, full_matrices=False)  # (n, m), (m,), (m, K)
+    k = int((sig > rtol * sig[0]).sum()) if sig.numel() and float(sig[0]) > 0 else 0
+    return P[:, :k] @ Qh[:k]  # (n, K)
 
 
 FRACTION = Param("fraction", float, 1.0, "share of each task's singular components kept (TSV-C compression)",
@@ -51,4 +58,5 @@ def tsv(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, 
     V_perp = nearest_orthonormal(torch.cat(Vs, dim=1))  # (n_in, K)
     # merge
     S = torch.cat(Ss) * float(params["lambda"])  # (K,)
-    return like(deltas[0], B=U_perp * S, A=V_perp.T.contiguous())  # (n_out, K), (K, n_in)
+    # K wider than the module: the same update, exactly, at rank <= width
+    return compact(like(deltas[0], B=U_perp * S, A=V_perp.T.contiguous()))  # (n_out, K), (K, n_in)
