@@ -32,12 +32,25 @@ def copy_adapter(adapter: Adapter, dest: Path) -> None:
         shutil.copy2(f, dest / Path(f).name)
 
 
+def write_group(members: list[Adapter], method: str, params: dict[str, Any], dest: Path) -> None:
+    """One merged group through the merge workflow (`analysis.workflow.run_merge`: recipe, evidence, atomic
+    write; exact rank for these exactly low-rank methods), or the plain merge + export where it is absent."""
+    try:
+        from analysis.workflow import AdapterSet, ExportSpec, run_merge
+    except ImportError:  # the workflow package is not in this checkout
+        from analysis.export import build_recipe, export_merge
+        from analysis.merge import merge_adapters
+        from analysis.preview import preview_merge
+
+        result = merge_adapters(members, method, params=params)
+        recipe = build_recipe(members, method, parameters=params, export_format="peft")
+        export_merge(result.modules, recipe, dest, inputs=members, preview=preview_merge(members, result.modules))
+        return
+    run_merge(AdapterSet.from_adapters(members), method, params, export=ExportSpec(format="peft")).write(dest)
+
+
 def export_plan(plan: Plan, adapters: Sequence[Adapter], out: str | Path, *, force: bool = False) -> dict[str, Any]:
     """Write every group under `out` and `out/plan.json`; returns the plan.json data."""
-    from analysis.export import build_recipe, export_merge
-    from analysis.merge import merge_adapters
-    from analysis.preview import preview_merge
-
     out = Path(out)
     if out.exists():
         if not force:
@@ -52,10 +65,7 @@ def export_plan(plan: Plan, adapters: Sequence[Adapter], out: str | Path, *, for
         if len(members) == 1:
             copy_adapter(members[0], dest)
         else:
-            result = merge_adapters(members, group.method, params=group.parameters)
-            recipe = build_recipe(members, group.method, parameters=group.parameters, export_format="peft")
-            preview = preview_merge(members, result.modules)
-            export_merge(result.modules, recipe, dest, inputs=members, preview=preview)
+            write_group(members, group.method, group.parameters, dest)
         record["path"] = dest.name
         log.info("wrote %s (%s)", dest, group.method)
     (out / "plan.json").write_text(json.dumps(data, indent=2, default=float) + "\n", encoding="utf-8")

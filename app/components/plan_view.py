@@ -1,0 +1,120 @@
+"""The Merge page's "Plan" section: merge groups on the dendrogram, one row per group, and the consolidation table.
+
+Both come from stored results: a `plan.json` written by `adapter-atlas plan` (default: the sample-set plan in
+bench/results_consolidate.json) and the strategies measured by bench/consolidate_table.py. Planning with data
+and consolidation take minutes of evaluation and training, so they run from the CLI; the page shows the commands.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app.components import figures
+from app.components.display import show_figure
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results_consolidate.json"
+PLAN_CMD = ("adapter-atlas plan sample_adapters/text_first_word sample_adapters/math_add ... --min-retention 0.9 "
+            "--data sample_adapters/tasks --out plan/")
+CONSOLIDATE_CMD = ("adapter-atlas consolidate sample_adapters/text_first_word sample_adapters/math_add ... "
+                   "--data sample_adapters/tasks --strategy isolation --steps 120 --rank 16 --out consolidated/")
+
+
+@st.cache_data(show_spinner=False)
+def load_json(path: str, mtime: float) -> dict[str, Any] | None:
+    """The parsed file (cached per path and modification time), or None when it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return load_json(str(path), path.stat().st_mtime) if path.is_file() else None
+
+
+def group_labels(plan: Mapping[str, Any]) -> list[int]:
+    """Group index of every task, in the plan's task order."""
+    where = {t: k for k, g in enumerate(plan["groups"]) for t in g["tasks"]}
+    return [where[t] for t in plan["tasks"]]
+
+
+def group_rows(plan: Mapping[str, Any]) -> pd.DataFrame:
+    rows = []
+    for k, g in enumerate(plan["groups"]):
+        measured = g.get("measured") or {}
+        rows.append({"group": k, "tasks": ", ".join(g["tasks"]), "method": g["method"],
+                     "parameters": ", ".join(f"{a}={b}" for a, b in (g.get("parameters") or {}).items()) or "-",
+                     "worst predicted": min(g["predicted"].values()) if g.get("predicted") else None,
+                     "worst measured": min(measured.values()) if measured else None,
+                     "adapter": g.get("path", "")})
+    return pd.DataFrame(rows)
+
+
+def consolidation_rows(results: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per strategy: mean and worst retention, then the retention of every task."""
+    rows = []
+    for label, run in results.get("runs", {}).items():
+        row = {"strategy": label, "mean retention": run.get("mean_retention"), "worst task": run.get("min_retention"),
+               "train s": (run.get("seconds") or {}).get("train"), "export rank": run.get("export_rank")}
+        row.update({t: v for t, v in (run.get("retention") or {}).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _draw_plan(plan: Mapping[str, Any]) -> None:
+    adapters_in, adapters_out = plan["adapters_in"], plan["adapters_out"]
+    kind = "measured on task data" if plan.get("measured") else "predicted, data-free"
+    st.metric("Adapters after planning", f"{adapters_out} of {adapters_in}",
+              help=f"every task keeps >= {plan['min_retention']} of its own adapter's accuracy ({kind})")
+    groups = group_labels(plan)
+    Z = np.asarray(plan.get("linkage") or [])
+    if Z.size:
+        from scipy.cluster.hierarchy import dendrogram
+
+        layout = dendrogram(Z, no_plot=True, labels=plan["tasks"])
+        show_figure(figures.dendrogram(layout, plan["tasks"], metric_label="core Jaccard (least overlap joins first)",
+                                       groups=groups), name="plan_dendrogram", key="plan_dendrogram")
+    st.dataframe(group_rows(plan), hide_index=True, width="stretch",
+                 column_config={"worst predicted": st.column_config.NumberColumn(format="%.3f"),
+                                "worst measured": st.column_config.NumberColumn(format="%.3f")})
+    tried = plan.get("trials") or []
+    if tried:
+        with st.expander(f"Every group tried ({len(tried)})"):
+            st.dataframe(pd.DataFrame([{"tasks": ", ".join(t["tasks"]), "method": t["method"],
+                                        "accepted": t["accepted"], "why": t["reason"]} for t in tried]),
+                         hide_index=True, width="stretch")
+
+
+def render() -> None:
+    """The whole section; call it at the end of the Merge page."""
+    st.subheader("Plan: the fewest adapters that keep every task")
+    st.caption("Groups come from core Jaccard (least overlapping cores join first), the capacity floor and the "
+               "data-free preview; with task data every group is verified by real evaluation and split until each "
+               "task keeps the bar. Run it from the CLI (minutes of evaluation):")
+    st.code(PLAN_CMD, language="bash")
+    results = _read(RESULTS)
+    path = st.text_input("plan.json to show (empty: the sample-set plan of the stored benchmark)", key="plan_json_path")
+    plan = _read(Path(path)) if path.strip() else (results or {}).get("plan")
+    if path.strip() and plan is None:
+        st.error(f"{path}: not a readable plan.json")
+    elif plan:
+        _draw_plan(plan)
+    else:
+        st.info("No stored plan yet: run `make consolidate` or the command above.")
+    st.subheader("Consolidation: one adapter for every task by short training")
+    st.caption("Every strategy trains for the same steps, batch, schedule and seed; accuracy is measured on the "
+               "written PEFT adapter and divided by each task's own adapter (retention). Run it from the CLI:")
+    st.code(CONSOLIDATE_CMD, language="bash")
+    if results and results.get("runs"):
+        s = results.get("settings", {})
+        st.caption(f"Sample set, {s.get('steps')} steps x batch {s.get('batch_size')}, fresh rank {s.get('rank')}, "
+                   f"first {s.get('limit')} eval rows per task (bench/results_consolidate.json).")
+        st.dataframe(consolidation_rows(results), hide_index=True, width="stretch")
+    else:
+        st.info("No stored consolidation results yet (`make consolidate`).")
