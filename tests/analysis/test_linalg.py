@@ -171,3 +171,48 @@ def test_spectrum_stats() -> None:
     assert decaying["stable_rank"] == pytest.approx(101.01 / 100)
     assert spectrum_stats(np.zeros(0))["effective_rank"] == 0.0
     assert effective_rank([1.0]) == pytest.approx(1.0)
+
+
+# --- rank_r_svd: the randomised route against the exact SVD ---------------------------------------------
+
+def _decaying(n_out: int, n_in: int, seed: int, decay: float) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    m = min(n_out, n_in)
+    S = decay ** np.arange(m)  # geometric spectrum
+    return torch.from_numpy(_orth(rng, n_out, m) @ np.diag(S) @ _orth(rng, n_in, m).T)  # (n_out, n_in)
+
+
+@pytest.mark.parametrize(("decay", "rank"), [(0.97, 16), (0.9, 8), (0.995, 24)])
+def test_rank_r_svd_is_within_its_stated_bound_of_the_exact_svd(decay: float, rank: int) -> None:
+    from analysis.linalg import rank_r_svd
+
+    W = _decaying(160, 140, seed=3, decay=decay)
+    norm2 = float((W**2).sum())
+    res = rank_r_svd(lambda X: W @ X.double(), lambda Y: W.T @ Y.double(), tuple(W.shape), rank, norm2=norm2,
+                     dense=lambda: W, dtype=torch.float64)
+    assert res.method == "randomized" and res.U.shape == (160, rank) and res.V.shape == (140, rank)
+    approx = (res.U * res.S) @ res.V.T
+    true_err2 = float(((W - approx) ** 2).sum())
+    # 1. the reported error is the error of the answer returned (exact identity, not an estimate)
+    assert res.error2 == pytest.approx(true_err2, rel=1e-8, abs=1e-12 * norm2)
+    # 2. the stated check: within ~1% (tol) of the optimum, plus the 1e-5 ||dW||^2 floor
+    S = torch.linalg.svdvals(W)
+    opt2 = float((S[rank:] ** 2).sum())
+    assert true_err2 <= opt2 * 1.02 + 1e-5 * norm2
+    # 3. singular values found are lower bounds of the true ones (interlacing), and close to them
+    assert bool((res.S <= S[:rank] * (1 + 1e-9)).all()) and torch.allclose(res.S, S[:rank], rtol=5e-2)
+
+
+def test_rank_r_svd_falls_back_to_exact_when_the_check_fails_and_for_small_matrices() -> None:
+    from analysis.linalg import rank_r_svd
+
+    W = _decaying(160, 140, seed=4, decay=0.999)  # flat spectrum: slow to converge
+    norm2 = float((W**2).sum())
+    res = rank_r_svd(lambda X: W @ X.double(), lambda Y: W.T @ Y.double(), tuple(W.shape), 8, norm2=norm2,
+                     dense=lambda: W, max_iters=0)
+    S = torch.linalg.svdvals(W)
+    assert res.method == "exact" and torch.allclose(res.S, S[:8]) and res.values.numel() == 140
+    small = _decaying(30, 20, seed=5, decay=0.8)
+    res = rank_r_svd(lambda X: small @ X, lambda Y: small.T @ Y, (30, 20), 4, norm2=float((small**2).sum()),
+                     dense=lambda: small)
+    assert res.method == "exact" and res.error2 == pytest.approx(float((torch.linalg.svdvals(small)[4:] ** 2).sum()))
