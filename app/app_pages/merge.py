@@ -245,3 +245,10 @@ if st.session_state.get("merge_built"):
                 st.success(f"Proposal #{pid} opened: see the Review page.")
             except AtlasError as exc:
                 st.error(str(exc))
+
+
+# --- Plan and consolidation (issue 11; the section lives in app/components/plan_view.py) ---------------------
+from app.components import plan_view  # noqa: E402
+
+st.divider()
+plan_view.render()
