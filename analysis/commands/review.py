@@ -10,8 +10,10 @@ import argparse
 import json
 import sys
 
+from analysis.errors import ReviewError
 from analysis.review import DECISIONS, ReviewStore, propose
 from analysis.review.escape import terminal_block, terminal_text
+from analysis.review.store import check_id
 
 DB_HELP = ("review store: a SQLite file path or a SQLAlchemy URL (postgresql://...); "
            "default $ADAPTER_ATLAS_DB, else ~/.local/share/adapter-atlas/review.db")
@@ -33,13 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_propose)
 
     p = sub.add_parser("comment", parents=[common], help="add a comment to a proposal")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", type=_proposal_id, metavar="ID")
     p.add_argument("--author", required=True)
     p.add_argument("--text", required=True)
     p.set_defaults(func=_comment)
 
     p = sub.add_parser("decide", parents=[common], help="approve, reject or request changes")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", type=_proposal_id, metavar="ID")
     p.add_argument("--author", required=True)
     p.add_argument("--decision", required=True, choices=sorted(DECISIONS))
     p.add_argument("--rationale", required=True)
@@ -50,15 +52,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_list)
 
     p = sub.add_parser("show", parents=[common], help="show a proposal and its whole history")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", type=_proposal_id, metavar="ID")
     p.add_argument("--json", action="store_true", help="print the proposal as JSON")
     p.set_defaults(func=_show)
 
     p = sub.add_parser("export", parents=[common], help="write an offline HTML report or a Markdown summary")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", type=_proposal_id, metavar="ID")
     p.add_argument("--format", required=True, choices=["html", "md"])
     p.add_argument("--out", required=True, metavar="FILE")
     p.set_defaults(func=_export)
+
+
+def _proposal_id(text: str) -> int:
+    """argparse type: a proposal id the store can look up (one line, exit 2, for 99999999999999999999)."""
+    try:
+        return check_id(int(text))
+    except (ValueError, ReviewError) as exc:
+        raise argparse.ArgumentTypeError(f"invalid proposal id {text[:40]!r}: whole numbers from 1 to 2^63-1") from exc
 
 
 def _store(args: argparse.Namespace) -> ReviewStore:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from analysis import __version__
 from analysis.adapters.model import Adapter
-from analysis.errors import RecipeError
+from analysis.errors import AtlasError, RecipeError
 from analysis.merge.registry import METHODS, get_method, params_model
 
 EXPORT_FORMATS = ("peft", "kohya", "delta")
@@ -129,13 +129,18 @@ def recipe_sha256(recipe: Recipe) -> str:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read `recipe.yaml` (or a directory holding one)."""
+    from analysis.adapters.limits import MAX_CONFIG_BYTES, read_regular_file
+
     p = Path(path)
     if p.is_dir():
         p = p / "recipe.yaml"
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as exc:
-        raise RecipeError(f"{p}: cannot read recipe ({exc.strerror})") from None
+    try:  # a regular file only (a FIFO would block forever), bounded, strict UTF-8
+        raw = bytes(read_regular_file(p, "recipe", limit=MAX_CONFIG_BYTES))
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except AtlasError as exc:
+        raise RecipeError(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{p}: recipe is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return parse_recipe(data, str(p))

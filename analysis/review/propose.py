@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from analysis.errors import RecipeError
+from analysis.errors import AtlasError, RecipeError
 from analysis.review.models import Recipe, validate_recipe
 from analysis.review.store import ReviewStore
 
@@ -31,7 +31,7 @@ def recipe_file(path: str | os.PathLike[str]) -> Path:
     p = Path(path).expanduser()
     if p.is_dir():
         p = p / RECIPE_FILE
-    if not p.is_file():
+    if not p.exists():
         raise RecipeError(f"{p}: no merge recipe here (expected {RECIPE_FILE} or a directory holding it)")
     return p
 
@@ -40,10 +40,11 @@ def read_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, str, Path]:
     """(validated recipe, its exact text, the file) from a recipe file or merge directory."""
     file = recipe_file(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = _read_text(file, "merge recipe")
         data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"{file}: cannot read the recipe ({exc})") from None
+    except (AtlasError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{file}: cannot read the recipe ({exc})" if isinstance(exc, UnicodeDecodeError)
+                          else str(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -54,15 +55,24 @@ def read_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, str, Path]:
 def read_preview(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The preview JSON beside a recipe (None when absent); must be a JSON object."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         return None
     try:
-        data = json.loads(p.read_text(encoding="utf-8"), parse_constant=_nan_to_none)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(_read_text(p, "merge preview"), parse_constant=_nan_to_none)
+    except AtlasError as exc:
+        raise RecipeError(str(exc)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise RecipeError(f"{p}: merge preview is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{p}: merge preview must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A regular file's text (a FIFO would block forever; a huge file would fill memory), strict UTF-8."""
+    from analysis.adapters.limits import MAX_CONFIG_BYTES, read_regular_file
+
+    return bytes(read_regular_file(path, what, limit=MAX_CONFIG_BYTES)).decode("utf-8")
 
 
 def _nan_to_none(_constant: str) -> None:

@@ -13,6 +13,7 @@ Why it looks like this:
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from analysis import __version__
@@ -37,6 +38,8 @@ ENV_VAR = "ADAPTER_ATLAS_DB"
 BUSY_TIMEOUT_MS = 5_000
 MAX_ATTEMPTS = 12
 LIMITS = {"title": 300, "author": 200, "text": 100_000}
+MAX_ID = 2**63 - 1  # SQLite INTEGER PRIMARY KEY
+MAX_ID_32 = 2**31 - 1  # INTEGER on PostgreSQL, MySQL and the rest
 
 
 def default_db_path() -> Path:
@@ -46,13 +49,46 @@ def default_db_path() -> Path:
 
 
 def resolve_db_url(db: str | os.PathLike[str] | None = None) -> str:
-    """`--db` value, else `$ADAPTER_ATLAS_DB`, else the default file. A plain path means SQLite."""
+    """`--db` value, else `$ADAPTER_ATLAS_DB`, else the default file. A plain path means SQLite.
+
+    A SQLite path must be (or become) a regular file: one under a file, a directory, or a FIFO
+    (which SQLite would open and then block on forever) is refused with one line.
+    """
     value = str(db) if db is not None else (os.environ.get(ENV_VAR) or str(default_db_path()))
     if "://" in value:
         return value
+    if not value.strip() or "\0" in value:
+        raise ReviewError(f"review store {value!r}: a file path or a SQLAlchemy URL is needed")
     path = Path(value).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ReviewError(f"review store {path}: {ancestor} is a file, not a folder: choose another --db")
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise ReviewError(f"review store {path} is {kind}: --db must name a SQLite file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReviewError(f"review store {path}: cannot create its folder ({exc.strerror})") from None
     return f"sqlite:///{path}"
+
+
+def _driver(url: URL) -> URL:
+    """`postgresql://` means psycopg (3) here: the test extra installs it, psycopg2 is not a dependency."""
+    if url.drivername == "postgresql" and importlib.util.find_spec("psycopg2") is None \
+            and importlib.util.find_spec("psycopg") is not None:
+        return url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def check_id(proposal_id: int, max_id: int = MAX_ID) -> int:
+    """An id the backend can look up. Python ints are unbounded; SQLite's INTEGER keys are signed 64-bit,
+    PostgreSQL's (and MySQL's) INTEGER 32-bit: a larger id would be a driver error, not "no proposal"."""
+    if isinstance(proposal_id, bool) or not isinstance(proposal_id, int) or not 1 <= proposal_id <= max_id:
+        raise ReviewError(f"no proposal with id {str(proposal_id)[:40]}: ids are whole numbers from 1 to {max_id}")
+    return proposal_id
 
 
 def utc_now() -> str:
@@ -74,11 +110,12 @@ class ReviewStore:
     def __init__(self, db: str | os.PathLike[str] | None = None, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
         self.url = resolve_db_url(db)
         try:
-            url = make_url(self.url)
+            url = _driver(make_url(self.url))
         except ArgumentError:
             raise ReviewError(f"review store: '{self.url}' is neither a file path nor a SQLAlchemy URL") from None
         self.display_url = url.render_as_string(hide_password=True)
         self.is_sqlite = url.get_backend_name() == "sqlite"
+        self.max_id = MAX_ID if self.is_sqlite else MAX_ID_32
         self._busy_timeout_ms = busy_timeout_ms
         try:
             connect_args = {"timeout": busy_timeout_ms / 1000} if self.is_sqlite else {}
@@ -195,6 +232,8 @@ class ReviewStore:
                             _clean("rationale", rationale))
 
     def _append(self, proposal_id: int, kind: str, author: str, decision: str | None, body: str) -> int:
+        check_id(proposal_id, self.max_id)
+
         def work(conn: Connection) -> int:
             self._require(conn, proposal_id)
             return int(conn.execute(m.events.insert().values(
@@ -204,7 +243,7 @@ class ReviewStore:
 
     # ------------------------------------------------------------------ reads
     def _require(self, conn: Connection, proposal_id: int) -> Any:
-        row = conn.execute(select(m.proposals).where(m.proposals.c.id == int(proposal_id))).first()
+        row = conn.execute(select(m.proposals).where(m.proposals.c.id == check_id(proposal_id, self.max_id))).first()
         if row is None:
             raise ReviewError(f"no proposal with id {proposal_id} in review store {self.display_url}")
         return row
