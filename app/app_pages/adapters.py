@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis.review.escape import md_text
+from analysis.adapters.safe_text import markdown_text
 from app import cache
 from app.components import figures, pickers, view
 from app.components.display import show_figure
@@ -46,7 +46,7 @@ st.dataframe(pd.DataFrame([{
 
 bases = {c.get("base_model") for c in cards if c.get("base_model")}
 if len(bases) > 1:
-    st.warning("These adapters name different base models: " + ", ".join(md_text(b) for b in sorted(bases))
+    st.warning("These adapters name different base models: " + ", ".join(markdown_text(b) for b in sorted(bases))
                + ". Overlap is only computed on modules with the same name and shape.")
 
 # 4. Per adapter: modules (layer as a number, so it sorts 0, 1, 2, ..., 10), extra tensors, warnings
@@ -68,7 +68,7 @@ def module_table(modules: list[dict]) -> pd.DataFrame:
 for card in cards:
     with st.expander(f"{card['name']} — {len(card['modules'])} modules, format {card['format']}"):
         for warning in card.get("warnings", []):
-            st.warning(md_text(warning))  # warnings quote file contents (base_model_name_or_path): literal text
+            st.warning(markdown_text(warning, limit=None))  # warnings quote file contents (base_model_name_or_path): literal text
         st.dataframe(module_table(card["modules"]), hide_index=True, width="stretch",
                      column_config={"norm": st.column_config.NumberColumn(format="%.4g"),
                                     "scale": st.column_config.NumberColumn(format="%.4g"),
