@@ -117,6 +117,13 @@ def test_same_size_rewrite_after_load_changes_nothing_loaded(tmp_path: Path) -> 
     assert not torch.equal(reloaded.modules["model.layers.0.self_attn.q_proj"].dense(), before)
 
 
+def test_sha256_of_the_bytes_read_equals_the_file_hash(real_adapters: Path) -> None:
+    """Recipes recorded before the read-once reader still verify: same hash definition, same value."""
+    for rel in ("gpt2-tigrinya-lora", "thesotti-gpt2-lora-bin", "catundchat-sd15-lora/pytorch_lora_weights.bin"):
+        adapter = load_adapter(real_adapters / rel)
+        assert adapter.sha256 == sha256_of_files(adapter.files), rel
+
+
 def test_truncation_after_load_is_harmless(tmp_path: Path) -> None:
     d = peft_dir(tmp_path)
     adapter = load_adapter(d)
