@@ -80,8 +80,8 @@ def require_regular_file(path: Path, what: str) -> os.stat_result:
         st = os.stat(path)
     except FileNotFoundError:
         raise AdapterFormatError(f"{path}: {what} not found") from None
-    except OSError as exc:
-        raise AdapterFormatError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise AdapterFormatError(f"{path!r}: cannot read {what}: {getattr(exc, 'strerror', None) or exc}") from None
     kind = file_kind(st.st_mode)
     if kind is not None:
         raise AdapterFormatError(f"{path}: {what} is {kind}, not a regular file")
@@ -92,7 +92,7 @@ def is_regular_file(path: Path) -> bool:
     """True only for an existing regular file (never opens it)."""
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 

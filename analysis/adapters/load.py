@@ -41,6 +41,7 @@ from analysis.adapters.peft_format import (
     load_peft,
     parse_config_json,
 )
+from analysis.adapters.safe_text import plain_text
 from analysis.adapters.safetensors_io import TensorSource, open_weights, scan_values
 from analysis.errors import AdapterFormatError
 
@@ -71,9 +72,9 @@ def load_adapter(path: str | os.PathLike[str], *, name: str | None = None, check
     try:
         is_dir = stat.S_ISDIR(os.stat(p).st_mode)
     except FileNotFoundError:
-        raise AdapterFormatError(f"{p}: no such file or directory") from None
-    except OSError as exc:
-        raise AdapterFormatError(f"{p}: cannot read: {exc.strerror or exc}") from None
+        raise AdapterFormatError(f"{plain_text(p)}: no such file or directory") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise AdapterFormatError(f"{plain_text(p)}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     if is_dir:
         weights, config_path = _resolve_dir(p)
         default_name = p.name

@@ -97,6 +97,12 @@ def test_directory_device_and_socket_where_a_file_is_expected(tmp_path: Path) ->
             sock_path.unlink()
 
 
+def test_path_with_nul_or_thousands_of_characters(tmp_path: Path) -> None:
+    refused(tmp_path / "a\0b", "cannot read", "null")
+    msg = refused(tmp_path / ("x" * 5000), "cannot read")
+    assert len(msg) < 400
+
+
 # --- rewritten in place: the hash names the numbers in use; truncation never kills the process ------------
 
 def test_same_size_rewrite_after_load_changes_nothing_loaded(tmp_path: Path) -> None:
