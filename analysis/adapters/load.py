@@ -43,7 +43,7 @@ from analysis.adapters.peft_format import (
 )
 from analysis.adapters.safe_text import plain_text
 from analysis.adapters.safetensors_io import TensorSource, open_weights, scan_values
-from analysis.errors import AdapterFormatError
+from analysis.errors import AdapterFormatError, AtlasError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ RECOGNISED = ("PEFT (adapter_config.json + adapter_model.safetensors/.bin, keys 
               "LyCORIS LoHa/LoKr ('lora_unet_<module>.hada_w1_a' / '.lokr_w1')")
 
 
+#: Longest error message (characters): a hostile path or key must not yield a page-long line.
+MAX_MESSAGE = 1000
 #: Largest |dW| entry bound accepted (|scale| * r * max|B| * max|A|): downstream math runs in float32.
 MAX_DELTA_ENTRY = 1e30
 
@@ -67,8 +69,18 @@ def load_adapter(path: str | os.PathLike[str], *, name: str | None = None, check
     that is not a readable adapter, including NaN/Inf values in any tensor; `ResourceLimitError` for
     files or modules over the stated size limits. `check_finite=False` skips the value scan (for
     callers that have just written the file themselves); it never turns a refusal into a warning.
+    Messages are one display line whatever the file names hold (newlines, escapes: see `safe_text`).
     """
-    p = Path(path)
+    try:
+        return _load(Path(path), name, check_finite)
+    except AtlasError as exc:
+        text = str(exc)
+        if text == plain_text(text, MAX_MESSAGE):
+            raise
+        raise type(exc)(plain_text(text, MAX_MESSAGE)) from None
+
+
+def _load(p: Path, name: str | None, check_finite: bool) -> Adapter:
     try:
         is_dir = stat.S_ISDIR(os.stat(p).st_mode)
     except FileNotFoundError:

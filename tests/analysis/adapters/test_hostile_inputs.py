@@ -103,6 +103,13 @@ def test_path_with_nul_or_thousands_of_characters(tmp_path: Path) -> None:
     assert len(msg) < 400
 
 
+def test_file_name_with_newline_and_escape_still_gives_one_line(tmp_path: Path) -> None:
+    evil = tmp_path / "evil\n\x1b[2Jname.safetensors"
+    evil.write_bytes(b"\x01\x02")
+    msg = refused(evil, "evil [2Jname.safetensors", "shorter than the 8-byte header")
+    assert "\x1b" not in msg
+
+
 # --- rewritten in place: the hash names the numbers in use; truncation never kills the process ------------
 
 def test_same_size_rewrite_after_load_changes_nothing_loaded(tmp_path: Path) -> None:
