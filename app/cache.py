@@ -10,7 +10,6 @@ Other pages append their own cached functions at the end, under a heading of the
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,59 +19,58 @@ import streamlit as st
 from analysis.adapters.model import Adapter
 from analysis.errors import AtlasError
 
-AdapterRef = tuple[str, str, str]  # (resolved path, sha256 of its files, display name)
+AdapterRef = tuple[str, str, str]  # (path, Adapter.sha256, display name)
 Progress = Callable[[int, int, str], None] | None
 
 
 # --- adapters ------------------------------------------------------------------------------------
+# An adapter is named and hashed by `analysis.workflow.AdapterSet`: the display name is the shortest
+# path suffix that tells equal folder names apart, the hash is `Adapter.sha256` (what recipes record).
+# The parsed adapter is cached per path and file state (name, size, mtime), so an edit reloads it.
 
-def _files_of(path: Path) -> list[Path]:
-    return [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+def _file_state(path: Path) -> tuple[tuple[str, int, int], ...]:
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
-def _content_sha(path: str, stat_key: tuple[tuple[str, int, int], ...]) -> str:
-    """sha256 over the files of an adapter location; `stat_key` (name, size, mtime) only invalidates."""
-    h = hashlib.sha256()
-    for p in _files_of(Path(path)):
-        h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+@st.cache_resource(show_spinner="Loading adapter…", max_entries=128)
+def _parsed(path: str, state: tuple[tuple[str, int, int], ...]) -> Adapter:
+    """The parsed adapter as the loader names it; `state` is in the key so edits reload."""
+    from analysis.adapters import load_adapter as _load
+
+    return _load(Path(path))
 
 
 def content_sha(path: Path) -> str:
-    files = _files_of(path)
-    stat_key = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    return _content_sha(str(path), stat_key)
+    """`Adapter.sha256` of the adapter at `path` (raises OSError or AtlasError when it does not load)."""
+    return _parsed(str(path), _file_state(Path(path))).sha256
 
 
 def display_name(path: Path) -> str:
-    """Folder name for a PEFT directory, file stem for a single file; an upload's hash folder is skipped."""
-    return path.stem if path.is_file() else path.name
+    """The display name of one path on its own (a set disambiguates equal names: see `load_set`)."""
+    from analysis.workflow import display_names
+
+    return display_names([path])[0]
 
 
-@st.cache_resource(show_spinner="Loading adapter…", max_entries=64)
 def load_adapter(path: str, sha256: str, name: str) -> Adapter:
-    """The parsed adapter, shared read-only by all sessions; `sha256` is in the key so edits reload."""
-    from analysis.adapters import load_adapter as _load
+    """The parsed adapter under its display name, shared read-only by all sessions (a renamed copy that
+    shares the tensors, never the cached object changed in place)."""
+    import dataclasses
 
-    return _load(Path(path), name=name)
+    adapter = _parsed(path, _file_state(Path(path)))
+    return adapter if adapter.name == name else dataclasses.replace(adapter, name=name, _sha256=adapter.sha256)
 
 
 def load_set(paths: list[str]) -> tuple[list[AdapterRef], list[Adapter], list[str]]:
     """Load every path; failures become one-line messages instead of stopping the page."""
+    from analysis.workflow import display_names
+
     refs: list[AdapterRef] = []
     adapters: list[Adapter] = []
     errors: list[str] = []
-    used: dict[str, int] = {}
-    for text in paths:
+    for text, name in zip(paths, display_names(paths)):
         path = Path(text)
-        name = display_name(path)
-        used[name] = used.get(name, 0) + 1
-        if used[name] > 1:
-            name = f"{name}#{used[name]}"  # names label heatmap rows, so they must be unique
         try:
             sha = content_sha(path)
             adapter = load_adapter(str(path), sha, name)
@@ -86,17 +84,20 @@ def load_set(paths: list[str]) -> tuple[list[AdapterRef], list[Adapter], list[st
 
 def model_order(modules: list[str] | Any) -> list[str]:
     """Module names as the model runs them (layer 2 before layer 10), for pickers and tables."""
-    from analysis.overlap import layer_sort_key, parse_module_name
+    from analysis.workflow import AdapterSet
 
-    def key(name: str) -> tuple:
-        layer, kind = parse_module_name(name)
-        return layer_sort_key(layer), kind
-
-    return sorted(modules, key=key)
+    return AdapterSet.model_order(list(modules))
 
 
 def adapters_of(refs: tuple[AdapterRef, ...]) -> list[Adapter]:
     return [load_adapter(*ref) for ref in refs]
+
+
+def adapter_set(refs: tuple[AdapterRef, ...]) -> Any:
+    """The refs as an `analysis.workflow.AdapterSet` (input order, display names from the refs)."""
+    from analysis.workflow import AdapterSet
+
+    return AdapterSet(tuple(adapters_of(refs)))
 
 
 @st.cache_data(show_spinner=False)
@@ -377,21 +378,27 @@ def review_overlap(url: str, proposal_id: int, recipe_sha256: str) -> Any:
 
 
 # --- merge ---------------------------------------------------------------------------------------
-# A merge is keyed by (refs, method, parameters as sorted items, weights): the refs carry each input's
-# sha256, so a changed file is a new merge. Merged deltas are resources (tensors, read-only); previews
-# and accuracies are data.
+# Thin wrappers over `analysis.workflow.run_merge`. A merge is keyed by (refs, method, parameters as
+# sorted items, weights, diagnostic cores (granularity, p)); the refs carry each input's sha256, so a
+# changed file is a new merge. Runs live in a process-wide memo rather than `st.cache_*`, so the page's
+# progress bar (and Streamlit's interruption when Cancel is pressed) can act inside the computation.
 
-MergeKey = tuple[tuple[AdapterRef, ...], str, tuple[tuple[str, Any], ...], tuple[float, ...] | None]
+MergeKey = tuple[tuple[AdapterRef, ...], str, tuple[tuple[str, Any], ...], tuple[float, ...] | None,
+                 tuple[str, float]]
+MAX_RUNS = 48
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def merge_result(key: MergeKey) -> Any:
-    """`analysis.merge.merge_adapters` on the referenced adapters (a `MergeResult`)."""
-    from analysis.merge import merge_adapters
+@st.cache_resource(show_spinner=False)
+def _merge_runs() -> dict[Any, Any]:
+    return {}
 
-    refs, method, params, weights = key
-    return merge_adapters(adapters_of(refs), method, params=dict(params),
-                          weights=list(weights) if weights else None)
+
+def _remember(key: Any, value: Any) -> Any:
+    memo = _merge_runs()
+    while len(memo) >= MAX_RUNS:
+        memo.pop(next(iter(memo)))
+    memo[key] = value
+    return value
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -402,16 +409,49 @@ def merge_cores(refs: tuple[AdapterRef, ...], granularity: str, p: float) -> Any
     return task_cores(adapters_of(refs), granularity=granularity, p=p)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def merge_preview(key: MergeKey, rank: int | None, granularity: str, p: float) -> dict[str, Any]:
-    """Data-free preview of one merge (plain data), plus the method's own diagnostics."""
-    from analysis.preview import preview_merge
+def merge_ready(key: MergeKey) -> bool:
+    return ("run", key) in _merge_runs()
 
-    result = merge_result(key)
-    out = preview_merge(adapters_of(key[0]), result.modules, rank=rank, granularity=granularity, p=p,
-                        cores=merge_cores(key[0], granularity, p))
-    out["method_info"] = result.info
-    return out
+
+def merge_run(key: MergeKey, progress: Any = None) -> Any:
+    """The `MergeRun` of one merge (default export: exact, or the automatic rank for dense results).
+
+    `progress(stage, done, total, eta, label)` is called while it computes (not on a memo hit)."""
+    memo = _merge_runs()
+    if ("run", key) in memo:
+        return memo[("run", key)]
+    from analysis.workflow import ProgressReporter, run_merge
+
+    refs, method, params, weights, cores = key
+    run = run_merge(adapter_set(refs), method, dict(params), list(weights) if weights else None,
+                    cores_default=cores, cores=merge_cores(refs, *cores), progress=ProgressReporter(progress))
+    return _remember(("run", key), run)
+
+
+def merge_export(key: MergeKey, fmt: str, rank: int | None, progress: Any = None) -> Any:
+    """The run written as `fmt` at `rank` (None: the run's own choice); only the preview is redone."""
+    from analysis.workflow import ExportSpec, ProgressReporter, reexport
+
+    run = merge_run(key, progress)
+    if fmt == run.recipe.export.format and rank is None:
+        return run
+    memo = _merge_runs()
+    if ("export", key, fmt, rank) not in memo:
+        spec = ExportSpec(format=fmt, rank=rank)
+        _remember(("export", key, fmt, rank), reexport(run, spec, cores_default=key[4],
+                                                       cores=merge_cores(key[0], *key[4]),
+                                                       progress=ProgressReporter(progress)))
+    return memo[("export", key, fmt, rank)]
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def merge_zip(key: MergeKey, fmt: str, rank: int | None) -> tuple[str, bytes, str]:
+    """(directory name, zip bytes, recipe YAML) of one export, built by the same writer the CLI uses."""
+    from analysis.export import recipe_to_yaml
+
+    run = merge_export(key, fmt, rank)
+    name, data = run.to_zip()
+    return name, data, recipe_to_yaml(run.recipe)
 
 
 @st.cache_data(show_spinner=False)
@@ -422,47 +462,28 @@ def sample_tasks() -> list[str]:
     return list_tasks()
 
 
-@st.cache_data(show_spinner=False, max_entries=128)
-def merged_accuracy(key: MergeKey, task: str, limit: int | None) -> float:
-    """Real accuracy of one merge on one sample task (exact match, the evaluator's fixed protocol)."""
-    from analysis.preview import real_accuracy
-
-    result = merge_result(key)
-    return real_accuracy(result.modules, adapters_of(key[0]), [task], limit=limit, individual=False)["merged"][task]
+@st.cache_data(show_spinner=False, max_entries=256)
+def merged_accuracy(key: MergeKey, task: str, limit: int | None) -> dict[str, float]:
+    """{accuracy, n} of one merge on one sample task (exact match, the evaluator's fixed protocol)."""
+    return _accuracy(merge_run(key).result.modules, task, limit)
 
 
-@st.cache_data(show_spinner=False, max_entries=128)
-def adapter_accuracy(ref: AdapterRef, task: str, limit: int | None) -> float:
-    """Real accuracy of one input adapter on one sample task."""
-    from analysis.preview import real_accuracy
-
-    adapter = load_adapter(*ref)
-    return real_accuracy(adapter.modules, [adapter], [task], limit=limit, individual=False)["merged"][task]
+@st.cache_data(show_spinner=False, max_entries=256)
+def adapter_accuracy(ref: AdapterRef, task: str, limit: int | None) -> dict[str, float]:
+    """{accuracy, n} of one input adapter on one sample task."""
+    return _accuracy(load_adapter(*ref).modules, task, limit)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def merge_export(key: MergeKey, fmt: str, rank: int | None, granularity: str = "entries",
-                 p: float = 0.01) -> dict[str, Any]:
-    """Build the export of one merge in a temporary directory; returns the zip bytes and the recipe.
+@st.cache_data(show_spinner=False, max_entries=64)
+def base_accuracy(task: str, limit: int | None) -> dict[str, float]:
+    """{accuracy, n} of the base model alone: the floor every row is read against."""
+    return _accuracy({}, task, limit)
 
-    The directory is written by the same atomic `export_merge` the CLI uses, then zipped and removed."""
-    import shutil
-    import tempfile
 
-    from analysis.export import build_recipe, export_merge, recipe_to_yaml, zip_directory
-    from analysis.export.recipe import recipe_to_dict
+def _accuracy(deltas: Any, task: str, limit: int | None) -> dict[str, float]:
+    from analysis.base_model import load_base_model
+    from analysis.evaluate import evaluate_deltas
 
-    refs, method, params, weights = key
-    adapters = adapters_of(refs)
-    recipe = build_recipe(adapters, method, parameters=dict(params), weights=list(weights) if weights else None,
-                          export_format=fmt, rank=rank)
-    full = merge_preview(key, rank, granularity, p)
-    preview = {k: full[k] for k in ("settings", "per_task", "export", "method_info")}
-    root = Path(tempfile.mkdtemp(prefix="atlas-merge-"))
-    try:
-        out = export_merge(merge_result(key).modules, recipe, root / f"merged-{method}", inputs=adapters,
-                           preview=preview)
-        return {"zip": zip_directory(out), "recipe_yaml": recipe_to_yaml(recipe), "recipe": recipe_to_dict(recipe),
-                "preview": preview, "name": out.name}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    model, tokenizer = load_base_model()
+    res = evaluate_deltas(model, tokenizer, deltas, [task], limit=limit)[task]
+    return {"accuracy": float(res["accuracy"]), "n": int(res["n"])}

@@ -17,6 +17,8 @@ _EXPORTS = {
     "ExportSpec": "analysis.workflow.pipeline",
     "MergeRun": "analysis.workflow.pipeline",
     "run_merge": "analysis.workflow.pipeline",
+    "reexport": "analysis.workflow.pipeline",
+    "most_overlapping": "analysis.workflow.adapter_set",
     "validate_weights": "analysis.workflow.pipeline",
     "EVIDENCE_VERSION": "analysis.workflow.evidence",
 }

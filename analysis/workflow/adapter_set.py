@@ -27,7 +27,8 @@ def _leaf(p: Path) -> Path:
 def display_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     """Directory name (file stem for a file) of each path; where two collide, add parent folders until
     they differ (the shortest distinguishing suffix); the same path given twice gets `#2`, `#3`."""
-    resolved = [_leaf(Path(p).resolve()) for p in paths]
+    given = [_leaf(Path(p).resolve()) for p in paths]
+    resolved = list(dict.fromkeys(given))  # the same path twice is told apart by number, not by parents
 
     def name(p: Path, depth: int) -> str:
         parents = [q.name for q in p.parents][:depth][::-1]
@@ -41,7 +42,8 @@ def display_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
             break
         depth = [d + 1 if n in clashes else d for n, d in zip(names, depth)]
         names = [name(p, d) for p, d in zip(resolved, depth)]
-    return _numbered(names)
+    by_path = dict(zip(resolved, names))
+    return _numbered([by_path[p] for p in given])
 
 
 def _numbered(names: Sequence[str]) -> list[str]:
@@ -151,3 +153,22 @@ class AdapterSet:
             raise IncompatibleAdaptersError(
                 f"adapters {', '.join(self.names)} share no module: there is nothing to merge or compare")
         return self.shared
+
+
+def most_overlapping(similarity: "Sequence[Sequence[float]]", k: int = 3) -> list[int]:
+    """Indices (in set order) of a small starting selection: the most similar pair, then, while fewer than
+    `k`, the adapter with the highest mean similarity to those already chosen. A merge is most worth
+    previewing where adapters collide."""
+    import numpy as np
+
+    m = np.asarray(similarity, dtype=float)  # (N, N)
+    n = m.shape[0]
+    if n <= 2:
+        return list(range(n))
+    off = np.where(np.eye(n, dtype=bool), -np.inf, np.nan_to_num(m, nan=-np.inf))
+    i, j = np.unravel_index(int(np.argmax(off)), off.shape)
+    chosen = [int(i), int(j)]
+    while len(chosen) < min(k, n):
+        rest = [c for c in range(n) if c not in chosen]
+        chosen.append(max(rest, key=lambda c: float(np.mean([off[c, x] for x in chosen]))))
+    return sorted(chosen)

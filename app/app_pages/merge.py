@@ -1,4 +1,8 @@
-"""Merge: pick adapters and methods, compare what each merge keeps of every task, then export it."""
+"""Merge: pick adapters and methods, compare what each merge keeps of every task, export one, propose it.
+
+Every number here comes from `analysis.workflow.run_merge` (through `app.cache`), the pipeline the CLI
+and the review use, so the page, `adapter-atlas merge` and a review report agree.
+"""
 from __future__ import annotations
 
 import json
@@ -10,49 +14,53 @@ import streamlit as st
 from analysis.errors import AtlasError
 from analysis.merge import METHODS, get_method
 from analysis.merge.registry import Param
+from analysis.workflow.evidence import METRIC_HELP, export_line
+from analysis.workflow.progress import format_eta
+from analysis.workflow.rank import DEFAULT_TARGET_ERROR
 from app import cache
 from app.components import view
 from app.components.display import show_figure
 
-DEFAULT_METHODS = ["isolation", "linear", "task_arithmetic", "ties", "orthogonal"]
-METRIC_COLUMNS = {  # preview key -> (column label, help)
-    "core_retention": ("core retention", "share of the task's top-p core positions whose merged value stays within "
-                                         "25% of the task's own (1 = core intact)"),
-    "interference": ("interference", "||(dW_merged − dW_t) V_t|| / ||dW_t V_t|| on the task's own input subspace "
-                                     "(0 = the task's inputs move exactly as it trained them)"),
-    "cosine": ("cosine", "cosine between the merged update and the task's own"),
-    "conflicts": ("conflicts", "core positions of this task that another task's core also claims"),
-}
+STARTING_METHODS = ["isolation", "linear", "ties"]
+CORE_PARAMS = ("granularity", "p")  # one set of core controls: isolation's cores are the preview's cores
+COLUMNS = {"core_retention": "core kept", "interference": "interference", "cosine": "cosine",
+           "conflicts": "conflicts"}
+STAGES = {"merge": (0.0, 0.45), "export rank": (0.45, 0.6), "preview": (0.6, 1.0), "done": (1.0, 1.0)}
 
 st.title("Merge")
-st.caption("Isolation merging (Wang, Liang & Peng 2025): each task keeps its core, the top p of its parameters by "
-           "|dW|, transplanted unchanged; everything else is blended (mean by default, which measured better than SLERP on the sample set). Tasks whose cores overlap "
-           "(Jaccard ≥ τ) are grouped; a position two groups both claim is a conflict, resolved by a stated policy "
-           "and counted. Row/column cores keep the merge exactly low rank, entry cores give a dense update. "
-           "Compare it here with the classic merges on data-free diagnostics, then on real accuracy.")
+st.caption("Isolation merging (Wang, Liang & Peng 2025) keeps each task's core, the top p of its parameters by "
+           "|dW|, and blends the rest. Compare it with classic merges on data-free diagnostics and real accuracy, "
+           "then export the one you want and propose it for review.")
 
 refs, _ = view.adapter_set(minimum=2)
 names = [ref[2] for ref in refs]
 
-# 1. Inputs and weights
+# 1. Adapters: start with the two or three that collide most
 st.subheader("1 · Adapters")
-st.session_state.setdefault("merge_inputs", names)
-st.session_state["merge_inputs"] = [n for n in st.session_state["merge_inputs"] if n in names]
-chosen = st.multiselect("Adapters to merge", names, key="merge_inputs")
-chosen_refs = tuple(ref for ref in refs if ref[2] in chosen)
+if "merge_inputs" not in st.session_state and not view.linked("merge") and len(refs) > 3:
+    from analysis.workflow import most_overlapping
+
+    view.overlap_table(refs)
+    start = most_overlapping(cache.aggregated(refs, "subspace_similarity", None, None), 3)
+else:
+    start = list(range(len(refs)))
+chosen = view.choose_many("Adapters to merge", names, "merge_inputs", param="merge",
+                          default=[names[i] for i in start],
+                          help="Starts with the adapters whose updates overlap most: where a merge matters.")
+chosen_refs = tuple(ref for ref in refs if ref[2] in chosen)  # the set's order is the merge's order
 if len(chosen_refs) < 2:
     st.info("Pick at least two adapters.")
     st.stop()
-custom = st.toggle("Custom weights", key="merge_custom_weights",
-                   help="Off: each method's own default (1/N for mean-type methods, 1 for sums).")
+st.caption("Merged in this order: " + ", ".join(f"{i + 1}. {ref[2]}" for i, ref in enumerate(chosen_refs)))
 weights: tuple[float, ...] | None = None
-if custom:
+if st.toggle("Custom weights", key="merge_custom_weights",
+             help="Off: each method's own default (1/N for mean-type methods, 1 for sums)."):
     cols = st.columns(len(chosen_refs))
     weights = tuple(float(col.number_input(ref[2], value=1.0, step=0.1, key=f"merge_w_{ref[2]}"))
                     for col, ref in zip(cols, chosen_refs))
 
 
-# 2. Methods, with controls generated from each method's parameter declaration
+# 2. Methods: one line each; one set of core controls; the rest from each method's declaration
 def control(method: str, param: Param) -> object:
     """One widget per declared parameter: its type picks the widget, its range and help come along."""
     key, label = f"merge_{method}_{param.name}", param.name
@@ -72,179 +80,219 @@ def control(method: str, param: Param) -> object:
 
 
 st.subheader("2 · Methods")
-st.session_state.setdefault("merge_methods", [m for m in DEFAULT_METHODS if m in METHODS])
-methods = st.multiselect("Methods to compare", sorted(METHODS), key="merge_methods",
-                         help="Every registered method; their parameters appear below.")
+methods = view.choose_many("Methods to compare", sorted(METHODS), "merge_methods", param="method",
+                           default=[m for m in STARTING_METHODS if m in METHODS])
+for m in methods:
+    st.markdown(f"- **{m}**: {get_method(m).help}")
+iso = get_method("isolation")
+a, b = st.columns(2)
+with a:
+    granularity = view.choose("Core unit", list(iso.param("granularity").choices or ()), "merge_core_unit",
+                              param="cores", help=iso.param("granularity").help)
+view.url_state("merge_core_p", "p", default=float(iso.param("p").default), kind=float)
+core_p = float(b.number_input("Core fraction p", min_value=0.0001, max_value=1.0, format="%.4g",
+                              key="merge_core_p", help=iso.param("p").help + " (also the preview's cores)"))
 params: dict[str, dict[str, object]] = {}
-for method in methods:
-    spec = get_method(method)
-    usable = spec.min_inputs <= len(chosen_refs) <= (spec.max_inputs or len(chosen_refs))
-    with st.expander(f"{method} · {spec.help}", expanded=method == "isolation"):
-        if not usable:
-            st.caption(f"Needs between {spec.min_inputs} and {spec.max_inputs} adapters: skipped for this set.")
-        params[method] = {p.name: control(method, p) for p in spec.params}
-        if not spec.params:
-            st.caption("No parameters.")
-methods = [m for m in methods
-           if get_method(m).min_inputs <= len(chosen_refs) <= (get_method(m).max_inputs or len(chosen_refs))]
+for m in methods:
+    spec = get_method(m)
+    own = [p for p in spec.params if not (m == "isolation" and p.name in CORE_PARAMS)]
+    params[m] = {"granularity": granularity, "p": core_p} if m == "isolation" else {}
+    if own:
+        with st.expander(f"{m} settings"):
+            params[m].update({p.name: control(m, p) for p in own})
+usable = [m for m in methods
+          if get_method(m).min_inputs <= len(chosen_refs) <= (get_method(m).max_inputs or len(chosen_refs))]
+for m in sorted(set(methods) - set(usable)):
+    st.caption(f"{m} takes between {get_method(m).min_inputs} and {get_method(m).max_inputs} adapters: skipped.")
 
 
 def merge_key(method: str) -> cache.MergeKey:
-    return (chosen_refs, method, tuple(sorted(params[method].items())), weights)
+    return (chosen_refs, method, tuple(sorted(params[method].items())), weights, (str(granularity), core_p))
 
 
-# 3. Preview settings
+# 3. Compare, with progress (ETA) and a cancel button
 st.subheader("3 · Compare")
-a, b, c = st.columns(3)
-rank_in = a.number_input("Export rank R (0 = exact, no re-factoring)", min_value=0, max_value=4096, value=0,
-                         step=1, key="merge_rank", help="Dense results (TIES, DARE, entry isolation) need R > 0 "
-                                                        "for PEFT/kohya export; the preview reports the rank-R error.")
-rank = int(rank_in) or None
-granularity = b.selectbox("Core unit for the diagnostics", ["entries", "rows", "columns"], key="merge_core_unit")
-core_p = c.number_input("Core fraction p", min_value=0.0001, max_value=1.0, value=0.01, format="%.4g",
-                        key="merge_core_p")
-
-if st.button("Compare methods", type="primary", key="merge_compare"):
+go_col, stop_col = st.columns([1, 1])
+if go_col.button("Compare methods", type="primary", key="merge_compare"):
     st.session_state["merge_compared"] = True
-if not st.session_state.get("merge_compared") or not methods:
-    st.info("Choose methods and press **Compare methods**: each is merged and previewed (cached afterwards).")
+if stop_col.button("Cancel", key="merge_cancel", help="Stops the running comparison; nothing is kept."):
+    st.session_state["merge_compared"] = False
+    st.info("Comparison cancelled.")
+if not st.session_state.get("merge_compared") or not usable:
+    st.info("Choose adapters and methods, then press **Compare methods**. Results are kept for later visits.")
     st.stop()
 
-bar = st.progress(0.0, text="Merging…")
-previews: dict[str, dict] = {}
-for i, method in enumerate(methods):
-    bar.progress(i / len(methods), text=f"Merging and previewing {method} ({i + 1}/{len(methods)})…")
+runs: dict[str, object] = {}
+bar = None
+for i, method in enumerate(usable):
+    if not cache.merge_ready(merge_key(method)) and bar is None:
+        bar = st.progress(0.0, text="Merging…")
+
+    def step(stage: str, done: int, total: int, eta: float | None, label: str, i: int = i, method: str = method) -> None:
+        lo, hi = STAGES.get(stage, (0.0, 1.0))
+        frac = (i + lo + (hi - lo) * done / max(total, 1)) / len(usable)
+        bar.progress(min(frac, 1.0), text=f"{method} ({i + 1}/{len(usable)}): {stage} {done}/{total} "
+                                          f"{format_eta(eta)}")
+
     try:
-        previews[method] = cache.merge_preview(merge_key(method), rank, granularity, float(core_p))
+        runs[method] = cache.merge_run(merge_key(method), step)
     except AtlasError as exc:
         st.error(f"{method}: {exc}")
-bar.progress(1.0, text=f"{len(previews)} method(s) compared")
-if not previews:
+if bar is not None:
+    bar.empty()
+if not runs:
     st.stop()
+order = list(runs[next(iter(runs))].adapters.names)  # the merge's order, for every label below
 
 rows = []
-for method, pv in previews.items():
-    export = pv["export"]
-    for task, s in pv["per_task"].items():
-        rows.append({"method": method, "task": task, **{METRIC_COLUMNS[k][0]: s[k] for k in METRIC_COLUMNS},
-                     "export error @R": export["relative_error"],
-                     "needs --rank": export["needs_rank"]})
+for method, run in runs.items():
+    ev = run.evidence
+    for t in ev["tasks"]:
+        rows.append({"method": method, "task": t["name"], **{label: t[k] for k, label in COLUMNS.items()},
+                     "export rank": ev["export"]["rank"] or "exact",
+                     "export error": ev["export"]["relative_error"]})
 table = pd.DataFrame(rows)
+for col in table.columns:  # an undefined metric (e.g. a zero update) reads as a dash, never "None"
+    if table[col].isna().any():
+        table[col] = [("—" if pd.isna(v) else f"{v:.3f}") for v in table[col]]
+table["export rank"] = table["export rank"].astype(str)
 st.dataframe(table, hide_index=True, width="stretch",
-             column_config={**{label: st.column_config.NumberColumn(label, help=h, format="%.3f")
-                               for label, h in METRIC_COLUMNS.values() if label != "conflicts"},
-                            "export error @R": st.column_config.NumberColumn(
-                                help="relative Frobenius error of the rank-R re-factoring (0 without R if exact)",
+             column_config={**{label: st.column_config.NumberColumn(label, help=METRIC_HELP[k], format="%.3f")
+                               for k, label in COLUMNS.items() if k != "conflicts"},
+                            "conflicts": st.column_config.NumberColumn(help=METRIC_HELP["conflicts"]),
+                            "export rank": st.column_config.TextColumn(
+                                help="rank of the PEFT adapter written (exact: the merge is low rank as it is)"),
+                            "export error": st.column_config.NumberColumn(
+                                help="relative Frobenius error of the written adapter vs the exact merge",
                                 format="%.4f")})
 with st.container(horizontal=True):
     st.download_button("Table (CSV)", table.to_csv(index=False), file_name="merge_comparison.csv",
                        mime="text/csv", key="merge_csv", on_click="ignore")
-    st.download_button("Previews (JSON)", json.dumps(previews, indent=1, default=float),
-                       file_name="merge_previews.json", mime="application/json", key="merge_json", on_click="ignore")
+    st.download_button("Evidence (JSON)", json.dumps({m: r.evidence for m, r in runs.items()}, indent=1, default=float),
+                       file_name="merge_evidence.json", mime="application/json", key="merge_json", on_click="ignore")
 
-metric = st.radio("Chart", [k for k in METRIC_COLUMNS if k != "conflicts"], horizontal=True, key="merge_chart",
-                  format_func=lambda k: METRIC_COLUMNS[k][0])
-fig = go.Figure([go.Bar(name=method, x=list(pv["per_task"]), y=[s[metric] for s in pv["per_task"].values()],
-                        hovertemplate=f"{method}<br>task %{{x}}<br>{METRIC_COLUMNS[metric][0]} %{{y:.3f}}<extra></extra>")
-                 for method, pv in previews.items()])
-fig.update_layout(barmode="group", title=f"{METRIC_COLUMNS[metric][0]} per task and method",
-                  yaxis_title=METRIC_COLUMNS[metric][0], xaxis_title="task (input adapter)", legend_title="method")
-show_figure(fig, name=f"merge_{metric}", key="merge_metric_chart")
-
-iso = previews.get("isolation", {}).get("method_info")
-if iso:
-    st.markdown("**Isolation: task groups and conflicts**")
-    claims = iso["claims"]
-    x, y, z = st.columns(3)
-    x.metric("Groups", len(set(iso["groups"])), help=f"group per adapter: {dict(zip(chosen, iso['groups']))}")
-    y.metric("Conflicting positions", f"{claims['conflicts']:,}",
-             help=f"resolved by the '{params['isolation']['conflict']}' policy")
-    z.metric("Transplanted positions", f"{claims['sole']:,}", help=f"of {claims['positions']:,} positions")
-    jac = go.Figure(go.Heatmap(z=iso["jaccard"], x=list(chosen), y=list(chosen), zmin=0, zmax=1,
-                               colorscale="Viridis", texttemplate="%{z:.3f}",
-                               hovertemplate="%{y} / %{x}<br>Jaccard of cores %{z:.3f}<extra></extra>"))
-    jac.update_layout(title="Jaccard overlap of core regions (grouped when ≥ τ)", yaxis_autorange="reversed")
-    show_figure(jac, name="isolation_jaccard", key="merge_jaccard")
-
-# 4. Real accuracy on the sample set
-st.subheader("4 · Real accuracy (sample set)")
-tasks = cache.sample_tasks()
-if not tasks:
-    st.caption("The sample set (sample_adapters/tasks) is not on disk: real accuracy is unavailable here.")
-else:
-    t1, t2 = st.columns([3, 1])
-    picked = t1.multiselect("Tasks", tasks, default=tasks, key="merge_tasks")
-    limit = int(t2.number_input("Examples per task", min_value=1, max_value=10_000, value=32, key="merge_limit"))
-    if st.button("Measure real accuracy", key="merge_measure"):
-        st.session_state["merge_measured"] = True
-    if st.session_state.get("merge_measured") and picked:
-        jobs = [("merge", m) for m in previews] + [("input", ref) for ref in chosen_refs]
-        bar = st.progress(0.0, text="Evaluating…")
-        acc_rows = []
-        try:
-            for i, (kind, item) in enumerate(jobs):
-                label = item if kind == "merge" else item[2]
-                row = {"model": f"merge: {label}" if kind == "merge" else f"adapter: {label}"}
-                for task in picked:
-                    bar.progress(i / len(jobs), text=f"{row['model']} on {task}…")
-                    row[task] = (cache.merged_accuracy(merge_key(item), task, limit) if kind == "merge"
-                                 else cache.adapter_accuracy(item, task, limit))
-                acc_rows.append(row)
-            bar.progress(1.0, text=f"Evaluated {len(jobs)} models on {len(picked)} task(s), {limit} examples each")
-            acc = pd.DataFrame(acc_rows)
-            st.dataframe(acc, hide_index=True, width="stretch",
-                         column_config={t: st.column_config.NumberColumn(format="%.3f") for t in picked})
-            st.download_button("Accuracy (CSV)", acc.to_csv(index=False), file_name="merge_accuracy.csv",
-                               mime="text/csv", key="merge_acc_csv", on_click="ignore")
-        except AtlasError as exc:
-            st.error(str(exc))
-
-# 5. Export
-st.subheader("5 · Export")
-e1, e2 = st.columns(2)
-export_method = e1.selectbox("Method to export", list(previews), key="merge_export_method")
+# 4. Export, next to the result: changing the rank reads the fidelity from the stored spectrum
+st.subheader("4 · Export")
+e1, e2, e3 = st.columns(3)
+export_method = e1.selectbox("Method to export", list(runs), key="merge_export_method")
 fmt = e2.selectbox("Format", ["peft", "kohya", "delta"], key="merge_format",
                    help="peft: a directory PeftModel.from_pretrained loads; kohya: SD-style LoRA file; "
                         "delta: full dW per module (holds any result exactly).")
-if previews[export_method]["export"]["needs_rank"] and fmt != "delta" and rank is None:
-    st.warning(f"{export_method} gives dense updates with these parameters: set an export rank R above, "
-               "or choose the delta format.")
-elif st.button("Build export", key="merge_build"):
-    st.session_state["merge_built"] = True
-if st.session_state.get("merge_built"):
+run = runs[export_method]
+auto_rank = run.rank
+rank_text = e3.selectbox("Rank", ["automatic"] + [str(r) for r in (4, 8, 16, 32, 64, 128)], key="merge_rank",
+                         help=f"automatic: exact when the merge is low rank, else the smallest rank whose relative "
+                              f"error is at most {DEFAULT_TARGET_ERROR} (capped at the summed input rank)",
+                         disabled=fmt == "delta")
+rank = None if rank_text == "automatic" or fmt == "delta" else int(rank_text)
+shown = rank if rank is not None else auto_rank
+fid = run.fidelity(shown)
+m1, m2 = st.columns(2)
+m1.metric("Rank written", "exact" if shown is None or fmt == "delta" else shown)
+m2.metric("Relative error", f"{(0.0 if fmt == 'delta' else fid['relative_error']):.4f}",
+          help="||dW_written − dW_merge||_F / ||dW_merge||_F over all modules")
+if rank is None:
+    st.caption(export_line(run.evidence) or "")
+if st.button("Build export", key="merge_build", type="primary"):
+    st.session_state["merge_built"] = (export_method, fmt, rank)
+if st.session_state.get("merge_built") == (export_method, fmt, rank):
     try:
-        built = cache.merge_export(merge_key(export_method), fmt, rank, granularity, float(core_p))
+        name, data, recipe_yaml = cache.merge_zip(merge_key(export_method), fmt, rank)
+        built = cache.merge_export(merge_key(export_method), fmt, rank)
     except AtlasError as exc:
         st.error(str(exc))
         st.stop()
     with st.container(horizontal=True):
-        st.download_button("Download export (zip)", built["zip"], file_name=f"{built['name']}.zip",
-                           mime="application/zip", key="merge_zip", on_click="ignore", type="primary")
-        st.download_button("Recipe (YAML)", built["recipe_yaml"], file_name="recipe.yaml", mime="text/yaml",
+        st.download_button("Download export (zip)", data, file_name=f"{name}.zip", mime="application/zip",
+                           key="merge_zip", on_click="ignore", type="primary")
+        st.download_button("Recipe (YAML)", recipe_yaml, file_name="recipe.yaml", mime="text/yaml",
                            key="merge_recipe", on_click="ignore")
-    st.code(built["recipe_yaml"], language="yaml")
-    st.caption("Replay anywhere with `adapter-atlas merge --recipe recipe.yaml --out DIR` (inputs are checked "
-               "against their sha256).")
-    try:
-        from analysis.review import propose
+    st.caption(export_line(built.evidence) or "")
+    with st.expander("Recipe"):
+        st.code(recipe_yaml, language="yaml")
+    with st.form("merge_propose_form"):
+        title = st.text_input("Proposal title", value=f"Merge {', '.join(order)} with {export_method}",
+                              key="merge_prop_title")
+        author = st.text_input("Author", key="merge_prop_author", value=view.author())
+        submitted = st.form_submit_button("Propose this merge")
+    if submitted:
+        from analysis.review.propose import propose_merge
         from analysis.review.store import resolve_db_url
-    except ImportError:
-        propose = None
-    if propose is not None:
-        with st.form("merge_propose_form"):
-            title = st.text_input("Proposal title", value=f"Merge {', '.join(chosen)} with {export_method}",
-                                  key="merge_prop_title")
-            author = st.text_input("Author", key="merge_prop_author")
-            submitted = st.form_submit_button("Propose this merge")
-        if submitted:
-            try:
-                if not author.strip():
-                    raise AtlasError("a proposal needs an author")
-                pid = propose(cache.review_store(resolve_db_url()), built["recipe"], title, author,
-                              preview=built["preview"])
-                st.success(f"Proposal #{pid} opened: see the Review page.")
-            except AtlasError as exc:
-                st.error(str(exc))
+
+        try:
+            if not author.strip():
+                raise AtlasError("a proposal needs an author")
+            pid = propose_merge(cache.review_store(resolve_db_url()), built, title, author)
+            st.success(f"Proposal #{pid} opened: see the Review page.")
+        except AtlasError as exc:
+            st.error(str(exc))
+
+# 5. Charts: one metric per task and method; isolation's groups and core overlap, in the merge's order
+metric = st.radio("Chart", [k for k in COLUMNS if k != "conflicts"], horizontal=True, key="merge_chart",
+                  format_func=lambda k: COLUMNS[k])
+fig = go.Figure([go.Bar(name=m, x=[t["name"] for t in r.evidence["tasks"]],
+                        y=[t[metric] for t in r.evidence["tasks"]],
+                        hovertemplate=f"{m}<br>task %{{x}}<br>{COLUMNS[metric]} %{{y:.3f}}<extra></extra>")
+                 for m, r in runs.items()])
+fig.update_layout(barmode="group", title=f"{COLUMNS[metric]} per task and method", yaxis_title=COLUMNS[metric],
+                  xaxis_title="task (input adapter)", legend_title="method")
+show_figure(fig, name=f"merge_{metric}", key="merge_metric_chart")
+
+info = runs["isolation"].evidence["method_info"] if "isolation" in runs else None
+if info:
+    st.markdown("**Isolation: task groups and conflicts**")
+    claims = info["claims"]
+    x, y, z = st.columns(3)
+    x.metric("Groups", len(set(info["groups"])),
+             help="; ".join(f"{n}: group {g}" for n, g in zip(order, info["groups"])))
+    y.metric("Conflicting positions", f"{claims['conflicts']:,}",
+             help=f"resolved by the '{params['isolation'].get('conflict', 'magnitude')}' policy")
+    z.metric("Transplanted positions", f"{claims['sole']:,}", help=f"of {claims['positions']:,} positions")
+    jac = go.Figure(go.Heatmap(z=info["jaccard"], x=order, y=order, zmin=0, zmax=1, colorscale="Viridis",
+                               texttemplate="%{z:.3f}",
+                               hovertemplate="%{y} / %{x}<br>Jaccard of cores %{z:.3f}<extra></extra>"))
+    jac.update_layout(title="Jaccard overlap of core regions (grouped when ≥ τ)", yaxis_autorange="reversed",
+                      xaxis_title="adapter", yaxis_title="adapter")
+    show_figure(jac, name="isolation_jaccard", key="merge_jaccard")
+
+# 6. Real accuracy on the sample set, against the base model
+st.subheader("5 · Real accuracy (sample set)")
+tasks = cache.sample_tasks()
+if not tasks:
+    st.caption("The sample set's tasks are not on disk here: real accuracy is unavailable.")
+else:
+    t1, t2 = st.columns([3, 1])
+    picked = t1.multiselect("Tasks", tasks, default=[t for t in order if t in tasks] or tasks[:3], key="merge_tasks")
+    limit = int(t2.number_input("Examples per task", min_value=1, max_value=10_000, value=32, key="merge_limit"))
+    if st.button("Measure real accuracy", key="merge_measure"):
+        st.session_state["merge_measured"] = True
+    if st.session_state.get("merge_measured") and picked:
+        jobs = [("base model", None)] + [(f"merge: {m}", m) for m in runs] + [(f"adapter: {r[2]}", r)
+                                                                              for r in chosen_refs]
+        bar = st.progress(0.0, text="Evaluating…")
+        acc_rows = []
+        try:
+            for i, (label, item) in enumerate(jobs):
+                row: dict[str, object] = {"model": label}
+                ns = set()
+                for task in picked:
+                    bar.progress(i / len(jobs), text=f"{label} on {task}…")
+                    res = (cache.base_accuracy(task, limit) if item is None
+                           else cache.merged_accuracy(merge_key(item), task, limit) if isinstance(item, str)
+                           else cache.adapter_accuracy(item, task, limit))
+                    row[task] = res["accuracy"]
+                    ns.add(int(res["n"]))
+                row["n per task"] = "/".join(str(n) for n in sorted(ns))
+                acc_rows.append(row)
+            bar.empty()
+            acc = pd.DataFrame(acc_rows)
+            st.dataframe(acc, hide_index=True, width="stretch",
+                         column_config={t: st.column_config.NumberColumn(format="%.3f") for t in picked})
+            st.caption("Exact-match accuracy on each task's held-out examples; n = examples evaluated per task.")
+            st.download_button("Accuracy (CSV)", acc.to_csv(index=False), file_name="merge_accuracy.csv",
+                               mime="text/csv", key="merge_acc_csv", on_click="ignore")
+        except AtlasError as exc:
+            st.error(str(exc))
 
 
 # --- Plan and consolidation (issue 11; the section lives in app/components/plan_view.py) ---------------------

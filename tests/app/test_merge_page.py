@@ -1,22 +1,26 @@
-"""The Merge page in Streamlit's AppTest on the gemma-3-270m trio: numbers on screen vs the library."""
+"""The Merge page in Streamlit's AppTest on the gemma-3-270m trio.
+
+One merge, three faces: the numbers the page shows, what `adapter-atlas merge` prints for the same merge,
+and the review report of the proposal the page opens must be the same numbers.
+"""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from helpers.app_env import GEMMA, NAMES, gemma_app, needs_gemma
+from helpers.app_env import GEMMA, NAMES, REPO, gemma_app, needs_gemma
 from streamlit.testing.v1 import AppTest
-
-from analysis.adapters import load_adapter
-from analysis.merge import merge_adapters
-from analysis.preview import preview_merge
 
 pytestmark = needs_gemma
 
 
 @pytest.fixture()
 def app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AppTest:
-    return gemma_app(monkeypatch, timeout=600, ADAPTER_ATLAS_DB=str(tmp_path / "review.db"), OMP_NUM_THREADS="1")
+    return gemma_app(monkeypatch, timeout=900, ADAPTER_ATLAS_DB=str(tmp_path / "review.db"), OMP_NUM_THREADS="1")
 
 
 def _ok(at: AppTest) -> None:
@@ -24,41 +28,89 @@ def _ok(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
-def test_merge_page_compares_methods_and_exports(app: AppTest) -> None:
-    at = app.run().switch_page("app_pages/merge.py").run()
+def _compare(at: AppTest, methods: list[str]) -> AppTest:
+    at = at.run().switch_page("app_pages/merge.py").run()
     _ok(at)
-    at.multiselect(key="merge_methods").set_value(["isolation", "linear"]).run()
-    at.selectbox(key="merge_isolation_granularity").select("rows").run()
+    at.multiselect(key="merge_methods").set_value(methods).run()
     at.selectbox(key="merge_core_unit").select("rows").run()
     at.button(key="merge_compare").click().run()
     _ok(at)
+    return at
+
+
+def test_page_cli_and_review_report_show_the_same_numbers(app: AppTest, tmp_path: Path) -> None:
+    at = _compare(app, ["isolation", "linear"])
     table = at.dataframe[0].value
-    assert set(table["method"]) == {"isolation", "linear"} and set(table["task"]) == set(NAMES)
-    # second route: the library called directly with the same settings
-    adapters = [load_adapter(GEMMA / n, name=n) for n in NAMES]
-    res = merge_adapters(adapters, "isolation", params={"granularity": "rows"})
-    expect = preview_merge(adapters, res.modules, granularity="rows", p=0.01)["per_task"]
-    for _, row in table[table["method"] == "isolation"].iterrows():
-        assert row["interference"] == pytest.approx(expect[row["task"]]["interference"], rel=1e-9)
-        assert row["core retention"] == pytest.approx(expect[row["task"]]["core_retention"], rel=1e-9)
-        assert row["conflicts"] == expect[row["task"]]["conflicts"]
-    assert any(m.label == "Groups" for m in at.metric)
-    # export the isolation merge (rows: exactly low rank, no rank needed)
+    assert set(table["method"]) == {"isolation", "linear"} and list(table["task"][:3]) == NAMES
+    assert not table.isna().any().any() and "None" not in table.astype(str).values
+    page = {row["task"]: row for _, row in table[table["method"] == "isolation"].iterrows()}
+    # the CLI on the same inputs and settings
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "analysis.cli", "merge", *(str(GEMMA / n) for n in NAMES),
+                          "--method", "isolation", "--param", "granularity=rows", "--out", str(tmp_path / "cli"),
+                          "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    cli = json.loads(res.stdout)
+    assert [t["name"] for t in cli["tasks"]] == NAMES
+    for t in cli["tasks"]:
+        assert page[t["name"]]["interference"] == pytest.approx(t["interference"], rel=1e-12)
+        assert page[t["name"]]["core kept"] == pytest.approx(t["core_retention"], rel=1e-12)
+        assert page[t["name"]]["conflicts"] == t["conflicts"]
+    assert page[NAMES[0]]["export error"] == pytest.approx(cli["export"]["relative_error"], rel=1e-12)
+    # the page's proposal, rendered as a review report, carries the same evidence
     at.selectbox(key="merge_export_method").select("isolation").run()
     at.button(key="merge_build").click().run()
     _ok(at)
-    zipped = next(b for b in at.get("download_button") if b.proto.label == "Download export (zip)")
-    assert zipped is not None
+    assert any(b.proto.label == "Download export (zip)" for b in at.get("download_button"))
     at.text_input(key="merge_prop_author").input("ana")
     at.button(key="FormSubmitter:merge_propose_form-Propose this merge").click().run()
     _ok(at)
     assert any("Proposal #1" in s.value for s in at.success)
+    from analysis.review import ReviewStore
+    from analysis.review.evidence import preview_tasks
+    from analysis.review.report_md import render_markdown
+
+    proposal = ReviewStore(os.environ["ADAPTER_ATLAS_DB"]).get(1)
+    tasks, metrics, rows = preview_tasks(proposal.preview)
+    assert tasks == NAMES
+    stored = dict(zip(tasks, rows))
+    for t in cli["tasks"]:
+        assert stored[t["name"]][metrics.index("interference")] == pytest.approx(t["interference"], rel=1e-12)
+    report = render_markdown(proposal)
+    cli_line = next(t for t in cli["tasks"] if t["name"] == NAMES[0])
+    assert f"| {NAMES[0]} | {cli_line['core_retention']:.4g} | {cli_line['interference']:.4g} |" in report
+    from analysis.review.escape import md_text
+    from analysis.workflow.evidence import export_line
+
+    assert export_line(proposal.preview) == export_line(cli)
+    assert md_text(export_line(cli)) in report
+    assert proposal.preview["evidence_version"] == 2
 
 
-def test_dense_method_asks_for_a_rank(app: AppTest) -> None:
-    at = app.run().switch_page("app_pages/merge.py").run()
-    at.multiselect(key="merge_methods").set_value(["ties"]).run()
-    at.selectbox(key="merge_core_unit").select("rows").run()
-    at.button(key="merge_compare").click().run()
+def test_export_rank_change_reads_fidelity_without_recomputing(app: AppTest) -> None:
+    at = _compare(app, ["ties"])
+    from app import cache
+
+    runs = [k for k in cache._merge_runs() if k[0] == "run"]
+    at.selectbox(key="merge_rank").select("4").run()
     _ok(at)
-    assert any("set an export rank" in w.value for w in at.warning)
+    assert [k for k in cache._merge_runs() if k[0] == "run"] == runs  # no new merge, no new preview
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Rank written"] == "4"
+    run = next(cache._merge_runs()[k] for k in runs if k[1][1] == "ties")
+    assert float(metrics["Relative error"]) == pytest.approx(run.fidelity(4)["relative_error"], abs=1e-4)
+    assert not any("--rank" in str(el.value) for el in [*at.caption, *at.warning, *at.info])
+
+
+def test_deselect_reselect_keeps_the_merge_order_in_labels(app: AppTest) -> None:
+    at = _compare(app, ["isolation"])
+    at.multiselect(key="merge_inputs").unselect(NAMES[0]).run()
+    at.multiselect(key="merge_inputs").select(NAMES[0]).run()  # now last in click order
+    _ok(at)
+    assert at.session_state["merge_inputs"][-1] == NAMES[0]
+    assert any(c.value.startswith(f"Merged in this order: 1. {NAMES[0]}") for c in at.caption)
+    table = at.dataframe[0].value
+    assert list(table["task"]) == NAMES
+    jaccard = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    heat = next(f for f in jaccard if "Jaccard" in json.dumps(f["layout"].get("title", "")))
+    assert heat["data"][0]["x"] == NAMES and heat["data"][0]["y"] == NAMES

@@ -1,0 +1,130 @@
+"""run_merge end to end: automatic rank meets its fidelity, PEFT loads what was written, progress and cancel,
+evidence round trip through the review store, weights refused at the boundary."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from workflow_factories import peft_adapter, peft_delta_weights
+
+from analysis.errors import AtlasError, RecipeError
+from analysis.merge.ops import truncate
+from analysis.workflow import AdapterSet, Cancelled, ExportSpec, ProgressReporter, reexport, run_merge
+from analysis.workflow.evidence import task_table
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):  # noqa: ANN001, ANN201
+    tmp = tmp_path_factory.mktemp("trio")
+    return AdapterSet.from_paths([peft_adapter(tmp, n, seed=s).path for n, s in (("a", 1), ("b", 2), ("c", 3))])
+
+
+def _rel_error(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> float:
+    num = sum(float(((got[m] - want[m]) ** 2).sum()) for m in want)
+    return math.sqrt(num / sum(float((w**2).sum()) for w in want.values()))
+
+
+def test_auto_rank_is_the_smallest_reaching_the_target_and_peft_loads_it(trio, tmp_path: Path) -> None:  # noqa: ANN001
+    run = run_merge(trio, "ties", export=ExportSpec(target_error=0.3))
+    ex = run.evidence["export"]
+    assert ex["rank_mode"] == "auto" and ex["reached"] and ex["rank"] < ex["cap"] == 12
+    rank = ex["rank"]
+    assert run.fidelity(rank)["relative_error"] <= 0.3 < run.fidelity(rank - 1)["relative_error"]
+    out = run.write(tmp_path / "ties")
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["export"] == {"format": "peft", "rank": rank, "rank_mode": "auto", "target_error": 0.3,
+                                "extras": "carry"}
+    # PEFT's get_delta_weight of the export vs our rank-R truncation vs the exact (dense) merge
+    loaded = peft_delta_weights(out)
+    exact = {m: d.dense(torch.float64) for m, d in run.result.modules.items()}
+    ours = {m: truncate(d, rank).dense(torch.float64) for m, d in run.result.modules.items()}
+    assert set(loaded) == set(exact)
+    for m in exact:
+        torch.testing.assert_close(loaded[m], ours[m], rtol=1e-4, atol=1e-5)
+    assert _rel_error(loaded, exact) == pytest.approx(ex["relative_error"], rel=1e-4)
+
+
+def test_fixed_rank_overrides_and_reexport_reuses_the_merge(trio) -> None:  # noqa: ANN001
+    run = run_merge(trio, "ties", export=ExportSpec(rank=3))
+    assert run.evidence["export"]["rank_mode"] == "fixed" and run.rank == 3
+    again = reexport(run, ExportSpec(rank=5))
+    assert again.result is run.result and again.rank == 5
+    assert again.evidence["export"]["relative_error"] == pytest.approx(run.fidelity(5)["relative_error"])
+    exact = run_merge(trio, "linear")
+    assert exact.evidence["export"]["rank_mode"] == "exact" and exact.rank is None
+    assert exact.fidelity(None)["relative_error"] == 0.0 and exact.fidelity(2)["relative_error"] > 0.0
+
+
+def test_preview_uses_the_methods_own_cores(trio) -> None:  # noqa: ANN001
+    run = run_merge(trio, "isolation", {"granularity": "rows", "p": 0.25})
+    assert run.evidence["settings"]["granularity"] == "rows" and run.evidence["settings"]["p"] == 0.25
+    other = run_merge(trio, "linear", cores_default=("columns", 0.5))
+    assert other.evidence["settings"]["granularity"] == "columns" and other.evidence["settings"]["p"] == 0.5
+
+
+def test_progress_reports_eta_and_a_raising_callback_cancels(trio, tmp_path: Path) -> None:  # noqa: ANN001
+    seen = []
+    t = iter(range(10_000))
+    run_merge(trio, "linear", progress=ProgressReporter(lambda *a: seen.append(a), clock=lambda: float(next(t))))
+    stages = [s for s, *_ in seen]
+    assert {"merge", "export rank", "preview", "done"} <= set(stages)
+    merge_steps = [a for a in seen if a[0] == "merge" and 0 < a[1] < a[2]]
+    assert merge_steps and all(eta is not None and eta > 0 for _, _, _, eta, _ in merge_steps)
+
+    def stop(stage: str, done: int, total: int, eta: float | None, label: str) -> None:
+        if stage == "preview" and done > 0:
+            raise Cancelled("cancelled by the user")
+
+    with pytest.raises(Cancelled):
+        run_merge(trio, "linear", progress=ProgressReporter(stop))
+    assert issubclass(Cancelled, AtlasError)
+    flag = {"stop": True}
+    with pytest.raises(Cancelled):
+        run_merge(trio, "linear", progress=ProgressReporter(cancel_requested=lambda: flag["stop"]))
+
+
+@pytest.mark.parametrize("weights, needle", [((0, 0, 0), "every weight is 0"), ((1, math.inf, 1), "weight 2 is inf"),
+                                             ((1, math.nan, 1), "weight 2 is nan"), ((1, 1), "2 weights given")])
+def test_bad_weights_are_refused(trio, weights, needle) -> None:  # noqa: ANN001
+    with pytest.raises(RecipeError, match=needle):
+        run_merge(trio, "linear", weights=weights)
+
+
+def test_weight_zero_on_one_input_is_allowed(trio) -> None:  # noqa: ANN001
+    run = run_merge(trio, "linear", weights=(1, 0, 1))
+    assert run.result.weights == [1.0, 0.0, 1.0]
+
+
+def test_evidence_round_trip_through_the_review_store(trio, tmp_path: Path) -> None:  # noqa: ANN001
+    from analysis.review import ReviewStore
+    from analysis.review.evidence import preview_tasks
+    from analysis.review.propose import propose_merge
+    from analysis.review.report_md import render_markdown
+
+    run = run_merge(trio, "ties")
+    store = ReviewStore(str(tmp_path / "review.db"))
+    pid = propose_merge(store, run, "ties of a, b, c", "ana")
+    proposal = store.get(pid)
+    assert proposal.preview["evidence_version"] == 2
+    assert preview_tasks(proposal.preview) == task_table(run.evidence)
+    names, metrics, rows = preview_tasks(proposal.preview)
+    assert names == ["a", "b", "c"] and metrics[:4] == ["core_retention", "interference", "cosine", "conflicts"]
+    assert rows[1][1] == run.evidence["tasks"][1]["interference"]
+    report = render_markdown(proposal)
+    from analysis.review.escape import md_text
+    from analysis.workflow.evidence import export_line
+
+    assert f"relative Frobenius error {run.evidence['export']['relative_error']:.4f}" in export_line(run.evidence)
+    assert md_text(export_line(run.evidence)) in report
+    assert f"| b | {rows[1][0]:.4g} | {rows[1][1]:.4g} |" in report
+
+
+def test_old_evidence_shapes_still_read() -> None:
+    v1 = {"tasks": {"a": {"core_retention": 0.5, "interference": 0.25}}}
+    page = {"per_task": {"a": {"core_retention": 0.5, "interference": 0.25, "cosine": None}}}
+    assert task_table(v1) == (["a"], ["core_retention", "interference"], [[0.5, 0.25]])
+    assert task_table(page) == (["a"], ["core_retention", "interference", "cosine"], [[0.5, 0.25, None]])
+    assert task_table(None) == ([], [], []) and task_table({"tasks": "junk"}) == ([], [], [])
