@@ -6,7 +6,7 @@ rules, so the checks live here once:
 - conv:      down (r, in, kh, kw),    up (out, r, 1, 1)  -> flattened to (r, in*kh*kw), (out, r)
 - embedding: PEFT's lora_embedding_A (r, num_emb), lora_embedding_B (dim, r); PEFT's delta is
   (B @ A).T with shape (num_emb, dim), so the factors are stored transposed: A' = B.T, B' = A.T.
-Only shapes from the file header are used; the tensors stay lazy views.
+Only shapes from the file header are used; the tensors are views of the bytes read at open (no copies).
 """
 from __future__ import annotations
 

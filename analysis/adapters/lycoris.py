@@ -33,7 +33,7 @@ _CONV3X3_NAMES = ("conv", "conv1", "conv2", "conv_in", "conv_out")
 class LazyDenseDelta(DenseDelta):
     """A `DenseDelta` whose W is computed from its factors on first access, then cached.
 
-    Loading stays lazy (no product formed, no data read) while everything downstream sees an ordinary
+    Loading stays cheap (no product formed; its size checked against the dense budget) while everything downstream sees an ordinary
     DenseDelta; `shape` and `rank` come from the header without building W.
     """
 

@@ -45,7 +45,7 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's own limit
 
 
 class TensorSource(Protocol):
-    """What the format parsers need from a weights file: names, shapes, dtypes, lazy tensors."""
+    """What the format parsers need from a weights file: names, shapes, dtypes, tensors."""
 
     path: Path
     metadata: dict[str, str]
