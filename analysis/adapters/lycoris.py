@@ -33,8 +33,8 @@ _CONV3X3_NAMES = ("conv", "conv1", "conv2", "conv_in", "conv_out")
 class LazyDenseDelta(DenseDelta):
     """A `DenseDelta` whose W is computed from its factors on first access, then cached.
 
-    Loading stays cheap (no product formed; its size checked against the dense budget) while everything downstream sees an ordinary
-    DenseDelta; `shape` and `rank` come from the header without building W.
+    Loading stays cheap (no product formed; its size checked against the dense budget) while
+    everything downstream sees an ordinary DenseDelta; `shape` and `rank` come from the header.
     """
 
     def __init__(self, W: torch.Tensor | None = None, kernel_shape: tuple[int, ...] | None = None,
