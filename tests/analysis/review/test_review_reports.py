@@ -14,7 +14,7 @@ from analysis.review.escape import md_text
 from analysis.review.evidence import input_overlap
 from analysis.review.reports import atomic_write_text, render_report, write_report
 
-GEMMA = Path(__file__).resolve().parents[3].parent / "shared" / "real_adapters" / "gemma3-270m-svg-lora"
+SAMPLES = Path(__file__).resolve().parents[3] / "sample_adapters"  # committed: runs in a fresh clone
 PREVIEW = {"method": "ties", "tasks": {EVIL: {"core_intact": 0.91, "cosine": 0.66}, "svg": {"core_intact": 0.8,
                                                                                               "cosine": 0.5}}}
 
@@ -120,14 +120,14 @@ def test_real_inputs_give_heatmaps_and_hash_checks(tmp_path: Path) -> None:
     pytest.importorskip("analysis.overlap")
     from analysis.adapters import load_adapter
 
-    dirs = [GEMMA / "adapter", GEMMA / "adapter_seed123"]
+    dirs = [SAMPLES / "math_add", SAMPLES / "math_max"]
     recipe = recipe_mapping(names=("svg-main", "svg-seed123"), paths=tuple(str(d) for d in dirs))
     recipe["inputs"][0]["sha256"] = load_adapter(dirs[0]).sha256  # what the merge lab records
     store = ReviewStore(tmp_path / "review.db")
     p = store.get(propose(store, recipe, "gemma svg merge", "ann", preview=PREVIEW))
     overlap = input_overlap(p)
     assert overlap.available, overlap.reason
-    assert overlap.labels == ("svg-main", "svg-seed123") and overlap.n_modules == 72
+    assert overlap.labels == ("svg-main", "svg-seed123") and overlap.n_modules == len(load_adapter(dirs[0]).modules)
     np.testing.assert_allclose(overlap.matrices["cosine"], _direct_cosine(dirs), atol=1e-6)
     assert [c.matches for c in overlap.hashes] == [True, False]  # the second hash is a placeholder
     html_text = render_report(p, "html", overlap)
