@@ -46,7 +46,8 @@ def format_table(info: dict[str, Any]) -> str:
     if info["extras"]:
         lines += ["", f"extras ({len(info['extras'])}, kept but not merged as LoRA):"]
         for e in info["extras"]:
-            lines.append(f"  {plain_text(e['key'], None)}  [{e['kind']}]  {'x'.join(map(str, e['shape']))} {e['dtype']}")
+            shape = "x".join(map(str, e["shape"]))
+            lines.append(f"  {plain_text(e['key'], None)}  [{e['kind']}]  {shape} {e['dtype']}")
     if info["warnings"]:
         lines += ["", "warnings:"] + [f"  - {plain_text(w, None)}" for w in info["warnings"]]
     return "\n".join(lines)

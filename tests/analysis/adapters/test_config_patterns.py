@@ -19,7 +19,8 @@ P = "base_model.model."
 LAYERS = ("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.1.mlp.down_proj")
 
 
-def factors(modules: tuple[str, ...] = LAYERS, *, prefix: str = P, r: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+def factors(modules: tuple[str, ...] = LAYERS, *, prefix: str = P, r: int = 4,
+            seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     out = {}
     for m in modules:
