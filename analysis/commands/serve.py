@@ -22,8 +22,10 @@ APP_DIR = Path(__file__).resolve().parents[2] / "app"
 
 
 def streamlit_command(*, host: str, port: int) -> list[str]:
+    # Visitors never see tracebacks (server paths, code): the app shows its own one-line error boxes.
+    # Also in app/.streamlit/config.toml; repeated here so a stray config elsewhere cannot turn it back on.
     return [sys.executable, "-m", "streamlit", "run", str(APP_DIR / "streamlit_app.py"),
-            "--server.headless", "true", "--server.address", host, "--server.port", str(port),
+            "--client.showErrorDetails", "none", "--server.headless", "true", "--server.address", host, "--server.port", str(port),
             "--browser.gatherUsageStats", "false"]
 
 
@@ -35,6 +37,9 @@ def serve_env(adapters: list[Path], roots: list[Path]) -> dict[str, str]:
             raise AtlasError(f"serve: adapter path not found: {', '.join(missing)}")
         env["ADAPTER_ATLAS_ADAPTERS"] = os.pathsep.join(str(p.resolve()) for p in adapters)
     if roots:
+        bad = [str(p) for p in roots if not p.is_dir()]
+        if bad:
+            raise AtlasError(f"serve: --root must be an existing folder: {', '.join(bad)}")
         env["ADAPTER_ATLAS_ROOTS"] = os.pathsep.join(str(p.resolve()) for p in roots)
     return env
 

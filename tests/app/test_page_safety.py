@@ -92,6 +92,13 @@ def test_url_cannot_open_a_link_leaving_the_root(tmp_path: Path, monkeypatch: py
     assert str(good.resolve()) in opened and not any("escape" in p or "secret" in p for p in opened)
 
 
-def test_visitors_never_see_tracebacks() -> None:
+def test_visitors_never_see_tracebacks(tmp_path: Path) -> None:
+    from analysis.commands import serve
+    from analysis.errors import AtlasError
+
     config = tomllib.loads((REPO / "app" / ".streamlit" / "config.toml").read_text())
     assert config["client"]["showErrorDetails"] in ("none", "type")  # not "full"/"stacktrace": no server paths
+    cmd = serve.streamlit_command(host="127.0.0.1", port=8501)
+    assert cmd[cmd.index("--client.showErrorDetails") + 1] == "none"  # whatever config the server finds
+    with pytest.raises(AtlasError, match="--root must be an existing folder"):
+        serve.serve_env([], [tmp_path / "missing"])
