@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from analysis.adapters import load_adapter
@@ -79,6 +81,31 @@ def test_lookup_matches_peft_rule_for_literal_and_regex_patterns(key: str) -> No
         expected = peft_get_pattern_key(order, key)
         got = table.lookup(key, None)
         assert (order[got] if got is not None else key) == expected, (order, key)
+
+
+KEYS = st.text(alphabet="ab._0", min_size=1, max_size=12)
+LITERALS = st.text(alphabet="ab._0-", min_size=1, max_size=6)
+REGEXES = st.text(alphabet="ab.|()*+?[]^$\\", min_size=1, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(patterns=st.lists(st.one_of(LITERALS, REGEXES), min_size=1, max_size=6, unique=True), key=KEYS)
+def test_lookup_equals_python_re_on_random_patterns(patterns: list[str], key: str) -> None:
+    """Two routes: our literal/RE2 table versus PEFT's rule run by Python's re (safe on these tiny inputs)."""
+    usable = []
+    for p in patterns:
+        try:
+            re.compile(rf"(.*\.)?({p})$")
+        except re.error:
+            continue
+        usable.append(p)
+    assume(usable)
+    try:
+        table = PatternTable({p: i for i, p in enumerate(usable)})
+    except AdapterFormatError:  # RE2 refuses a construct Python accepts: a refusal, never a wrong answer
+        return
+    got = table.lookup(key, None)
+    assert (usable[got] if got is not None else key) == peft_get_pattern_key(usable, key)
 
 
 def test_catastrophic_pattern_is_evaluated_in_linear_time(tmp_path: Path) -> None:
