@@ -29,6 +29,7 @@ PAGES = [
     ("capacity.py", "Capacity", ":material/stacked_bar_chart:", "capacity"),
     ("merge.py", "Merge", ":material/merge:", "merge"),
     ("review.py", "Review", ":material/rate_review:", "review"),
+    ("population.py", "Population", ":material/scatter_plot:", "population"),
 ]
 
 

@@ -40,16 +40,19 @@ class Population:
     norms: np.ndarray  # (N,) exact ||dW||_F
     failed: list[tuple[str, str]] = field(default_factory=list)
     _nn: Any = None
+    _where: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def position(self, path: str | os.PathLike[str]) -> int | None:
-        text = str(Path(path).expanduser().resolve())
-        try:
-            return self.paths.index(text)
-        except ValueError:
-            return None
+        """Index of a scanned path (as given, or resolved), None when it was not scanned."""
+        if self._where is None:
+            self._where = {p: i for i, p in enumerate(self.paths)}
+        text = str(path)
+        if text not in self._where:
+            text = str(Path(path).expanduser().resolve())
+        return self._where.get(text)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -91,20 +91,20 @@ def _batches(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str
         yield items[start:start + size]
 
 
-def _run_synchronous(batches: Iterator[list], config: SketchConfig) -> Iterator[list[dict]]:
+def _run_synchronous(fn: Callable, batches: Iterator[list], *args: Any) -> Iterator[list[dict]]:
     import dask
 
     for batch in batches:
-        yield dask.delayed(sketch_batch)(batch, config).compute(scheduler="synchronous")
+        yield dask.delayed(fn)(batch, *args).compute(scheduler="synchronous")
 
 
-def _run_distributed(client: Any, batches: Iterator[list], config: SketchConfig) -> Iterator[list[dict]]:
+def _run_distributed(client: Any, fn: Callable, batches: Iterator[list], *args: Any) -> Iterator[list[dict]]:
     from distributed import as_completed
 
     in_flight = 2 * max(1, len(client.scheduler_info().get("workers", {}))) + 2
     pending = as_completed()
     for batch in batches:
-        pending.add(client.submit(sketch_batch, batch, config, pure=False))
+        pending.add(client.submit(fn, batch, *args, pure=False))
         if pending.count() >= in_flight:
             future = next(pending)
             yield future.result()
@@ -112,6 +112,27 @@ def _run_distributed(client: Any, batches: Iterator[list], config: SketchConfig)
     for future in pending:
         yield future.result()
         future.release()
+
+
+def map_batches(fn: Callable, batches: Iterator[list], *args: Any, scheduler: str | None = None,
+                workers: int | None = None, client: Any = None, processes: bool = True) -> Iterator[list]:
+    """Yield fn(batch, *args) for every batch, in completion order, with a bounded number in flight.
+
+    `scheduler`: None (a LocalCluster of `workers` one-thread workers, closed at the end), an address,
+    or SYNCHRONOUS; an existing `client` wins over both. `fn` must be importable by the workers.
+    """
+    if scheduler == SYNCHRONOUS and client is None:
+        yield from _run_synchronous(fn, batches, *args)
+        return
+    owned = None if client is not None else _client(scheduler, workers, processes)
+    try:
+        yield from _run_distributed(client or owned, fn, batches, *args)
+    finally:
+        if owned is not None:
+            cluster = owned.cluster
+            owned.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def _client(scheduler: str | None, workers: int | None, processes: bool) -> Any:
@@ -158,38 +179,26 @@ def scan(
     done = 0
     if progress is not None:
         progress(0, len(todo))
-    batches = _batches(todo, batch_size)
-    owned = None
-    if scheduler == SYNCHRONOUS:
-        results = _run_synchronous(batches, config)
-    else:
-        owned = None if client is not None else _client(scheduler, workers, processes)
-        results = _run_distributed(client or owned, batches, config)
-    try:
-        for rows in results:
-            for row in rows:
-                sketch = row.pop("sketch")
-                catalog.append(row)
-                if row["error"]:
-                    report.failed.append((row["path"], row["error"]))
-                elif row["sha256"] in known:
-                    report.duplicates += 1
-                else:
-                    known.add(row["sha256"])
-                    buffer.append(sketch)
-                    report.sketched += 1
-            if len(buffer) >= part_rows:
-                store.append_sketches(buffer)
-                buffer = []
-            done += len(rows)
-            if progress is not None:
-                progress(done, len(todo))
-    finally:
-        if owned is not None:
-            cluster = owned.cluster
-            owned.close()
-            if cluster is not None:
-                cluster.close()
+    results = map_batches(sketch_batch, _batches(todo, batch_size), config, scheduler=scheduler,
+                          workers=workers, client=client, processes=processes)
+    for rows in results:
+        for row in rows:
+            sketch = row.pop("sketch")
+            catalog.append(row)
+            if row["error"]:
+                report.failed.append((row["path"], row["error"]))
+            elif row["sha256"] in known:
+                report.duplicates += 1
+            else:
+                known.add(row["sha256"])
+                buffer.append(sketch)
+                report.sketched += 1
+        if len(buffer) >= part_rows:
+            store.append_sketches(buffer)
+            buffer = []
+        done += len(rows)
+        if progress is not None:
+            progress(done, len(todo))
     store.append_sketches(buffer)
     # 3. the catalog last, so an interrupted scan leaves the previous one in place
     store.write_catalog(catalog)

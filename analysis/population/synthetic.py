@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from analysis.adapters.model import Adapter, LowRankDelta
+from analysis.population.sketch import SketchConfig
 
 TARGETS = ("q_proj", "v_proj")
 
@@ -107,3 +108,22 @@ def write_population(spec: PlantedSpec, root: Path, count: int, *, start: int = 
         adapter, family, _ = member(spec, i)
         paths.append(write_peft(adapter, root / f"f{family:04d}" / f"m{i:07d}"))
     return paths
+
+
+def sketch_members(indices: list[int], spec: PlantedSpec, config: SketchConfig) -> list[dict]:
+    """Dask task for streamed benchmarks: generate and sketch members in the worker (no files), rows as the
+    scan's sketch table has them, with `path` = "synthetic://<index>"."""
+    from analysis.population.sketch import sketch_adapter
+    from analysis.threads import bounded_threads
+
+    rows = []
+    with bounded_threads(1):
+        for i in indices:
+            adapter, _, _ = member(spec, i)
+            sk = sketch_adapter(adapter, config)
+            rows.append({"sha256": adapter.sha256, "layout": sk.layout, "base_model": adapter.base_model,
+                         "format": adapter.format, "norm": sk.norm, "vector": sk.vector.astype(np.float32),
+                         "modules": list(sk.modules), "module_norm": sk.module_norm.astype(np.float32),
+                         "module_top_sv": sk.module_top_sv.reshape(-1).astype(np.float32),
+                         "path": f"synthetic://{i}"})
+    return rows
