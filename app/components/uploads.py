@@ -80,6 +80,16 @@ def _size(n: float) -> str:
 
 
 # ------------------------------------------------------------------ per-session areas, TTL, quota
+def _own_folder(base: Path) -> None:
+    """The shared upload folder (in /tmp by default) must be a real folder this server owns: another
+    local user could otherwise pre-create it, or a link in its place, and read or redirect uploads."""
+    base.mkdir(parents=True, mode=0o700, exist_ok=True)
+    st = os.lstat(base)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise UploadRefusedError(f"upload folder {base} is a link or not owned by this server: remove it, or set "
+                                 "TMPDIR to a private folder")
+
+
 class UploadArea:
     """One session's upload folder: `<base>/s-<random>/`. Removed by `close()`, by the garbage
     collector when the session state holding it is dropped, at interpreter exit, or by `sweep` after
@@ -88,6 +98,7 @@ class UploadArea:
     def __init__(self, base: Path = UPLOAD_BASE, *, limits: UploadLimits | None = None):
         self.base = Path(base)
         self.limits = limits or UploadLimits.from_env()
+        _own_folder(self.base)
         self.path = self.base / f"s-{secrets.token_hex(16)}"
         self.path.mkdir(parents=True, mode=0o700)
         (self.path / MARKER).write_text("")

@@ -58,6 +58,14 @@ def test_review_recipe_file_confined_to_roots(tmp_path: Path, monkeypatch: pytes
         assert [p.title for p in store.list_proposals()] == ["from a file"]
 
 
+def test_review_link_with_an_id_past_the_integer_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADAPTER_ATLAS_DB", str(tmp_path / "review.db"))
+    at = AppTest.from_file(REVIEW, default_timeout=60)
+    at.query_params["proposal"] = "99999999999999999999999"
+    at.run()
+    assert not at.exception and any("no proposal with id" in e.value for e in at.error)
+
+
 def _sample_copy(dst: Path, base: str) -> Path:
     shutil.copytree(SAMPLE / "math_add", dst)
     config = json.loads((dst / "adapter_config.json").read_text())

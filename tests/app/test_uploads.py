@@ -209,3 +209,12 @@ def test_loose_files_upload_and_names(area: UploadArea) -> None:
         save_upload([("a/..", b"1"), ("b", b"2")], area)
     with pytest.raises(UploadRefusedError, match="NUL"):
         save_upload([("w\0.safetensors", b"1")], area)
+
+
+def test_upload_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "up").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UploadRefusedError, match="is a link or not owned"):
+        UploadArea(tmp_path / "up")
+    assert list(elsewhere.iterdir()) == []
