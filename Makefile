@@ -38,6 +38,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_overlap.py
 	$(PY) bench/bench_merge.py
+	$(PY) bench/bench_population.py
 
 samples: $(STAMP)
 	$(PY) -m sample_adapters.build
