@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench samples clean system
+.PHONY: run test test-fast lint bench samples clean system consolidate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP) system lint
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e and not slow"
+
+# Consolidating the ten sample adapters (every strategy at one budget + the planner): ~45-60 min on 2 shared cores.
+consolidate: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) bench/consolidate_table.py
 
 bench: $(STAMP)
 	$(PY) bench/bench_overlap.py

@@ -8,7 +8,7 @@ every task's eval split (first `--limit` rows, exact match). Accuracy is normali
 evaluation) says how many adapters remain. Results are written after every strategy, so a partial run still
 leaves data: bench/results_consolidate.json.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/consolidate_table.py            # = make consolidate
+    OMP_NUM_THREADS=1 .venv/bin/python bench/consolidate_table.py            # = make consolidate
     .venv/bin/python bench/consolidate_table.py --only multitask --steps 10  # a quick look
 """
 from __future__ import annotations
@@ -42,12 +42,13 @@ DATA = ROOT / "sample_adapters" / "tasks"
 RUNS = [("multitask", "multitask", "magnitude"), ("isolation", "isolation", "magnitude"),
         ("merge-then-tune", "merge-then-tune", "magnitude"), ("sequential", "sequential", "magnitude"),
         ("isolation-saliency", "isolation", "saliency")]
-# Budget: 2 cores shared by ~7 jobs; measured 1.5-17 s per step of 8 sequences (~4 s typical) and a 74 s base
-# load at load average 8; a 10-task evaluation of 32 rows takes ~2-4 min. 5 runs x (STEPS steps + one evaluation)
-# + own accuracy + the planner (~12 verified groups) must fit in ~45-60 min: 80 steps x 8 = 640 examples, ~64
-# per task. The sample adapters had 20-150 steps x 8 on ONE task each, so this budget is short for ten tasks;
-# it is the same for every strategy.
-STEPS = 80
+# Budget, measured on this machine before the run (2 cores shared by ~7 jobs, load average 8-12): with ONE torch
+# thread a step of 8 sequences takes ~6-8 s and a 10-task evaluation of 32 rows ~2-3 min (with two threads
+# the same evaluation was ~30x slower: OpenMP threads spin-wait on an oversubscribed CPU, so this bench runs on
+# one thread). 5 runs x (STEPS steps + one evaluation) + own accuracy + the planner (<= 10 verified groups)
+# must fit in ~45-60 min: 50 steps x 8 = 400 examples, ~40 per task. The sample adapters had 20-150 steps x 8 on
+# ONE task each, so this budget is short for ten tasks; it is the same for every strategy.
+STEPS = 50
 
 log = logging.getLogger("consolidate_table")
 
@@ -72,8 +73,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=32, help="eval rows per task")
     ap.add_argument("--only", nargs="*", default=None, help="run labels (default all); stored others are kept")
     ap.add_argument("--skip-plan", action="store_true")
-    ap.add_argument("--max-trials", type=int, default=12, help="planner: most group merges verified")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-trials", type=int, default=10, help="planner: most group merges verified")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: see the budget note)")
     ap.add_argument("--work", default="/tmp/adapter_atlas_consolidate", help="where the adapters are written")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--base", default=None, metavar="PATH", help="local base model directory (default: the sample base)")
     p.add_argument("--limit", type=int, default=None, help="eval rows per task for the accuracy (default all)")
     p.add_argument("--no-eval", action="store_true", help="skip measuring accuracy on the written adapter")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared CPU two threads spin-wait and run far slower)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument("--json", action="store_true", help="print training.json to stdout")

@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, metavar="DIR", help="task data DIR/<task>/eval.jsonl: verify by evaluation")
     p.add_argument("--limit", type=int, default=32, help="eval rows per task when verifying (default 32)")
     p.add_argument("--max-trials", type=int, default=20, help="most group merges tried (default 20)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared CPU two threads spin-wait and run far slower)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument("--json", action="store_true", help="print plan.json to stdout")
