@@ -52,6 +52,10 @@ def test_cluster_and_synchronous_agree_bit_for_bit(tmp_path: Path, client) -> No
     cat_a = IndexStore.open(tmp_path / "sync").read_catalog()
     cat_b = IndexStore.open(tmp_path / "dist").read_catalog()
     assert cat_a == cat_b
+    # the same cluster named by its scheduler address, as `--scheduler ADDRESS` does: no other code path
+    by_address = scan([ads], tmp_path / "addr", config=CONFIG, scheduler=client.scheduler.address)
+    c = _sketches(tmp_path / "addr")
+    assert by_address.sketched == 12 and all(c[sha].tobytes() == a[sha].tobytes() for sha in a)
 
 
 def test_unreadable_files_are_listed_with_one_line_reasons(tmp_path: Path) -> None:
