@@ -236,6 +236,9 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
         granularity, p = diagnostic_cores(result.method, result.params, cores_default)
         if cores_default is None or (granularity, p) != (str(cores_default[0]), float(cores_default[1])):
             cores = None  # precomputed masks are for other settings than this method's own
+        own = getattr(result, "cores", None)  # the masks the method itself used, when it kept them
+        if own is not None and getattr(result, "core_settings", None) == (granularity, p):
+            cores = own
         pv = preview_merge(list(adapters.adapters), result.modules, rank=rank, granularity=granularity, p=p,
                            cores=cores, progress=reporter.stage("preview"))
     # 6. evidence
