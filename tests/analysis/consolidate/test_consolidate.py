@@ -57,9 +57,10 @@ def test_isolation_factors_of_core_rows_unchanged_and_masked_blocks_zero(setup):
     c = cfg("isolation", steps=1)
     res = consolidate(tiny_llama(), CharTokenizer(), adapters, data, c)
     specs = block_specs(adapters, c, res.start, res.frozen_rows)
-    installed = install(tiny_llama(), specs)
+    model = tiny_llama()
+    installed = install(model, specs)
     cores = block_snapshot(installed, "cores")
-    uninstall(tiny_llama(), {})
+    uninstall(model, installed)
     for m, rows in res.frozen_rows.items():
         B, _ = cores[m]
         assert torch.equal(B[~rows], torch.zeros_like(B[~rows]))
