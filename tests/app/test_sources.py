@@ -13,9 +13,7 @@ from analysis.errors import AdapterFormatError
 from app.components import sources
 from app.components.sources import FolderRefusedError, UploadArea, confine, resolve_server_folder, save_upload
 
-REAL = Path(__file__).resolve().parents[3] / "shared" / "real_adapters"
-GEMMA = REAL / "gemma3-270m-svg-lora"
-needs_real = pytest.mark.skipif(not GEMMA.is_dir(), reason="../shared/real_adapters not present")
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_adapters"  # committed: these run in a fresh clone
 
 
 def _peft_dir(root: Path, name: str = "tiny") -> Path:
@@ -105,9 +103,8 @@ def test_url_paths_filtered_to_roots(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 # --- uploads -------------------------------------------------------------------------------------
 
-@needs_real
 def test_zip_of_peft_dir_loads_like_the_dir(tmp_path: Path) -> None:
-    src = GEMMA / "adapter_seed123"
+    src = SAMPLES / "math_max"
     data = _zip({f"adapter_seed123/{p.name}": p.read_bytes() for p in src.iterdir()})
     area = UploadArea(tmp_path)
     path = save_upload([("seed.zip", data)], area)
@@ -118,9 +115,8 @@ def test_zip_of_peft_dir_loads_like_the_dir(tmp_path: Path) -> None:
     assert save_upload([("seed.zip", data)], area) == path  # a rerun reuses the same folder
 
 
-@needs_real
 def test_files_of_a_dir_and_single_file(tmp_path: Path) -> None:
-    src = GEMMA / "adapter"
+    src = SAMPLES / "math_add"
     files = [(f"adapter/{p.name}", p.read_bytes()) for p in src.iterdir()]
     area = UploadArea(tmp_path)
     path = save_upload(files, area)
