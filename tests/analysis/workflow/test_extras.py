@@ -79,3 +79,23 @@ def test_cli_refuses_then_drops_on_request(heads, tmp_path: Path) -> None:  # no
     assert replay.returncode == 0, replay.stderr
     for name in ("adapter_model.safetensors", "adapter_config.json", "recipe.yaml"):
         assert (tmp_path / "m" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+
+
+def test_identical_dora_magnitudes_are_carried_and_peft_uses_them(tmp_path: Path) -> None:
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from workflow_factories import tiny_llama
+
+    for name in ("d1", "d2"):
+        model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                        use_dora=True, init_lora_weights=False))
+        model.peft_config["default"].base_model_name_or_path = "tiny-llama"
+        model.save_pretrained(str(tmp_path / name))
+    run = run_merge(AdapterSet.from_paths([tmp_path / "d1", tmp_path / "d2"]), "linear", preview=False)
+    kinds = set(run.evidence["extras"]["kinds"].values())
+    assert kinds == {"dora_magnitude"} and len(run.evidence["extras"]["carried"]) == 4
+    out = run.write(tmp_path / "merged")
+    assert json.loads((out / "adapter_config.json").read_text())["use_dora"] is True
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"
+    loaded = PeftModel.from_pretrained(tiny_llama(), str(out)).base_model.model.model.layers[0].self_attn.q_proj
+    assert torch.equal(loaded.lora_magnitude_vector["default"].weight.detach(),
+                       load_file(str(tmp_path / "d1" / "adapter_model.safetensors"))[key])
