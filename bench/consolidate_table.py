@@ -65,6 +65,26 @@ def summary(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+SHORT = {"text_first_word": "1st", "text_last_word": "last", "text_reverse_words": "rev", "text_uppercase": "UP",
+         "math_max": "max", "math_add": "add", "math_count": "cnt", "format_date": "dmy", "format_date_us": "mdy",
+         "format_snake": "snk"}
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The stored results as the README table: retention per task (accuracy / own adapter's), mean, worst."""
+    tasks = out["tasks"]
+    head = "| strategy | " + " | ".join(SHORT.get(t, t) for t in tasks) + " | mean | worst | train s |"
+    lines = [head, "|" + "---|" * (len(tasks) + 4)]
+    for label, run in out.get("runs", {}).items():
+        ret = run["retention"]
+        cells = " | ".join(f"{ret[t]:.2f}" for t in tasks)
+        lines.append(f"| {label} | {cells} | {run['mean_retention']:.3f} | {run['min_retention']:.2f} | "
+                     f"{run['seconds']['train']:.0f} |")
+    own = out.get("own_accuracy", {})
+    lines.append("| (own adapter accuracy) | " + " | ".join(f"{own.get(t, 0):.2f}" for t in tasks) + " | | | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=STEPS)
@@ -77,7 +97,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: see the budget note)")
     ap.add_argument("--work", default="/tmp/adapter_atlas_consolidate", help="where the adapters are written")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--markdown", action="store_true", help="print the stored results as a Markdown table and exit")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     t0 = time.time()

@@ -63,13 +63,17 @@ def run(args: argparse.Namespace) -> int:
 
         model, tokenizer = load_base_model()
         evaluate = TaskEvaluator(model, tokenizer, args.data, limit=args.limit)
-    handler = _Log()
-    logging.getLogger("analysis.plan.planner").addHandler(handler)
-    logging.getLogger("analysis.plan.planner").setLevel(logging.INFO)
+    handler, logger = _Log(), logging.getLogger("analysis.plan.planner")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # once on stderr, not again through the root handler
     try:
         plan = Planner(args.min_retention, evaluate=evaluate, max_trials=args.max_trials).plan(adapters)
     finally:
-        logging.getLogger("analysis.plan.planner").removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
     data = export_plan(plan, adapters, out, force=args.force)
     if args.json:
         print(json.dumps(data, indent=2, default=float))
