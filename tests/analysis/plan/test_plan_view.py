@@ -26,3 +26,27 @@ def test_consolidation_table_has_every_task_column():
                                   "export_rank": 16, "retention": {"a": 0.1, "b": 0.9}}}}
     df = consolidation_rows(res)
     assert df.loc[0, "strategy"] == "multitask" and df.loc[0, "a"] == 0.1 and df.loc[0, "b"] == 0.9
+
+
+def test_section_renders_plan_and_table_from_a_results_file(tmp_path):
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    res = {"settings": {"steps": 2, "batch_size": 8, "rank": 16, "limit": 4},
+           "runs": {"multitask": {"mean_retention": 0.5, "min_retention": 0.1, "seconds": {"train": 1},
+                                  "export_rank": 16, "retention": {"a": 0.1, "b": 0.9, "c": 0.5}}},
+           "plan": PLAN | {"trials": []}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(res))
+    script = f"""
+from pathlib import Path
+from app.components import plan_view
+plan_view.RESULTS = Path({str(path)!r})
+plan_view.render()
+"""
+    at = AppTest.from_string(script, default_timeout=60).run()
+    assert not at.exception and not at.error
+    assert [m.value for m in at.metric] == ["2 of 3"]
+    assert [d.value.shape for d in at.dataframe] == [(2, 7), (1, 8)]
+    assert any("adapter-atlas consolidate" in c.value for c in at.code)
