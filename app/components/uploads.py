@@ -38,8 +38,9 @@ UPLOAD_BASE = Path(tempfile.gettempdir()) / "adapter-atlas-uploads"
 ADAPTER_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 CHUNK = 1 << 20
 MiB, GiB = 1 << 20, 1 << 30
-SUPPORTED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate",
-                     zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+# Only these: zipfile inflates deflate with a bounded output per read, but bzip2/lzma chunks without
+# a bound, so a lying bzip2 member could fill memory before its size is checked. Every zip tool writes deflate.
+SUPPORTED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 _AREA_NAME = re.compile(r"^s-[0-9a-f]{32}$")
 MARKER = ".adapter-atlas-upload-area"
 
@@ -120,6 +121,7 @@ def session_area(state: "MutableMapping[str, Any]", key: str = "adapters_upload_
     area = state.get(key)
     if not isinstance(area, UploadArea) or area.closed:
         area = state[key] = UploadArea()
+        sweep(area.base, ttl_s=area.limits.ttl_s, keep=area.path)  # areas a killed server left behind
     return area
 
 

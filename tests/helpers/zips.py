@@ -18,6 +18,21 @@ def deflate_zeros(mib: int) -> tuple[bytes, int]:
     return block * mib + co.flush(), crc
 
 
+def deflate_mixed(mib: int, random_kib: int = 20) -> tuple[bytes, int]:
+    """A raw deflate stream of `mib` MiB, each MiB `random_kib` KiB of random bytes then zeros (~50x ratio:
+    under the bomb limit, so it is accepted and streamed), and its CRC-32."""
+    import os
+
+    co = zlib.compressobj(6, zlib.DEFLATED, -15)
+    parts, crc = [], 0
+    for _ in range(mib):
+        chunk = os.urandom(random_kib << 10) + b"\0" * (MiB - (random_kib << 10))
+        crc = zlib.crc32(chunk, crc)
+        parts.append(co.compress(chunk))
+    parts.append(co.flush())
+    return b"".join(parts), crc
+
+
 def raw_zip(entries: list[dict]) -> bytes:
     """A zip from entries {name, data, [usize, crc, method, flags, mode]}: headers say what we are told."""
     out, central = io.BytesIO(), io.BytesIO()
