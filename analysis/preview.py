@@ -70,11 +70,13 @@ def _times_v(delta: Delta, V: torch.Tensor) -> torch.Tensor:
     return delta.dense(torch.float64) @ V  # (n_out, k)
 
 
-def retention(merged: Delta, task: Delta, core: Core, granularity: str, tol: float) -> int:
-    """Core positions whose merged value stays within tol relative error of the task's own."""
+def retention(merged: Delta, task: Delta, core: Core, granularity: str, tol: float,
+              merged_at: torch.Tensor | None = None) -> int:
+    """Core positions whose merged value stays within tol relative error of the task's own.
+    `merged_at`: the merged values at this core's positions, when already read."""
     pos = core.positions
     if granularity == "entries":
-        new = gather(merged, pos)  # (k,)
+        new = gather(merged, pos) if merged_at is None else merged_at  # (k,)
         old = core.value.to(torch.float64) if core.value.numel() == pos.numel() else gather(task, pos)
         return int(((new - old).abs() <= tol * old.abs()).sum())
     diff = linear_combination([merged, task], [1.0, -1.0])
@@ -92,13 +94,16 @@ def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granul
     claims = gather_claims([at[i] for i in present])
     claimed_twice = claims.member.sum(dim=0) > 1  # (U,)
     merged_norm2 = merged.frobenius_norm() ** 2
+    # the merged values on the union of the cores, read once for every task
+    union_at = gather(merged, claims.positions) if granularity == "entries" else None  # (U,)
     rows = []
     for row, i in enumerate(present):
         task = inputs[i].modules[module]
         U, S, V = svd_of(task)  # (n_out, k), (k,), (n_in, k)
         moved = _times_v(merged, V) - U * S  # (n_out, k): (dW_m - dW_t) V_t
         rows.append({"index": i, "task": inputs[i].name, "module": module, "core": int(at[i].positions.numel()),
-                     "core_kept": retention(merged, task, at[i], granularity, tol),
+                     "core_kept": retention(merged, task, at[i], granularity, tol,
+                                            None if union_at is None else union_at[claims.member[row]]),
                      "conflicts": int((claims.member[row] & claimed_twice).sum()),
                      "interference_num2": float((moved**2).sum()), "interference_den2": float((S**2).sum()),
                      "inner": inner(merged, task), "task_norm2": task.frobenius_norm() ** 2,

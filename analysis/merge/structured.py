@@ -12,36 +12,57 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from analysis.adapters.model import Delta, DenseDelta, LowRankDelta
 
 GATHER_CHUNK = 1 << 16  # positions per chunk when reading B A at scattered entries
+BIG = 1 << 20  # entries above which gathers from low-rank modules run in float32
+GATHER_ROWS = 256  # rows of B A formed at a time when many entries are read
 
 
 def gather_lowrank(B: torch.Tensor, A: torch.Tensor, positions: torch.Tensor, n_in: int) -> torch.Tensor:
-    """(B A) at flat positions (k,), chunked so the (chunk, R) temporaries stay small."""
+    """(B A) at sorted flat positions (k,), in B's dtype.
+
+    Few positions: row gathers of B and A^T. Many (more than 1/64 of the entries, e.g. the union of the
+    cores): blocks of GATHER_ROWS rows of B A are formed one at a time (a few MB) and read at their
+    positions; one GEMM pass beats 2 k R scattered reads once k is a sizeable share of the module."""
+    n_out = B.shape[0]
     out = torch.empty(positions.numel(), dtype=B.dtype)  # (k,)
-    for s in range(0, positions.numel(), GATHER_CHUNK):
-        pos = positions[s:s + GATHER_CHUNK]
-        rows, cols = pos // n_in, pos % n_in
-        out[s:s + GATHER_CHUNK] = (B[rows] * A[:, cols].T).sum(dim=1)  # (chunk,)
+    if positions.numel() * 64 < n_out * n_in:
+        At = A.T.contiguous()  # (n_in, R): a column of A becomes a contiguous row
+        for s in range(0, positions.numel(), GATHER_CHUNK):
+            pos = positions[s:s + GATHER_CHUNK]
+            out[s:s + GATHER_CHUNK] = (B[pos // n_in] * At[pos % n_in]).sum(dim=1)  # (chunk,)
+        return out
+    bounds = torch.searchsorted(positions, torch.arange(0, n_out + GATHER_ROWS, GATHER_ROWS) * n_in)
+    for blk, r0 in enumerate(range(0, n_out, GATHER_ROWS)):
+        lo, hi = int(bounds[blk]), int(bounds[blk + 1])
+        if hi > lo:
+            rows = B[r0:r0 + GATHER_ROWS] @ A  # (<= GATHER_ROWS, n_in)
+            out[lo:hi] = rows.reshape(-1)[positions[lo:hi] - r0 * n_in]
     return out
 
 
 def gather(delta: Delta, positions: torch.Tensor) -> torch.Tensor:
-    """dW at flat positions (k,) as float64, without forming dW when it is low rank."""
+    """dW at sorted flat positions (k,) as float64, without forming dW when it is low rank (computed in
+    float32 on modules over BIG entries: ample for the 25% retention test and the float32 operator)."""
     if isinstance(delta, LowRankDelta):
-        b, a = delta.factors(torch.float64)  # (n_out, r), (r, n_in)
-        return gather_lowrank(b, a, positions, delta.shape[1])
+        n_out, n_in = delta.shape
+        dtype = torch.float64 if n_out * n_in <= BIG else torch.float32  # float32 GEMM on big modules
+        b, a = delta.factors(dtype)  # (n_out, r), (r, n_in)
+        return gather_lowrank(b, a, positions, n_in).to(torch.float64)
     return delta.W.reshape(-1)[positions].to(torch.float64)
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
     """CSR matrix from COO triplets (sorted by row here)."""
-    order = torch.argsort(rows * n_cols + cols)
-    rows, cols, vals = rows[order], cols[order], vals[order]
+    key = rows * n_cols + cols
+    if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
+        order = torch.argsort(key)
+        rows, cols, vals = rows[order], cols[order], vals[order]
     crow = torch.zeros(n_rows + 1, dtype=torch.long)
     crow[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
     with warnings.catch_warnings():
@@ -61,12 +82,18 @@ class SparsePlusLowRank:
     def shape(self) -> tuple[int, int]:
         return self.base.shape
 
+    @cached_property
+    def base_at(self) -> torch.Tensor:
+        """The blend at the positions (nnz,), float64: read once, used by the operator and the norm."""
+        return gather(self.base, self.positions)
+
     def _parts(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         n_out, n_in = self.shape
         rows, cols = self.positions // n_in, self.positions % n_in
-        corr = (self.values.to(torch.float64) - gather(self.base, self.positions)).float()  # (nnz,)
-        S = _csr(rows, cols, corr, n_out, n_in)  # (n_out, n_in) sparse
-        St = _csr(cols, rows, corr, n_in, n_out)  # (n_in, n_out) sparse
+        corr = (self.values.to(torch.float64) - self.base_at).float()  # (nnz,)
+        S = _csr(rows, cols, corr, n_out, n_in)  # (n_out, n_in) sparse; positions are row-major sorted
+        order = torch.sort(cols.to(torch.int32), stable=True).indices  # column-major, rows stay sorted
+        St = _csr(cols[order], rows[order], corr[order], n_in, n_out)  # (n_in, n_out) sparse
         if isinstance(self.base, LowRankDelta):
             b, a = self.base.factors(torch.float32)  # (n_out, R), (R, n_in)
             return b, a, None, S, St
@@ -90,7 +117,7 @@ class SparsePlusLowRank:
 
     def norm2(self) -> float:
         """||dW||_F^2 = ||base||^2 - ||base at the positions||^2 + ||values||^2, exact (base read only there)."""
-        at = gather(self.base, self.positions)  # (nnz,)
+        at = self.base_at  # (nnz,)
         v = self.values.to(torch.float64)
         return max(self.base.frobenius_norm() ** 2 - float((at * at).sum()) + float((v * v).sum()), 0.0)
 
