@@ -229,3 +229,18 @@ def test_clean_stale_touches_only_ours_whose_writer_is_gone(tmp_path: Path) -> N
     not_ours = leftover("e.tmp-abc123", {"host": host, "pid": dead.pid, "started": now})
     assert sorted(clean_stale(tmp_path)) == sorted([gone, old_elsewhere])
     assert all(p.exists() for p in (alive, fresh_elsewhere, unmarked, not_ours))
+
+
+@pytest.mark.timeout(60)
+def test_recipe_that_is_a_fifo_or_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "recipe.yaml")  # reading it would block forever
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"method: linear\n# caf\xe9\n")
+    for recipe, needle in ((fifo, "FIFO"), (fifo / "recipe.yaml", "FIFO"), (latin, "not UTF-8 text (byte 0xe9"),
+                           (tmp_path / "missing.yaml", "not found")):
+        assert main(["merge", "--recipe", str(recipe), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
