@@ -110,3 +110,51 @@ def test_visitors_never_see_tracebacks(tmp_path: Path) -> None:
     assert cmd[cmd.index("--client.showErrorDetails") + 1] == "none"  # whatever config the server finds
     with pytest.raises(AtlasError, match="--root must be an existing folder"):
         serve.serve_env([], [tmp_path / "missing"])
+
+
+def _upload_script() -> None:
+    import os
+
+    import streamlit as st
+
+    from app.components import pickers
+
+    with open(os.environ["ATLAS_TEST_ZIP"], "rb") as f:
+        path = pickers.open_upload([(os.environ["ATLAS_TEST_ZIP_NAME"], f.read())])
+    st.session_state["opened"] = path
+
+
+@pytest.mark.parametrize("kind", ["bomb", "traversal", "adapter"])
+def test_upload_refusals_are_one_error_box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    import io
+    import zipfile
+
+    from helpers.zips import deflate_zeros, raw_zip
+
+    if kind == "bomb":
+        data, crc = deflate_zeros(1024)
+        blob = raw_zip([{"name": "a/adapter_model.safetensors", "data": data, "method": 8, "crc": crc,
+                         "usize": 1 << 30}])
+    elif kind == "traversal":
+        blob = raw_zip([{"name": "../../evil/adapter_config.json", "data": b"{}"}])
+    else:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for p in sorted((SAMPLE / "math_add").iterdir()):
+                zf.write(p, f"math_add/{p.name}")
+        blob = buf.getvalue()
+    (tmp_path / "upload.zip").write_bytes(blob)
+    monkeypatch.setenv("ATLAS_TEST_ZIP", str(tmp_path / "upload.zip"))
+    monkeypatch.setenv("ATLAS_TEST_ZIP_NAME", f"{kind}.zip")
+    at = AppTest.from_function(_upload_script, default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    area = at.session_state["adapters_upload_area"]
+    if kind == "adapter":
+        assert not at.error and Path(at.session_state["opened"]).name == "math_add"
+        assert area.path in Path(at.session_state["opened"]).parents
+    else:
+        (box,) = at.error
+        assert box.value.startswith("Upload refused:") and "\n" not in box.value
+        assert ("zip bomb" if kind == "bomb" else "'..' paths are refused") in box.value
+        assert at.session_state["opened"] is None
+        assert [p.name for p in area.path.iterdir()] == [".adapter-atlas-upload-area"]  # nothing kept
