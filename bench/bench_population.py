@@ -10,6 +10,8 @@ and a path t in [0, 1] between two arms; small shapes so it runs on 2 shared cor
             unchanged rescan, and queries (open, 100 neighbour queries, families) on the index.
   stream    N adapters generated inside the Dask tasks (no files): sketch + Parquet store + queries, the
             stages that dominate at 10^5; the per-adapter file cost comes from the `files` stage.
+  large     CPU seconds per adapter at real size (Llama-2-7B, rank 16 on all 224 linear layers, 80 MB fp16):
+            the figure a 10^6 projection starts from.
 Each stage runs in its own process; peak memory = max over time of RSS summed over the stage's process and
 its children (the Dask workers), sampled every 0.2 s. Prints JSON; `--write` saves bench/results_population.json.
 
@@ -231,8 +233,53 @@ def stage_stream(n: int) -> dict:
             "cpu_s_per_1000": round(mem.cpu / n * 1000, 2), **queries}
 
 
-STAGES = {"accuracy": stage_accuracy, "files": stage_files, "stream": stage_stream}
-PLAN = [("accuracy", 2000), ("files", 10_000), ("stream", 10_000), ("stream", 100_000)]
+LLAMA_7B = {"self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (4096, 4096), "self_attn.v_proj": (4096, 4096),
+            "self_attn.o_proj": (4096, 4096), "mlp.gate_proj": (11008, 4096), "mlp.up_proj": (11008, 4096),
+            "mlp.down_proj": (4096, 11008)}
+
+
+def stage_large(n: int) -> dict:
+    """Per-adapter CPU cost at real size: rank-16 LoRAs on every linear layer of a Llama-2-7B (224 modules)."""
+    import torch
+
+    from analysis.adapters import load_adapter
+    from analysis.adapters.model import Adapter, LowRankDelta
+    from analysis.population.sketch import sketch_adapter
+    from analysis.population.synthetic import write_peft
+
+    torch.set_num_threads(1)
+
+    def adapter(seed: int) -> Adapter:
+        g = torch.Generator().manual_seed(seed)
+        modules = {f"model.layers.{layer}.{t}": LowRankDelta(A=torch.randn(16, n_in, generator=g) / 64,
+                                                             B=torch.randn(n_out, 16, generator=g) / 64, scale=2.0)
+                   for layer in range(32) for t, (n_out, n_in) in LLAMA_7B.items()}
+        return Adapter(name=f"a{seed}", path=Path("."), format="peft", base_model="llama-2-7b", config={},
+                       modules=modules)
+
+    first = adapter(0)
+    t0 = time.process_time()
+    sketch_adapter(first, CONFIG)
+    cold = time.process_time() - t0  # includes drawing every test matrix once per worker
+    warm = []
+    for seed in range(1, n + 1):
+        other = adapter(seed)
+        t0 = time.process_time()
+        sketch_adapter(other, CONFIG)
+        warm.append(time.process_time() - t0)
+    with tempfile.TemporaryDirectory(prefix="atlas-large-") as tmp:
+        folder = write_peft(first, Path(tmp) / "a")
+        size = sum(f.stat().st_size for f in folder.iterdir())
+        t0 = time.process_time()
+        sketch_adapter(load_adapter(folder), CONFIG)  # read, NaN scan, sha256, sketch
+        full = time.process_time() - t0
+    return {"modules": len(first.modules), "rank": 16, "file_mb_fp16": round(size / 1e6, 1),
+            "sketch_cpu_s_first_per_worker": round(cold, 3), "sketch_cpu_s_warm": round(float(np.median(warm)), 3),
+            "load_hash_sketch_cpu_s": round(full, 3)}
+
+
+STAGES = {"accuracy": stage_accuracy, "files": stage_files, "stream": stage_stream, "large": stage_large}
+PLAN = [("accuracy", 2000), ("large", 3), ("files", 10_000), ("stream", 10_000), ("stream", 100_000)]
 
 
 def _child(stage: str, n: int) -> dict:
