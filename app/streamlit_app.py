@@ -79,4 +79,5 @@ if navigation is not home:
     if len(st.session_state.get(view.ADAPTERS, [])) >= 2:
         cache.warm_up(list(st.session_state[view.ADAPTERS]))
 navigation.run()
+view.show_refused(final=True)  # with what the page's controls refused from the link
 view.write_url(current)  # choices made while the page ran

@@ -60,17 +60,25 @@ show_figure(figures.rank_vs_width(labels, [x["union_effective_rank"] for x in ch
             name=f"capacity_rank_{kind}", key="capacity_rank")
 
 # 4. Every module (layer and type name it; the full module name is in the CSV)
+def _ranks(ranks: list[int]) -> str:
+    """'8 × 10' for ten adapters of rank 8; the list when they differ."""
+    return f"{ranks[0]} × {len(ranks)}" if len(set(ranks)) == 1 else ", ".join(map(str, ranks))
+
+
 st.subheader("All modules")
 table = pd.DataFrame([{
     "module": x["module"], "layer": str(x["layer"]), "type": x["type"], "width d": x["width"],
-    "ranks": ", ".join(map(str, x["ranks"])), "union rank": x["union_rank"],
+    "ranks": _ranks(x["ranks"]), "union rank": x["union_rank"],
     "union eff. rank": x["union_effective_rank"], "mean overlap": x["mean_overlap"], "floor": x["floor"],
     "excess": x["excess"], "more fit": x["fits_more"], "of rank": x["fits_more_rank"],
 } for x in rows])
 st.dataframe(table.drop(columns=["module"]), hide_index=True, width="stretch", height=420,
              column_config={**{k: st.column_config.NumberColumn(format="%.3f", width="small")
                                for k in ("union eff. rank", "mean overlap", "floor", "excess")},
-                            "ranks": st.column_config.TextColumn(width="medium"),
+                            **{k: st.column_config.NumberColumn(width="small")
+                               for k in ("width d", "union rank", "more fit", "of rank")},
+                            "layer": st.column_config.TextColumn(width="small"),
+                            "ranks": st.column_config.TextColumn(width="small"),
                             "type": st.column_config.TextColumn(width="medium")})
 st.download_button("Table (CSV)", table.to_csv(index=False), file_name="capacity.csv", mime="text/csv",
                    key="capacity_csv", on_click="ignore", icon=":material/table:")

@@ -43,7 +43,6 @@ with right:
         k = st.slider("Groups k", 1, len(refs), key="clusters_k",
                       help=f"{best} groups score the best silhouette (scikit-learn) on these distances.")
         threshold = cache.cut_height(refs, distance, method, k)
-        cut_label = f"{k} groups: cut at {threshold:.3f}"
     else:
         lo, hi = round(heights[0] - 0.005, 3), round(heights[-1] + 0.005, 3)
         view.url_state("clusters_threshold", "t", default=round(cache.cut_height(refs, distance, method, best), 3),
@@ -53,13 +52,13 @@ with right:
                               help="Adapters merged below this distance form one group. The range spans the "
                                    "merges of this tree.")
         k = None
-        cut_label = f"cut at {threshold:.3f}"
 groups = cache.cut(refs, distance, method, k, None if k is not None else threshold)
 n_groups = max(groups) + 1
 
 # 3. Dendrogram (drawn from scipy's layout) with the cut and the group colours, then the groups
 show_figure(figures.dendrogram(fit["dendrogram"], names, metric_label=DISTANCES[distance], threshold=threshold,
-                               groups=groups, cut_label=f"{cut_label} → {n_groups} group(s)"),
+                               groups=groups,
+                               cut_label=f"cut at {threshold:.3f} → {n_groups} group{'s' if n_groups > 1 else ''}"),
             name=f"dendrogram_{distance}_{method}", key="clusters_dendrogram")
 st.caption(f"The distance axis spans the merges ({heights[0]:.3f} to {heights[-1]:.3f}), not 0 to 1, so close "
            "merges stay apart. Links inside a group take its colour; grey links join groups above the cut.")

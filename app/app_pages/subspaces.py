@@ -48,6 +48,7 @@ st.caption(f"This pair collides most at **{hot_module}** (subspace similarity "
 # 2. Principal-angle spectra, one curve per module
 st.subheader("Principal angles per module")
 chosen = view.choose_many("Modules", modules, "subspaces_modules", param="mods", short=view.module_token,
+                          format_func=view.module_token,
                           help="Defaults to the modules of the layer where the pair collides most.")
 curves = {m: table[m].principal_angles_deg[i][j] for m in chosen}
 if curves:

@@ -116,6 +116,7 @@ def init_session() -> None:
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
     st.session_state[_BOUND] = {}
+    st.session_state.pop(_SLOT, None)
     if st.session_state.get(_URL_READ):
         return
     st.session_state[_URL_READ] = True
@@ -146,15 +147,27 @@ def refuse(param: str, value: str, reason: str) -> None:
         refused.append(line)
 
 
-def show_refused() -> None:
-    """One warning box listing every link entry this session could not honour, with a dismiss button."""
+_SLOT = "atlas_refused_slot"  # the placeholder the warning is drawn into during this run
+
+
+def show_refused(*, final: bool = False) -> None:
+    """One warning box listing every link entry this session could not honour.
+
+    Pages call it near the top (adapter refusals are known by then); `streamlit_app` calls it again with
+    `final=True` after the page ran, which redraws the same box with the entries its controls refused
+    and a dismiss button.
+    """
+    slot = st.session_state.get(_SLOT)
+    if not final or slot is None:
+        slot = st.empty()
+        st.session_state[_SLOT] = slot
     refused = st.session_state.get(REFUSED) or []
     if not refused:
         return
-    with st.container(border=False):
+    with slot.container():
         st.warning("Some parts of the link that opened this view could not be used:\n\n"
                    + "\n".join(f"- {line}" for line in refused), icon=":material/link_off:")
-        if st.button("Dismiss", key="atlas_refused_dismiss", type="tertiary"):
+        if final and st.button("Dismiss", key="atlas_refused_dismiss", type="tertiary"):
             st.session_state[REFUSED] = []
             st.rerun()
 

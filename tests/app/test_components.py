@@ -64,3 +64,32 @@ def test_every_metric_has_a_clustering_distance() -> None:
 
     assert set(METRICS) == set(LIBRARY_METRICS)
     assert set(DISTANCE_OF_METRIC) == set(METRICS) and set(DISTANCE_OF_METRIC.values()) <= set(DISTANCE_METRICS)
+
+
+def test_data_colour_range_skips_the_diagonal_and_masks_it() -> None:
+    z = np.array([[1.0, 0.05, 0.2], [0.05, 1.0, 0.1], [0.2, 0.1, 1.0]])  # (3, 3) similarities
+    lo, hi = figures.color_range(z, METRICS["subspace_similarity"])
+    assert (lo, hi) == (0.05, 0.2)
+    fig = figures.heatmap(z, list("abc"), list("abc"), METRICS["subspace_similarity"], title="t",
+                          mask_diagonal=True, zrange=(lo, hi))
+    shown = np.array(fig.data[0].z, dtype=float)
+    assert np.isnan(np.diag(shown)).all() and shown[0, 2] == 0.2 and (fig.data[0].zmin, fig.data[0].zmax) == (lo, hi)
+    signed = figures.color_range(np.array([[1.0, -0.3], [0.1, 1.0]]), METRICS["cosine"])
+    assert signed == (-0.3, 0.3)  # signed metrics stay centred on 0
+
+
+def test_dendrogram_colours_groups_and_draws_the_cut() -> None:
+    from analysis.clustering import Linkage, cut_height
+
+    D = np.array([[0, .8, .95, .95], [.8, 0, .95, .95], [.95, .95, 0, .85], [.95, .95, .85, 0]], dtype=float)
+    fit = Linkage().fit(D, list("abcd"))
+    groups = fit.cut(k=2).tolist()
+    t = cut_height(fit.linkage_, 2)
+    assert 0.85 < t < 0.95
+    fig = figures.dendrogram(fit.dendrogram_, list("abcd"), metric_label="d", threshold=t, groups=groups)
+    colours = [tr.line.color for tr in fig.data]
+    assert colours.count(figures.ABOVE_CUT) == 1  # only the top merge lies above the cut
+    assert len({c for c in colours if c != figures.ABOVE_CUT}) == 2  # one colour per group
+    lo, hi = fig.layout.yaxis.range
+    assert 0.5 < lo < 0.8 and 0.95 < hi < 1.0  # fitted to the merges (0.8 to 0.95), not 0..1
+    assert any("cut at" in a.text for a in fig.layout.annotations)

@@ -207,6 +207,43 @@ def test_url_restores_view_and_ignores_foreign_paths(app: AppTest) -> None:
     assert at.selectbox(key="atlas_metric").value == "energy_overlap"
     heat = _charts(at)[0]["data"][0]
     assert sorted(heat["y"]) == ["adapter", "adapter_seed123"]  # /etc was dropped
+    assert any("/etc" in w.value and "could not be used" in w.value for w in at.warning)  # ... and said so
+
+
+def test_link_with_short_names_restores_every_control(app: AppTest) -> None:
+    """The URL a session writes (adapters relative to the root, short module names) reopens the same view."""
+    at = app.run().switch_page("app_pages/overlap.py").run()
+    at.selectbox(key="atlas_metric").select("energy_overlap").run()
+    at.radio(key="overlap_scope").set_value("module").run()
+    at.selectbox(key="atlas_module").select("model.layers.5.self_attn.v_proj").run()
+    _ok(at)
+    link = {k: at.query_params[k] for k in at.query_params}
+    assert link["module"] in (["5.self_attn.v_proj"], "5.self_attn.v_proj")
+    assert "adapter" not in link  # the default set travels as nothing
+    assert all("/" not in str(v) for v in link.values())
+    fresh = AppTest.from_file(APP, default_timeout=300)  # a new session, same server settings
+    fresh.query_params = {"page": "overlap", **link}
+    fresh.run()
+    _ok(fresh)
+    assert fresh.title[0].value == "Overlap"
+    assert fresh.radio(key="overlap_scope").value == "module"
+    assert fresh.selectbox(key="atlas_module").value == "model.layers.5.self_attn.v_proj"
+    assert fresh.selectbox(key="overlap_pair").value == at.selectbox(key="overlap_pair").value
+    assert _charts(fresh)[0]["layout"]["title"]["text"] == _charts(at)[0]["layout"]["title"]["text"]
+
+
+def test_adapters_travel_relative_to_the_root(app: AppTest) -> None:
+    at = app.run()
+    at.multiselect(key="atlas_adapters").set_value([str(GEMMA / "adapter_seed123"), str(GEMMA / "adapter")]).run()
+    _ok(at)
+    assert at.query_params["adapter"] == ["adapter_seed123", "adapter"]
+    fresh = AppTest.from_file(APP, default_timeout=300)  # a new session, same server settings
+    fresh.query_params = {"page": "clusters", "adapter": ["adapter_seed123", "adapter"], "k": "2", "linkage": "complete"}
+    fresh.run()
+    _ok(fresh)
+    assert list(fresh.dataframe[0].value["adapter"]) != [] and fresh.slider(key="clusters_k").value == 2
+    assert fresh.radio(key="clusters_method").value == "complete"
+    assert sorted(fresh.dataframe[0].value["adapter"]) == ["adapter", "adapter_seed123"]
 
 
 def test_pages_need_two_adapters(app: AppTest) -> None:
