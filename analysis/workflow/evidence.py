@@ -32,12 +32,12 @@ METRIC_HELP = {
 def build_evidence(*, names: Sequence[str], sha256s: Sequence[str], method: str, parameters: Mapping[str, Any],
                    weights: Sequence[float], preview: Mapping[str, Any] | None, export: Mapping[str, Any],
                    extras: Mapping[str, Any], method_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble the record; `preview` is `analysis.preview.preview_merge`'s output (per_task keyed by the
-    inputs' unique display names), re-keyed here by input index."""
+    """Assemble the record; `preview` is `analysis.preview.preview_merge`'s output (`per_input` in input
+    order; older previews: `per_task` keyed by the inputs' unique display names)."""
     tasks = None
     if preview is not None:
-        per_task = preview["per_task"]
-        tasks = [{"index": i, "name": n, **{k: per_task[n].get(k) for k in TASK_METRICS}} for i, n in enumerate(names)]
+        rows = preview.get("per_input") or [preview["per_task"][n] for n in names]  # by index when available
+        tasks = [{"index": i, "name": n, **{k: rows[i].get(k) for k in TASK_METRICS}} for i, n in enumerate(names)]
     return {
         "evidence_version": EVIDENCE_VERSION,
         "method": method,

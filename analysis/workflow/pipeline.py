@@ -66,6 +66,7 @@ class MergeRun:
     spectrum: Spectrum | None
     extras: ExtrasPlan
     writer_inputs: tuple[Adapter, ...]
+    refactored: int | None = None  # the merge was re-factored at this rank (the cap) while it ran
 
     @property
     def rank(self) -> int | None:
@@ -191,31 +192,45 @@ def run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | Non
         adapters.require_shared()
     plan_extras(adapters.adapters, export.extras, export_format=export.format)  # refuse before any work
     reporter.check()
-    # 2. merge
+    # 2. merge; an export that needs re-factoring is re-factored at the cap module by module as it merges
+    cap = max(_cap(adapters), export.rank or 0)
+    refactor = export.format != "delta" and (export.rank is not None or export.rank_mode in ("auto", "fixed")
+                                             or not spec.is_exact(resolved))
     result = merge_adapters(list(adapters.adapters), method, weights=w, params=resolved, force=force,
-                            progress=reporter.stage("merge"))
+                            rank=cap if refactor else None, progress=reporter.stage("merge"))
     spec_of = None
     if export.format != "delta":
-        spec_of = spectrum(result.modules, max(_cap(adapters), export.rank or 0), progress=reporter.stage("export rank"))
+        kept = getattr(result, "spectra", None) or {}
+        if refactor and set(kept) == set(result.modules):
+            spec_of = Spectrum(dict(kept), cap)
+        else:
+            spec_of = spectrum(result.modules, cap, progress=reporter.stage("export rank"))
     return _export(adapters, result, spec_of, export, force=force, preview=preview, cores_default=cores_default,
-                   cores=cores, reporter=reporter)
+                   cores=cores, reporter=reporter, refactored=cap if refactor else None)
 
 
 def reexport(run: MergeRun, export: ExportSpec, *, preview: bool = True, cores_default: tuple[str, float] | None = None,
              cores: Any = None, progress: ProgressReporter | None = None) -> MergeRun:
-    """The same merge written another way (format, rank, extras): no second merge; the preview is redone
-    because it describes the adapter written at the new rank."""
+    """The same merge written another way (format, rank, extras) without a second merge when the merge
+    kept what is needed; the preview is redone because it describes the adapter written at the new rank.
+    A merge re-factored at the cap is merged again for a delta export or a rank above the cap."""
     reporter = progress or ProgressReporter()
+    cut = run.refactored
+    if cut is not None and (export.format == "delta" or (export.rank or 0) > cut):
+        return run_merge(run.adapters, run.result.method, run.result.params, run.result.weights, export,
+                         force=run.recipe.force, preview=preview, cores_default=cores_default, cores=cores,
+                         progress=reporter)
     spec_of = run.spectrum
     if export.format != "delta" and (spec_of is None or (export.rank or 0) > spec_of.cap):
         spec_of = spectrum(run.result.modules, max(_cap(run.adapters), export.rank or 0),
                            progress=reporter.stage("export rank"))
     return _export(run.adapters, run.result, spec_of, export, force=run.recipe.force, preview=preview,
-                   cores_default=cores_default, cores=cores, reporter=reporter)
+                   cores_default=cores_default, cores=cores, reporter=reporter, refactored=cut)
 
 
 def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None, export: ExportSpec, *, force: bool,
-            preview: bool, cores_default: tuple[str, float] | None, cores: Any, reporter: ProgressReporter) -> MergeRun:
+            preview: bool, cores_default: tuple[str, float] | None, cores: Any, reporter: ProgressReporter,
+            refactored: int | None) -> MergeRun:
     """Steps 3-6: export rank, recipe, preview of the adapter written, evidence."""
     from analysis.preview import preview_merge
 
@@ -223,7 +238,8 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
     writer_inputs = adapters.adapters if extras.policy == "carry" else tuple(
         dataclasses.replace(a, extras={}, _sha256=a.sha256) for a in adapters.adapters)
     # 3. export rank
-    exact = all(isinstance(d, LowRankDelta) for d in result.modules.values())
+    exact = all(isinstance(d, LowRankDelta) for d in result.modules.values()) and (
+        refactored is None or get_method(result.method).is_exact(result.params))
     mode, rank, reached = _rank_choice(export, exact, spec_of)
     # 4. recipe
     recipe = build_recipe(list(adapters.adapters), result.method, parameters=result.params,
@@ -240,7 +256,8 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
         if own is not None and getattr(result, "core_settings", None) == (granularity, p):
             cores = own
         pv = preview_merge(list(adapters.adapters), result.modules, rank=rank, granularity=granularity, p=p,
-                           cores=cores, progress=reporter.stage("preview"))
+                           cores=cores, progress=reporter.stage("preview"),
+                           spectra=dict(spec_of.modules) if spec_of is not None else None)
     # 6. evidence
     fidelity = spec_of.fidelity(rank) if (spec_of is not None and rank is not None) else \
         {"relative_error": 0.0, "worst_module": None, "worst_module_error": 0.0}
@@ -252,4 +269,4 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
                               extras=extras.summary(), method_info=_plain(result.info))
     reporter.step("done", 1, 1)
     return MergeRun(adapters=adapters, result=result, recipe=recipe, evidence=evidence, spectrum=spec_of,
-                    extras=extras, writer_inputs=tuple(writer_inputs))
+                    extras=extras, writer_inputs=tuple(writer_inputs), refactored=refactored)

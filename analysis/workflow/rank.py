@@ -9,8 +9,9 @@ The automatic rank is the smallest R whose *pooled* relative error over all modu
 sqrt(sum_m tail_m(R)) / sqrt(sum_m ||dW_m||^2) (the number the preview reports as export error), is
 at most the target, capped at the summed input rank (an isolation merge of N rank-r adapters has no
 reason to be wider than N r); when the cap does not reach the target, the cap is used and the result
-says so (`reached: false`). Large dense modules use a randomised range finder for their top values
-(`torch.svd_lowrank`): its captured energy is a lower bound, so the reported error is an upper bound.
+says so (`reached: false`). Dense results are re-factored at the cap while they are merged
+(`merge_adapters(rank=cap)`, never a full SVD of a large dense update); the spectra it keeps give every
+smaller rank, and truncating the rank-cap factors again at R is the rank-R answer (Eckart-Young nests).
 """
 from __future__ import annotations
 
@@ -18,49 +19,41 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-import numpy as np
-import torch
-
 from analysis.adapters.model import Delta, LowRankDelta
-from analysis.linalg import delta_svd
+from analysis.merge.ops import ModuleSpectrum, svd_of
 
-EXACT_SVD_MAX_WIDTH = 1024  # dense modules narrower than this get an exact svdvals
 DEFAULT_TARGET_ERROR = 0.05
 
 
 @dataclass(frozen=True)
 class Spectrum:
-    """Top singular values (descending, at most `cap`) and total energy ||dW||_F^2 of every module."""
+    """Per module: top singular values (descending, at least `cap` when the module has that many) and the
+    exact ||dW||_F^2 (`analysis.merge.ops.ModuleSpectrum`, as the merge and the preview keep them)."""
 
-    top: Mapping[str, np.ndarray]  # module -> (k,)
-    total2: Mapping[str, float]
+    modules: Mapping[str, ModuleSpectrum]
     cap: int
 
     def module_error(self, module: str, rank: int | None) -> float:
-        total = self.total2[module]
-        if rank is None or total <= 0.0:
-            return 0.0
-        kept = float((self.top[module][:rank] ** 2).sum())
-        return math.sqrt(max(total - kept, 0.0) / total)
+        return self.modules[module].relative_error(rank)
 
     def error(self, rank: int | None) -> float:
         """Pooled relative Frobenius error of the rank-`rank` export (0 for None: exact)."""
-        tot = sum(self.total2.values())
+        tot = sum(s.norm2 for s in self.modules.values())
         if rank is None or tot <= 0.0:
             return 0.0
-        tail = sum(self.module_error(m, rank) ** 2 * t for m, t in self.total2.items())
+        tail = sum(s.relative_error(rank) ** 2 * s.norm2 for s in self.modules.values())
         return math.sqrt(tail / tot)
 
     def worst(self, rank: int | None) -> tuple[str | None, float]:
         """(module, relative error) of the module the rank-`rank` export approximates worst."""
-        if rank is None or not self.total2:
+        if rank is None or not self.modules:
             return None, 0.0
-        errors = {m: self.module_error(m, rank) for m in self.total2}
+        errors = {m: s.relative_error(rank) for m, s in self.modules.items()}
         m = max(errors, key=lambda k: errors[k])
         return m, errors[m]
 
     def smallest_rank(self, target: float) -> tuple[int, bool]:
-        """(smallest rank with pooled error <= target, whether it is reached below the cap)."""
+        """(smallest rank with pooled error <= target, whether it is reached within the cap)."""
         for r in range(1, self.cap + 1):
             if self.error(r) <= target:
                 return r, True
@@ -71,31 +64,24 @@ class Spectrum:
         return {"relative_error": self.error(rank), "worst_module": module, "worst_module_error": worst}
 
 
-def top_singular_values(delta: Delta, cap: int) -> tuple[np.ndarray, float]:
-    """((k,) top singular values, k <= cap, and ||dW||_F^2) of one module."""
+def module_spectrum(delta: Delta, cap: int) -> ModuleSpectrum:
+    """The spectrum of one module: exact from the factors when low rank, else the rank-`cap` route of
+    `analysis.merge.ops.truncate_with_spectrum` (randomised with a convergence check, exact when small)."""
     if isinstance(delta, LowRankDelta):
-        _, S, _ = delta_svd(delta)  # (k,): exact, from the factors
-        return S[:cap].double().numpy(), float((S.double() ** 2).sum())
-    W = delta.dense(torch.float32)  # (n_out, n_in)
-    total2 = float((W.double() ** 2).sum())
-    width = min(W.shape)
-    if width <= EXACT_SVD_MAX_WIDTH or cap + 10 >= width:
-        S = torch.linalg.svdvals(W)  # (width,)
-    else:
-        with torch.random.fork_rng():  # seeded: the same merge always picks the same rank
-            torch.manual_seed(0)
-            _, S, _ = torch.svd_lowrank(W, q=min(cap + 10, width), niter=4)  # (q,)
-    return S[:cap].double().numpy(), total2
+        S = svd_of(delta)[1].double()  # (k,): exact, factored
+        return ModuleSpectrum(S, float((S**2).sum()), True, "exact")
+    from analysis.merge.ops import truncate_with_spectrum
+
+    return truncate_with_spectrum(delta, cap)[1]
 
 
 def spectrum(modules: Mapping[str, Delta], cap: int,
              progress: Callable[[int, int, str], None] | None = None) -> Spectrum:
     """The `Spectrum` of a merge result, module by module (one dense module in memory at a time)."""
-    top: dict[str, np.ndarray] = {}
-    total2: dict[str, float] = {}
+    out: dict[str, ModuleSpectrum] = {}
     names = sorted(modules)
     for i, m in enumerate(names):
-        top[m], total2[m] = top_singular_values(modules[m], cap)
+        out[m] = module_spectrum(modules[m], cap)
         if progress is not None:
             progress(i + 1, len(names), m)
-    return Spectrum(top=top, total2=total2, cap=max(1, cap))
+    return Spectrum(out, max(1, cap))
