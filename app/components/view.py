@@ -117,6 +117,8 @@ def init_session() -> None:
             st.session_state[key] = st.session_state[key]
     st.session_state[_BOUND] = {}
     st.session_state.pop(_SLOT, None)
+    if str(st.session_state.get("merge_prop_author") or "").strip():  # the Merge page's name, before
+        st.session_state[AUTHOR] = st.session_state["merge_prop_author"].strip()  # Streamlit drops it
     if st.session_state.get(_URL_READ):
         return
     st.session_state[_URL_READ] = True

@@ -96,3 +96,29 @@ def test_overlap_toggle_reports_missing_inputs(db: Path) -> None:
     at.toggle(key=f"review_overlap_{pid}").set_value(True).run()
     assert not at.exception
     assert any("not available" in w.value for w in at.warning)
+
+
+def test_forms_keep_text_on_a_refusal_and_take_the_merge_author(db: Path) -> None:
+    with ReviewStore(db) as store:
+        pid = propose(store, _recipe(), "Merge sst2", "ann")
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["proposal"] = str(pid)
+    at.run()
+    assert at.text_input(key="review_author").value == ""
+    at.text_area(key="review_comment_text").input("keep me")
+    at.button(key="FormSubmitter:review_comment_form-Add comment").click().run()
+    assert at.error and at.text_area(key="review_comment_text").value == "keep me"  # refused: no name, text kept
+    at.text_area(key="review_rationale").input("and me")
+    at.button(key="FormSubmitter:review_decision_form-Record decision").click().run()
+    assert at.text_area(key="review_rationale").value == "and me"
+    at.text_input(key="review_author").input("dana").run()
+    at.button(key="FormSubmitter:review_comment_form-Add comment").click().run()
+    assert not at.error and at.text_area(key="review_comment_text").value == ""  # accepted: emptied
+    assert at.text_area(key="review_rationale").value == "and me"
+    assert any("dana" in m.value for m in at.markdown) and any(" UTC" in m.value for m in at.markdown)
+
+    other = AppTest.from_file(PAGE, default_timeout=60)
+    other.session_state["merge_prop_author"] = "erin"  # the name typed on the Merge page of this session
+    other.query_params["proposal"] = str(pid)
+    other.run()
+    assert other.text_input(key="review_author").value == "erin"
