@@ -38,6 +38,7 @@ ENV_VAR = "ADAPTER_ATLAS_DB"
 BUSY_TIMEOUT_MS = 5_000
 MAX_ATTEMPTS = 12
 LIMITS = {"title": 300, "author": 200, "text": 100_000}
+SCHEMA_LOCK_KEY = 0x41544C53  # "ATLS": the advisory lock serialising schema creation on PostgreSQL
 MAX_ID = 2**63 - 1  # SQLite INTEGER PRIMARY KEY
 MAX_ID_32 = 2**31 - 1  # INTEGER on PostgreSQL, MySQL and the rest
 
@@ -176,6 +177,10 @@ class ReviewStore:
     def _ensure_schema(self) -> None:
         """Create the tables on first use; refuse a store written by a newer adapter-atlas."""
         def work(conn: Connection) -> None:
+            if conn.dialect.name == "postgresql":
+                # Creating tables is not atomic across sessions on PostgreSQL: two first users would both
+                # see no table and one would fail on a duplicate catalog row. Take turns (held to commit).
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
             if not inspect(conn).has_table("schema_version"):
                 m.metadata.create_all(conn)
                 if self.is_sqlite:

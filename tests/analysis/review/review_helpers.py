@@ -46,6 +46,14 @@ def comment_writer(db: str, proposal_id: int, worker: int, count: int) -> list[i
     return ids
 
 
+def first_opener(db: str) -> int:
+    """Open a store that may not exist yet (racing other processes to create it); returns its schema version."""
+    from analysis.review import ReviewStore
+
+    with ReviewStore(db) as store:
+        return store.schema_version()
+
+
 def acknowledging_writer(db: str, proposal_id: int) -> None:
     """Writes comments forever, printing each id only after the store acknowledged it."""
     from analysis.review import ReviewStore

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import review_helpers
-from review_helpers import comment_writer, recipe_mapping
+from review_helpers import comment_writer, first_opener, recipe_mapping
 
 from analysis.review import ReviewStore, propose
 
@@ -41,6 +41,19 @@ def test_concurrent_writer_processes_lose_nothing(review_db: str) -> None:
     for w in range(PROCS):  # each process's own writes are in its own order
         mine = [e.text for e in comments if e.author == f"worker-{w}"]
         assert mine == [f"w{w}-c{i}" for i in range(PER_PROC)]
+
+
+def test_processes_racing_to_create_a_new_store(review_db: str) -> None:
+    """The first use creates the schema; several processes doing it at once all succeed, once."""
+    with mp.get_context("spawn").Pool(PROCS) as pool:
+        assert pool.map(first_opener, [review_db] * PROCS) == [1] * PROCS
+    from sqlalchemy import func, select
+
+    from analysis.review import models as m
+
+    with ReviewStore(review_db) as store:
+        rows = store._read(lambda c: c.execute(select(func.count()).select_from(m.schema_version)).scalar())
+        assert rows == 1 and _sound(store)
 
 
 def test_writer_killed_mid_work_leaves_store_intact(review_db: str) -> None:
