@@ -295,53 +295,6 @@ def best_k(refs: tuple[AdapterRef, ...], metric: str, method: str) -> int:
     return int(best_cut(fit["distance"], fit["linkage"])[0])
 
 
-# --- start-up warm-up ----------------------------------------------------------------------------
-# The first visit to Overlap must not wait for the whole table: the first script run of the process
-# starts one background thread that computes what Overlap, Clusters and the map show first.
-
-@st.cache_resource(show_spinner=False)
-def _warm_started() -> dict[tuple[str, ...], Any]:
-    return {}
-
-
-def warm_up(paths: list[str], metric: str = "subspace_similarity") -> Any:
-    """Start (once per process and set) the background computation of the set's overlap views."""
-    import threading
-
-    started, key = _warm_started(), tuple(paths)
-    if not started:  # the thread has no session: Streamlit's "missing ScriptRunContext" notes are noise there
-        import logging
-
-        logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").addFilter(
-            lambda record: threading.current_thread().name != "atlas-warm-up")
-    if key not in started and len(paths) >= 2:
-        thread = threading.Thread(target=_warm, args=(list(paths), metric), daemon=True, name="atlas-warm-up")
-        started[key] = thread
-        thread.start()
-    return started.get(key)
-
-
-def _warm(paths: list[str], metric: str) -> None:
-    import logging
-
-    from app.components.metrics import DISTANCE_OF_METRIC
-
-    log = logging.getLogger("adapter_atlas.warm_up")
-    try:
-        refs, _, _ = load_set(paths)
-        refs_t = tuple(refs)
-        if len(refs_t) < 2:
-            return
-        overlap_table(refs_t)
-        layers_and_types(refs_t)
-        aggregated(refs_t, metric, None, None)
-        dendrogram_order(refs_t, metric)
-        adapter_map(refs_t, DISTANCE_OF_METRIC.get(metric, "cosine"))
-        log.info("warm-up done: %d adapters, %d modules", len(refs_t), len(overlap_table(refs_t)))
-    except Exception:  # noqa: BLE001 - a failed warm-up only means the page computes on demand
-        log.warning("warm-up failed; pages will compute on demand", exc_info=True)
-
-
 # --- capacity ------------------------------------------------------------------------------------
 
 @st.cache_data(show_spinner=False, max_entries=16)

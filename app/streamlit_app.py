@@ -17,8 +17,7 @@ if str(APP_DIR.parent) not in sys.path:  # `streamlit run app/streamlit_app.py` 
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app import cache  # noqa: E402
-from app.components import view  # noqa: E402
+from app.components import view, warm_up  # noqa: E402
 
 # (file, title, icon, url path), in the order of the sidebar.
 PAGES = [
@@ -52,7 +51,7 @@ def favicon() -> Any:
 
 st.set_page_config(page_title="Adapter Atlas", page_icon=favicon(), layout="wide")
 view.init_session()
-cache.warm_up([str(p) for p in view.default_adapter_paths()])  # once per process: Overlap's first chart
+warm_up.warm_up([str(p) for p in view.default_adapter_paths()])  # once per process: Overlap's first chart
 
 pages = {
     url: st.Page(f"app_pages/{file}", title=title, icon=icon, url_path=url)
@@ -77,7 +76,7 @@ if navigation is not home:
     view.requested_page()  # a `?page=` entry only matters on the root
     view.write_url(current, prune=False)
     if len(st.session_state.get(view.ADAPTERS, [])) >= 2:
-        cache.warm_up(list(st.session_state[view.ADAPTERS]))
+        warm_up.warm_up(list(st.session_state[view.ADAPTERS]))
 navigation.run()
 view.show_refused(final=True)  # with what the page's controls refused from the link
 view.write_url(current)  # choices made while the page ran

@@ -169,6 +169,11 @@ def show_history(p) -> None:  # noqa: ANN001
                 st.markdown(md_lines(e.text))
 
 
+def _need_name() -> None:
+    if not str(st.session_state.get(AUTHOR) or "").strip():
+        raise AtlasError("type your name above first: every comment and decision is signed (your text is kept)")
+
+
 def show_forms(p) -> None:  # noqa: ANN001
     st.text_input("Your name (required)", key=AUTHOR, placeholder="required: who comments or decides",
                   help="Recorded with every comment and decision you add.",
@@ -181,6 +186,7 @@ def show_forms(p) -> None:  # noqa: ANN001
         body = st.text_area("Comment", label_visibility="collapsed", key="review_comment_text")
         if st.form_submit_button("Add comment"):
             try:
+                _need_name()
                 store.add_comment(p.id, author=st.session_state[AUTHOR], text=body)
             except AtlasError as exc:
                 st.error(str(exc))
@@ -196,6 +202,7 @@ def show_forms(p) -> None:  # noqa: ANN001
         rationale = st.text_area("Rationale", key="review_rationale")
         if st.form_submit_button("Record decision"):
             try:
+                _need_name()
                 store.add_decision(p.id, author=st.session_state[AUTHOR], decision=decision, rationale=rationale)
             except AtlasError as exc:
                 st.error(str(exc))
