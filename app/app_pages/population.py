@@ -94,7 +94,7 @@ st.dataframe(table, hide_index=True, width="stretch",
 st.subheader("Open on the exact pages")
 offered = [query_path] + [r["adapter"] for r in rows]
 chosen = st.multiselect("Adapters to open", offered, default=offered[: min(5, len(offered))],
-                        key="population_selection", format_func=lambda p: names[pop.position(p)])
+                        key=f"population_selection_{query_path}", format_func=lambda p: names[pop.position(p)])
 allowed, refused = [], []
 for p in chosen:
     try:
