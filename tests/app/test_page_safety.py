@@ -155,6 +155,6 @@ def test_upload_refusals_are_one_error_box(tmp_path: Path, monkeypatch: pytest.M
     else:
         (box,) = at.error
         assert box.value.startswith("Upload refused:") and "\n" not in box.value
-        assert ("zip bomb" if kind == "bomb" else "'..' paths are refused") in box.value
+        assert ("zip bomb" if kind == "bomb" else "paths are refused") in box.value and "<" not in box.value
         assert at.session_state["opened"] is None
         assert [p.name for p in area.path.iterdir()] == [".adapter-atlas-upload-area"]  # nothing kept
