@@ -151,7 +151,7 @@ def resolve_server_folder(text: str, roots: list[Path] | None = None) -> list[Pa
     found += [p for p in children if p.is_file() and p.suffix in ADAPTER_FILE_SUFFIXES]
     if not found:
         raise FolderRefusedError(f"{path}: no adapter inside (expected adapter_config.json or a weights file)")
-    return [p.resolve() for p in found]
+    return list(dict.fromkeys(p.resolve() for p in found))  # a link inside the root names its target once
 
 
 def allowed_paths(paths: list[str], roots: list[Path] | None = None) -> list[Path]:
