@@ -170,11 +170,23 @@ def _plain(value: Any) -> Any:
 def run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | None = None,
               weights: Sequence[float] | None = None, export: ExportSpec | None = None, *, force: bool = False,
               preview: bool = True, cores_default: tuple[str, float] | None = None, cores: Any = None,
-              progress: ProgressReporter | None = None) -> MergeRun:
+              progress: ProgressReporter | None = None, threads: int | None = None) -> MergeRun:
     """Merge `adapters` with `method` and prepare the export, its recipe and its evidence (nothing written).
 
     `cores_default`: (granularity, p) of the preview for methods without their own; `cores`: precomputed
-    `analysis.isolation.task_cores` for those settings (the app caches them across methods)."""
+    `analysis.isolation.task_cores` for those settings (the app caches them across methods). The whole
+    request runs in one bounded torch thread pool (`analysis.threads.bounded_threads(threads)`), so a
+    shared server's concurrent merges do not oversubscribe its cores."""
+    from analysis.threads import bounded_threads
+
+    with bounded_threads(threads):
+        return _run_merge(adapters, method, params, weights, export, force=force, preview=preview,
+                          cores_default=cores_default, cores=cores, progress=progress)
+
+
+def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | None,
+               weights: Sequence[float] | None, export: ExportSpec | None, *, force: bool, preview: bool,
+               cores_default: tuple[str, float] | None, cores: Any, progress: ProgressReporter | None) -> MergeRun:
     from analysis.merge import merge_adapters
 
     export = export or ExportSpec()
@@ -214,6 +226,14 @@ def reexport(run: MergeRun, export: ExportSpec, *, preview: bool = True, cores_d
     """The same merge written another way (format, rank, extras) without a second merge when the merge
     kept what is needed; the preview is redone because it describes the adapter written at the new rank.
     A merge re-factored at the cap is merged again for a delta export or a rank above the cap."""
+    from analysis.threads import bounded_threads
+
+    with bounded_threads(None):
+        return _reexport(run, export, preview=preview, cores_default=cores_default, cores=cores, progress=progress)
+
+
+def _reexport(run: MergeRun, export: ExportSpec, *, preview: bool, cores_default: tuple[str, float] | None,
+              cores: Any, progress: ProgressReporter | None) -> MergeRun:
     reporter = progress or ProgressReporter()
     cut = run.refactored
     if cut is not None and (export.format == "delta" or (export.rank or 0) > cut):
