@@ -342,3 +342,22 @@ def coefficient_maps(masks: torch.Tensor, scores: torch.Tensor, groups: Sequence
         M[(winner, *where)] = 1.0
     stats = ClaimStats(int(claims.numel()), int(sole.sum()), int(shared.sum()), int(conflict.sum()), int(free.sum()))
     return M, stats
+
+
+def claimed_values(claims: Claims, groups: Sequence[int], policy: str) -> tuple[torch.Tensor, ClaimStats]:
+    """The merged value (U,) at every claimed position, by the rules of `coefficient_maps`, in O(U).
+
+    Most claimed positions have one claimant, whose value is copied exactly (the others' entries in the
+    value table are 0); only positions with several claimants (a small share) go through the full maps.
+    The stats count claimed positions only (`blended` = 0): the caller knows the module's size."""
+    count = claims.member.sum(dim=0)  # (U,)
+    target = claims.value.sum(dim=0)  # (U,) exact where one core claims
+    multi = (count >= 2).nonzero().squeeze(1)  # (n2,)
+    shared = conflicts = 0
+    if multi.numel():
+        sub_m, sub_v = claims.member[:, multi], claims.value[:, multi]  # (N, n2)
+        zero = torch.zeros(sub_m.shape[0], dtype=torch.float64)  # no free position among claimed ones
+        M, stats = coefficient_maps(sub_m, sub_v.abs(), groups, zero, policy)  # (N, n2)
+        target[multi] = (M * sub_v).sum(dim=0)
+        shared, conflicts = stats.shared_in_group, stats.conflicts
+    return target, ClaimStats(int(count.numel()), int((count == 1).sum()), shared, conflicts, 0)

@@ -29,6 +29,7 @@ from analysis.isolation import (
     ClaimStats,
     Core,
     Cores,
+    claimed_values,
     coefficient_maps,
     core_overlap,
     gather_claims,
@@ -141,12 +142,11 @@ def entry_merge(deltas: Sequence[Delta], cores: Sequence[Core], groups: Sequence
     Only the claimed positions (the union of the cores) differ from the blend, and there every claimant's
     value is in its sparse core, so the result is the exact low-rank blend plus a sparse correction."""
     claims = gather_claims(cores)  # positions (U,), member (N, U), value (N, U)
-    # transplant, group mean, resolve conflicts: the same maps as the dense route, on claimed positions only
-    M, stats = coefficient_maps(claims.member, claims.value.abs(), groups, blend, policy)  # (N, U)
+    # transplant, group mean, resolve conflicts: the maps of the dense route, on claimed positions only
+    target, stats = claimed_values(claims, groups, policy)  # (U,) merged value there
     total = int(np.prod(deltas[0].shape))
     plan.stats[module] = ClaimStats(total, stats.sole, stats.shared_in_group, stats.conflicts,
                                     total - int(claims.positions.numel()))
-    target = (M.to(torch.float64) * claims.value.to(torch.float64)).sum(dim=0)  # (U,) merged value there
     # blend everywhere (exactly low rank for LoRA inputs), corrected on the claimed positions
     base = linear_combination(deltas, blend.tolist())
     return SparsePlusLowRank(base, claims.positions, target)

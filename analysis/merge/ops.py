@@ -109,13 +109,15 @@ def zero_like(template: Delta) -> LowRankDelta:
                 B=torch.zeros(n_out, 1, dtype=torch.float64))
 
 
-def _balanced(template: Delta, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor, rank: int) -> LowRankDelta:
+def _balanced(template: Delta, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor, rank: int,
+              dtype: torch.dtype = torch.float64) -> LowRankDelta:
     """B = U sqrt(S), A = sqrt(S) V^T so neither factor carries all the magnitude (kinder to fp16 exports)."""
     if S.numel() == 0 or float(S[0]) == 0.0:  # an all-zero update: one zero component keeps the export well formed
         return zero_like(template)
     k = max(1, min(rank, int(S.shape[0])))
     root = S[:k].sqrt()  # (k,)
-    return like(template, A=root[:, None] * V[:, :k].T, B=U[:, :k] * root)  # type: ignore[return-value]
+    return like(template, A=(root[:, None] * V[:, :k].T).to(dtype),  # type: ignore[return-value]
+                B=(U[:, :k] * root).to(dtype))
 
 
 def truncate_with_spectrum(delta: "Delta | SparsePlusLowRank", rank: int) -> tuple[LowRankDelta, ModuleSpectrum]:
@@ -148,7 +150,8 @@ def truncate_with_spectrum(delta: "Delta | SparsePlusLowRank", rank: int) -> tup
     res = rank_r_svd(matmul, rmatmul, delta.shape, rank, norm2=norm2, dense=dense_of)
     complete = res.method == "exact"
     spec = ModuleSpectrum(res.values.double(), norm2, complete, res.method)
-    return _balanced(template, res.U, res.S, res.V, rank), spec
+    # float32 factors: the source was float32 (half the memory of a 7B-sized rank-64 result)
+    return _balanced(template, res.U, res.S, res.V, rank, torch.float32), spec
 
 
 def truncate(delta: "Delta | SparsePlusLowRank", rank: int) -> LowRankDelta:

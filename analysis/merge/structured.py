@@ -76,7 +76,7 @@ class SparsePlusLowRank:
 
     base: Delta
     positions: torch.Tensor  # (nnz,) int64 sorted flat positions
-    values: torch.Tensor  # (nnz,) float64 merged values there (transplanted cores are copied exactly)
+    values: torch.Tensor  # (nnz,) merged values there (float32: transplanted cores are copied exactly)
 
     @property
     def shape(self) -> tuple[int, int]:
