@@ -90,3 +90,21 @@ def test_refusals_are_one_line_and_leave_nothing(inputs, tmp_path):  # noqa: ANN
               "--force", "--no-preview")
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "exists" / "lora.safetensors").exists()
+
+
+def test_dense_merge_exports_at_an_automatic_rank_and_replays_to_identical_bytes(inputs, tmp_path):  # noqa: ANN001
+    import yaml
+
+    paths = [str(a.path) for a in inputs]
+    out = tmp_path / "ties"
+    res = cli(*paths, "--method", "ties", "--target-error", "0.3", "--out", str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    export = yaml.safe_load((out / "recipe.yaml").read_text())["export"]
+    assert export["rank_mode"] == "auto" and export["target_error"] == 0.3 and export["rank"] == summary["rank"]
+    assert summary["export"]["relative_error"] <= 0.3 and summary["export"]["reached"]
+    assert json.loads((out / "preview.json").read_text())["export"] == summary["export"]
+    again = tmp_path / "again"
+    assert cli("--recipe", str(out / "recipe.yaml"), "--out", str(again)).returncode == 0
+    for name in ("adapter_model.safetensors", "adapter_config.json", "recipe.yaml", "preview.json"):
+        assert (out / name).read_bytes() == (again / name).read_bytes(), name

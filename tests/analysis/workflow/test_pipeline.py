@@ -130,3 +130,15 @@ def test_old_evidence_shapes_still_read() -> None:
     assert task_table(v1) == (["a"], ["core_retention", "interference"], [[0.5, 0.25]])
     assert task_table(page) == (["a"], ["core_retention", "interference", "cosine"], [[0.5, 0.25, None]])
     assert task_table(None) == ([], [], []) and task_table({"tasks": "junk"}) == ([], [], [])
+
+
+def test_delta_export_of_a_refactored_merge_merges_again_exactly(trio) -> None:  # noqa: ANN001
+    from analysis.merge import merge_adapters
+
+    run = run_merge(trio, "ties")
+    assert run.refactored == 12
+    delta = reexport(run, ExportSpec(format="delta"), preview=False)
+    exact = merge_adapters(list(trio.adapters), "ties").modules
+    assert delta.refactored is None and delta.evidence["export"]["rank_mode"] == "exact"
+    for m, d in exact.items():
+        torch.testing.assert_close(delta.result.modules[m].dense(torch.float64), d.dense(torch.float64))
