@@ -103,8 +103,8 @@ def test_principal_angles_match_scipy(seed: int, n: int, p: int, q: int) -> None
     U1, U2 = _orth(rng, n, p), _orth(rng, n, q)
     ours = principal_angles(U1, U2)
     ref = np.sort(scipy.linalg.subspace_angles(U1, U2))
-    # when p + q > n the subspaces intersect (true angle 0): scipy reports ~sqrt(eps) = 1.5e-8 there, ours ~1e-16
-    np.testing.assert_allclose(ours, ref, atol=1e-12 if p + q <= n else 2e-8)
+    # when p + q > n the subspaces intersect (true angle 0): scipy reports a few sqrt(eps) ~ 1e-8 there, ours ~1e-16
+    np.testing.assert_allclose(ours, ref, atol=1e-12 if p + q <= n else 1e-7)
     assert np.all(np.diff(ours) >= 0)
 
 
