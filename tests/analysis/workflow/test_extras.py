@@ -99,3 +99,24 @@ def test_identical_dora_magnitudes_are_carried_and_peft_uses_them(tmp_path: Path
     loaded = PeftModel.from_pretrained(tiny_llama(), str(out)).base_model.model.model.layers[0].self_attn.q_proj
     assert torch.equal(loaded.lora_magnitude_vector["default"].weight.detach(),
                        load_file(str(tmp_path / "d1" / "adapter_model.safetensors"))[key])
+
+
+def test_identical_lora_biases_are_carried_and_peft_loads_them(tmp_path: Path) -> None:
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from workflow_factories import tiny_llama
+
+    for name in ("b1", "b2"):
+        model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], lora_bias=True,
+                                                        init_lora_weights=False))
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith("lora_B.default.bias"):
+                    p.copy_(torch.arange(p.numel(), dtype=p.dtype) / 10)
+        model.peft_config["default"].base_model_name_or_path = "tiny-llama"
+        model.save_pretrained(str(tmp_path / name))
+    run = run_merge(AdapterSet.from_paths([tmp_path / "b1", tmp_path / "b2"]), "linear", preview=False)
+    assert set(run.evidence["extras"]["kinds"].values()) == {"lora_bias"}
+    out = run.write(tmp_path / "merged")
+    assert json.loads((out / "adapter_config.json").read_text())["lora_bias"] is True
+    layer = PeftModel.from_pretrained(tiny_llama(), str(out)).base_model.model.model.layers[1].self_attn.q_proj
+    assert torch.equal(layer.lora_B["default"].bias.detach(), torch.arange(32, dtype=torch.float32) / 10)
