@@ -67,17 +67,23 @@ def _ranks(ranks: list[int]) -> str:
 
 st.subheader("All modules")
 table = pd.DataFrame([{
-    "module": x["module"], "layer": str(x["layer"]), "type": x["type"], "width d": x["width"],
+    "module": x["module"], "layer": x["layer"] if isinstance(x["layer"], int) else None, "type": x["type"],
+    "width d": x["width"],
     "ranks": _ranks(x["ranks"]), "union rank": x["union_rank"],
-    "union eff. rank": x["union_effective_rank"], "mean overlap": x["mean_overlap"], "floor": x["floor"],
+    "eff. rank": x["union_effective_rank"], "overlap": x["mean_overlap"], "floor": x["floor"],
     "excess": x["excess"], "more fit": x["fits_more"], "of rank": x["fits_more_rank"],
 } for x in rows])
+table["layer"] = table["layer"].astype("Int64")  # sorts 0, 1, 2, ..., 10
 st.dataframe(table.drop(columns=["module"]), hide_index=True, width="stretch", height=420,
              column_config={**{k: st.column_config.NumberColumn(format="%.3f", width="small")
-                               for k in ("union eff. rank", "mean overlap", "floor", "excess")},
+                               for k in ("eff. rank", "overlap", "floor", "excess")},
                             **{k: st.column_config.NumberColumn(width="small")
                                for k in ("width d", "union rank", "more fit", "of rank")},
-                            "layer": st.column_config.TextColumn(width="small"),
+                            "layer": st.column_config.NumberColumn(format="%d", width="small"),
+                            "eff. rank": st.column_config.NumberColumn(
+                                format="%.3f", width="small", help="effective rank of the union of the subspaces"),
+                            "overlap": st.column_config.NumberColumn(
+                                format="%.3f", width="small", help="measured mean normalised overlap"),
                             "ranks": st.column_config.TextColumn(width="small"),
                             "type": st.column_config.TextColumn(width="medium")})
 st.download_button("Table (CSV)", table.to_csv(index=False), file_name="capacity.csv", mime="text/csv",

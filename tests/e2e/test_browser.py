@@ -35,7 +35,8 @@ def _own_server_only(page, base: str) -> list[str]:
 
     def on_response(resp) -> None:
         probe = resp.url.endswith(("/_stcore/health", "/_stcore/host-config")) and resp.status == 404
-        if resp.status >= 400 and not probe:  # the frontend probes /<page>/_stcore/* for a base path first
+        # opened on /<page>, the frontend first probes /<page>/_stcore/* for a base path (streamlit#7074)
+        if resp.status >= 400 and not probe:
             bad.append(f"{resp.status}: {resp.url}")
 
     page.on("request", on_request)
