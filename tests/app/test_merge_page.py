@@ -114,3 +114,27 @@ def test_deselect_reselect_keeps_the_merge_order_in_labels(app: AppTest) -> None
     jaccard = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
     heat = next(f for f in jaccard if "Jaccard" in json.dumps(f["layout"].get("title", "")))
     assert heat["data"][0]["x"] == NAMES and heat["data"][0]["y"] == NAMES
+
+
+def test_page_starts_small_on_the_sample_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import numpy as np
+
+    from analysis.overlap import aggregate, overlap_table
+    from analysis.workflow import AdapterSet, most_overlapping
+
+    sample = sorted(p for p in (REPO / "sample_adapters").iterdir() if (p / "adapter_config.json").is_file())
+    monkeypatch.setenv("ADAPTER_ATLAS_ADAPTERS", os.pathsep.join(map(str, sample)))
+    monkeypatch.setenv("ADAPTER_ATLAS_ROOTS", str(REPO / "sample_adapters"))
+    monkeypatch.setenv("ADAPTER_ATLAS_DB", str(tmp_path / "review.db"))
+    at = AppTest.from_file(str(REPO / "app" / "streamlit_app.py"), default_timeout=600)
+    at = at.run().switch_page("app_pages/merge.py").run()
+    _ok(at)
+    adapters = AdapterSet.from_paths(sample)
+    sim = np.asarray(aggregate(overlap_table(list(adapters.adapters)), "subspace_similarity"))
+    expected = [adapters.names[i] for i in most_overlapping(sim, 3)]
+    assert at.multiselect(key="merge_inputs").value == expected
+    assert at.multiselect(key="merge_methods").value == ["isolation", "linear", "ties"]
+    lines = [m.value for m in at.markdown if m.value.startswith("- **")]
+    assert len(lines) == 3 and all(": " in line and len(line.splitlines()) == 1 for line in lines)
+    assert at.selectbox(key="merge_core_unit") is not None and at.number_input(key="merge_core_p") is not None
+    assert not any(k.startswith("merge_isolation_") and k.endswith(("_p", "_granularity")) for k in at.session_state)
