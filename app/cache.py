@@ -42,8 +42,21 @@ def _parsed(path: str, state: tuple[tuple[str, int, int], ...]) -> Adapter:
 
 
 def content_sha(path: Path) -> str:
-    """`Adapter.sha256` of the adapter at `path` (raises OSError or AtlasError when it does not load)."""
-    return _parsed(str(path), _file_state(Path(path))).sha256
+    """`Adapter.sha256` of the adapter at `path`; a path that does not load as an adapter gets the hash
+    of its files (so it can still be named in a link), raises OSError when unreadable."""
+    state = _file_state(Path(path))
+    try:
+        return _parsed(str(path), state).sha256
+    except AtlasError:
+        return _files_sha(str(path), state)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _files_sha(path: str, state: tuple[tuple[str, int, int], ...]) -> str:
+    from analysis.adapters.model import sha256_of_files
+
+    p = Path(path)
+    return sha256_of_files([p] if p.is_file() else [p / name for name, _, _ in state])
 
 
 def display_name(path: Path) -> str:
