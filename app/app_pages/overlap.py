@@ -70,7 +70,9 @@ with st.expander("Adapter map: the whole set in two dimensions", expanded=True):
     st.caption(f"Points closer together overlap more ({DISTANCES[distance]}, averaged over all shared modules). "
                f"Placed by multidimensional scaling of the distance matrix (stress {amap['stress']:.2f}: below 0.1 "
                f"the map keeps the distances well); colours are the {max(amap['groups']) + 1} groups with the best "
-               "silhouette, as on the Clusters page. Hover a point for its nearest neighbours.")
+               "silhouette, as on the Clusters page. Hover a point for its nearest neighbours."
+               + (" The distances here are nearly all alike, which two dimensions cannot keep: trust the colours "
+                  "and the neighbours more than the exact positions." if amap["stress"] > 0.2 else ""))
 
 # 4. One pair, layer by layer: click a cell above or pick the pair here
 st.subheader("One pair across the model")
