@@ -293,9 +293,21 @@ def main() -> None:
     parser.add_argument("--stage", choices=list(STAGES), default=None)
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--write", action="store_true", help="save bench/results_population.json")
+    parser.add_argument("--update", nargs="+", metavar="STAGE_N", default=None,
+                        help="rerun only these entries (e.g. files_10000) and rewrite them in the saved results")
     args = parser.parse_args()
     if args.stage:
         print(json.dumps(STAGES[args.stage](args.n or dict(PLAN)[args.stage])))
+        return
+    if args.update:
+        path = REPO / "bench" / "results_population.json"
+        results = json.loads(path.read_text())
+        for entry in args.update:
+            stage, n = entry.rsplit("_", 1)
+            print(f"bench_population: {stage} n={n} (update)", file=sys.stderr, flush=True)
+            results[entry] = _child(stage, int(n))
+            results.setdefault("updated", {})[entry] = [round(x, 2) for x in os.getloadavg()]
+            path.write_text(json.dumps(results, indent=1) + "\n")
         return
     load = os.getloadavg()
     results = {"machine": {"cores": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in load]},
