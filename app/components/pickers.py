@@ -14,7 +14,7 @@ from analysis.errors import AtlasError
 from app import cache
 from app.components import view
 from app.components.sources import configured_roots, default_adapter_paths, resolve_server_folder, save_upload
-from app.components.uploads import session_area
+from app.components.upload_session import current_area
 
 SEEN_UPLOADS = "adapters_seen_uploads"  # upload batches already opened, so a removed one stays removed
 
@@ -22,7 +22,7 @@ SEEN_UPLOADS = "adapters_seen_uploads"  # upload batches already opened, so a re
 def open_upload(files: list[tuple[str, bytes]]) -> str | None:
     """Save one upload batch, check it loads, add it to the set. Returns its path, or None after an error box."""
     try:
-        path = save_upload(files, session_area(st.session_state))
+        path = save_upload(files, current_area())
     except AtlasError as exc:
         st.error(f"Upload refused: {exc}")
         return None

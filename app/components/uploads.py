@@ -28,7 +28,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, MutableMapping
+from typing import Any, BinaryIO, Callable, MutableMapping
 
 from analysis.errors import AdapterFormatError
 
@@ -65,7 +65,7 @@ class UploadLimits:
     max_ratio: float = 200.0  # safetensors barely compress (~1.1x); only a bomb reaches 200x
     ratio_floor: int = 1 * MiB  # small members (configs) may compress as well as they like
     quota: int = 16 * GiB
-    ttl_s: float = 12 * 3600.0
+    ttl_s: float = 600.0  # how long an area outlives the last sign of its session
 
     @classmethod
     def from_env(cls) -> "UploadLimits":
@@ -92,17 +92,20 @@ def _own_folder(base: Path) -> None:
 
 
 class UploadArea:
-    """One session's upload folder: `<base>/s-<random>/`. Removed by `close()`, by the garbage
-    collector when the session state holding it is dropped, at interpreter exit, or by `sweep` after
-    the TTL (for a server that was killed)."""
+    """One session's upload folder: `<base>/s-<random>/`, its marker naming the owning session.
 
-    def __init__(self, base: Path = UPLOAD_BASE, *, limits: UploadLimits | None = None):
+    Removed by `close()`, by the garbage collector when the session state holding it is dropped, at
+    interpreter exit, or by `sweep` once its session has not been seen for the TTL (the app's janitor,
+    `app.components.upload_session`, asks Streamlit which sessions are alive; a killed server's areas
+    simply age out)."""
+
+    def __init__(self, base: Path = UPLOAD_BASE, *, limits: UploadLimits | None = None, session_id: str = ""):
         self.base = Path(base)
         self.limits = limits or UploadLimits.from_env()
         _own_folder(self.base)
         self.path = self.base / f"s-{secrets.token_hex(16)}"
         self.path.mkdir(parents=True, mode=0o700)
-        (self.path / MARKER).write_text("")
+        (self.path / MARKER).write_text(session_id)
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
     def close(self) -> None:
@@ -116,18 +119,23 @@ class UploadArea:
         os.utime(self.path / MARKER)
 
 
-def session_area(state: "MutableMapping[str, Any]", key: str = "adapters_upload_area") -> UploadArea:
+def session_area(state: "MutableMapping[str, Any]", key: str = "adapters_upload_area", *,
+                 session_id: str = "") -> UploadArea:
     """The session's upload area, kept in its (Streamlit) session state so it lives and dies with it."""
     area = state.get(key)
     if not isinstance(area, UploadArea) or area.closed:
-        area = state[key] = UploadArea()
+        area = state[key] = UploadArea(session_id=session_id)
         sweep(area.base, ttl_s=area.limits.ttl_s, keep=area.path)  # areas a killed server left behind
     return area
 
 
-def sweep(base: Path = UPLOAD_BASE, *, ttl_s: float, keep: Path | None = None, now: float | None = None) -> int:
-    """Remove upload areas whose marker was last touched more than `ttl_s` ago; returns how many.
-    Only folders named like ours and holding our marker are touched."""
+def sweep(base: Path = UPLOAD_BASE, *, ttl_s: float, keep: Path | None = None, now: float | None = None,
+          alive: Callable[[str], bool] | None = None) -> int:
+    """Remove upload areas not seen for more than `ttl_s`; returns how many.
+
+    An area whose owning session `alive(session_id)` says is still there is touched instead (seen now).
+    Only folders named like ours and holding our marker are touched at all.
+    """
     now = time.time() if now is None else now
     removed = 0
     if not base.is_dir():
@@ -135,14 +143,19 @@ def sweep(base: Path = UPLOAD_BASE, *, ttl_s: float, keep: Path | None = None, n
     for area in base.iterdir():
         if not _AREA_NAME.match(area.name) or area == keep or area.is_symlink():
             continue
+        marker = area / MARKER
         try:
-            age = now - (area / MARKER).stat().st_mtime
+            age = now - marker.stat().st_mtime
+            owner = marker.read_text(errors="replace").strip() if alive is not None else ""
         except OSError:
+            continue
+        if owner and alive is not None and alive(owner):
+            os.utime(marker)
             continue
         if age > ttl_s:
             shutil.rmtree(area, ignore_errors=True)
             removed += 1
-            log.info("removed expired upload area %s (idle %.0fs)", area, age)
+            log.info("removed upload area %s (its session gone for %.0fs)", area, age)
     return removed
 
 

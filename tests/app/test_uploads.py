@@ -234,3 +234,18 @@ def test_upload_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UploadRefusedError, match="is a link or not owned"):
         UploadArea(tmp_path / "up")
     assert list(elsewhere.iterdir()) == []
+
+
+def test_sweep_keeps_areas_of_live_sessions_and_removes_the_rest(tmp_path: Path) -> None:
+    base = tmp_path / "up"
+    live, gone = UploadArea(base, session_id="live-session"), UploadArea(base, session_id="gone-session")
+    past = time.time() - 7200
+    for area in (live, gone):
+        os.utime(area.path / MARKER, (past, past))
+    asked: list[str] = []
+    alive = lambda sid: asked.append(sid) or sid == "live-session"  # noqa: E731
+    assert sweep(base, ttl_s=3600, alive=alive) == 1
+    assert sorted(asked) == ["gone-session", "live-session"]
+    assert live.path.exists() and not gone.path.exists()
+    assert time.time() - (live.path / MARKER).stat().st_mtime < 60  # seen now: its TTL starts again
+    live.close()
