@@ -140,6 +140,8 @@ def test_review_form_keeps_text_on_a_validation_error(server_url: str, page, rev
     settle(page)
     page.get_by_role("button", name="Add comment").click()
     settle(page)
-    page.get_by_text(comment).first.wait_for(timeout=60_000)
+    page.get_by_text("Comment added.").first.wait_for(timeout=60_000)
+    settle(page)
+    assert page.get_by_text(comment).count() >= 1
     assert widget(page, "stTextArea", "Comment").locator("textarea").input_value() == ""
     assert widget(page, "stTextArea", "Rationale").locator("textarea").input_value() == rationale
