@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -13,6 +14,8 @@ from app import cache
 from app.components import view
 from app.components.adapter_map import show_adapter_map
 from app.components.sources import FolderRefusedError, configured_roots, confine
+
+MAP_POINTS = 20_000
 
 st.title("Population")
 st.caption("Thousands of adapters at once, from fixed-size sketches (a seeded random projection of each update, "
@@ -52,11 +55,16 @@ right.metric("Sketch", f"{pop.config.k} × {pop.config.k}", help=f"seed {pop.con
 threshold = st.slider("Family cut (cosine distance)", 0.1, 1.5, 0.6, 0.05, key="population_threshold",
                       help="Average-linkage families stop merging at this distance (1 - cosine).")
 amap = cache.population_map(folder, stamp, threshold)
-event = show_adapter_map(amap["coords"], names, amap["labels"], hover=[f"{p}" for p in pop.paths],
-                         key="population_map", name="population_map", title=f"Population map · {len(pop):,} adapters",
-                         label_title="family", on_select="rerun", index=folder)
+shown = np.arange(len(pop))
+if len(pop) > MAP_POINTS:  # a browser draws ~20k WebGL points smoothly; beyond, a fixed random sample
+    shown = np.sort(np.random.default_rng(0).choice(len(pop), MAP_POINTS, replace=False))
+event = show_adapter_map(amap["coords"][shown], [names[i] for i in shown], amap["labels"][shown],
+                         hover=[pop.paths[i] for i in shown], key="population_map", name="population_map",
+                         title=f"Population map · {len(shown):,} of {len(pop):,} adapters", label_title="family",
+                         on_select="rerun", index=folder)
 st.caption(f"{len(amap['sizes'])} families ({amap['method']}). Axes: the top two principal components of the "
-           "normalised sketches. Click a point to search its neighbours below.")
+           "normalised sketches" + (f"; a fixed random sample of {MAP_POINTS:,} points is drawn" if len(shown) < len(pop)
+                                    else "") + ". Click a point to search its neighbours below.")
 with st.expander("Families"):
     st.dataframe(pd.DataFrame({"family": range(1, len(amap["sizes"]) + 1), "adapters": amap["sizes"]}),
                  hide_index=True, width="stretch")
