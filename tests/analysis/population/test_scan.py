@@ -98,3 +98,20 @@ def test_index_refuses_other_sketch_settings(tmp_path: Path) -> None:
     (tmp_path / "junk" / "x.txt").write_text("x")
     with pytest.raises(PopulationIndexError, match="not an index"):
         scan([ads], tmp_path / "junk", config=CONFIG, scheduler=SYNCHRONOUS)
+
+
+def test_walk_finds_peft_dirs_checkpoints_and_loose_files_not_hidden(tmp_path: Path) -> None:
+    from analysis.population.walk import find_adapters, signature
+
+    adapter = member(SPEC, 0)[0]
+    write_peft(adapter, tmp_path / "run")
+    write_peft(adapter, tmp_path / "run" / "checkpoint-10")
+    write_peft(adapter, tmp_path / ".cache" / "x")
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "style.safetensors").write_bytes((tmp_path / "run" / "adapter_model.safetensors").read_bytes())
+    (tmp_path / "loose" / "readme.txt").write_text("not an adapter")
+    found = find_adapters([tmp_path, tmp_path / "run"])  # overlapping roots: each location once
+    assert found == [tmp_path / "loose" / "style.safetensors", tmp_path / "run", tmp_path / "run" / "checkpoint-10"]
+    before = signature(tmp_path / "run")
+    (tmp_path / "run" / "adapter_config.json").write_text("{}")
+    assert signature(tmp_path / "run") != before and signature(tmp_path / "missing") == ""
