@@ -1,6 +1,6 @@
 """The adapter map: adapters as points in 2-D (from `analysis.embedding`), coloured by group.
 
-Built for ten adapters and for ten thousand: WebGL markers (`Scattergl`), names written next to the
+Built for ten adapters and for ten thousand: WebGL markers (`Scattergl`) from 500 points, names written next to the
 points only while they stay readable, one legend entry per group while there are few groups (a
 continuous colour bar beyond that). Hover shows the name, the group and whatever the caller adds
 (nearest neighbours with their distances, usually). Pages call `show_adapter_map`; tests and other
@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from app.components.figures import FONT, GROUP_COLOURS, group_colour, short_label
 
 TEXT_LIMIT = 40  # write names beside the points up to this many adapters
+WEBGL_FROM = 500  # SVG markers below this many points (no WebGL context for a small set), WebGL from here
 LEGEND_LIMIT = len(GROUP_COLOURS)  # one legend entry per group up to this many groups
 
 
@@ -47,26 +48,27 @@ def map_figure(coords: np.ndarray, names: Sequence[str], labels: Sequence[int] |
     text = [short_label(x, 22) for x in names]
     template = ("<b>%{customdata[0]}</b><br>" + (f"{label_title} %{{customdata[1]}}<br>" if labels is not None else "")
                 + "%{customdata[2]}<extra></extra>")
+    scatter = go.Scattergl if n >= WEBGL_FROM else go.Scatter
     fig = go.Figure()
     distinct = sorted(set(groups.tolist()))
     if labels is None or len(distinct) <= LEGEND_LIMIT:
         for g in distinct:
             idx = np.flatnonzero(groups == g)
-            fig.add_trace(go.Scattergl(
+            fig.add_trace(scatter(
                 x=xy[idx, 0], y=xy[idx, 1], mode="markers+text" if show_text else "markers",
                 name=f"{label_title} {g + 1}" if labels is not None else "adapters",
                 text=[text[i] for i in idx], textposition="top center", textfont=dict(size=11),
                 customdata=[(names[i], g + 1, extra[i]) for i in idx], hovertemplate=template,
                 marker=dict(size=12 if n <= 200 else 6, color=group_colour(g), line=dict(width=1, color="white"))))
     else:  # too many groups for a legend: one trace, colour by group number
-        fig.add_trace(go.Scattergl(
+        fig.add_trace(scatter(
             x=xy[:, 0], y=xy[:, 1], mode="markers", name="adapters",
             customdata=[(names[i], int(groups[i]) + 1, extra[i]) for i in range(n)], hovertemplate=template,
             marker=dict(size=6, color=groups + 1, colorscale="Turbo", showscale=True,
                         colorbar=dict(title=dict(text=label_title, side="right")))))
     if len(highlight):
         idx = np.asarray(list(highlight), dtype=int)
-        fig.add_trace(go.Scattergl(x=xy[idx, 0], y=xy[idx, 1], mode="markers", name="selected", hoverinfo="skip",
+        fig.add_trace(scatter(x=xy[idx, 0], y=xy[idx, 1], mode="markers", name="selected", hoverinfo="skip",
                                    marker=dict(size=20, color="rgba(0,0,0,0)", line=dict(width=2, color="#c0392b"))))
     pad = _padding(xy)
     fig.update_layout(
