@@ -140,9 +140,11 @@ def _show(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from analysis.export.outdir import check_out_file
     from analysis.review.evidence import input_overlap
     from analysis.review.reports import write_report
 
+    check_out_file(args.out)  # before the overlap work, not after it
     with _store(args) as store:
         p = store.get(args.id)
     with tqdm(desc="overlap of the inputs", unit="module", file=sys.stderr, disable=None) as bar:

@@ -74,6 +74,31 @@ def check_out_dir(out: str | os.PathLike[str], *, inputs: Iterable[str | os.Path
     return resolved
 
 
+def check_out_file(out: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Refuse a bad output *file* path (a report) with one RecipeError line before the work that fills it."""
+    text = os.fspath(out)
+    if not text.strip() or "\0" in text:
+        raise RecipeError(f"{what} {text!r}: a file path is needed (no NUL characters)")
+    target = Path(text).expanduser().absolute()
+    resolved = target.resolve()
+    if any(_inside(resolved, fs) for fs in KERNEL_FS):
+        raise RecipeError(f"{what} {target}: {resolved} is in a kernel filesystem, not a place for files")
+    if resolved.is_dir():
+        raise RecipeError(f"{what} {target} is a directory: give a file name")
+    ancestor = resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RecipeError(f"{what} {target} lies under {ancestor}, which is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{resolved.name[:100]}.probe-", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RecipeError(f"{what} {target}: cannot write in {ancestor} ({exc.strerror})") from None
+    return resolved
+
+
 def recipe_input_paths(recipe: str | os.PathLike[str] | None) -> list[str]:
     """The input paths a recipe names, for `check_out_dir` before a replay; [] when it cannot be read
     (the replay itself then reports why, in one line)."""

@@ -115,3 +115,24 @@ def test_markdown_and_html_in_titles_stay_literal(tmp_path: Path, capsys: pytest
         assert "<img src" not in text and "&lt;img src" in text
         if fmt == "md":  # in HTML these are plain characters already
             assert "](https://evil" not in text and "**b**" not in text and "\n# not a heading" not in text
+
+
+def test_report_out_checked_before_the_overlap_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import analysis.review.evidence as evidence
+
+    db = str(tmp_path / "review.db")
+    with ReviewStore(db) as store:
+        pid = propose(store, recipe_mapping(), "t", "ann")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+
+    def no_work(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the overlap was computed before --out was checked")
+
+    monkeypatch.setattr(evidence, "input_overlap", no_work)
+    for out, needle in ((a_file / "r.md", "which is a file"), (tmp_path, "is a directory"),
+                        (Path("/proc/atlas-report.md"), "kernel filesystem")):
+        code, _, err = _cli(capsys, "review", "export", str(pid), "--format", "md", "--out", str(out), "--db", db)
+        assert code == 2 and needle in err and "\n" not in err, err
+    assert a_file.read_text() == "x"
