@@ -98,9 +98,18 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/adapter_atlas_consolidate", help="where the adapters are written")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--markdown", action="store_true", help="print the stored results as a Markdown table and exit")
+    ap.add_argument("--plan-only", default=None, metavar="JSON",
+                    help="run only the planner (own accuracy from --out) and write its result to JSON; "
+                         "--merge-plan JSON puts it into --out")
+    ap.add_argument("--merge-plan", default=None, metavar="JSON", help="store a --plan-only result in --out and exit")
     args = ap.parse_args()
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
+        return
+    if args.merge_plan:
+        stored = json.loads(Path(args.out).read_text())
+        stored["plan"] = json.loads(Path(args.merge_plan).read_text())["plan"]
+        Path(args.out).write_text(json.dumps(stored, indent=2, default=float) + "\n")
         return
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -122,6 +131,13 @@ def main() -> None:
                             "`limit` eval rows per task, measured on the written PEFT adapter",
                 "machine": f"{platform.machine()}, {args.threads} torch threads (shared), torch {torch.__version__}"})
     out.setdefault("runs", {})
+    if args.plan_only:  # a second process next to a running table: reads --out, writes only its own file
+        t = time.time()
+        plan = Planner(0.9, evaluate=evaluate, max_trials=args.max_trials).plan(adapters,
+                                                                                own_accuracy=out["own_accuracy"])
+        Path(args.plan_only).write_text(json.dumps({"plan": {**plan.as_dict(), "seconds": round(time.time() - t, 1)}},
+                                                   indent=2, default=float) + "\n")
+        return
     if "own_accuracy" not in out:
         out["own_accuracy"] = {a.name: evaluate(a.modules, [a.name])[a.name] for a in adapters}
         # the base is not re-measured here (3 min on a shared machine): sample_adapters/results.json, 64 rows
