@@ -52,6 +52,14 @@ def short_label(label: str, limit: int = 28) -> str:
     return label[:head] + "…" + label[-(limit - 1 - head):]
 
 
+def short_module(module: str) -> str:
+    """`model.layers.29.self_attn.o_proj` as `29.self_attn.o_proj` (the URL's form); other names shortened."""
+    from analysis.overlap import parse_module_name
+
+    layer, kind = parse_module_name(module)
+    return f"{layer}.{kind}" if layer != "" else short_label(module, 48)
+
+
 def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], spec: MetricSpec, *,
             title: str, row_title: str = "adapter", col_title: str = "adapter",
             annotate: bool | None = None, clickable: bool = False, mask_diagonal: bool = False,
@@ -118,7 +126,7 @@ def angle_spectra(curves: dict[str, Sequence[float]], *, title: str) -> go.Figur
     for module, angles in curves.items():
         a = np.asarray(angles, dtype=float)  # (min(r_i, r_j),)
         fig.add_trace(go.Scatter(
-            x=list(range(1, len(a) + 1)), y=a, mode="lines+markers", name=short_label(module, 48),
+            x=list(range(1, len(a) + 1)), y=a, mode="lines+markers", name=short_module(module),
             hovertemplate=f"{module}<br>angle %{{x}}: %{{y:.1f}} deg<extra></extra>"))
     fig.update_layout(title=title, font=FONT, xaxis=dict(title="principal angle index (ascending)", dtick=1),
                       yaxis=dict(title="angle (deg)", range=[0, 90]), height=420,
