@@ -136,6 +136,7 @@ def init_session() -> None:
         st.session_state.setdefault(METRIC, params["metric"])
     elif params.get("metric"):
         refuse("metric", params["metric"], "not a metric of this app")
+        st.session_state[_FROM_URL].pop("metric", None)  # named once, not again by the Metric control
     if params.get("page"):
         st.session_state.setdefault(PAGE, params["page"])
     st.session_state.setdefault(METRIC, "subspace_similarity")
@@ -237,14 +238,12 @@ def requested_page() -> str | None:
 def write_url(page: str | None = None, *, prune: bool = True) -> None:
     """Mirror the view into the query string: the shared choices plus the controls bound during this run.
 
-    The path names the page, so `page` is not written (a `?page=` link still opens its page once).
+    The path names the page, so `page` is not written (a `?page=` link still opens its page once); the
+    open set is written on every page, any other control only on the pages that show it.
     With `prune`, entries bound on other pages earlier in the session are removed; entries no page
     ever bound (someone else's) are left alone. Only changed keys are rewritten.
     """
     wanted: dict[str, list[str]] = {"adapter": _adapters_param()}
-    for param, key in (("metric", METRIC), ("module", MODULE)):
-        if st.session_state.get(key):
-            wanted[param] = [module_token(st.session_state[key]) if param == "module" else str(st.session_state[key])]
     for param, (key, encode) in st.session_state.get(_BOUND, {}).items():
         value = encode(st.session_state.get(key) if key else None)
         if value is not None and value != []:
@@ -301,8 +300,10 @@ def choose(label: str, options: list, key: str, *, widget=st.selectbox, param: s
     """
     if not options:
         return None
-    if key == MODULE:
+    if key == MODULE:  # the shared controls travel under fixed names on every page that shows them
         param, short = "module", module_token
+    elif key == METRIC:
+        param = "metric"
     raw = from_url(param) if param else None
     if raw:
         match = [o for o in options if raw[0] in (short(o), str(o))]
@@ -310,7 +311,7 @@ def choose(label: str, options: list, key: str, *, widget=st.selectbox, param: s
             st.session_state[key] = match[0]
         else:
             refuse(param, raw[0], f"no such {label.lower()} here, showing {short_label(str(short(options[0])), 40)}")
-    if param and key != MODULE:
+    if param:
         _bind(key, param, lambda v: None if v is None else short(v))
     if st.session_state.get(key) not in options:
         st.session_state[key] = options[0]
