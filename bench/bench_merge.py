@@ -17,6 +17,7 @@ Usage: OMP_NUM_THREADS=1 .venv/bin/python bench/bench_merge.py [--threads 1] [--
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -173,6 +174,7 @@ def part_pipeline(args: argparse.Namespace) -> dict:
     pv = preview_merge(adapters, res.modules, rank=EXPORT_RANK, granularity=gran, p=p, cores=res.cores,
                        spectra=res.spectra)
     stages["preview"] = time.perf_counter() - t
+    res = dataclasses.replace(res, cores=None)  # the cores served the merge and the preview: let them go
     t = time.perf_counter()
     recipe = build_recipe(adapters, "isolation", parameters=res.params, weights=res.weights,
                           export_format="peft", rank=EXPORT_RANK)
