@@ -115,3 +115,21 @@ def test_walk_finds_peft_dirs_checkpoints_and_loose_files_not_hidden(tmp_path: P
     before = signature(tmp_path / "run")
     (tmp_path / "run" / "adapter_config.json").write_text("{}")
     assert signature(tmp_path / "run") != before and signature(tmp_path / "missing") == ""
+
+
+def test_scan_cli_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from analysis.cli import main
+
+    ads = _population(tmp_path, 3)
+    argv = ["scan", str(ads), "--out", str(tmp_path / "idx"), "--scheduler", "synchronous", "--k", "8"]
+    assert main(argv + ["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["total"], report["sketched"], len(report["failed"])) == (5, 3, 2)
+    assert {f["path"] for f in report["failed"]} == {str(ads / "broken.safetensors"), str(ads / "f0000" / "notes.pt")}
+    assert main(argv) == 0  # rerun: nothing new, failures listed again from the catalog
+    out = capsys.readouterr().out
+    assert "0 sketched, 5 unchanged" in out and out.count("unreadable: ") == 2
+    assert main(["scan", str(ads), "--out", str(tmp_path / "idx"), "--scheduler", "synchronous", "--k", "4"]) == 2
+    assert "built with" in capsys.readouterr().err
