@@ -180,7 +180,9 @@ fmt = e2.selectbox("Format", ["peft", "kohya", "delta"], key="merge_format",
                         "delta: full dW per module (holds any result exactly).")
 run = runs[export_method]
 auto_rank = run.rank
-rank_text = e3.selectbox("Rank", ["automatic"] + [str(r) for r in (4, 8, 16, 32, 64, 128)], key="merge_rank",
+cap = run.spectrum.cap if run.spectrum is not None else 128  # the summed input rank: never wider than that
+ranks = sorted({r for r in (4, 8, 16, 32, 64, 128) if r < cap} | {cap})
+rank_text = view.choose("Rank", ["automatic"] + [str(r) for r in ranks], "merge_rank", widget=e3.selectbox,
                          help=f"automatic: exact when the merge is low rank, else the smallest rank whose relative "
                               f"error is at most {DEFAULT_TARGET_ERROR} (capped at the summed input rank)",
                          disabled=fmt == "delta")
