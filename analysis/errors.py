@@ -28,3 +28,7 @@ class ReviewError(AtlasError):
 
 class ResourceLimitError(AtlasError):
     """An input would need more memory or time than the stated limit (the message gives both sizes)."""
+
+
+class Cancelled(AtlasError):
+    """The user stopped a long computation (a progress callback raised it); nothing was written."""

@@ -11,14 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from analysis.errors import AtlasError
+from analysis.errors import Cancelled
+
+__all__ = ["Cancelled", "ProgressFn", "ProgressReporter", "format_eta"]
 
 # callback(stage, done, total, eta_seconds or None, label)
 ProgressFn = Callable[[str, int, int, "float | None", str], None]
-
-
-class Cancelled(AtlasError):
-    """The user stopped a long computation; nothing was written."""
 
 
 @dataclass
