@@ -114,6 +114,9 @@ def test_deselect_reselect_keeps_the_merge_order_in_labels(app: AppTest) -> None
     jaccard = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
     heat = next(f for f in jaccard if "Jaccard" in json.dumps(f["layout"].get("title", "")))
     assert heat["data"][0]["x"] == NAMES and heat["data"][0]["y"] == NAMES
+    at.button(key="merge_cancel").click().run()  # Cancel: Streamlit stops a running script; nothing is shown
+    _ok(at)
+    assert any("cancelled" in i.value for i in at.info) and not at.dataframe
 
 
 def test_page_starts_small_on_the_sample_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
