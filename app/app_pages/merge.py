@@ -199,8 +199,9 @@ if st.button("Build export", key="merge_build", type="primary"):
     st.session_state["merge_built"] = (export_method, fmt, rank)
 if st.session_state.get("merge_built") == (export_method, fmt, rank):
     try:
-        name, data, recipe_yaml = cache.merge_zip(merge_key(export_method), fmt, rank)
-        built = cache.merge_export(merge_key(export_method), fmt, rank)
+        with st.spinner("Writing the export and previewing the adapter written…"):
+            name, data, recipe_yaml = cache.merge_zip(merge_key(export_method), fmt, rank)
+            built = cache.merge_export(merge_key(export_method), fmt, rank)
     except AtlasError as exc:
         st.error(str(exc))
         st.stop()
