@@ -280,12 +280,14 @@ def extract_zip(label: str, data: bytes | BinaryIO, target: Path, budget: _Budge
                 out = target.joinpath(*parts)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 _stream_member(zf, info, out, budget, label)
+    except UploadRefusedError:
+        raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError,
-            RuntimeError, ValueError, OSError) as exc:
-        if isinstance(exc, UploadRefusedError):
-            raise
+            RuntimeError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UploadRefusedError(f"{label}: not a readable zip archive ({reason})") from None
+    except OSError as exc:  # the server's disk, not the archive (no space left, ...)
+        raise UploadRefusedError(f"{label}: could not be saved on the server ({exc.strerror or exc})") from None
 
 
 # ------------------------------------------------------------------ the entry point
@@ -359,7 +361,12 @@ def save_upload(files: list[tuple[str, bytes]], area: UploadArea) -> Path:
                 budget.add(len(data), name)
                 (folder / name).write_bytes(data)
         _result(staging, files, label, is_zip)  # refuse an upload holding no adapter before keeping it
-        os.replace(staging, holder)
+        try:
+            os.replace(staging, holder)
+        except OSError:
+            if not holder.is_dir():  # else the same batch was just saved by another run: use that one
+                raise UploadRefusedError(f"upload: could not be saved on the server ({holder})") from None
+            shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
