@@ -59,8 +59,13 @@ SAMPLE = 65_536  # entries sampled to place the selection threshold
 SLACK = 1.5  # aim the threshold at ~1.5 k candidates so one exact top-k over them finishes the job
 
 
-def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Sorted flat positions (k,) of the k largest entries of `scores` (any shape), in linear time.
+def _order(idx: torch.Tensor, ordered: bool) -> torch.Tensor:
+    return idx.sort().values if ordered else idx
+
+
+def top_indices(scores: torch.Tensor, k: int, *, ordered: bool = True) -> torch.Tensor:
+    """Flat positions (k,) of the k largest entries of `scores` (any shape), in linear time; sorted
+    ascending unless `ordered` is False (a caller that only scatters through them skips the sort).
 
     Exact, not approximate: a threshold read from a seeded random sample of the scores is placed so that
     about 1.5 k entries pass (one comparison pass), and an exact top-k runs over those candidates only.
@@ -73,7 +78,7 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k == 0:
         return torch.zeros(0, dtype=torch.long)
     if n <= 4 * SAMPLE or k > n // 4 or flat.dtype not in (torch.float32, torch.float64):
-        return torch.topk(flat, k, sorted=False).indices.sort().values
+        return _order(torch.topk(flat, k, sorted=False).indices, ordered)
     arr = flat.contiguous().numpy()  # a view: numpy's compare + flatnonzero is ~3x faster than torch's here
     g = torch.Generator().manual_seed(n)
     sample = arr[torch.randint(0, n, (SAMPLE,), generator=g).numpy()]  # (SAMPLE,)
@@ -83,8 +88,8 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
         cand = np.flatnonzero(arr >= thr)  # (c,) candidates, c ~ slack * k
         if cand.size >= k:
             pick = np.argpartition(arr[cand], cand.size - k)[cand.size - k:]  # (k,) introselect
-            return torch.from_numpy(np.sort(cand[pick]))
-    return torch.topk(flat, k, sorted=False).indices.sort().values
+            return _order(torch.from_numpy(cand[pick]), ordered)
+    return _order(torch.topk(flat, k, sorted=False).indices, ordered)
 
 
 def top_fraction(scores: torch.Tensor, p: float) -> torch.Tensor:

@@ -85,30 +85,78 @@ def retention(merged: Delta, task: Delta, core: Core, granularity: str, tol: flo
     return int((err <= tol * mag).sum())
 
 
+def task_geometry(tasks: Sequence[Delta], merged: Delta) -> list[tuple[float, float, float, float]]:
+    """Per task (||(dW_m - dW_t) V_t||^2, ||dW_t V_t||^2, <dW_m, dW_t>, ||dW_t||^2), V_t the task's right
+    singular vectors. Batched over the tasks (one QR/SVD batch, two thin GEMMs) when they are all LoRAs of
+    one rank; one task at a time otherwise. The small modules of the sample set make per-op overhead, not
+    flops, the cost, hence the batching."""
+    ranks = {d.rank for d in tasks}
+    if len(ranks) != 1 or not all(isinstance(d, LowRankDelta) for d in tasks):
+        out = []
+        for task in tasks:
+            U, S, V = svd_of(task)  # (n_out, k), (k,), (n_in, k)
+            moved = _times_v(merged, V) - U * S  # (n_out, k): (dW_m - dW_t) V_t
+            out.append((float((moved**2).sum()), float((S**2).sum()), inner(merged, task), float((S**2).sum())))
+        return out
+    n, r = len(tasks), ranks.pop()
+    fac = [d.factors(torch.float64) for d in tasks]  # type: ignore[union-attr]
+    Bs = torch.stack([b for b, _ in fac])  # (N, n_out, r)
+    As = torch.stack([a for _, a in fac])  # (N, r, n_in)
+    # factored SVD of every task at once: QR of B and A^T, SVD of the r x r cores
+    Qb, Rb = torch.linalg.qr(Bs)  # (N, n_out, r), (N, r, r)
+    Qa, Ra = torch.linalg.qr(As.transpose(1, 2))  # (N, n_in, r), (N, r, r)
+    Uc, S, Vch = torch.linalg.svd(Rb @ Ra.transpose(1, 2))  # (N, r, r), (N, r), (N, r, r)
+    keep = S > S[:, :1] * (max(Bs.shape[1], As.shape[2]) * torch.finfo(torch.float64).eps)  # (N, r) as svd_of
+    S = S * keep
+    U = Qb @ Uc  # (N, n_out, r)
+    V = Qa @ Vch.transpose(1, 2)  # (N, n_in, r)
+    Vcat = V.transpose(0, 1).reshape(V.shape[1], n * r)  # (n_in, N r)
+    Acat = torch.cat(list(As))  # (N r, n_in)
+    Bcat = torch.cat(list(Bs), dim=1)  # (n_out, N r)
+    if isinstance(merged, LowRankDelta):
+        bm, am = merged.factors(torch.float64)  # (n_out, R), (R, n_in)
+        MV = bm @ (am @ Vcat)  # (n_out, N r)
+        inners = ((bm.T @ Bcat) * (am @ Acat.T)).sum(dim=0)  # (N r,)
+    else:
+        W = merged.dense(torch.float64)  # (n_out, n_in)
+        MV = W @ Vcat  # (n_out, N r)
+        inners = (Bcat * (W @ Acat.T)).sum(dim=0)  # (N r,)
+    moved = (MV.reshape(-1, n, r).transpose(0, 1) - U * S[:, None, :]) * keep[:, None, :]  # (N, n_out, r)
+    num2 = (moved**2).sum(dim=(1, 2))  # (N,)
+    den2 = (S**2).sum(dim=1)  # (N,)
+    inner_t = inners.reshape(n, r).sum(dim=1)  # (N,)
+    return [(float(num2[i]), float(den2[i]), float(inner_t[i]), float(den2[i])) for i in range(n)]
+
+
 def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granularity: str, p: float,
                 tol: float, cores: Mapping[int, Any] | None = None) -> list[dict[str, Any]]:
     """One row per input present at `module`, keyed by input index (names may repeat)."""
     present = [i for i, a in enumerate(inputs) if module in a.modules]
     at = {i: as_core(cores[i]) for i in present} if cores is not None else {
         i: task_core(inputs[i].modules[module], granularity, p) for i in present}
+    tasks = [inputs[i].modules[module] for i in present]
     claims = gather_claims([at[i] for i in present])
-    claimed_twice = claims.member.sum(dim=0) > 1  # (U,)
+    member = claims.member  # (N, U)
+    claimed_twice = member.sum(dim=0) > 1  # (U,)
+    conflicts = (member & claimed_twice).sum(dim=1)  # (N,)
+    sizes = member.sum(dim=1)  # (N,)
+    if granularity == "entries":
+        # the merged values on the union of the cores, read once for every task; each task's own value there
+        union_at = gather(merged, claims.positions)  # (U,)
+        old = claims.value.to(torch.float64)  # (N, U)
+        for row, i in enumerate(present):
+            if at[i].value.numel() != at[i].index.numel():  # a core given as a bare mask: read its values
+                old[row, member[row]] = gather(tasks[row], claims.positions[member[row]])
+        kept = (((union_at[None, :] - old).abs() <= tol * old.abs()) & member).sum(dim=1)  # (N,)
+    else:
+        kept = torch.tensor([retention(merged, tasks[row], at[i], granularity, tol) for row, i in enumerate(present)])
+    geometry = task_geometry(tasks, merged)
     merged_norm2 = merged.frobenius_norm() ** 2
-    # the merged values on the union of the cores, read once for every task
-    union_at = gather(merged, claims.positions) if granularity == "entries" else None  # (U,)
-    rows = []
-    for row, i in enumerate(present):
-        task = inputs[i].modules[module]
-        U, S, V = svd_of(task)  # (n_out, k), (k,), (n_in, k)
-        moved = _times_v(merged, V) - U * S  # (n_out, k): (dW_m - dW_t) V_t
-        rows.append({"index": i, "task": inputs[i].name, "module": module, "core": int(at[i].positions.numel()),
-                     "core_kept": retention(merged, task, at[i], granularity, tol,
-                                            None if union_at is None else union_at[claims.member[row]]),
-                     "conflicts": int((claims.member[row] & claimed_twice).sum()),
-                     "interference_num2": float((moved**2).sum()), "interference_den2": float((S**2).sum()),
-                     "inner": inner(merged, task), "task_norm2": task.frobenius_norm() ** 2,
-                     "merged_norm2": merged_norm2})
-    return rows
+    return [{"index": i, "task": inputs[i].name, "module": module, "core": int(sizes[row]),
+             "core_kept": int(kept[row]), "conflicts": int(conflicts[row]),
+             "interference_num2": geometry[row][0], "interference_den2": geometry[row][1],
+             "inner": geometry[row][2], "task_norm2": geometry[row][3], "merged_norm2": merged_norm2}
+            for row, i in enumerate(present)]
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:

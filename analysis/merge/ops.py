@@ -120,6 +120,24 @@ def _balanced(template: Delta, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor
                 B=(U[:, :k] * root).to(dtype))
 
 
+def svds_of(deltas: Sequence[Delta]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """`svd_of` for several deltas: one batched QR/SVD when they are LoRAs of one shape and rank (the usual
+    case: N tasks at one module), so N small factorisations cost one call instead of N."""
+    if len(deltas) < 2 or not all_lowrank(deltas) or len({(d.shape, d.rank) for d in deltas}) != 1:
+        return [svd_of(d) for d in deltas]
+    fac = [scaled_factors(d) for d in deltas]  # type: ignore[arg-type]
+    Qb, Rb = torch.linalg.qr(torch.stack([b for b, _ in fac]))  # (N, n_out, r), (N, r, r)
+    Qa, Ra = torch.linalg.qr(torch.stack([a.T for _, a in fac]))  # (N, n_in, r), (N, r, r)
+    Uc, S, Vch = torch.linalg.svd(Rb @ Ra.transpose(1, 2))  # (N, r, r), (N, r), (N, r, r)
+    U, V = Qb @ Uc, Qa @ Vch.transpose(1, 2)  # (N, n_out, r), (N, n_in, r)
+    rtol = max(deltas[0].shape) * float(torch.finfo(torch.float64).eps)  # factored_svd's default
+    out = []
+    for i in range(len(deltas)):
+        k = int((S[i] > rtol * S[i, 0]).sum()) if float(S[i, 0]) > 0 else 0
+        out.append((U[i, :, :k], S[i, :k], V[i, :, :k]))
+    return out
+
+
 def truncate_with_spectrum(delta: "Delta | SparsePlusLowRank", rank: int) -> tuple[LowRankDelta, ModuleSpectrum]:
     """Best rank-`rank` approximation (Eckart-Young) and the module's spectrum, by the cheapest exact-enough route.
 

@@ -50,7 +50,7 @@ def trim(task: torch.Tensor, density: float) -> torch.Tensor:
     k = int(density * task.numel())
     out = torch.zeros_like(task).reshape(-1)  # (numel,)
     if k > 0:
-        idx = top_indices(task.abs().reshape(-1), k)  # (k,) linear-time selection
+        idx = top_indices(task.abs().reshape(-1), k, ordered=False)  # (k,) linear-time selection
         out[idx] = task.reshape(-1)[idx]
     return out.reshape(task.shape)
 
@@ -68,19 +68,18 @@ def elect_sign(stacked: torch.Tensor, method: str) -> torch.Tensor:
     """Boolean mask (N, ...) of entries whose sign equals the elected sign (ties at zero go to +)."""
     votes = stacked.sum(dim=0) if method == "total" else stacked.sign().sum(dim=0)  # (...)
     elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)  # (...)
-    return stacked.sign() == elected  # (N, ...)
+    return stacked * elected > 0  # (N, ...): same sign as elected; a zero entry (sign 0) never agrees
 
 
 def disjoint_mean(stacked: torch.Tensor, agree: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
     """Weighted mean over the tasks that agree with the elected sign (mergekit's divisor: the sum of the
     agreeing tasks' weights, 0 -> 1); `stacked` holds the *weighted* task vectors. Without weights every
     weight is 1 and this is the plain disjoint mean. Entries nobody keeps stay zero."""
-    total = (stacked * agree).sum(dim=0)  # (...)
-    if weights is None:
-        divisor = agree.sum(dim=0).to(stacked.dtype)  # (...)
-    else:
-        w = torch.tensor([float(x) for x in weights], dtype=stacked.dtype).reshape((-1,) + (1,) * (stacked.dim() - 1))
-        divisor = (w * agree).sum(dim=0)  # (...)
+    mask = agree.to(stacked.dtype)  # (N, ...)
+    total = torch.tensordot(torch.ones(stacked.shape[0], dtype=stacked.dtype), stacked * mask, dims=1)  # (...)
+    w = torch.ones(stacked.shape[0], dtype=stacked.dtype) if weights is None else \
+        torch.tensor([float(x) for x in weights], dtype=stacked.dtype)  # (N,)
+    divisor = torch.tensordot(w, mask, dims=1)  # (...) summed weight of the agreeing tasks
     return total / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
 
 

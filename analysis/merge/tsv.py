@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import torch
 
 from analysis.adapters.model import Delta
-from analysis.merge.ops import compact, like, linear_combination, svd_of
+from analysis.merge.ops import compact, like, linear_combination, svds_of
 from analysis.merge.registry import ModuleContext, Param, ParamValue, register
 from analysis.merge.sparsify import LAMBDA
 
@@ -43,8 +43,7 @@ def tsv(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, 
         ctx: ModuleContext) -> Delta:
     Us, Ss, Vs = [], [], []
     # task singular vectors, compressed
-    for d, w in zip(deltas, weights):
-        U, S, V = svd_of(d)  # (n_out, k), (k,), (n_in, k); zero singular values already dropped
+    for (U, S, V), w in zip(svds_of(deltas), weights):  # (n_out, k), (k,), (n_in, k); zeros dropped
         if S.numel() == 0:
             continue
         k = max(1, round(float(params["fraction"]) * S.numel()))
