@@ -58,6 +58,33 @@ def test_review_recipe_file_confined_to_roots(tmp_path: Path, monkeypatch: pytes
         assert [p.title for p in store.list_proposals()] == ["from a file"]
 
 
+def test_review_page_on_both_backends(review_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Review page lists, opens and comments on a proposal in a SQLite file and in PostgreSQL alike."""
+    from analysis.review import propose
+
+    monkeypatch.setenv("ADAPTER_ATLAS_DB", review_db)
+    with ReviewStore(review_db) as store:
+        pid = propose(store, yaml.safe_load((_recipe_dir_text())), "shared store", "ann")
+    at = AppTest.from_file(REVIEW, default_timeout=60)
+    at.query_params["proposal"] = str(pid)
+    at.run()
+    assert not at.exception and not at.error
+    assert "shared store" in at.header[0].value
+    at.text_input(key="review_author").input("bo")
+    at.text_area(key="review_comment_text").input("looks right")
+    at.button(key="FormSubmitter:review_comment_form-Add comment").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    with ReviewStore(review_db) as store:
+        assert [(e.author, e.text) for e in store.get(pid).comments] == [("bo", "looks right")]
+
+
+def _recipe_dir_text() -> str:
+    return yaml.safe_dump({"atlas_recipe": 1, "tool_version": "0.1.0", "method": "ties",
+                           "parameters": {"density": 0.2}, "weights": None, "export": {"format": "peft", "rank": 8},
+                           "inputs": [{"name": n, "path": f"/nonexistent/{n}", "sha256": "0" * 64, "format": "peft"}
+                                      for n in ("a", "b")]})
+
+
 def test_review_link_with_an_id_past_the_integer_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADAPTER_ATLAS_DB", str(tmp_path / "review.db"))
     at = AppTest.from_file(REVIEW, default_timeout=60)
