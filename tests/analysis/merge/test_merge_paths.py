@@ -181,3 +181,27 @@ def test_bounded_threads_caps_nests_and_restores():
             assert torch.get_num_threads() == 1  # an inner block never raises the cap
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_batched_svds_equal_one_at_a_time():
+    from analysis.merge.ops import svd_of, svds_of
+
+    ads = trio()
+    deltas = [a.modules["m0"] for a in ads]
+    for (U, S, V), d in zip(svds_of(deltas), deltas):
+        U1, S1, V1 = svd_of(d)
+        assert torch.allclose(S, S1) and torch.allclose((U * S) @ V.T, (U1 * S1) @ V1.T, atol=1e-10)
+
+
+def test_claims_union_and_pair_counts_match_the_masks():
+    from analysis.isolation import gather_claims, pair_counts
+
+    ads = trio()
+    cores = task_cores(ads, granularity="entries", p=0.2)
+    at = [cores["m0"][i] for i in range(3)]
+    claims = gather_claims(at)
+    masks = torch.stack([c.mask().reshape(-1) for c in at])  # (3, numel)
+    assert torch.equal(claims.positions, masks.any(0).nonzero().squeeze(1))
+    assert torch.equal(claims.member, masks[:, claims.positions])
+    m = masks.to(torch.float64)
+    assert torch.equal(torch.from_numpy(pair_counts(at)), m @ m.T)
