@@ -125,6 +125,16 @@ def _job(args: argparse.Namespace) -> tuple[Any, str, dict, list[float] | None, 
             args.allow_different_bases)
 
 
+def _check_extras(adapters: Any, export: Any) -> None:
+    """Refuse extras that cannot be carried before any work, naming this face's flag."""
+    from analysis.export.extras import plan_extras
+
+    try:
+        plan_extras(adapters.adapters, export.extras, export_format=export.format)
+    except RecipeError as exc:
+        raise RecipeError(f"{exc}: pass --drop-extras") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_methods:
         return list_methods()
@@ -135,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from analysis.workflow import ProgressReporter, run_merge
 
     adapters, method, params, weights, export, force = _job(args)
+    _check_extras(adapters, export)
     bars = _Bars()
     try:
         merged = run_merge(adapters, method, params, weights, export, force=force, preview=not args.no_preview,

@@ -1,8 +1,9 @@
 """`run_merge`: one merge, start to finish, the same for the CLI, the app and the review store.
 
 Steps (each a library call; the faces only parse, cache and show):
-1. validate at the boundary: weights finite and not all zero, inputs sharing at least one module,
-   extras carried / refused / dropped (`analysis.export.extras`);
+1. validate at the boundary: weights finite and not all zero, inputs sharing at least one module;
+   the extras (`analysis.export.extras`) are planned with the export and refused only when it is
+   written (`MergeRun.write`), so the data-free comparison never depends on the extras policy;
 2. merge with the registered method (`analysis.merge.merge_adapters`);
 3. choose the export rank: exact for low-rank results, the user's `rank`, or automatic (smallest
    rank reaching `target_error`, `analysis.workflow.rank`); fidelity at any rank from one spectrum;
@@ -82,6 +83,7 @@ class MergeRun:
         """The export, recipe.yaml and preview.json (the evidence) in `out`, atomically."""
         from analysis.export import export_merge
 
+        self.extras.require()  # extras that differ refuse the export, never the merge or its preview
         return export_merge(self.result.modules, self.recipe, out, inputs=list(self.writer_inputs),
                             preview=self.evidence, force=force)
 
@@ -202,7 +204,6 @@ def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | No
     resolved = spec.resolve_params(params)
     if len(adapters) > 1:
         adapters.require_shared()
-    plan_extras(adapters.adapters, export.extras, export_format=export.format)  # refuse before any work
     reporter.check()
     # 2. merge; an export that needs re-factoring is re-factored at the cap module by module as it merges
     cap = max(_cap(adapters), export.rank or 0)
@@ -254,7 +255,7 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
     """Steps 3-6: export rank, recipe, preview of the adapter written, evidence."""
     from analysis.preview import preview_merge
 
-    extras = plan_extras(adapters.adapters, export.extras, export_format=export.format)
+    extras = plan_extras(adapters.adapters, export.extras, export_format=export.format, strict=False)
     writer_inputs = adapters.adapters if extras.policy == "carry" else tuple(
         dataclasses.replace(a, extras={}, _sha256=a.sha256) for a in adapters.adapters)
     # 3. export rank

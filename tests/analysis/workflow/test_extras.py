@@ -55,10 +55,14 @@ def test_identical_heads_are_carried_and_peft_loads_the_classifier(heads, tmp_pa
 
 def test_different_heads_are_refused_in_one_line_naming_them(heads) -> None:  # noqa: ANN001
     s = AdapterSet.from_paths([heads["same1"], heads["other"]])
-    with pytest.raises(RecipeError, match=r"modules_to_save: 'base_model\.model\.score\.weight'.*--drop-extras"):
-        run_merge(s, "linear")
+    run = run_merge(s, "linear")  # the data-free comparison does not depend on the extras policy
+    assert run.evidence["tasks"] is not None and "score.weight" in run.evidence["extras"]["refused"]
+    with pytest.raises(RecipeError, match=r"modules_to_save: 'base_model\.model\.score\.weight'.*extras: drop"):
+        run.to_zip()
+    assert "--drop" not in run.evidence["extras"]["refused"]  # face-neutral: each face names its own control
+    delta = run_merge(AdapterSet.from_paths([heads["same1"], heads["same2"]]), "linear", export=ExportSpec(format="delta"))
     with pytest.raises(RecipeError, match="only a PEFT export can carry"):
-        run_merge(AdapterSet.from_paths([heads["same1"], heads["same2"]]), "linear", export=ExportSpec(format="delta"))
+        delta.to_zip()
 
 
 def test_cli_refuses_then_drops_on_request(heads, tmp_path: Path) -> None:  # noqa: ANN001
@@ -67,6 +71,7 @@ def test_cli_refuses_then_drops_on_request(heads, tmp_path: Path) -> None:  # no
             "--method", "linear", "--no-preview", "--out", str(tmp_path / "m")]
     res = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "score.weight" in res.stderr
+    assert "--drop-extras" in res.stderr
     assert not (tmp_path / "m").exists()
     res = subprocess.run([*base, "--drop-extras"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -101,22 +106,61 @@ def test_identical_dora_magnitudes_are_carried_and_peft_uses_them(tmp_path: Path
                        load_file(str(tmp_path / "d1" / "adapter_model.safetensors"))[key])
 
 
-def test_identical_lora_biases_are_carried_and_peft_loads_them(tmp_path: Path) -> None:
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from workflow_factories import tiny_llama
+def _bias_adapter(out: Path, *, alpha: float, rslora: bool, factor: float, bias_shift: float = 0.0) -> Path:
+    """A real PEFT `lora_bias` adapter on q_proj (r=4): the same random A, and B and bias divided by `factor`,
+    so adapters whose `factor` equals their scale ratio add the same output."""
+    from helpers.tiny import tiny_llama
+    from peft import LoraConfig, get_peft_model
 
-    for name in ("b1", "b2"):
-        model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], lora_bias=True,
-                                                        init_lora_weights=False))
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n.endswith("lora_B.default.bias"):
-                    p.copy_(torch.arange(p.numel(), dtype=p.dtype) / 10)
-        model.peft_config["default"].base_model_name_or_path = "tiny-llama"
-        model.save_pretrained(str(tmp_path / name))
-    run = run_merge(AdapterSet.from_paths([tmp_path / "b1", tmp_path / "b2"]), "linear", preview=False)
-    assert set(run.evidence["extras"]["kinds"].values()) == {"lora_bias"}
-    out = run.write(tmp_path / "merged")
-    assert json.loads((out / "adapter_config.json").read_text())["lora_bias"] is True
-    layer = PeftModel.from_pretrained(tiny_llama(), str(out)).base_model.model.model.layers[1].self_attn.q_proj
-    assert torch.equal(layer.lora_B["default"].bias.detach(), torch.arange(32, dtype=torch.float32) / 10)
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=alpha, use_rslora=rslora, target_modules=["q_proj"],
+                                                    lora_bias=True, init_lora_weights=False))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in sorted(model.named_parameters()):
+            if "lora_" in n:
+                value = torch.randn(p.shape, generator=g) * 0.1
+                p.copy_(value if "lora_A" in n else value / factor + (bias_shift if n.endswith("bias") else 0.0))
+    model.peft_config["default"].base_model_name_or_path = "tiny-llama"
+    model.save_pretrained(str(out))
+    return out
+
+
+def _q_proj_outputs(paths: list[Path], x: torch.Tensor) -> list[torch.Tensor]:
+    from helpers.tiny import tiny_llama
+    from peft import PeftModel
+
+    with torch.no_grad():
+        return [PeftModel.from_pretrained(tiny_llama(), str(p)).base_model.model.model.layers[1].self_attn.q_proj(x)
+                for p in paths]
+
+
+def test_lora_biases_are_carried_scaled_so_the_layer_output_is_kept(tmp_path: Path) -> None:
+    """b1: alpha 8, r 4 (scale 2); b2: rsLoRA alpha 8, r 4 (scale 4), B and bias halved: the same layer. The
+    merged layer (export at scaling 1) must give the same output as either input, bias included."""
+    b1 = _bias_adapter(tmp_path / "b1", alpha=8, rslora=False, factor=1.0)
+    b2 = _bias_adapter(tmp_path / "b2", alpha=8, rslora=True, factor=2.0)
+    s = AdapterSet.from_paths([b1, b2])
+    key = "base_model.model.model.layers.1.self_attn.q_proj.lora_B.bias"
+    assert [a.modules["model.layers.1.self_attn.q_proj"].scale for a in s.adapters] == [2.0, 4.0]
+    for method, weights in (("linear", [0.5, 0.5]), ("task_arithmetic", [0.25, 0.75])):
+        run = run_merge(s, method, weights=weights, preview=False)
+        assert run.evidence["extras"]["kinds"][key] == "lora_bias" and key in run.evidence["extras"]["carried"]
+        out = run.write(tmp_path / f"merged-{method}")
+        assert json.loads((out / "adapter_config.json").read_text())["lora_bias"] is True
+        x = torch.randn(5, 64, generator=torch.Generator().manual_seed(1))
+        want, same, got = _q_proj_outputs([b1, b2, out], x)
+        torch.testing.assert_close(same, want, rtol=1e-5, atol=1e-5)  # the two inputs are the same layer
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # and so is the merge, bias offset included
+        stored = load_file(str(b1 / "adapter_model.safetensors"))[key]
+        torch.testing.assert_close(load_file(str(out / "adapter_model.safetensors"))[key], 2.0 * stored)
+
+
+def test_lora_biases_that_differ_once_scaled_refuse_the_export_not_the_comparison(tmp_path: Path) -> None:
+    """Byte-equal stored biases under different scales add different offsets: refused at export time only."""
+    b1 = _bias_adapter(tmp_path / "b1", alpha=8, rslora=False, factor=1.0)
+    b3 = _bias_adapter(tmp_path / "b3", alpha=4, rslora=False, factor=1.0)  # same bytes, scale 1 instead of 2
+    run = run_merge(AdapterSet.from_paths([b1, b3]), "linear", preview=True)  # the comparison runs
+    assert run.evidence["tasks"] is not None and "lora_bias" in run.evidence["extras"]["refused"]
+    with pytest.raises(RecipeError, match=r"non-LoRA tensors differ.*lora_bias.*export\.extras: drop"):
+        run.write(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
