@@ -19,7 +19,6 @@ _EXPORTS = {
     "run_merge": "analysis.workflow.pipeline",
     "reexport": "analysis.workflow.pipeline",
     "most_overlapping": "analysis.workflow.adapter_set",
-    "validate_weights": "analysis.workflow.pipeline",
     "EVIDENCE_VERSION": "analysis.workflow.evidence",
 }
 

@@ -95,15 +95,6 @@ class AdapterSet:
         """The one content hash per input (`Adapter.sha256`, as in recipes)."""
         return [a.sha256 for a in self.adapters]
 
-    @property
-    def key(self) -> tuple[tuple[str, str], ...]:
-        """(display name, sha256) per input: a value that changes when any input's content does."""
-        return tuple(zip(self.names, self.sha256s))
-
-    def subset(self, indices: Sequence[int]) -> "AdapterSet":
-        """The inputs at `indices`, in that order, renamed for the smaller set."""
-        return AdapterSet.from_adapters([self.adapters[i] for i in indices])
-
     @cached_property
     def modules(self) -> list[str]:
         """Every module any input has, in model order."""

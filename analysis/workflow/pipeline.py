@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -99,26 +98,6 @@ class MergeRun:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def validate_weights(weights: Sequence[float] | None, n: int) -> list[float] | None:
-    """Refuse non-finite or all-zero weights with one line (weight 0 on one input is fine: no contribution)."""
-    if weights is None:
-        return None
-    out = []
-    for i, w in enumerate(weights):
-        try:
-            value = float(w)
-        except (TypeError, ValueError):
-            raise RecipeError(f"weight {i + 1} ({w!r}): expected a number") from None
-        if not math.isfinite(value):
-            raise RecipeError(f"weight {i + 1} is {value}: weights must be finite numbers")
-        out.append(value)
-    if len(out) != n:
-        raise RecipeError(f"{len(out)} weights given for {n} adapters")
-    if out and all(w == 0.0 for w in out):
-        raise RecipeError("every weight is 0: the merge would be empty; give at least one input a non-zero weight")
-    return out
-
-
 def diagnostic_cores(method: str, params: Mapping[str, Any], default: tuple[str, float] | None) -> tuple[str, float]:
     """(granularity, p) of the preview's cores: the method's own when it declares them, else `default`, else
     the isolation method's declared defaults (the paper's top 1% of entries)."""
@@ -130,9 +109,12 @@ def diagnostic_cores(method: str, params: Mapping[str, Any], default: tuple[str,
     return str(iso.param("granularity").default), float(iso.param("p").default)
 
 
-def _cap(adapters: AdapterSet) -> int:
-    """Summed input rank: the widest a merge of these inputs needs to be."""
-    return sum(max((d.rank for d in a.modules.values()), default=1) for a in adapters.adapters)
+def _cap(adapters: AdapterSet, weights: Sequence[float] | None = None) -> int:
+    """Summed input rank of the inputs that contribute (weight 0 adds nothing, so no width either): the widest
+    a merge of these inputs needs to be."""
+    w = list(weights) if weights else [1.0] * len(adapters)
+    return max(1, sum(max((d.rank for d in a.modules.values()), default=1)
+                      for a, wi in zip(adapters.adapters, w) if wi != 0.0))
 
 
 def _rank_choice(spec: ExportSpec, exact: bool, spec_of: Spectrum | None) -> tuple[str, int | None, bool | None]:
@@ -197,16 +179,15 @@ def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | No
         raise RecipeError(f"export format '{export.format}' is not one of {', '.join(EXPORT_FORMATS)}")
     if len(adapters) == 0:
         raise IncompatibleAdaptersError("merge needs at least one adapter")
-    # 1. validate at the boundary
-    w = validate_weights(weights, len(adapters))
+    # 1. validate at the boundary (the registry's one weight rule: finite, one per input, not all 0)
     spec = get_method(method)
-    spec.resolve_weights(len(adapters), w)
+    w = spec.resolve_weights(len(adapters), weights) if weights is not None else None
     resolved = spec.resolve_params(params)
     if len(adapters) > 1:
         adapters.require_shared()
     reporter.check()
     # 2. merge; an export that needs re-factoring is re-factored at the cap module by module as it merges
-    cap = max(_cap(adapters), export.rank or 0)
+    cap = max(_cap(adapters, w), export.rank or 0)
     refactor = export.format != "delta" and (export.rank is not None or export.rank_mode in ("auto", "fixed")
                                              or not spec.is_exact(resolved))
     result = merge_adapters(list(adapters.adapters), method, weights=w, params=resolved, force=force,
@@ -243,7 +224,7 @@ def _reexport(run: MergeRun, export: ExportSpec, *, preview: bool, cores_default
                          progress=reporter)
     spec_of = run.spectrum
     if export.format != "delta" and (spec_of is None or (export.rank or 0) > spec_of.cap):
-        spec_of = spectrum(run.result.modules, max(_cap(run.adapters), export.rank or 0),
+        spec_of = spectrum(run.result.modules, max(_cap(run.adapters, run.result.weights), export.rank or 0),
                            progress=reporter.stage("export rank"))
     return _export(run.adapters, run.result, spec_of, export, force=run.recipe.force, preview=preview,
                    cores_default=cores_default, cores=cores, reporter=reporter, refactored=cut)

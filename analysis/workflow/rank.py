@@ -33,9 +33,6 @@ class Spectrum:
     modules: Mapping[str, ModuleSpectrum]
     cap: int
 
-    def module_error(self, module: str, rank: int | None) -> float:
-        return self.modules[module].relative_error(rank)
-
     def error(self, rank: int | None) -> float:
         """Pooled relative Frobenius error of the rank-`rank` export (0 for None: exact)."""
         tot = sum(s.norm2 for s in self.modules.values())

@@ -100,6 +100,14 @@ def test_weight_zero_on_one_input_is_allowed(trio) -> None:  # noqa: ANN001
     assert run.result.weights == [1.0, 0.0, 1.0]
 
 
+def test_weight_zero_inputs_do_not_widen_the_rank_cap(trio) -> None:  # noqa: ANN001
+    """The cap is the summed rank of the inputs that contribute: 3 x rank 4 is 12, with one at weight 0 it is 8."""
+    assert run_merge(trio, "ties").evidence["export"]["cap"] == 12
+    run = run_merge(trio, "ties", weights=(1, 0, 1))
+    assert run.evidence["export"]["cap"] == 8 and run.rank <= 8
+    assert reexport(run, ExportSpec(rank=2)).spectrum.cap == 8  # a re-export keeps the cap of the contributors
+
+
 def test_evidence_round_trip_through_the_review_store(trio, tmp_path: Path) -> None:  # noqa: ANN001
     from analysis.review import ReviewStore
     from analysis.review.evidence import preview_tasks
