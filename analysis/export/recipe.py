@@ -31,6 +31,15 @@ class RecipeInput(BaseModel):
     format: str = Field(min_length=1)
 
 
+class RecipePreview(BaseModel):
+    """The cores (granularity, p) a face's preview used for a method that declares none of its own (the app's
+    core controls), so a replay writes the same preview.json. Absent: the pipeline's default."""
+
+    model_config = ConfigDict(extra="forbid")
+    granularity: Literal["entries", "rows", "columns"]
+    p: float = Field(gt=0.0, le=1.0)
+
+
 class RecipeExport(BaseModel):
     """How the merge is written. `rank_mode: auto` records that `rank` was chosen as the smallest rank whose
     pooled relative Frobenius error is at most `target_error` (`analysis.workflow.rank`); a replay writes
@@ -43,6 +52,7 @@ class RecipeExport(BaseModel):
     rank_mode: Literal["exact", "fixed", "auto"] = "exact"
     target_error: float | None = Field(default=None, gt=0.0, lt=1.0)
     extras: Literal["carry", "drop"] = "carry"
+    preview: RecipePreview | None = None  # written only when set, so older recipes replay byte for byte
 
     @model_validator(mode="after")
     def _check_mode(self) -> "RecipeExport":
@@ -88,11 +98,13 @@ def recipe_json_schema() -> dict[str, Any]:
 def build_recipe(adapters: Sequence[Adapter], method: str, *, parameters: Mapping[str, Any] | None = None,
                  weights: Sequence[float] | None = None, export_format: str = "peft", rank: int | None = None,
                  force: bool = False, rank_mode: str | None = None, target_error: float | None = None,
-                 extras: str = "carry") -> Recipe:
+                 extras: str = "carry", preview_cores: tuple[str, float] | None = None) -> Recipe:
     """A recipe for merging `adapters`; input paths are stored absolute so a replay finds them from anywhere."""
     export: dict[str, Any] = {"format": export_format, "rank": rank, "extras": extras}
     if rank_mode is not None:
         export |= {"rank_mode": rank_mode, "target_error": target_error}
+    if preview_cores is not None:
+        export["preview"] = {"granularity": preview_cores[0], "p": float(preview_cores[1])}
     inputs = [RecipeInput(name=a.name, path=str(Path(a.path).resolve()), sha256=a.sha256, format=a.format)
               for a in adapters]
     return parse_recipe({"inputs": [i.model_dump() for i in inputs], "method": method,
@@ -115,6 +127,8 @@ def parse_recipe(data: Any, source: str) -> Recipe:
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """Plain data in the documented key order."""
     data = recipe.model_dump(mode="json")
+    if data["export"].get("preview") is None:
+        data["export"].pop("preview", None)
     order = ["atlas_recipe", "tool_version", "inputs", "method", "parameters", "weights", "force", "export"]
     return {k: data[k] for k in order}
 

@@ -47,11 +47,13 @@ class ExportSpec:
     rank_mode: str | None = None  # None | exact | fixed | auto
     target_error: float = DEFAULT_TARGET_ERROR
     extras: str = "carry"
+    preview_cores: tuple[str, float] | None = None  # (granularity, p) of the preview for methods without cores
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "ExportSpec":
         e = recipe.export
-        return cls(format=e.format, rank=e.rank, rank_mode=e.rank_mode, extras=e.extras,
+        cores = (e.preview.granularity, float(e.preview.p)) if e.preview is not None else None
+        return cls(format=e.format, rank=e.rank, rank_mode=e.rank_mode, extras=e.extras, preview_cores=cores,
                    target_error=e.target_error if e.target_error is not None else DEFAULT_TARGET_ERROR)
 
 
@@ -174,6 +176,7 @@ def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | No
     from analysis.merge import merge_adapters
 
     export = export or ExportSpec()
+    cores_default = cores_default or export.preview_cores
     reporter = progress or ProgressReporter()
     if export.format not in EXPORT_FORMATS:
         raise RecipeError(f"export format '{export.format}' is not one of {', '.join(EXPORT_FORMATS)}")
@@ -217,6 +220,7 @@ def reexport(run: MergeRun, export: ExportSpec, *, preview: bool = True, cores_d
 def _reexport(run: MergeRun, export: ExportSpec, *, preview: bool, cores_default: tuple[str, float] | None,
               cores: Any, progress: ProgressReporter | None) -> MergeRun:
     reporter = progress or ProgressReporter()
+    cores_default = cores_default or export.preview_cores
     cut = run.refactored
     if cut is not None and (export.format == "delta" or (export.rank or 0) > cut):
         return run_merge(run.adapters, run.result.method, run.result.params, run.result.weights, export,
@@ -243,11 +247,15 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
     exact = all(isinstance(d, LowRankDelta) for d in result.modules.values()) and (
         refactored is None or get_method(result.method).is_exact(result.params))
     mode, rank, reached = _rank_choice(export, exact, spec_of)
-    # 4. recipe
+    # 4. recipe (with the preview's cores when a face chose them for a method without its own)
+    own_cores = "granularity" in result.params and "p" in result.params
+    recorded = None if (own_cores or not preview or cores_default is None) else (
+        str(cores_default[0]), float(cores_default[1]))
     recipe = build_recipe(list(adapters.adapters), result.method, parameters=result.params,
                           weights=result.weights,
                           export_format=export.format, rank=rank, force=force, rank_mode=mode,
-                          target_error=export.target_error if mode == "auto" else None, extras=extras.policy)
+                          target_error=export.target_error if mode == "auto" else None, extras=extras.policy,
+                          preview_cores=recorded)
     # 5. preview of the adapter written
     pv = None
     if preview:

@@ -150,3 +150,24 @@ def test_delta_export_of_a_refactored_merge_merges_again_exactly(trio) -> None: 
     assert delta.refactored is None and delta.evidence["export"]["rank_mode"] == "exact"
     for m, d in exact.items():
         torch.testing.assert_close(delta.result.modules[m].dense(torch.float64), d.dense(torch.float64))
+
+
+def test_preview_cores_chosen_by_a_face_are_recorded_and_replayed(trio) -> None:  # noqa: ANN001
+    """The app previews ties with its own core controls (rows, p=0.05): the recipe records them, so a replay
+    from the recipe alone (what `adapter-atlas merge --recipe` does) gives the same preview; a run without
+    them records nothing (older recipes stay byte-stable)."""
+    from analysis.export import recipe_to_yaml
+    from analysis.export.recipe import parse_recipe
+
+    app = run_merge(trio, "ties", cores_default=("rows", 0.05))
+    assert app.recipe.export.preview is not None and app.recipe.export.preview.granularity == "rows"
+    replay_recipe = parse_recipe(yaml.safe_load(recipe_to_yaml(app.recipe)), "recipe")
+    replay = run_merge(trio, replay_recipe.method, replay_recipe.parameters, replay_recipe.weights,
+                       ExportSpec.from_recipe(replay_recipe))
+    assert replay.evidence["tasks"] == app.evidence["tasks"]
+    assert recipe_to_yaml(replay.recipe) == recipe_to_yaml(app.recipe)
+    plain = run_merge(trio, "ties")
+    assert plain.evidence["tasks"] != app.evidence["tasks"]  # the settings matter, so recording them matters
+    assert "preview" not in recipe_to_yaml(plain.recipe)
+    iso = run_merge(trio, "isolation", {"granularity": "rows", "p": 0.05}, cores_default=("rows", 0.05))
+    assert iso.recipe.export.preview is None  # isolation's own parameters already say which cores
