@@ -15,7 +15,7 @@ and a path t in [0, 1] between two arms; small shapes so it runs on 2 shared cor
 Each stage runs in its own process; peak memory = max over time of RSS summed over the stage's process and
 its children (the Dask workers), sampled every 0.2 s. Prints JSON; `--write` saves bench/results_population.json.
 
-    python bench/bench_population.py --write                    # all stages (about 15 min on 2 busy cores)
+    python bench/bench_population.py --write                    # all stages (~1 h on 2 busy cores; 10^5 dominates)
     python bench/bench_population.py --stage stream --n 100000  # one stage
 """
 from __future__ import annotations
