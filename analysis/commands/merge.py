@@ -168,6 +168,8 @@ def _readable(summary: dict[str, Any]) -> str:
              f"rank {summary['rank'] or 'exact'})",
              f"method: {summary['method']} ({params}); weights {summary['weights']}",
              export_line(summary) or "",
+             *(["the automatic rank stops at the cap: pass --rank R above it (merged again at that rank) or "
+                 "--format delta (exact)"] if summary["export"].get("reached") is False else []),
              f"recipe sha256: {summary['recipe_sha256']}"]
     extras = summary["extras"]
     if extras["carried"] or extras["dropped"]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from analysis.adapters.model import Adapter, LowRankDelta
+from analysis.adapters.model import Adapter, Delta, LowRankDelta
 from analysis.errors import IncompatibleAdaptersError, RecipeError
 from analysis.export.extras import ExtrasPlan, plan_extras
 from analysis.export.recipe import EXPORT_FORMATS, Recipe, build_recipe
@@ -79,6 +79,23 @@ class MergeRun:
         if self.spectrum is None or rank is None:
             return {"relative_error": 0.0, "worst_module": None, "worst_module_error": 0.0}
         return self.spectrum.fidelity(rank)
+
+    @property
+    def max_rank(self) -> int:
+        """The widest export rank that can add anything: the largest min(n_out, n_in) over the merged modules.
+        Ranks above the cap (summed input rank) are supported: `reexport` merges again at that rank."""
+        return max((min(d.shape) for d in self.result.modules.values()), default=1)
+
+    def written_modules(self) -> dict[str, Delta]:
+        """The updates the export holds, module by module: re-factored at the export rank (PEFT/kohya) as
+        the writer does (`analysis.export.layout.export_factors`), or the merge as it is (exact, delta).
+        An accuracy of "the adapter written" evaluates these, not the merge kept at the cap."""
+        from analysis.merge.ops import truncate
+
+        rank = self.rank if self.recipe.export.format != "delta" else None
+        if rank is None:
+            return dict(self.result.modules)
+        return {m: truncate(d, rank) for m, d in self.result.modules.items()}
 
     def write(self, out: str | Path, *, force: bool = False) -> Path:
         """The export, recipe.yaml and preview.json (the evidence) in `out`, atomically."""

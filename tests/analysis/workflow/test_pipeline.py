@@ -171,3 +171,17 @@ def test_preview_cores_chosen_by_a_face_are_recorded_and_replayed(trio) -> None:
     assert "preview" not in recipe_to_yaml(plain.recipe)
     iso = run_merge(trio, "isolation", {"granularity": "rows", "p": 0.05}, cores_default=("rows", 0.05))
     assert iso.recipe.export.preview is None  # isolation's own parameters already say which cores
+
+
+def test_written_modules_are_what_peft_loads_not_the_merge_kept_at_the_cap(trio, tmp_path: Path) -> None:  # noqa: ANN001
+    """The page's accuracy row evaluates `written_modules()`: it must be the adapter PEFT loads from the export."""
+    run = run_merge(trio, "ties", export=ExportSpec(rank=3))
+    loaded = peft_delta_weights(run.write(tmp_path / "w"))
+    written = run.written_modules()
+    assert set(loaded) == set(written) == set(run.result.modules)
+    for m in loaded:
+        torch.testing.assert_close(loaded[m], written[m].dense(torch.float64), rtol=1e-4, atol=1e-5)
+    assert all(written[m].rank == 3 for m in written) and max(d.rank for d in run.result.modules.values()) > 3
+    assert run.max_rank == max(min(d.shape) for d in run.result.modules.values()) >= run.spectrum.cap
+    exact = run_merge(trio, "linear")
+    assert exact.rank is None and exact.written_modules() == dict(exact.result.modules)
