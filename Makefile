@@ -42,6 +42,7 @@ consolidate: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_overlap.py
 	$(PY) bench/bench_merge.py
+	$(PY) bench/bench_merge_page.py
 	$(PY) bench/bench_population.py
 
 samples: $(STAMP)
