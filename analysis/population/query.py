@@ -61,25 +61,25 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 def open_population(root: str | os.PathLike[str]) -> Population:
     """Join the catalog with the sketch parts of an index directory (see `store`)."""
     store = IndexStore.open(root)
-    catalog = store.read_catalog()
+    cat_paths, cat_shas, cat_errors = store.catalog_columns()
     table = store.read_sketches(["vector", "norm"])
     row_of = {sha: i for i, sha in enumerate(table.column("sha256").to_pylist())}
-    vectors = vectors_of(table)  # (S, k*k)
-    norms = table.column("norm").to_numpy()
     paths, shas, rows, failed = [], [], [], []
-    for path in sorted(catalog):
-        entry = catalog[path]
-        if entry["error"]:
-            failed.append((path, entry["error"]))
-        elif entry["sha256"] in row_of:
+    for path, sha, error in sorted(zip(cat_paths, cat_shas, cat_errors)):
+        if error:
+            failed.append((path, error))
+        elif sha in row_of:
             paths.append(path)
-            shas.append(entry["sha256"])
-            rows.append(row_of[entry["sha256"]])
+            shas.append(sha)
+            rows.append(row_of[sha])
         else:
-            log.warning("%s: in the catalog but its sketch %s is missing; rescan", path, entry["sha256"])
+            log.warning("%s: in the catalog but its sketch %s is missing; rescan", path, sha)
     idx = np.asarray(rows, dtype=np.int64)
-    return Population(root=Path(root), config=store.config, paths=paths, sha256=shas,
-                      vectors=_normalise(vectors[idx].astype(np.float32)), norms=norms[idx], failed=failed)
+    vectors = vectors_of(table)[idx]  # (N, k*k) float32, one copy
+    lengths = np.linalg.norm(vectors, axis=1, keepdims=True)  # (N, 1)
+    np.divide(vectors, lengths, out=vectors, where=lengths > 0)  # unit rows in place; zero rows stay zero
+    return Population(root=Path(root), config=store.config, paths=paths, sha256=shas, vectors=vectors,
+                      norms=table.column("norm").to_numpy()[idx], failed=failed)
 
 
 def query_vector(pop: Population, adapter: str | os.PathLike[str]) -> tuple[np.ndarray, int | None]:

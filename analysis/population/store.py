@@ -100,6 +100,14 @@ class IndexStore:
             return {}
         return {row["path"]: row for row in pq.read_table(path).to_pylist()}
 
+    def catalog_columns(self) -> tuple[list[str], list[str | None], list[str | None]]:
+        """(paths, sha256, error) of the last scan as three lists: the query side's cheap read of the catalog."""
+        path = self.root / "catalog.parquet"
+        if not path.exists():
+            return [], [], []
+        table = pq.read_table(path, columns=["path", "sha256", "error"])
+        return tuple(table.column(c).to_pylist() for c in ("path", "sha256", "error"))  # type: ignore[return-value]
+
     def write_catalog(self, rows: Iterable[dict]) -> None:
         table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["path"]), schema=CATALOG_SCHEMA)
         tmp = self.root / f".catalog-{self._scan_id}.parquet"
@@ -138,6 +146,8 @@ class IndexStore:
         table = pa.concat_tables([pq.read_table(p, columns=cols) for p in parts])
         shas = table.column("sha256").to_numpy(zero_copy_only=False)
         _, first = np.unique(shas, return_index=True)
+        if len(first) == len(shas):  # the usual case: no content stored twice, no 400 MB copy at 10^5
+            return table
         return table.take(np.sort(first))
 
 
