@@ -59,13 +59,6 @@ def _files_sha(path: str, state: tuple[tuple[str, int, int], ...]) -> str:
     return sha256_of_files([p] if p.is_file() else [p / name for name, _, _ in state])
 
 
-def display_name(path: Path) -> str:
-    """The display name of one path on its own (a set disambiguates equal names: see `load_set`)."""
-    from analysis.workflow import display_names
-
-    return display_names([path])[0]
-
-
 def load_adapter(path: str, sha256: str, name: str) -> Adapter:
     """The parsed adapter under its display name, shared read-only by all sessions (a renamed copy that
     shares the tensors, never the cached object changed in place)."""
@@ -345,12 +338,13 @@ def review_overlap(url: str, proposal_id: int, recipe_sha256: str) -> Any:
 
 # --- merge ---------------------------------------------------------------------------------------
 # Thin wrappers over `analysis.workflow.run_merge`. A merge is keyed by (refs, method, parameters as
-# sorted items, weights, diagnostic cores (granularity, p)); the refs carry each input's sha256, so a
-# changed file is a new merge. Runs live in a process-wide memo rather than `st.cache_*`, so the page's
+# sorted items, weights, diagnostic cores (granularity, p), extras policy carry|drop); the refs carry each
+# input's sha256, so a changed file is a new merge. Every torch computation here runs inside
+# `analysis.threads.bounded_threads` (as `run_merge` does), so concurrent sessions do not oversubscribe. Runs live in a process-wide memo rather than `st.cache_*`, so the page's
 # progress bar (and Streamlit's interruption when Cancel is pressed) can act inside the computation.
 
 MergeKey = tuple[tuple[AdapterRef, ...], str, tuple[tuple[str, Any], ...], tuple[float, ...] | None,
-                 tuple[str, float]]
+                 tuple[str, float], str]
 MAX_RUNS = 48
 
 
@@ -371,8 +365,10 @@ def _remember(key: Any, value: Any) -> Any:
 def merge_cores(refs: tuple[AdapterRef, ...], granularity: str, p: float) -> Any:
     """Every input's core masks, shared by the previews of all methods."""
     from analysis.isolation import task_cores
+    from analysis.threads import bounded_threads
 
-    return task_cores(adapters_of(refs), granularity=granularity, p=p)
+    with bounded_threads(None):
+        return task_cores(adapters_of(refs), granularity=granularity, p=p)
 
 
 def merge_ready(key: MergeKey) -> bool:
@@ -386,11 +382,12 @@ def merge_run(key: MergeKey, progress: Any = None) -> Any:
     memo = _merge_runs()
     if ("run", key) in memo:
         return memo[("run", key)]
-    from analysis.workflow import ProgressReporter, run_merge
+    from analysis.workflow import ExportSpec, ProgressReporter, run_merge
 
-    refs, method, params, weights, cores = key
+    refs, method, params, weights, cores, extras = key
     run = run_merge(adapter_set(refs), method, dict(params), list(weights) if weights else None,
-                    cores_default=cores, cores=merge_cores(refs, *cores), progress=ProgressReporter(progress))
+                    ExportSpec(extras=extras), cores_default=cores, cores=merge_cores(refs, *cores),
+                    progress=ProgressReporter(progress))
     return _remember(("run", key), run)
 
 
@@ -403,7 +400,7 @@ def merge_export(key: MergeKey, fmt: str, rank: int | None, progress: Any = None
         return run
     memo = _merge_runs()
     if ("export", key, fmt, rank) not in memo:
-        spec = ExportSpec(format=fmt, rank=rank)
+        spec = ExportSpec(format=fmt, rank=rank, extras=key[5])
         _remember(("export", key, fmt, rank), reexport(run, spec, cores_default=key[4],
                                                        cores=merge_cores(key[0], *key[4]),
                                                        progress=ProgressReporter(progress)))
@@ -429,9 +426,10 @@ def sample_tasks() -> list[str]:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def merged_accuracy(key: MergeKey, task: str, limit: int | None) -> dict[str, float]:
-    """{accuracy, n} of one merge on one sample task (exact match, the evaluator's fixed protocol)."""
-    return _accuracy(merge_run(key).result.modules, task, limit)
+def merged_accuracy(key: MergeKey, fmt: str, rank: int | None, task: str, limit: int | None) -> dict[str, float]:
+    """{accuracy, n} on one sample task (exact match, the evaluator's fixed protocol) of the adapter written
+    for this merge as `fmt` at `rank` (None: the run's own rank), not of the merge kept at the cap."""
+    return _accuracy(merge_export(key, fmt, rank).written_modules(), task, limit)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -449,9 +447,11 @@ def base_accuracy(task: str, limit: int | None) -> dict[str, float]:
 def _accuracy(deltas: Any, task: str, limit: int | None) -> dict[str, float]:
     from analysis.base_model import load_base_model
     from analysis.evaluate import evaluate_deltas
+    from analysis.threads import bounded_threads
 
-    model, tokenizer = load_base_model()
-    res = evaluate_deltas(model, tokenizer, deltas, [task], limit=limit)[task]
+    with bounded_threads(None):
+        model, tokenizer = load_base_model()
+        res = evaluate_deltas(model, tokenizer, deltas, [task], limit=limit)[task]
     return {"accuracy": float(res["accuracy"]), "n": int(res["n"])}
 
 

@@ -58,6 +58,10 @@ if st.toggle("Custom weights", key="merge_custom_weights",
     cols = st.columns(len(chosen_refs))
     weights = tuple(float(col.number_input(ref[2], value=1.0, step=0.1, key=f"merge_w_{ref[2]}"))
                     for col, ref in zip(cols, chosen_refs))
+drop_extras = st.toggle("Drop extras", key="merge_drop_extras",
+                        help="Inputs' non-LoRA tensors (classifier heads, DoRA magnitudes, LoRA biases) are carried "
+                             "into the export when identical; when they differ the export is refused unless they "
+                             "are dropped (recorded in the recipe). The comparison below runs either way.")
 
 
 # 2. Methods: one line each; one set of core controls; the rest from each method's declaration
@@ -107,7 +111,8 @@ for m in sorted(set(methods) - set(usable)):
 
 
 def merge_key(method: str) -> cache.MergeKey:
-    return (chosen_refs, method, tuple(sorted(params[method].items())), weights, (str(granularity), core_p))
+    return (chosen_refs, method, tuple(sorted(params[method].items())), weights, (str(granularity), core_p),
+            "drop" if drop_extras else "carry")
 
 
 # 3. Compare, with progress (ETA) and a cancel button
@@ -180,21 +185,35 @@ fmt = e2.selectbox("Format", ["peft", "kohya", "delta"], key="merge_format",
                         "delta: full dW per module (holds any result exactly).")
 run = runs[export_method]
 auto_rank = run.rank
-cap = run.spectrum.cap if run.spectrum is not None else 128  # the summed input rank: never wider than that
-ranks = sorted({r for r in (4, 8, 16, 32, 64, 128) if r < cap} | {cap})
+widest = run.max_rank  # the pipeline supports any rank up to the module width (above the cap: merged again)
+cap = min(run.spectrum.cap, widest) if run.spectrum is not None else widest  # summed input rank (weight > 0)
+ranks = sorted({r for r in (4, 8, 16, 32, 64, 128, 256, 512) if r <= widest} | {cap})
 rank_text = view.choose("Rank", ["automatic"] + [str(r) for r in ranks], "merge_rank", widget=e3.selectbox,
                          help=f"automatic: exact when the merge is low rank, else the smallest rank whose relative "
-                              f"error is at most {DEFAULT_TARGET_ERROR} (capped at the summed input rank)",
+                              f"error is at most {DEFAULT_TARGET_ERROR}, never above the cap ({cap}, the summed "
+                              f"rank of the inputs with non-zero weight). Ranks above the cap merge the inputs "
+                              f"again at that rank (slower; larger adapter).",
                          disabled=fmt == "delta")
 rank = None if rank_text == "automatic" or fmt == "delta" else int(rank_text)
 shown = rank if rank is not None else auto_rank
-fid = run.fidelity(shown)
+above_cap = fmt != "delta" and rank is not None and run.spectrum is not None and rank > run.spectrum.cap
+fid = run.fidelity(min(shown, run.spectrum.cap) if above_cap else shown)
 m1, m2 = st.columns(2)
 m1.metric("Rank written", "exact" if shown is None or fmt == "delta" else shown)
-m2.metric("Relative error", f"{(0.0 if fmt == 'delta' else fid['relative_error']):.4f}",
+m2.metric("Relative error", "after Build export" if above_cap else
+          f"{(0.0 if fmt == 'delta' else fid['relative_error']):.4f}",
           help="||dW_written − dW_merge||_F / ||dW_merge||_F over all modules")
 if rank is None:
     st.caption(export_line(run.evidence) or "")
+ex = run.evidence["export"]
+if fmt != "delta" and rank is None and ex.get("rank_mode") == "auto" and ex.get("reached") is False:
+    st.warning(f"The automatic rank did not reach its target (relative error ≤ {ex.get('target_error')}): it stops at "
+               f"the cap, rank {ex.get('cap')}, with error {ex.get('relative_error', 0.0):.4f}. Pick a higher rank "
+               "(the inputs are merged again at it) or the delta format (exact).")
+refused = run.evidence["extras"].get("refused")
+if refused and fmt == "peft":
+    st.warning(f"This export would be refused: {refused}. Turn on **Drop extras** (section 1) to export without "
+               "them; the comparison above does not depend on it.")
 if st.button("Build export", key="merge_build", type="primary"):
     st.session_state["merge_built"] = (export_method, fmt, rank)
 if st.session_state.get("merge_built") == (export_method, fmt, rank):
@@ -225,6 +244,7 @@ if st.session_state.get("merge_built") == (export_method, fmt, rank):
         try:
             if not author.strip():
                 raise AtlasError("a proposal needs an author")
+            st.session_state[view.AUTHOR] = author.strip()  # the Review page signs with the same name
             pid = propose_merge(cache.review_store(resolve_db_url()), built, title, author)
             st.success(f"Proposal #{pid} opened: see the Review page.")
         except AtlasError as exc:
@@ -246,8 +266,9 @@ if info:
     st.markdown("**Isolation: task groups and conflicts**")
     claims = info["claims"]
     x, y, z = st.columns(3)
-    x.metric("Groups", len(set(info["groups"])),
-             help="; ".join(f"{n}: group {g}" for n, g in zip(order, info["groups"])))
+    x.metric("Groups", len({g for g in info["groups"] if g != -1}),  # -1: weight-0 inputs, in no group
+             help="; ".join(f"{n}: " + ("weight 0, not merged" if g == -1 else f"group {g}")
+                            for n, g in zip(order, info["groups"])))
     y.metric("Conflicting positions", f"{claims['conflicts']:,}",
              help=f"resolved by the '{params['isolation'].get('conflict', 'magnitude')}' policy")
     z.metric("Transplanted positions", f"{claims['sole']:,}", help=f"of {claims['positions']:,} positions")
@@ -270,19 +291,29 @@ else:
     if st.button("Measure real accuracy", key="merge_measure"):
         st.session_state["merge_measured"] = True
     if st.session_state.get("merge_measured") and picked:
-        jobs = [("base model", None)] + [(f"merge: {m}", m) for m in runs] + [(f"adapter: {r[2]}", r)
-                                                                              for r in chosen_refs]
+        def written(m: str) -> tuple[str, str, int | None]:
+            """(method, format, rank) of the adapter written: the Export section's choice for its method,
+            else the method's own automatic export."""
+            return (m, fmt, rank) if m == export_method else (m, "peft", None)
+
+        def label(m: str) -> str:
+            _, f, r = written(m)
+            r = r if r is not None else runs[m].rank
+            return f"merge: {m} (written: {'exact' if f == 'delta' or r is None else f'rank {r}'})"
+
+        jobs = [("base model", "base", None)] + [(label(m), "merge", written(m)) for m in runs] + [
+            (f"adapter: {r[2]}", "adapter", r) for r in chosen_refs]
         bar = st.progress(0.0, text="Evaluating…")
         acc_rows = []
         try:
-            for i, (label, item) in enumerate(jobs):
-                row: dict[str, object] = {"model": label}
+            for i, (name, kind, item) in enumerate(jobs):
+                row: dict[str, object] = {"model": name}
                 ns = set()
                 for task in picked:
-                    bar.progress(i / len(jobs), text=f"{label} on {task}…")
-                    res = (cache.base_accuracy(task, limit) if item is None
-                           else cache.merged_accuracy(merge_key(item), task, limit) if isinstance(item, str)
-                           else cache.adapter_accuracy(item, task, limit))
+                    bar.progress(i / len(jobs), text=f"{name} on {task}…")
+                    res = (cache.base_accuracy(task, limit) if kind == "base"
+                           else cache.merged_accuracy(merge_key(item[0]), item[1], item[2], task, limit)
+                           if kind == "merge" else cache.adapter_accuracy(item, task, limit))
                     row[task] = res["accuracy"]
                     ns.add(int(res["n"]))
                 row["n per task"] = "/".join(str(n) for n in sorted(ns))
@@ -291,7 +322,8 @@ else:
             acc = pd.DataFrame(acc_rows)
             st.dataframe(acc, hide_index=True, width="stretch",
                          column_config={t: st.column_config.NumberColumn(format="%.3f") for t in picked})
-            st.caption("Exact-match accuracy on each task's held-out examples; n = examples evaluated per task.")
+            st.caption("Exact-match accuracy on each task's held-out examples; n = examples evaluated per task. "
+                       "A merge row evaluates the adapter written (at the rank shown), not the exact merge.")
             st.download_button("Accuracy (CSV)", acc.to_csv(index=False), file_name="merge_accuracy.csv",
                                mime="text/csv", key="merge_acc_csv", on_click="ignore")
         except AtlasError as exc:

@@ -141,3 +141,37 @@ def test_page_starts_small_on_the_sample_set(monkeypatch: pytest.MonkeyPatch, tm
     assert len(lines) == 3 and all(": " in line and len(line.splitlines()) == 1 for line in lines)
     assert at.selectbox(key="merge_core_unit") is not None and at.number_input(key="merge_core_p") is not None
     assert not any(k.startswith("merge_isolation_") and k.endswith(("_p", "_granularity")) for k in at.session_state)
+
+
+def test_weight_zero_input_drop_extras_and_the_proposal_author(app: AppTest) -> None:
+    """A weight-0 input is in no isolation group (the Groups metric counts only real groups); Drop extras is part
+    of the merge key; the proposal's author is the name the Review page signs with."""
+    at = app.run().switch_page("app_pages/merge.py").run()
+    _ok(at)
+    at.multiselect(key="merge_methods").set_value(["isolation"]).run()
+    at.selectbox(key="merge_core_unit").select("rows").run()
+    at.toggle(key="merge_custom_weights").set_value(True).run()
+    at.number_input(key=f"merge_w_{NAMES[2]}").set_value(0.0).run()
+    at.toggle(key="merge_drop_extras").set_value(True).run()
+    at.button(key="merge_compare").click().run()
+    _ok(at)
+    from app import cache
+    from app.components import view
+
+    keys = [k[1] for k in cache._merge_runs() if k[0] == "run" and k[1][1] == "isolation"]
+    key = next(k for k in keys if k[3] == (1.0, 1.0, 0.0))
+    assert key[5] == "drop"
+    groups = cache._merge_runs()[("run", key)].evidence["method_info"]["groups"]
+    assert groups[2] == -1
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["Groups"]) == len({g for g in groups if g != -1}) == len(set(groups)) - 1
+    run = cache._merge_runs()[("run", key)]
+    assert run.evidence["export"]["cap"] == sum(max(d.rank for d in a.modules.values()) for a in run.adapters[:2])
+    at.selectbox(key="merge_export_method").select("isolation").run()
+    at.button(key="merge_build").click().run()
+    _ok(at)
+    at.text_input(key="merge_prop_author").input("  bea ")
+    at.button(key="FormSubmitter:merge_propose_form-Propose this merge").click().run()
+    _ok(at)
+    assert any("Proposal #" in s.value for s in at.success)
+    assert at.session_state[view.AUTHOR] == "bea"
