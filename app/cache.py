@@ -340,8 +340,9 @@ def review_overlap(url: str, proposal_id: int, recipe_sha256: str) -> Any:
 # Thin wrappers over `analysis.workflow.run_merge`. A merge is keyed by (refs, method, parameters as
 # sorted items, weights, diagnostic cores (granularity, p), extras policy carry|drop); the refs carry each
 # input's sha256, so a changed file is a new merge. Every torch computation here runs inside
-# `analysis.threads.bounded_threads` (as `run_merge` does), so concurrent sessions do not oversubscribe. Runs live in a process-wide memo rather than `st.cache_*`, so the page's
-# progress bar (and Streamlit's interruption when Cancel is pressed) can act inside the computation.
+# `analysis.threads.bounded_threads` (as `run_merge` does), so concurrent sessions do not oversubscribe.
+# Runs live in a process-wide memo rather than `st.cache_*`, so the page's progress bar (and Streamlit's
+# interruption when Cancel is pressed) can act inside the computation.
 
 MergeKey = tuple[tuple[AdapterRef, ...], str, tuple[tuple[str, Any], ...], tuple[float, ...] | None,
                  tuple[str, float], str]
