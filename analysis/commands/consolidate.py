@@ -1,7 +1,7 @@
 """`adapter-atlas consolidate`: N task adapters into one by short mixed-task training (CPI-FT and baselines).
 
     adapter-atlas consolidate sample_adapters/format_date sample_adapters/math_add ... \\
-        --data sample_adapters/tasks --strategy isolation --steps 120 --out consolidated/
+        --data sample_adapters/tasks --strategy isolation --steps 50 --out consolidated/
 
 Task names are the adapter directory names; task data is DIR/<task>/{train,eval}.jsonl. Writes a PEFT
 adapter (PeftModel.from_pretrained loads it on the inputs' base), training.json (loss curve, seconds,

@@ -22,7 +22,7 @@ RESULTS = ROOT / "bench" / "results_consolidate.json"
 PLAN_CMD = ("adapter-atlas plan sample_adapters/text_first_word sample_adapters/math_add ... --min-retention 0.9 "
             "--data sample_adapters/tasks --out plan/")
 CONSOLIDATE_CMD = ("adapter-atlas consolidate sample_adapters/text_first_word sample_adapters/math_add ... "
-                   "--data sample_adapters/tasks --strategy isolation --steps 120 --rank 16 --out consolidated/")
+                   "--data sample_adapters/tasks --strategy isolation --steps 50 --rank 16 --out consolidated/")
 
 
 @st.cache_data(show_spinner=False)
