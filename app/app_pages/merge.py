@@ -187,6 +187,8 @@ run = runs[export_method]
 auto_rank = run.rank
 widest = run.max_rank  # the pipeline supports any rank up to the module width (above the cap: merged again)
 cap = min(run.spectrum.cap, widest) if run.spectrum is not None else widest  # summed input rank (weight > 0)
+if run.evidence["export"]["rank_mode"] == "exact":
+    widest = cap  # an exactly low-rank merge is never wider than the cap: higher ranks add nothing
 ranks = sorted({r for r in (4, 8, 16, 32, 64, 128, 256, 512) if r <= widest} | {cap})
 rank_text = view.choose("Rank", ["automatic"] + [str(r) for r in ranks], "merge_rank", widget=e3.selectbox,
                          help=f"automatic: exact when the merge is low rank, else the smallest rank whose relative "
