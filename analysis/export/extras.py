@@ -12,9 +12,11 @@ writes `lora_alpha = r` (scaling 1). So each input's bias is compared and carrie
 its module's own scale (`delta.scale`, alpha/r or alpha/sqrt(r) with rank/alpha patterns applied, from
 `analysis.adapters.scaling`). Two inputs whose scaled biases are identical add the same output offset,
 and the export adds that offset once. The bias is carried as a shared offset, not blended: it is not
-multiplied by the merge weights (a bias is not part of dW, and "the sum of the weights times the same
-offset" would change the offset of a mean merge vs a sum merge of identical inputs in opposite
-directions). Inputs whose scaled biases differ are refused like any other extra.
+multiplied by the merge weights. Rule chosen for honesty, not completeness: the merge's dW is a weighted
+combination of updates, and for weights summing to 1 (a mean of identical inputs) the written layer then
+reproduces each input exactly (tested on PEFT's own layer output); for other weights (a sum, task
+arithmetic with lambda != 1) the offset is not scaled with them, which the recipe's `extras: drop` avoids.
+Inputs whose scaled biases differ are refused like any other extra.
 """
 from __future__ import annotations
 
