@@ -1,7 +1,7 @@
 """`adapter-atlas plan`: the fewest merged adapters that keep every task at --min-retention of its own adapter.
 
-    adapter-atlas plan sample_adapters/* --min-retention 0.9 --out plan/                    # data-free
-    adapter-atlas plan sample_adapters/* --min-retention 0.9 --data sample_adapters/tasks --out plan/
+    adapter-atlas plan sample_adapters/{format,math,text}_* --min-retention 0.9 --out plan/                    # data-free
+    adapter-atlas plan sample_adapters/{format,math,text}_* --min-retention 0.9 --data sample_adapters/tasks --out plan/
 
 Writes one PEFT adapter per group into --out and plan.json (groups, tasks, method, parameters, predicted and,
 with --data, measured retention; every tried group with its verdict). Task = adapter directory name.
@@ -45,7 +45,6 @@ class _Log(logging.Handler):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from analysis.adapters import load_adapter
     from analysis.plan import Planner
     from analysis.plan.export import export_plan
 
@@ -55,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
         raise AtlasError(f"{out} already exists; pass --force to replace it")
     if args.data is not None and not Path(args.data).is_dir():
         raise AtlasError(f"--data {args.data}: no such directory")
-    adapters = [load_adapter(Path(p)) for p in args.paths]
+    from analysis.workflow import AdapterSet
+
+    adapters = list(AdapterSet.from_paths(args.paths).adapters)  # the one naming rule: run1/adapter, run2/adapter
     evaluate = None
     if args.data is not None:
         from analysis.base_model import load_base_model

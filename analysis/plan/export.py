@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 from analysis.adapters.model import Adapter
 from analysis.errors import AtlasError
+from analysis.export.outdir import check_out_dir
 from analysis.plan.planner import Plan
 
 log = logging.getLogger(__name__)
 
 
 def group_dir_name(k: int, tasks: Sequence[str]) -> str:
+    """One folder name: display names such as `run1/adapter` keep their parts joined by `-`, never a subfolder."""
+    tasks = [re.sub(r"[^A-Za-z0-9._+#-]+", "-", t).strip("-.") or "adapter" for t in tasks]
     label = "+".join(tasks) if len(tasks) <= 3 else f"{tasks[0]}+{len(tasks) - 1}more"
     return f"group{k:02d}_{label}"
 
@@ -52,16 +56,16 @@ def write_group(members: list[Adapter], method: str, params: dict[str, Any], des
 def export_plan(plan: Plan, adapters: Sequence[Adapter], out: str | Path, *, force: bool = False) -> dict[str, Any]:
     """Write every group under `out` and `out/plan.json`; returns the plan.json data."""
     out = Path(out)
+    check_out_dir(out, inputs=[a.path for a in adapters], force=force)  # --force replaces only an earlier export
     if out.exists():
         if not force:
             raise AtlasError(f"{out} already exists; pass --force to replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    by_name = {a.name: a for a in adapters}
     data = plan.as_dict()
     for k, (group, record) in enumerate(zip(plan.groups, data["groups"])):
         dest = out / group_dir_name(k, group.tasks)
-        members = [by_name[t] for t in group.tasks]
+        members = [adapters[i] for i in group.members]  # by input index: names are for people
         if len(members) == 1:
             copy_adapter(members[0], dest)
         else:

@@ -53,10 +53,26 @@ class Trial:
     accuracy: dict[str, float] | None = None
     accepted: bool = False
     reason: str = ""
+    members: list[int] = field(default_factory=list)  # input indices, in the order of `tasks`
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("tasks", "method", "parameters", "predicted", "measured", "accuracy",
-                                              "accepted", "reason")}
+        return {k: getattr(self, k) for k in ("tasks", "members", "method", "parameters", "predicted", "measured",
+                                              "accuracy", "accepted", "reason")}
+
+    def decision(self) -> str:
+        """The stderr line of this trial: predicted (and measured) retention per task, then the verdict."""
+        text = f"group {'+'.join(self.tasks)} with {self.method}: predicted " + _numbers(self.predicted)
+        if self.measured is not None:
+            text += "; measured " + _numbers(self.measured)
+        verdict = "accepted" if self.accepted else "refused"
+        return f"{text} -> {verdict} ({self.reason})"
+
+
+def _numbers(values: Mapping[str, float]) -> str:
+    """`a 0.97, b 0.91 (worst 0.91)`: retention per task, then the worst."""
+    if not values:
+        return "-"
+    return ", ".join(f"{t} {v:.3f}" for t, v in values.items()) + f" (worst {min(values.values()):.3f})"
 
 
 @dataclass
@@ -131,11 +147,14 @@ class Planner:
         self.own: dict[str, float] | None = None
 
     # ------------------------------------------------------------ one group
-    def try_group(self, group: Sequence[Adapter]) -> Trial | None:
-        """Merge, predict and (with data) measure `group`; the first candidate method that passes wins."""
+    def try_group(self, group: Sequence[Adapter], members: Sequence[int] | None = None) -> Trial | None:
+        """Merge, predict and (with data) measure `group` (input indices `members`); the first candidate
+        method that passes wins."""
         names = [a.name for a in group]
+        index = list(members) if members is not None else list(range(len(group)))
         if not capacity_ok(group):
-            self.trials.append(Trial(names, "-", {}, {}, reason="capacity floor > 0"))
+            self.trials.append(Trial(names, "-", {}, {}, reason="capacity floor > 0", members=index))
+            log.info("group %s: refused (capacity floor > 0: ranks do not fit side by side)", "+".join(names))
             return None
         options = []
         for method, params in self.candidates:
@@ -146,7 +165,7 @@ class Planner:
         for _, method, params, merged, pred in options:
             if len(self.trials) >= self.max_trials:
                 return None
-            trial = Trial(names, method, dict(params), {t: round(v, 4) for t, v in pred.items()})
+            trial = Trial(names, method, dict(params), {t: round(v, 4) for t, v in pred.items()}, members=index)
             self.trials.append(trial)
             if self.evaluate is None:
                 trial.accepted = min(pred.values()) >= self.min_retention
@@ -157,23 +176,25 @@ class Planner:
                 trial.accepted = min(trial.measured.values()) >= self.min_retention
                 worst = min(trial.measured, key=trial.measured.get)  # type: ignore[arg-type]
                 trial.reason = "measured" if trial.accepted else f"{worst} keeps {trial.measured[worst]:.2f}"
-            log.info("group %s with %s: %s", "+".join(names), method, trial.reason)
+            log.info("%s", trial.decision())
             if trial.accepted:
                 return trial
         return None
 
-    def singleton(self, a: Adapter) -> Trial:
+    def singleton(self, a: Adapter, i: int) -> Trial:
         return Trial([a.name], "none", {}, {a.name: 1.0}, {a.name: 1.0} if self.own is not None else None,
-                     {a.name: self.own[a.name]} if self.own else None, True, "the adapter itself")
+                     {a.name: self.own[a.name]} if self.own else None, True, "the adapter itself", [i])
 
     # ------------------------------------------------------------ the partition
     def plan(self, adapters: Sequence[Adapter], *, own_accuracy: Mapping[str, float] | None = None) -> Plan:
         """Partition `adapters`; `own_accuracy` (measured elsewhere by the same evaluator) saves re-measuring."""
         from analysis.consolidate.cores import core_rows, row_jaccard, row_scores
 
+        if len({a.name for a in adapters}) != len(adapters):  # the one naming rule tells them apart
+            from analysis.workflow import AdapterSet
+
+            adapters = AdapterSet.from_adapters(adapters).adapters
         names = [a.name for a in adapters]
-        if len(set(names)) != len(names):
-            raise AtlasError(f"adapter names must be distinct, got {', '.join(names)}")
         if self.evaluate is not None:  # own accuracy, the denominator of every retention
             given = dict(own_accuracy or {})
             self.own = {a.name: given[a.name] if a.name in given else self.evaluate(a.modules, [a.name])[a.name]
@@ -182,7 +203,7 @@ class Planner:
         Z = dendrogram(jac)
         n = len(adapters)
         members: dict[int, list[int]] = {i: [i] for i in range(n)}
-        result: dict[int, Trial] = {i: self.singleton(a) for i, a in enumerate(adapters)}
+        result: dict[int, Trial] = {i: self.singleton(a, i) for i, a in enumerate(adapters)}
         accepted = {i: True for i in range(n)}
         # bottom-up on the dendrogram
         for k, (a, b, _, _) in enumerate(Z):
@@ -190,21 +211,21 @@ class Planner:
             members[node] = members[a] + members[b]
             accepted[node] = False
             if accepted[a] and accepted[b]:
-                trial = self.try_group([adapters[i] for i in members[node]])
+                trial = self.try_group([adapters[i] for i in members[node]], members[node])
                 if trial is not None:
                     accepted[node], result[node] = True, trial
         final = self._maximal(n + len(Z) - 1, n, Z, accepted) if n > 1 else [0]
         # repair: pair the remaining singletons, least Jaccard first
         singles = sorted(i for node in final for i in members[node] if len(members[node]) == 1)
-        tried = {tuple(sorted(t.tasks)) for t in self.trials}
+        tried = {tuple(sorted(t.members)) for t in self.trials}
         pairs = sorted(((jac[i, j], i, j) for x, i in enumerate(singles) for j in singles[x + 1:]))
         paired: set[int] = set()
         for _, i, j in pairs:
-            if i in paired or j in paired or tuple(sorted((names[i], names[j]))) in tried:
+            if i in paired or j in paired or (i, j) in tried:
                 continue
             if len(self.trials) >= self.max_trials:
                 break
-            trial = self.try_group([adapters[i], adapters[j]])
+            trial = self.try_group([adapters[i], adapters[j]], [i, j])
             if trial is not None:
                 paired |= {i, j}
                 node = len(members)

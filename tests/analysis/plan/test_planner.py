@@ -88,3 +88,53 @@ def test_data_free_plan_uses_the_prediction_and_trial_budget(adapters):
 def test_bad_bar_is_one_error():
     with pytest.raises(AtlasError, match="min-retention"):
         Planner(1.5)
+
+
+@pytest.fixture(scope="module")
+def same_leaf(adapters, tmp_path_factory):
+    """alpha, its twin and beta saved as run1/adapter, run2/adapter, run3/adapter: one leaf name, three inputs."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("leaf")
+    by_name = {a.name: a for a in adapters}
+    paths = []
+    for k, name in enumerate(["alpha", "alpha_twin", "beta"], start=1):
+        dest = root / f"run{k}" / "adapter"
+        shutil.copytree(Path(by_name[name].path), dest)
+        paths.append(dest)
+    return paths
+
+
+def test_same_leaf_names_are_told_apart_and_keyed_by_index(same_leaf, tmp_path):
+    from analysis.workflow import AdapterSet
+
+    inputs = AdapterSet.from_paths(same_leaf).adapters
+    assert [a.name for a in inputs] == ["run1/adapter", "run2/adapter", "run3/adapter"]
+    evaluate, _ = cosine_evaluator(inputs)
+    plan = Planner(0.9, evaluate=evaluate).plan(inputs)
+    assert sorted((g.members, g.tasks) for g in plan.groups) == [
+        ([0, 1], ["run1/adapter", "run2/adapter"]), ([2], ["run3/adapter"])]
+    data = export_plan(plan, inputs, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "group00_run1-adapter+run2-adapter", "group01_run3-adapter", "plan.json"]  # folders, never subfolders
+    single = load_adapter(tmp_path / "out" / data["groups"][1]["path"])
+    assert single.sha256 == inputs[2].sha256  # the singleton is input 2 itself, found by index
+    merged = load_adapter(tmp_path / "out" / data["groups"][0]["path"])
+    assert min(evaluate(merged.modules, ["run1/adapter", "run2/adapter"]).values()) >= 0.9
+    # loaded by hand (both named "adapter"), the planner applies the same naming rule instead of refusing
+    raw = [load_adapter(p) for p in same_leaf]
+    assert [a.name for a in raw] == ["adapter"] * 3
+    assert Planner(0.9, max_trials=2).plan(raw).tasks == ["run1/adapter", "run2/adapter", "run3/adapter"]
+
+
+def test_plan_cli_names_inputs_like_merge_and_logs_predictions(same_leaf, tmp_path, capsys):
+    from analysis.cli import main
+
+    assert main(["plan", *map(str, same_leaf[:2]), "--out", str(tmp_path / "p"), "--min-retention", "0.5"]) == 0
+    captured = capsys.readouterr()
+    lines = [x for x in captured.err.splitlines() if x.startswith("plan: group ")]
+    assert lines and all("predicted run1/adapter 0." in x or "predicted run1/adapter 1." in x for x in lines)
+    assert all(" (worst " in x and ("-> accepted" in x or "-> refused" in x) for x in lines)
+    data = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert data["tasks"] == ["run1/adapter", "run2/adapter"]
+    assert "2 adapters ->" in captured.out
