@@ -60,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("id", type=_proposal_id, metavar="ID")
     p.add_argument("--format", required=True, choices=["html", "md"])
     p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing FILE (an input of the proposal is refused even so)")
     p.set_defaults(func=_export)
 
 
@@ -144,9 +146,9 @@ def _export(args: argparse.Namespace) -> int:
     from analysis.review.evidence import input_overlap
     from analysis.review.reports import write_report
 
-    check_out_file(args.out)  # before the overlap work, not after it
     with _store(args) as store:
         p = store.get(args.id)
+    check_out_file(args.out, inputs=[i.path for i in p.inputs if i.path], force=args.force)  # before the overlap work
     with tqdm(desc="overlap of the inputs", unit="module", file=sys.stderr, disable=None) as bar:
         def progress(done: int, total: int, _module: str) -> None:
             bar.total = total
@@ -154,6 +156,6 @@ def _export(args: argparse.Namespace) -> int:
         overlap = input_overlap(p, progress=progress)
     if not overlap.available:
         print(f"note: {overlap.reason}", file=sys.stderr)
-    out = write_report(p, args.format, args.out, overlap)
+    out = write_report(p, args.format, args.out, overlap, force=args.force)
     print(f"wrote {out}", file=sys.stderr)
     return 0

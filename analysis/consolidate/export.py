@@ -15,6 +15,7 @@ import torch
 
 from analysis.adapters.model import Adapter, Delta
 from analysis.errors import AtlasError
+from analysis.export.outdir import check_out_dir
 from analysis.export.peft import peft_files
 from analysis.export.writer import common_base, safetensors_bytes
 
@@ -23,8 +24,7 @@ WEIGHTS = "adapter_model.safetensors"
 
 def prepare_out(out: str | Path, force: bool) -> Path:
     out = Path(out)
-    if out.exists() and not force:
-        raise AtlasError(f"{out} already exists; pass --force to replace it")
+    check_out_dir(out, force=force)  # --force replaces only an earlier export, never a folder of other files
     return out
 
 

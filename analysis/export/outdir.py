@@ -4,6 +4,11 @@
 be, hold or lie inside an input (with `--force` that input would be deleted), must not be an existing
 file or FIFO, must not lie under a file or in a kernel filesystem, and its parent must accept a new
 file (probed, not guessed from permission bits: root passes `os.access` on a read-only mount).
+One rule for every writer: `--force` replaces only an earlier export (`check_replaceable`: an empty folder,
+or one holding our recipe.yaml / plan.json / consolidation recipe.json and nothing but files our exporters
+write); a folder with anything else in it is refused even with `--force`, naming a file it holds.
+`check_out_file` is the same rule for a single output file (a report): an existing file needs `--force`,
+and an input, or any file inside an input adapter folder, is refused always.
 
 An export writes into `.<name>.tmp-*` beside its target and, when replacing, parks the old target in
 `.<name>.old-*`. Each such folder holds a marker naming its writer (host and pid). `clean_stale` removes
@@ -58,6 +63,7 @@ def check_out_dir(out: str | os.PathLike[str], *, inputs: Iterable[str | os.Path
             raise RecipeError(f"--out {target} exists and is not a directory: refused")
         if not force:
             raise RecipeError(f"{target} already exists; pass --force to replace it")
+        check_replaceable(resolved, shown=target)
     ancestor = resolved.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -74,17 +80,40 @@ def check_out_dir(out: str | os.PathLike[str], *, inputs: Iterable[str | os.Path
     return resolved
 
 
-def check_out_file(out: str | os.PathLike[str], what: str = "--out") -> Path:
-    """Refuse a bad output *file* path (a report) with one RecipeError line before the work that fills it."""
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_out_file(out: str | os.PathLike[str], what: str = "--out", *,
+                   inputs: Iterable[str | os.PathLike[str]] = (), force: bool = False) -> Path:
+    """Refuse a bad output *file* path (a report) with one RecipeError line before the work that fills it.
+
+    An input (the file itself, a hard link to it, or anything inside an input folder, checked after
+    resolving symlinks) is refused even with `force`; any other existing file needs `force`.
+    """
     text = os.fspath(out)
     if not text.strip() or "\0" in text:
         raise RecipeError(f"{what} {text!r}: a file path is needed (no NUL characters)")
     target = Path(text).expanduser().absolute()
     resolved = target.resolve()
+    for item in inputs:
+        inp = Path(item).expanduser().resolve()
+        if _inside(resolved, inp) or _same_file(resolved, inp):
+            how = "is" if resolved == inp or not inp.is_dir() else "lies inside"
+            raise RecipeError(f"{what} {target} {how} the input {inp}: refused even with --force, it would "
+                              "be overwritten (choose another file)")
     if any(_inside(resolved, fs) for fs in KERNEL_FS):
         raise RecipeError(f"{what} {target}: {resolved} is in a kernel filesystem, not a place for files")
     if resolved.is_dir():
         raise RecipeError(f"{what} {target} is a directory: give a file name")
+    if resolved.exists() or target.is_symlink():
+        if not resolved.is_file():
+            raise RecipeError(f"{what} {target} exists and is not a regular file: refused")
+        if not force:
+            raise RecipeError(f"{what} {target} already exists; pass --force to replace it")
     ancestor = resolved.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -97,6 +126,68 @@ def check_out_file(out: str | os.PathLike[str], what: str = "--out") -> Path:
     except OSError as exc:
         raise RecipeError(f"{what} {target}: cannot write in {ancestor} ({exc.strerror})") from None
     return resolved
+
+
+# What our exporters write: the merge export (peft / kohya / delta + recipe.yaml, preview.json), the
+# consolidation export (+ training.json, recipe.json) and a plan (plan.json + one export per group).
+EXPORT_FILES = frozenset({MARKER, "recipe.yaml", "preview.json", "adapter_model.safetensors", "adapter_config.json",
+                          "lora.safetensors", "delta.safetensors", "training.json", "recipe.json", "plan.json"})
+_GROUP = re.compile(r"^group\d{2,}_")
+_COPIED = (".safetensors", ".json", ".yaml", ".md", ".bin", ".pt", ".pth")  # a singleton group is a copied adapter
+
+
+def _signed(folder: Path) -> bool:
+    """Whether `folder` carries the file only our exports write at its top."""
+    if (folder / "recipe.yaml").is_file() or (folder / "plan.json").is_file():
+        return True
+    try:
+        return "atlas_consolidation" in json.loads((folder / "recipe.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError, UnicodeDecodeError):
+        return False
+
+
+def _foreign(folder: Path, *, in_plan_group: bool = False, depth: int = 0) -> Path | None:
+    """The first entry under `folder` that no export of ours writes, or None."""
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink():
+            return entry
+        if entry.is_dir():
+            if depth == 0 and (folder / "plan.json").is_file() and _GROUP.match(entry.name):
+                found = _foreign(entry, in_plan_group=True, depth=1)
+                if found is not None:
+                    return found
+                continue
+            return entry
+        if not entry.is_file():
+            return entry
+        if entry.name in EXPORT_FILES or (in_plan_group and entry.name.endswith(_COPIED)):
+            continue
+        return entry
+    return None
+
+
+def check_replaceable(folder: Path, *, shown: Path | None = None) -> None:
+    """Refuse (RecipeError, one line) to replace `folder` unless it is empty or an earlier export of ours.
+
+    `--force` means "replace my earlier export", never "delete whatever is there": a folder without our
+    signature file, or with anything our exporters do not write, is refused naming one such file.
+    """
+    shown = folder if shown is None else shown
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise RecipeError(f"--out {shown}: cannot list the existing folder ({exc.strerror})") from None
+    if not entries:
+        return
+    try:
+        foreign = _foreign(folder) if _signed(folder) else entries[0]
+    except OSError as exc:
+        raise RecipeError(f"--out {shown}: cannot list the existing folder ({exc.strerror})") from None
+    if foreign is not None:
+        rel = foreign.relative_to(folder)
+        why = "which no export of ours writes" if _signed(folder) else "and it is not an earlier export (no recipe.yaml)"
+        raise RecipeError(f"--out {shown} holds {rel}, {why}: refused even with --force, it would be deleted "
+                          "(choose another --out, or remove the folder yourself)")
 
 
 def recipe_input_paths(recipe: str | os.PathLike[str] | None) -> list[str]:

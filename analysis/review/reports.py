@@ -1,7 +1,10 @@
 """Rendering and writing review reports (HTML for archiving, Markdown for pull requests).
 
-Files are written atomically (a temporary file beside the target, fsync, `os.replace`), so a
-reader, a browser auto-reload or a CI upload never sees half a report.
+Files are written atomically (a temporary file beside the target, fsync, rename, fsync of the folder), so
+a reader, a browser auto-reload, a CI upload or a kill -9 never sees half a report. `write_report` refuses
+an input of the proposal (or any file inside an input folder) always, and an existing file unless
+`force` (`analysis.export.outdir.check_out_file`); without `force` the final step is a hard link, which
+fails rather than replace a file that appeared after the check.
 """
 from __future__ import annotations
 
@@ -37,8 +40,19 @@ def render_report(proposal: Proposal, fmt: str, overlap: InputOverlap | None = N
     return render_html(proposal, overlap) if fmt == "html" else render_markdown(proposal, overlap)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write `text` to `path` so that the file is either the old one or the whole new one."""
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, replace: bool = True) -> Path:
+    """Write `text` to `path` so that the file is either the old one (or none) or the whole new one.
+
+    `replace=False` never replaces an existing file, even one created after the caller's check.
+    """
     target = Path(path).expanduser()
     if target.is_dir():
         raise ReviewError(f"{target}: is a directory, expected a report file name")
@@ -50,17 +64,37 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, target)
-    except BaseException:
+        if replace:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)  # fails with FileExistsError instead of replacing
+            except FileExistsError:
+                raise ReviewError(f"{target} already exists; pass --force to replace it") from None
+            except OSError:  # a filesystem without hard links: check once more, then rename
+                if target.exists() or target.is_symlink():
+                    raise ReviewError(f"{target} already exists; pass --force to replace it") from None
+                os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 
 def write_report(proposal: Proposal, fmt: str, out: str | os.PathLike[str],
-                 overlap: InputOverlap | None = None) -> Path:
-    """Render and atomically write one report; returns the written path."""
+                 overlap: InputOverlap | None = None, *, force: bool = False) -> Path:
+    """Render and atomically write one report; returns the written path.
+
+    Refused (one line) when `out` is an input of the proposal or lies inside an input folder, even with
+    `force`, and when `out` exists unless `force`.
+    """
+    from analysis.export.outdir import check_out_file
+
+    inputs = [i.path for i in proposal.inputs if i.path]
+    check_out_file(out, inputs=inputs, force=force)
+    text = render_report(proposal, fmt, overlap)
+    check_out_file(out, inputs=inputs, force=force)  # again: the overlap work can take a while
     try:
-        return atomic_write_text(out, render_report(proposal, fmt, overlap))
+        return atomic_write_text(out, text, replace=force)
     except OSError as exc:
         raise ReviewError(f"{out}: cannot write the report ({exc.strerror or exc})") from None

@@ -198,7 +198,7 @@ def test_kill_9_between_the_renames_of_force_restores_the_previous_export(merged
     modules, recipe, adapters = merged
     parent = tmp_path / "exports"
     out = export_merge(modules, recipe, parent / "merged", inputs=adapters)
-    (out / "note.txt").write_text("the previous export")
+    (out / "preview.json").write_text('{"previous": true}')  # marks this export (a file our exports write)
     before = _digest(out)
     _kill_mid_export(inputs, out, "swapping")
     assert not out.exists()  # the one moment a replacement has no target: the old one is parked
@@ -206,7 +206,7 @@ def test_kill_9_between_the_renames_of_force_restores_the_previous_export(merged
     clean_stale(parent)
     assert _digest(out) == before and sorted(p.name for p in parent.iterdir()) == ["merged"]
     export_merge(modules, recipe, out, inputs=adapters, force=True)  # and a later --force replaces it cleanly
-    assert not (out / "note.txt").exists() and sorted(p.name for p in parent.iterdir()) == ["merged"]
+    assert not (out / "preview.json").exists() and sorted(p.name for p in parent.iterdir()) == ["merged"]
 
 
 def test_clean_stale_touches_only_ours_whose_writer_is_gone(tmp_path: Path) -> None:
