@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from tqdm import tqdm
@@ -41,12 +42,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def quiet_dask(level: int = logging.WARNING) -> None:
+    """Dask's loggers at WARNING and above, here and in the worker processes it spawns (they inherit the
+    environment). Importing `distributed` sets its logger from dask's config (INFO), so the level is set after."""
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(level).lower())
+    import distributed  # noqa: F401
+
+    for name in ("distributed", "dask"):
+        logging.getLogger(name).setLevel(level)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise AtlasError(f"--workers must be at least 1, got {args.workers}")
     config = SketchConfig(k=args.k, seed=args.seed, top=args.top)
     if not args.verbose:  # dask's own INFO lines (scheduler/worker start and stop) would bury the progress bar
-        logging.getLogger("distributed").setLevel(logging.ERROR)
+        quiet_dask()
     with tqdm(total=0, desc="scan", unit="adapter", file=sys.stderr, mininterval=1.0, leave=False) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total

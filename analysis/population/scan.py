@@ -38,7 +38,7 @@ Progress = Callable[[int, int], None]  # (done, total) over the adapters that ne
 class ScanReport:
     """What a scan did: counts, the failures with their reasons, and the wall time."""
 
-    total: int = 0
+    total: int = 0  # = sketched + reused + duplicates + len(failed)
     sketched: int = 0
     reused: int = 0
     duplicates: int = 0
@@ -129,10 +129,33 @@ def map_batches(fn: Callable, batches: Iterator[list], *args: Any, scheduler: st
         yield from _run_distributed(client or owned, fn, batches, *args)
     finally:
         if owned is not None:
-            cluster = owned.cluster
-            owned.close()
-            if cluster is not None:
-                cluster.close()
+            close_local(owned)
+
+
+#: Seconds a local worker process gets to exit (torch teardown on a loaded machine takes several) before
+#: its nanny kills it; dask's own default is 4 (0.8 x 5), which ends ordinary runs with "killed by signal 9".
+CLOSE_TIMEOUT = 60.0
+
+
+async def _close_nannies(cluster: Any, timeout: float) -> None:
+    import asyncio
+
+    nannies = [w for w in cluster.workers.values() if hasattr(w, "kill")]  # process workers (Nanny)
+    await asyncio.gather(*(w.close(timeout=timeout, reason="scan-finished") for w in nannies),
+                         return_exceptions=True)
+
+
+def close_local(client: Any, timeout: float = CLOSE_TIMEOUT) -> None:
+    """Close a client and the LocalCluster it owns, letting every worker process exit on its own."""
+    cluster = client.cluster
+    client.close()
+    if cluster is None:
+        return
+    try:
+        cluster.sync(_close_nannies, cluster, timeout)
+    except Exception as exc:  # noqa: BLE001 - closing must not hide the scan's own result or error
+        log.debug("closing the local workers: %s", exc)
+    cluster.close()
 
 
 def _client(scheduler: str | None, workers: int | None, processes: bool) -> Any:
@@ -166,13 +189,15 @@ def scan(
         old = previous.get(path)
         if old is not None and sig and old["signature"] == sig:
             catalog.append(old)
-            report.reused += 1
-            if old["error"]:
+            if old["error"]:  # still unreadable: counted once, as failed (total adds up)
                 report.failed.append((path, old["error"]))
+            else:
+                report.reused += 1
         else:
             todo.append((path, sig))
     report.total = len(catalog) + len(todo)
-    log.info("scan: %d adapters, %d unchanged, %d to sketch", report.total, report.reused, len(todo))
+    log.info("scan: %d adapters, %d unchanged, %d still unreadable, %d to sketch", report.total, report.reused,
+             len(report.failed), len(todo))
     # 2. sketch the rest in parallel tasks, streaming rows into part files
     known = store.known_sha256()
     buffer: list[dict] = []
@@ -180,7 +205,7 @@ def scan(
     if progress is not None:
         progress(0, len(todo))
     results = map_batches(sketch_batch, _batches(todo, batch_size), config, scheduler=scheduler,
-                          workers=workers, client=client, processes=processes)
+                          workers=workers, client=client, processes=processes) if todo else iter(())
     for rows in results:
         for row in rows:
             sketch = row.pop("sketch")

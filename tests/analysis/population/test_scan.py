@@ -34,6 +34,11 @@ def _population(root: Path, n: int = 12) -> Path:
     return root / "ads"
 
 
+def _adds_up(*reports) -> None:
+    for r in reports:
+        assert r.total == r.sketched + r.reused + r.duplicates + len(r.failed), r.to_json()
+
+
 def _sketches(out: Path) -> dict[str, np.ndarray]:
     table = IndexStore.open(out).read_sketches(["vector"])
     return dict(zip(table.column("sha256").to_pylist(), vectors_of(table)))
@@ -66,6 +71,7 @@ def test_unreadable_files_are_listed_with_one_line_reasons(tmp_path: Path) -> No
     assert all("\n" not in r and r for r in failed.values())
     assert "broken.safetensors" in failed[str(ads / "broken.safetensors")]
     assert report.sketched == 4 and report.total == 6
+    _adds_up(report)
 
 
 def test_rerun_sketches_only_new_and_changed_files(tmp_path: Path) -> None:
@@ -73,7 +79,9 @@ def test_rerun_sketches_only_new_and_changed_files(tmp_path: Path) -> None:
     first = scan([ads], tmp_path / "idx", config=CONFIG, scheduler=SYNCHRONOUS)
     assert first.sketched == 6
     again = scan([ads], tmp_path / "idx", config=CONFIG, scheduler=SYNCHRONOUS)
-    assert (again.sketched, again.reused, again.total) == (0, 8, 8)
+    # the two unreadable files are counted once, as failed, not also as reused
+    assert (again.sketched, again.reused, len(again.failed), again.total) == (0, 6, 2, 8)
+    _adds_up(first, again)
     # change one adapter's content, add a new one, and add a byte-identical copy of another
     changed, source = sorted((ads / "f0001").iterdir())[0], sorted((ads / "f0002").iterdir())[0]
     write_peft(member(SPEC, 100)[0], changed)
@@ -83,7 +91,8 @@ def test_rerun_sketches_only_new_and_changed_files(tmp_path: Path) -> None:
     for f in source.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
     third = scan([ads], tmp_path / "idx", config=CONFIG, scheduler=SYNCHRONOUS)
-    assert (third.sketched, third.duplicates, third.reused, third.total) == (2, 1, 7, 10)
+    assert (third.sketched, third.duplicates, third.reused, len(third.failed), third.total) == (2, 1, 5, 2, 10)
+    _adds_up(third)
     catalog = IndexStore.open(tmp_path / "idx").read_catalog()
     assert catalog[str(copy)]["sha256"] == catalog[str(source)]["sha256"]
     assert len(_sketches(tmp_path / "idx")) == 8  # 6 + changed + new; the copy is stored once
@@ -130,6 +139,63 @@ def test_scan_cli_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert {f["path"] for f in report["failed"]} == {str(ads / "broken.safetensors"), str(ads / "f0000" / "notes.pt")}
     assert main(argv) == 0  # rerun: nothing new, failures listed again from the catalog
     out = capsys.readouterr().out
-    assert "0 sketched, 5 unchanged" in out and out.count("unreadable: ") == 2
+    assert "5 adapters" in out and "0 sketched, 3 unchanged" in out and "2 unreadable" in out
+    assert out.count("unreadable: ") == 2
     assert main(["scan", str(ads), "--out", str(tmp_path / "idx"), "--scheduler", "synchronous", "--k", "4"]) == 2
     assert "built with" in capsys.readouterr().err
+
+
+def test_rescan_with_nothing_new_starts_no_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import analysis.population.scan as scan_module
+
+    ads = _population(tmp_path, 2)
+    scan([ads], tmp_path / "idx", config=CONFIG, scheduler=SYNCHRONOUS)
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster was started with nothing to sketch")
+
+    monkeypatch.setattr(scan_module, "_client", no_cluster)
+    again = scan([ads], tmp_path / "idx", config=CONFIG)  # default: a local cluster, were there work
+    assert (again.reused, again.total) == (2, 4)
+    _adds_up(again)
+
+
+def test_local_cluster_closes_without_killing_slow_workers() -> None:
+    """A worker process that takes 5 s to exit (dask kills after 4 s by default) is let go, not killed."""
+    import logging
+
+    from helpers.slow_exit import register_slow_exit
+
+    from analysis.population.scan import map_batches
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    nanny = logging.getLogger("distributed.nanny")
+    nanny.addHandler(handler)
+    try:
+        out = list(map_batches(register_slow_exit, iter([[1], [2, 3]]), 5.0, workers=1))
+    finally:
+        nanny.removeHandler(handler)
+    assert sorted(out) == [[1], [2]]
+    assert not [r.getMessage() for r in records], "a worker was killed on close"
+
+
+def test_scan_cli_on_a_local_cluster_prints_no_dask_chatter(tmp_path: Path) -> None:
+    """The real command in its own process: a two-process local cluster, stderr free of dask's INFO lines."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    ads = _population(tmp_path, 2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("DASK_LOGGING__DISTRIBUTED", None)
+    cmd = [sys.executable, "-m", "analysis.cli", "scan", str(ads), "--out", str(tmp_path / "idx"), "--workers", "2",
+           "--k", "8", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["total"], report["sketched"], len(report["failed"])) == (4, 2, 2)
+    lines = [x for x in done.stderr.replace("\r", "\n").splitlines() if x.strip() and not x.startswith("scan")]
+    assert lines == [], lines  # no "INFO distributed.scheduler ...", no "killed by signal 9"
