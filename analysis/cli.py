@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from analysis import __version__
 from analysis.errors import AtlasError
@@ -26,14 +27,22 @@ def _requested_command(argv: list[str]) -> str | None:
     return None
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (`adapter-atlas COMMAND: error: ...`), exit 2; `--help` unchanged."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="adapter-atlas",
         description="Inspect, compare, cluster, merge and review LoRA/PEFT adapters of one base model.",
     )
     parser.add_argument("--version", action="version", version=f"adapter-atlas {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                               parser_class=OneLineErrorParser)
     for name in (only,) if only else COMMAND_MODULES:
         try:
             module = importlib.import_module(f"analysis.commands.{name}")

@@ -173,6 +173,10 @@ def _resolve_dir(p: Path) -> tuple[Path, Path | None]:
         if f.stem not in by_stem or f.suffix == ".safetensors":
             by_stem[f.stem] = f
     if not by_stem:
+        subs = sorted(d.name for d in p.iterdir() if d.is_dir() and not d.is_symlink()
+                      and (os.path.lexists(d / CONFIG_NAME) or any(os.path.lexists(d / w) for w in PEFT_WEIGHTS)))
+        if subs:
+            raise AdapterFormatError(f"{p}: holds several adapters in subfolders ({', '.join(subs)}): pass one folder")
         raise AdapterFormatError(f"{p}: no adapter files; recognised formats: {RECOGNISED}")
     if len(by_stem) > 1:
         if not any(detect_format(open_weights(f).keys()) != "unknown" for f in by_stem.values()):
@@ -214,6 +218,11 @@ def _parse(src: TensorSource, config: dict | None, config_path: Path | None) -> 
         return load_diffusers_old(src)
     if fmt == "kohya":
         return load_kohya(src)
+    if src.metadata.get("atlas_format") == "delta":
+        raise AdapterFormatError(f"{src.path}: is an Adapter Atlas full-delta export (`merge --format delta`: dense "
+                                 "dW per module, to add to the base weights yourself), not a LoRA adapter, so it "
+                                 "cannot be read back; to get an adapter, run the merge again with `--format peft` "
+                                 "(its recipe.yaml next to it names the inputs, method and parameters)")
     first = ", ".join(repr(k) for k in sorted(keys)[:2]) or "no tensors"
     raise AdapterFormatError(f"{src.path}: not a recognised adapter format (keys like {first}); "
                              f"recognised formats: {RECOGNISED}")

@@ -58,8 +58,20 @@ def to_json(info: dict[str, Any]) -> str:
     return json.dumps(json_safe(info), indent=2, allow_nan=False)
 
 
+def model_order(modules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Module rows as the model runs them (layers.2 before layers.10), the order the app uses."""
+    from analysis.overlap import layer_sort_key, parse_module_name
+
+    def key(m: dict[str, Any]) -> tuple:
+        layer, kind = parse_module_name(m["name"])
+        return layer_sort_key(layer), kind, m["name"]
+
+    return sorted(modules, key=key)
+
+
 def run(args: argparse.Namespace) -> int:
     info = describe_adapter(load_adapter(args.path))
+    info["modules"] = model_order(info["modules"])
     if args.json:
         sys.stdout.write(to_json(info) + "\n")
     else:
