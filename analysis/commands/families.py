@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     for label, size in enumerate(fam.sizes):
         members = [pop.paths[i] for i in range(len(pop)) if fam.labels[i] == label]
         shown = ", ".join(_clean(m) for m in members[:3]) + (", ..." if size > 3 else "")
-        print(f"  family {label}: {size} adapters: {shown}")
+        print(f"  family {label}: {size} adapter{'' if size == 1 else 's'}: {shown}")
     if pop.failed:
         print(f"{len(pop.failed)} unreadable at scan time (see `adapter-atlas scan`)")
     return 0

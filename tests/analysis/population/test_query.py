@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,13 @@ def test_bad_input_is_one_line_exit_2(index, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "no such file" in err[0] and "not a population index" in err[1]
     assert np.isfinite(open_population(idx).vectors).all()
+
+
+def test_families_text_counts_in_singular_and_plural(index, capsys) -> None:
+    _, idx = index
+    assert main(["families", "--index", str(idx), "--families", str(N)]) == 0  # every adapter its own family
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  family ")]
+    assert len(lines) == N and all(": 1 adapter: " in x for x in lines)
+    assert main(["families", "--index", str(idx), "--families", "2"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  family ")]
+    assert len(lines) == 2 and all(re.search(r": \d+ adapters: ", x) for x in lines)
