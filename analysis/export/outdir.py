@@ -184,6 +184,10 @@ def check_replaceable(folder: Path, *, shown: Path | None = None) -> None:
     except OSError as exc:
         raise RecipeError(f"--out {shown}: cannot list the existing folder ({exc.strerror})") from None
     if foreign is not None:
+        if not _signed(folder):  # name a file the user would miss, not just a folder
+            foreign = next((e for e in entries if e.is_file() and not e.is_symlink()), foreign)
+        if foreign.is_dir() and not foreign.is_symlink():
+            foreign = next((f for f in sorted(foreign.rglob("*")) if f.is_file()), foreign)
         rel = foreign.relative_to(folder)
         why = "which no export of ours writes" if _signed(folder) else "and it is not an earlier export (no recipe.yaml)"
         raise RecipeError(f"--out {shown} holds {rel}, {why}: refused even with --force, it would be deleted "
