@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from analysis.consolidate.data import collate, encode_example  # one encoding for training and consolidation
+
 log = logging.getLogger(__name__)
 
 HF_BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -37,26 +39,6 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
-
-
-def encode_example(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int], list[int]]:
-    """(input_ids, labels): prompt tokens masked with -100, then the answer and its newline."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    a = tokenizer(" " + answer + "\n", add_special_tokens=False)["input_ids"]
-    return p + a, [-100] * len(p) + a
-
-
-def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right padding, so positions are 0..len-1 exactly as in unpadded training."""
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (b, t)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)  # (b, t)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)  # (b, t)
-    for i, (x, y) in enumerate(batch):
-        ids[i, :len(x)] = torch.tensor(x)
-        labels[i, :len(y)] = torch.tensor(y)
-        mask[i, :len(x)] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 def answer_loss(pm: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:

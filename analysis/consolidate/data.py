@@ -2,7 +2,7 @@
 
 The encoding is the sample adapters' own (`sample_adapters/train.py`): the raw prompt, then " <answer>\\n"
 tokenized separately, loss only on the answer tokens and the closing newline, right padding. It is
-repeated here (a few lines) so the library does not import the build script.
+defined here once; the sample-set build script (`sample_adapters/train.py`) imports them from here.
 """
 from __future__ import annotations
 
