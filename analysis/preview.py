@@ -129,15 +129,19 @@ def task_geometry(tasks: Sequence[Delta], merged: Delta) -> list[tuple[float, fl
 
 
 def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granularity: str, p: float,
-                tol: float, cores: Mapping[int, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per input present at `module`, keyed by input index (names may repeat)."""
+                tol: float, cores: Mapping[int, Any] | None = None,
+                weights: Sequence[float] | None = None) -> list[dict[str, Any]]:
+    """One row per input present at `module`, keyed by input index (names may repeat). A weight-0 input
+    keeps its row but is left out of the claims: its positions count as conflicts only where two inputs
+    that contribute claim them."""
     present = [i for i, a in enumerate(inputs) if module in a.modules]
     at = {i: as_core(cores[i]) for i in present} if cores is not None else {
         i: task_core(inputs[i].modules[module], granularity, p) for i in present}
     tasks = [inputs[i].modules[module] for i in present]
     claims = gather_claims([at[i] for i in present])
     member = claims.member  # (N, U)
-    claimed_twice = member.sum(dim=0) > 1  # (U,)
+    live = torch.tensor([weights is None or weights[i] != 0.0 for i in present], dtype=torch.bool)  # (N,)
+    claimed_twice = (member & live[:, None]).sum(dim=0) > 1  # (U,)
     conflicts = (member & claimed_twice).sum(dim=1)  # (N,)
     sizes = member.sum(dim=1)  # (N,)
     if granularity == "entries":
@@ -193,7 +197,7 @@ def export_summary(spectra: Mapping[str, ModuleSpectrum | None], rank: int | Non
 def preview_merge(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *, rank: int | None = None,
                   granularity: str = "entries", p: float = 0.01, tol: float = 0.25, cores: Any = None,
                   progress: Progress | None = None, spectra: Mapping[str, ModuleSpectrum] | None = None,
-                  ) -> dict[str, Any]:
+                  weights: Sequence[float] | None = None) -> dict[str, Any]:
     """Every data-free diagnostic of the adapter that will be written, as plain JSON-ready data.
 
     With `rank`, each module wider than `rank` is re-factored first (exactly when low rank, by the checked
@@ -202,7 +206,8 @@ def preview_merge(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *, ran
     `fidelity_curve` answers any other rank without a new preview. `spectra` (from
     `MergeResult.spectra`) supplies the fidelity of modules the merge already re-factored. `cores`
     (`analysis.isolation.task_cores` or `MergeResult.cores` with the same granularity and p) saves
-    recomputing the inputs' cores. Per-task results: `per_task` by name, `per_input` in input order."""
+    recomputing the inputs' cores. `weights`: inputs of weight 0 keep their row but claim no position, so
+    they add no conflict to the others. Per-task results: `per_task` by name, `per_input` in input order."""
     rows: list[dict[str, Any]] = []
     modules = sorted(merged)
     spectra = dict(spectra or {})
@@ -211,7 +216,7 @@ def preview_merge(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *, ran
     for step, module in enumerate(modules):
         written, kept[module] = export_view(merged[module], rank, spectra.get(module))
         rows.extend(module_rows(inputs, module, written, granularity=granularity, p=p, tol=tol,
-                                cores=cores[module] if cores is not None else None))
+                                cores=cores[module] if cores is not None else None, weights=weights))
         if progress is not None:
             progress(step + 1, len(modules), module)
     per_input = [summarize([r for r in rows if r["index"] == i]) for i in range(len(inputs))]

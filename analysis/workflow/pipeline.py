@@ -284,7 +284,8 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
             cores = own
         pv = preview_merge(list(adapters.adapters), result.modules, rank=rank, granularity=granularity, p=p,
                            cores=cores, progress=reporter.stage("preview"),
-                           spectra=dict(spec_of.modules) if spec_of is not None else None)
+                           spectra=dict(spec_of.modules) if spec_of is not None else None,
+                           weights=result.weights)
     # 6. evidence
     fidelity = spec_of.fidelity(rank) if (spec_of is not None and rank is not None) else \
         {"relative_error": 0.0, "worst_module": None, "worst_module_error": 0.0}

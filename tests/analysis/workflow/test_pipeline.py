@@ -185,3 +185,13 @@ def test_written_modules_are_what_peft_loads_not_the_merge_kept_at_the_cap(trio,
     assert run.max_rank == max(min(d.shape) for d in run.result.modules.values()) >= run.spectrum.cap
     exact = run_merge(trio, "linear")
     assert exact.rank is None and exact.written_modules() == dict(exact.result.modules)
+
+
+def test_weight_zero_cores_add_no_conflicts_to_the_others(trio) -> None:  # noqa: ANN001
+    """Task 1's conflicts with task 3 at weight 0 equal those of the merge of tasks 1 and 2 alone (two routes)."""
+    zero = run_merge(trio, "linear", weights=(1, 1, 0), cores_default=("entries", 0.05))
+    pair = run_merge(AdapterSet(trio.adapters[:2]), "linear", weights=(1, 1), cores_default=("entries", 0.05))
+    assert [t["conflicts"] for t in zero.evidence["tasks"][:2]] == [t["conflicts"] for t in pair.evidence["tasks"]]
+    assert len(zero.evidence["tasks"]) == 3  # the weight-0 input keeps its row
+    full = run_merge(trio, "linear", weights=(1, 1, 1), cores_default=("entries", 0.05))
+    assert full.evidence["tasks"][0]["conflicts"] > zero.evidence["tasks"][0]["conflicts"]
