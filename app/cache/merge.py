@@ -1,0 +1,127 @@
+"""`app.cache` section: merge (see `app/cache/__init__.py` for the caching rules)."""
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from app.cache.adapters import AdapterRef, adapter_set, adapters_of, load_adapter
+
+# --- merge ---------------------------------------------------------------------------------------
+# Thin wrappers over `analysis.workflow.run_merge`. A merge is keyed by (refs, method, parameters as
+# sorted items, weights, diagnostic cores (granularity, p), extras policy carry|drop); the refs carry each
+# input's sha256, so a changed file is a new merge. Every torch computation here runs inside
+# `analysis.threads.bounded_threads` (as `run_merge` does), so concurrent sessions do not oversubscribe.
+# Runs live in a process-wide memo rather than `st.cache_*`, so the page's progress bar (and Streamlit's
+# interruption when Cancel is pressed) can act inside the computation.
+
+MergeKey = tuple[tuple[AdapterRef, ...], str, tuple[tuple[str, Any], ...], tuple[float, ...] | None,
+                 tuple[str, float], str]
+MAX_RUNS = 48
+
+
+@st.cache_resource(show_spinner=False)
+def _merge_runs() -> dict[Any, Any]:
+    return {}
+
+
+def _remember(key: Any, value: Any) -> Any:
+    memo = _merge_runs()
+    while len(memo) >= MAX_RUNS:
+        memo.pop(next(iter(memo)))
+    memo[key] = value
+    return value
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def merge_cores(refs: tuple[AdapterRef, ...], granularity: str, p: float) -> Any:
+    """Every input's core masks, shared by the previews of all methods."""
+    from analysis.isolation import task_cores
+    from analysis.threads import bounded_threads
+
+    with bounded_threads(None):
+        return task_cores(adapters_of(refs), granularity=granularity, p=p)
+
+
+def merge_ready(key: MergeKey) -> bool:
+    return ("run", key) in _merge_runs()
+
+
+def merge_run(key: MergeKey, progress: Any = None) -> Any:
+    """The `MergeRun` of one merge (default export: exact, or the automatic rank for dense results).
+
+    `progress(stage, done, total, eta, label)` is called while it computes (not on a memo hit)."""
+    memo = _merge_runs()
+    if ("run", key) in memo:
+        return memo[("run", key)]
+    from analysis.workflow import ExportSpec, ProgressReporter, run_merge
+
+    refs, method, params, weights, cores, extras = key
+    run = run_merge(adapter_set(refs), method, dict(params), list(weights) if weights else None,
+                    ExportSpec(extras=extras), cores_default=cores, cores=merge_cores(refs, *cores),
+                    progress=ProgressReporter(progress))
+    return _remember(("run", key), run)
+
+
+def merge_export(key: MergeKey, fmt: str, rank: int | None, progress: Any = None) -> Any:
+    """The run written as `fmt` at `rank` (None: the run's own choice); only the preview is redone."""
+    from analysis.workflow import ExportSpec, ProgressReporter, reexport
+
+    run = merge_run(key, progress)
+    if fmt == run.recipe.export.format and rank is None:
+        return run
+    memo = _merge_runs()
+    if ("export", key, fmt, rank) not in memo:
+        spec = ExportSpec(format=fmt, rank=rank, extras=key[5])
+        _remember(("export", key, fmt, rank), reexport(run, spec, cores_default=key[4],
+                                                       cores=merge_cores(key[0], *key[4]),
+                                                       progress=ProgressReporter(progress)))
+    return memo[("export", key, fmt, rank)]
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def merge_zip(key: MergeKey, fmt: str, rank: int | None) -> tuple[str, bytes, str]:
+    """(directory name, zip bytes, recipe YAML) of one export, built by the same writer the CLI uses."""
+    from analysis.export import recipe_to_yaml
+
+    run = merge_export(key, fmt, rank)
+    name, data = run.to_zip()
+    return name, data, recipe_to_yaml(run.recipe)
+
+
+@st.cache_data(show_spinner=False)
+def sample_tasks() -> list[str]:
+    """Sample-set tasks with an eval split on disk (empty when the sample set is absent)."""
+    from analysis.evaluate import list_tasks
+
+    return list_tasks()
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def merged_accuracy(key: MergeKey, fmt: str, rank: int | None, task: str, limit: int | None) -> dict[str, float]:
+    """{accuracy, n} on one sample task (exact match, the evaluator's fixed protocol) of the adapter written
+    for this merge as `fmt` at `rank` (None: the run's own rank), not of the merge kept at the cap."""
+    return _accuracy(merge_export(key, fmt, rank).written_modules(), task, limit)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def adapter_accuracy(ref: AdapterRef, task: str, limit: int | None) -> dict[str, float]:
+    """{accuracy, n} of one input adapter on one sample task."""
+    return _accuracy(load_adapter(*ref).modules, task, limit)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def base_accuracy(task: str, limit: int | None) -> dict[str, float]:
+    """{accuracy, n} of the base model alone: the floor every row is read against."""
+    return _accuracy({}, task, limit)
+
+
+def _accuracy(deltas: Any, task: str, limit: int | None) -> dict[str, float]:
+    from analysis.base_model import load_base_model
+    from analysis.evaluate import evaluate_deltas
+    from analysis.threads import bounded_threads
+
+    with bounded_threads(None):
+        model, tokenizer = load_base_model()
+        res = evaluate_deltas(model, tokenizer, deltas, [task], limit=limit)[task]
+    return {"accuracy": float(res["accuracy"]), "n": int(res["n"])}

@@ -1,0 +1,46 @@
+"""`app.cache` section: population (see `app/cache/__init__.py` for the caching rules)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+# --- population ----------------------------------------------------------------------------------
+# An index is keyed by its folder and a stamp of its files (catalog mtime, part count), so a rescan is a new
+# entry. The loaded sketches are a resource (one copy per process, read-only); map, families and neighbour
+# lists are data.
+
+def population_stamp(folder: str) -> tuple[int, int]:
+    """(catalog mtime_ns, number of sketch parts): changes whenever `adapter-atlas scan` rewrites the index."""
+    root = Path(folder)
+    catalog = root / "catalog.parquet"
+    mtime = catalog.stat().st_mtime_ns if catalog.exists() else 0
+    return mtime, len(list((root / "sketches").glob("part-*.parquet")))
+
+
+@st.cache_resource(show_spinner="Opening the population index…", max_entries=4)
+def population(folder: str, stamp: tuple[int, int]) -> Any:
+    from analysis.population.query import open_population
+
+    return open_population(folder)
+
+
+@st.cache_data(show_spinner="Placing adapters and finding families…", max_entries=8)
+def population_map(folder: str, stamp: tuple[int, int], threshold: float) -> dict[str, Any]:
+    """{"coords" (N, 2), "labels" (N,), "sizes", "method"} of the index's adapters."""
+    from analysis.population.query import families, map_2d
+
+    pop = population(folder, stamp)
+    if len(pop) == 0:
+        return {"coords": np.zeros((0, 2)), "labels": np.zeros(0, dtype=int), "sizes": [], "method": ""}
+    fam = families(pop, threshold=threshold)
+    return {"coords": map_2d(pop), "labels": fam.labels, "sizes": fam.sizes, "method": fam.method}
+
+
+@st.cache_data(show_spinner="Searching neighbours…", max_entries=256)
+def population_neighbors(folder: str, stamp: tuple[int, int], adapter: str, k: int, exact: bool) -> list[dict]:
+    from analysis.population.query import neighbors
+
+    return neighbors(population(folder, stamp), adapter, k, exact=exact)
