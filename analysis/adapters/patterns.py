@@ -22,6 +22,7 @@ from typing import Generic, Mapping, TypeVar
 
 import re2
 
+from analysis.adapters.safe_text import short_repr as _short
 from analysis.errors import AdapterFormatError, ResourceLimitError
 
 T = TypeVar("T")
@@ -103,7 +104,3 @@ class PatternTable(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
-
-def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -17,6 +17,8 @@ from typing import Any, Callable, Mapping
 from analysis.adapters.lowrank import add_half, complete_pairs, make_lowrank, pair_rank
 from analysis.adapters.names import DENOISER_PREFIXES, TEXT_ENCODER_PREFIXES, diffusers_canonical
 from analysis.adapters.parsed import Parsed
+from analysis.adapters.safe_text import clip, unique_keys
+from analysis.adapters.safe_text import short_repr as _short
 from analysis.adapters.safetensors_io import TensorSource
 from analysis.adapters.scaling import LoraSettings, lora_scale, settings_from_config
 from analysis.errors import AdapterFormatError
@@ -52,9 +54,9 @@ def parse_config_text(path: Path, text: str, what: str) -> dict[str, Any]:
         raise ValueError(f"{name} is not valid JSON")
 
     try:
-        config = json.loads(text, parse_constant=no_constant, object_pairs_hook=_unique)
+        config = json.loads(text, parse_constant=no_constant, object_pairs_hook=unique_keys)
     except ValueError as exc:  # JSONDecodeError included
-        raise AdapterFormatError(f"{path}: broken JSON in {what}: {_short(str(exc), 160)}") from None
+        raise AdapterFormatError(f"{path}: broken JSON in {what}: {clip(str(exc), 160)}") from None
     except RecursionError:
         raise AdapterFormatError(f"{path}: broken JSON in {what}: nested too deeply") from None
     if not isinstance(config, dict):
@@ -62,18 +64,8 @@ def parse_config_text(path: Path, text: str, what: str) -> dict[str, Any]:
     return config
 
 
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"key {_short(k)} appears twice")
-        out[k] = v
-    return out
 
 
-def _short(value: object, limit: int = 80) -> str:
-    text = value if isinstance(value, str) and limit > 80 else repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _base_model(config: Mapping[str, Any], where: Path) -> str | None:

@@ -44,3 +44,23 @@ def markdown_text(value: object, limit: int | None = DEFAULT_LIMIT) -> str:
     text = html.escape(plain_text(value, limit), quote=False)
     text = _MD_SPECIAL.sub(r"\\\1", text)
     return text.replace("@", "@&#8288;").replace("\\:/", "\\:&#8288;/")
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters with '...': a hostile file must not produce a megabyte-long message."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """repr of a value from a file (header, config), clipped for an error message."""
+    return clip(repr(value), limit)
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json object_pairs_hook: a key given twice is an error, not 'the last one wins'."""
+    out: dict[str, object] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {short_repr(k)} appears twice")
+        out[k] = v
+    return out

@@ -29,6 +29,8 @@ from typing import Protocol
 import torch
 
 from analysis.adapters.limits import read_regular_file
+from analysis.adapters.safe_text import short_repr as _short
+from analysis.adapters.safe_text import unique_keys
 from analysis.errors import AdapterFormatError
 
 log = logging.getLogger(__name__)
@@ -109,20 +111,8 @@ def _parse_entry(path: Path, key: str, raw: object, data_len: int) -> TensorEntr
     return TensorEntry(key, dtype, tuple(shape), offsets[0], offsets[1])
 
 
-def _short(value: object, limit: int = 80) -> str:
-    """repr of a header value, cut short: a hostile header must not produce a megabyte-long message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """json object_pairs_hook: a key given twice is an error, not 'the last one wins'."""
-    out: dict[str, object] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"key {_short(k)} appears twice")
-        out[k] = v
-    return out
 
 
 def parse_safetensors_header(path: Path, data: bytes | bytearray) -> tuple[dict[str, TensorEntry], dict[str, str], int]:
@@ -139,7 +129,7 @@ def parse_safetensors_header(path: Path, data: bytes | bytearray) -> tuple[dict[
         raise _fail(path, f"not a safetensors file or truncated: header length {n} does not fit "
                           f"in the file ({size} bytes)")
     try:
-        header = json.loads(bytes(data[8:8 + n]).decode("utf-8"), object_pairs_hook=_unique_keys)
+        header = json.loads(bytes(data[8:8 + n]).decode("utf-8"), object_pairs_hook=unique_keys)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise _fail(path, f"garbled safetensors header: {_short(str(exc), 200)}") from None
     except RecursionError:

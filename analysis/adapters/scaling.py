@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 from analysis.adapters.patterns import PatternTable
+from analysis.adapters.safe_text import short_repr as _short
 from analysis.errors import AdapterFormatError
 
 T = TypeVar("T")
@@ -155,7 +156,3 @@ def settings_from_config(config: Mapping[str, Any], source: Path) -> LoraSetting
         source=str(source),
     )
 
-
-def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
