@@ -368,9 +368,10 @@ def claimed_values(claims: Claims, groups: Sequence[int], policy: str) -> tuple[
     Most claimed positions have one claimant, whose value is copied exactly (the others' entries in the
     value table are 0); only positions with several claimants (a small share) go through the full maps.
     The stats count claimed positions only (`blended` = 0): the caller knows the module's size."""
-    count = claims.member.sum(dim=0)  # (U,)
+    member = claims.member.numpy()  # (N, U): counted in numpy (torch's boolean reductions are slow here)
+    count = np.count_nonzero(member, axis=0)  # (U,)
     target = claims.value.sum(dim=0)  # (U,) exact where one core claims
-    multi = (count >= 2).nonzero().squeeze(1)  # (n2,)
+    multi = torch.from_numpy(np.flatnonzero(count >= 2))  # (n2,)
     shared = conflicts = 0
     if multi.numel():
         sub_m, sub_v = claims.member[:, multi], claims.value[:, multi]  # (N, n2)
@@ -378,4 +379,4 @@ def claimed_values(claims: Claims, groups: Sequence[int], policy: str) -> tuple[
         M, stats = coefficient_maps(sub_m, sub_v.abs(), groups, zero, policy)  # (N, n2)
         target[multi] = (M * sub_v).sum(dim=0)
         shared, conflicts = stats.shared_in_group, stats.conflicts
-    return target, ClaimStats(int(count.numel()), int((count == 1).sum()), shared, conflicts, 0)
+    return target, ClaimStats(int(count.size), int(np.count_nonzero(count == 1)), shared, conflicts, 0)

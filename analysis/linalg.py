@@ -299,11 +299,40 @@ class RankR:
     iterations: int = 0
 
 
+GRAM_SIDE = 256  # short side up to which the exact SVD comes from the Gram matrix's eigendecomposition
+
+
+def gram_svd(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD (U, S, V) of a float64 matrix with a short side m from eigh of its m x m Gram matrix.
+
+    S^2 are the Gram eigenvalues, exact to ~eps S[0]^2 (so every error sqrt(norm2 - sum S_k^2) is exact);
+    the long-side vectors are W^T E / S, set to 0 for S <= m eps S[0] (directions that carry nothing).
+    A few times cheaper than `torch.linalg.svd` when the short side is small (k_proj of a GQA model)."""
+    tall = W.shape[0] > W.shape[1]
+    X = W.T if tall else W  # (m, n), m <= n
+    evals, E = torch.linalg.eigh(X @ X.T)  # ascending, (m,), (m, m)
+    evals, E = evals.flip(0), E.flip(1)
+    S = evals.clamp(min=0.0).sqrt()  # (m,)
+    live = S > (S[:1] * X.shape[0] * float(torch.finfo(torch.float64).eps))  # (m,)
+    F = (X.T @ E) * torch.where(live, 1.0 / torch.where(live, S, torch.ones_like(S)), torch.zeros_like(S))  # (n, m)
+    return (F, S, E) if tall else (E, S, F)
+
+
 def _exact_rank_r(W: torch.Tensor, rank: int, norm2: float) -> RankR:
-    """Full thin SVD of a dense matrix (the fallback, and the cheap route for small modules)."""
-    U, S, Vh = torch.linalg.svd(W.to(torch.float64), full_matrices=False)  # (n_out, m), (m,), (m, n_in)
+    """Exact thin SVD of a dense matrix (the fallback, and the cheap route for small modules)."""
+    if min(W.shape) <= GRAM_SIDE:
+        U, S, V = gram_svd(W.to(torch.float64))  # (n_out, m), (m,), (n_in, m)
+    else:
+        U, S, Vh = torch.linalg.svd(W.to(torch.float64), full_matrices=False)  # (n_out, m), (m,), (m, n_in)
+        V = Vh.T
     k = min(rank, int(S.numel()))
-    return RankR(U[:, :k], S[:k], Vh[:k].T, S, norm2, max(norm2 - float((S[:k] ** 2).sum()), 0.0), "exact")
+    return RankR(U[:, :k], S[:k], V[:, :k], S, norm2, max(norm2 - float((S[:k] ** 2).sum()), 0.0), "exact")
+
+
+def _top_energy(Z: torch.Tensor, rank: int) -> float:
+    """sum of the top `rank` squared singular values of a thin Z (n, l), from the l x l Gram matrix."""
+    z = Z.to(torch.float64)
+    return float(torch.linalg.eigvalsh(z.T @ z).flip(0)[:rank].clamp(min=0.0).sum())
 
 
 def rank_r_svd(matmul: Callable[[torch.Tensor], torch.Tensor], rmatmul: Callable[[torch.Tensor], torch.Tensor],
@@ -321,24 +350,25 @@ def rank_r_svd(matmul: Callable[[torch.Tensor], torch.Tensor], rmatmul: Callable
     with more iterations; we stop at the first q >= 1 where one more iteration lowered it by at most
     tol * e(q) + 1e-5 ||dW||_F^2, i.e. the error is converged to within ~1% of itself. If that has not
     happened after `max_iters` iterations the exact SVD of `dense()` is taken instead. Small matrices
-    (min(shape) <= 2 l) go straight to the exact route, which is then cheaper anyway.
+    (min(shape) <= max(2 l, GRAM_SIDE)) go straight to the exact route, which is then cheaper anyway (from
+    the short side's Gram matrix up to GRAM_SIDE). The convergence check reads the top singular values of
+    Z from its l x l Gram matrix.
 
     `matmul(X)` = dW X for X (n_in, k); `rmatmul(Y)` = dW^T Y for Y (n_out, k); `dense()` = dW."""
     n_out, n_in = shape
     rank = max(1, int(rank))
     ell = min(rank + RSVD_OVERSAMPLE, n_out, n_in)
-    if min(n_out, n_in) <= 2 * ell or norm2 == 0.0:
+    if min(n_out, n_in) <= max(2 * ell, GRAM_SIDE) or norm2 == 0.0:
         return _exact_rank_r(dense(), rank, norm2)
     g = torch.Generator().manual_seed(seed)
     omega = torch.randn(n_in, ell, generator=g, dtype=torch.float32).to(dtype)  # (n_in, l)
     Q = torch.linalg.qr(matmul(omega))[0]  # (n_out, l)
     Z = rmatmul(Q)  # (n_in, l) = (Q^T dW)^T
-    err_prev = norm2 - float((torch.linalg.svdvals(Z.to(torch.float64))[:rank] ** 2).sum())
+    err_prev = norm2 - _top_energy(Z, rank)
     for it in range(1, max_iters + 1):
         Q = torch.linalg.qr(matmul(torch.linalg.qr(Z)[0]))[0]  # (n_out, l): one power iteration
         Z = rmatmul(Q)  # (n_in, l)
-        s = torch.linalg.svdvals(Z.to(torch.float64))  # (l,)
-        err = norm2 - float((s[:rank] ** 2).sum())
+        err = norm2 - _top_energy(Z, rank)
         if err_prev - err <= tol * max(err, 0.0) + RSVD_FLOOR * norm2:
             Uz, S, Vh = torch.linalg.svd(Z.to(torch.float64), full_matrices=False)  # (n_in, l), (l,), (l, l)
             U = Q.to(torch.float64) @ Vh.T  # (n_out, l): B = Q^T dW = Vh^T S Uz^T, so dW ~ (Q Vh^T) S Uz^T

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
@@ -139,21 +140,22 @@ def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granul
         i: task_core(inputs[i].modules[module], granularity, p) for i in present}
     tasks = [inputs[i].modules[module] for i in present]
     claims = gather_claims([at[i] for i in present])
-    member = claims.member  # (N, U)
-    live = torch.tensor([weights is None or weights[i] != 0.0 for i in present], dtype=torch.bool)  # (N,)
-    claimed_twice = (member & live[:, None]).sum(dim=0) > 1  # (U,)
-    conflicts = (member & claimed_twice).sum(dim=1)  # (N,)
-    sizes = member.sum(dim=1)  # (N,)
+    # counts in numpy: torch's boolean reductions are several times slower on these (N, U) tables
+    member = claims.member.numpy()  # (N, U)
+    live = np.array([weights is None or weights[i] != 0.0 for i in present], dtype=bool)  # (N,)
+    claimed_twice = np.count_nonzero(member[live], axis=0) > 1  # (U,)
+    conflicts = np.count_nonzero(member & claimed_twice, axis=1)  # (N,)
+    sizes = np.count_nonzero(member, axis=1)  # (N,)
     if granularity == "entries":
         # the merged values on the union of the cores, read once for every task; each task's own value there
-        union_at = gather(merged, claims.positions)  # (U,)
-        old = claims.value.to(torch.float64)  # (N, U)
+        union_at = gather(merged, claims.positions).numpy().astype(np.float32)  # (U,) float32: ample for tol
+        old = claims.value.numpy()  # (N, U) float32, the cores' own values (this call's table: written below)
         for row, i in enumerate(present):
             if at[i].value.numel() != at[i].index.numel():  # a core given as a bare mask: read its values
-                old[row, member[row]] = gather(tasks[row], claims.positions[member[row]])
-        kept = (((union_at[None, :] - old).abs() <= tol * old.abs()) & member).sum(dim=1)  # (N,)
+                old[row, member[row]] = gather(tasks[row], claims.positions[torch.from_numpy(member[row])]).numpy()
+        kept = np.count_nonzero((np.abs(union_at[None, :] - old) <= tol * np.abs(old)) & member, axis=1)  # (N,)
     else:
-        kept = torch.tensor([retention(merged, tasks[row], at[i], granularity, tol) for row, i in enumerate(present)])
+        kept = np.array([retention(merged, tasks[row], at[i], granularity, tol) for row, i in enumerate(present)])
     geometry = task_geometry(tasks, merged)
     merged_norm2 = merged.frobenius_norm() ** 2
     return [{"index": i, "task": inputs[i].name, "module": module, "core": int(sizes[row]),

@@ -46,7 +46,8 @@ def check_compatible(adapters: Sequence[Adapter], *, force: bool = False) -> str
 
 def merge_adapters(adapters: Sequence[Adapter], method: str, *, weights: Sequence[float] | None = None,
                    params: Mapping[str, Any] | None = None, rank: int | None = None, force: bool = False,
-                   progress: Progress | None = None, threads: int | None = None) -> MergeResult:
+                   progress: Progress | None = None, threads: int | None = None,
+                   cores: tuple[tuple[str, float], Any] | None = None) -> MergeResult:
     """Merge `adapters` with the registered `method`; parameters are validated against its declaration.
 
     Weight 0 means no contribution, in every method: such an input is treated at every module exactly as
@@ -54,16 +55,20 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, *, weights: Sequenc
     With `rank`, each module is re-factored to its best rank-`rank` approximation right after it is merged
     (factored SVD when exact, a checked randomised range finder otherwise), and its spectrum is kept in
     `MergeResult.spectra`, so the fidelity at any smaller rank needs no second run. `threads` caps torch's
-    intra-op threads for the call (`analysis.threads.bounded_threads`)."""
+    intra-op threads for the call (`analysis.threads.bounded_threads`). `cores`: ((granularity, p), cores)
+    computed by `analysis.isolation.task_cores` for these adapters in this order; a method whose own core
+    settings are the same reuses them (the Merge page computes them once for every method it compares)."""
     if threads is not None:
         with bounded_threads(threads):
             return merge_adapters(adapters, method, weights=weights, params=params, rank=rank, force=force,
-                                  progress=progress)
+                                  progress=progress, cores=cores)
     spec = get_method(method)
     check_compatible(adapters, force=force)
     w = spec.resolve_weights(len(adapters), weights)
     p = spec.resolve_params(params)
-    shared = spec.prepare(adapters, w, p) if spec.prepare is not None else None
+    shared = None
+    if spec.prepare is not None:
+        shared = spec.prepare(adapters, w, p, cores=cores) if cores is not None else spec.prepare(adapters, w, p)
     modules = sorted(set().union(*(a.modules for a in adapters)))
     out: dict[str, Delta] = {}
     spectra: dict[str, ModuleSpectrum] = {}

@@ -29,6 +29,7 @@ from analysis.isolation import (
     ClaimStats,
     Core,
     Cores,
+    as_core,
     claimed_values,
     coefficient_maps,
     core_overlap,
@@ -86,12 +87,15 @@ class IsolationPlan:
                 "conflicts_per_module": {m: s.conflicts for m, s in sorted(self.stats.items())}}
 
 
-def plan_isolation(adapters: Sequence[Adapter], weights: Sequence[float],
-                   params: Mapping[str, ParamValue]) -> IsolationPlan:
-    # cores (one dense pass per input and module, kept sparse) and groups over the weighted inputs
+def plan_isolation(adapters: Sequence[Adapter], weights: Sequence[float], params: Mapping[str, ParamValue],
+                   cores: tuple[tuple[str, float], Cores] | None = None) -> IsolationPlan:
+    # cores (one dense pass per input and module, kept sparse; reused when the caller computed them with
+    # these settings) and groups over the weighted inputs
     granularity, p = str(params["granularity"]), float(params["p"])
-    cores = task_cores(adapters, granularity=granularity, p=p)
-    overlap = core_overlap(adapters, granularity=granularity, p=p, cores=cores)
+    reuse = cores is not None and (str(cores[0][0]), float(cores[0][1])) == (granularity, p) and \
+        _covers(cores[1], adapters, granularity)
+    own = cores[1] if reuse else task_cores(adapters, granularity=granularity, p=p)  # type: ignore[index]
+    overlap = core_overlap(adapters, granularity=granularity, p=p, cores=own)
     active = np.array([float(w) != 0.0 for w in weights])
     given = parse_groups(str(params["groups"]), len(adapters))
     groups = np.full(len(adapters), -1)
@@ -99,7 +103,18 @@ def plan_isolation(adapters: Sequence[Adapter], weights: Sequence[float],
         groups[active] = given[active]
     elif active.any():
         groups[active] = task_groups(overlap.jaccard[np.ix_(active, active)], float(params["tau"]))
-    return IsolationPlan(groups=groups, jaccard=overlap.jaccard, cores=cores, granularity=granularity, p=p)
+    return IsolationPlan(groups=groups, jaccard=overlap.jaccard, cores=own, granularity=granularity, p=p)
+
+
+def _covers(cores: Cores, adapters: Sequence[Adapter], granularity: str) -> bool:
+    """Whether precomputed cores hold every input's core at every module it has, of that module's shape."""
+    for i, a in enumerate(adapters):
+        for m, d in a.modules.items():
+            core = cores.get(m, {}).get(i)
+            want = {"rows": d.shape[:1], "columns": d.shape[1:]}.get(granularity, d.shape)
+            if core is None or tuple(as_core(core).shape) != tuple(want):
+                return False
+    return True
 
 
 def blend_coefficients(deltas: Sequence[Delta], weights: Sequence[float], how: str) -> torch.Tensor:

@@ -82,8 +82,10 @@ class ModuleContext:
 # merge_module(deltas, weights, params, ctx) -> Delta (or a SparsePlusLowRank that `merge_adapters` re-factors
 # or materialises); deltas are the inputs present at this module with a nonzero weight
 ModuleFn = Callable[[Sequence[Delta], Sequence[float], Mapping[str, ParamValue], ModuleContext], Delta]
-# prepare(adapters, weights, params) -> shared state for every module (e.g. isolation's task groups)
-PrepareFn = Callable[[Sequence[Adapter], Sequence[float], Mapping[str, ParamValue]], Any]
+# prepare(adapters, weights, params, cores=None) -> shared state for every module (e.g. isolation's task groups);
+# `cores` = ((granularity, p), analysis.isolation.Cores) precomputed by the caller for every input, which a
+# method whose own cores have those settings may reuse instead of recomputing them
+PrepareFn = Callable[..., Any]
 
 
 @dataclass(frozen=True)

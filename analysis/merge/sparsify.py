@@ -24,11 +24,12 @@ from __future__ import annotations
 import zlib
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
-from analysis.adapters.model import Delta
+from analysis.adapters.model import Delta, LowRankDelta
 from analysis.isolation import top_indices
-from analysis.merge.ops import dense, like
+from analysis.merge.ops import DENSE_DTYPE, dense, like
 from analysis.merge.registry import ModuleContext, Param, ParamValue, register
 
 DENSITY = Param("density", float, 0.2, "fraction of each task vector's entries kept (TIES paper: top 20%)",
@@ -53,6 +54,61 @@ def trim(task: torch.Tensor, density: float) -> torch.Tensor:
         idx = top_indices(task.abs().reshape(-1), k, ordered=False)  # (k,) linear-time selection
         out[idx] = task.reshape(-1)[idx]
     return out.reshape(task.shape)
+
+
+def trim_rows(stacked: torch.Tensor, density: float) -> torch.Tensor:
+    """`trim` of every task at once, in place: stacked (N, ...) float32/64 keeps, per task, its
+    int(density * numel) largest-magnitude entries (the same k as `trim`) and is zeroed elsewhere.
+
+    One threshold per task from a linear-time selection (numpy's introselect over the N rows together),
+    then one comparison pass; the few tasks with several entries equal to their threshold keep the first
+    ones in position order, so each keeps exactly k (a top-k breaks ties arbitrarily; this way is also
+    deterministic). Entries equal to a zero threshold are zeros either way."""
+    n = stacked.shape[0]
+    flat = stacked.reshape(n, -1)  # (N, m) a view
+    m = flat.shape[1]
+    k = int(density * m)
+    if density >= 1.0 or n == 0 or m == 0:
+        return stacked
+    if k <= 0:
+        return stacked.zero_()
+    values = flat.numpy()  # (N, m) a view (numpy's float kernels; torch's boolean ones are slow here)
+    mag = np.abs(values)  # (N, m)
+    kth = np.partition(mag, m - k, axis=1)[:, m - k]  # (N,) k-th largest magnitude per task
+    keep = mag >= kth[:, None]  # (N, m)
+    extra = np.count_nonzero(keep, axis=1) - k  # (N,) entries tied at the threshold beyond k
+    for row in np.flatnonzero((extra > 0) & (kth > 0)):
+        ties = np.flatnonzero(mag[row] == kth[row])  # (t,) in position order
+        keep[row, ties[len(ties) - int(extra[row]):]] = False
+    np.multiply(values, keep, out=values)
+    return stacked
+
+
+def stacked_dense(deltas: Sequence[Delta]) -> torch.Tensor:
+    """(N, n_out, n_in) DENSE_DTYPE tensors of the inputs, one batched GEMM when they are LoRAs of one rank."""
+    if len({d.rank if isinstance(d, LowRankDelta) else -1 for d in deltas}) == 1 and isinstance(deltas[0], LowRankDelta):
+        Bs = torch.stack([d.B.to(DENSE_DTYPE) * float(d.scale) for d in deltas])  # type: ignore[union-attr]
+        As = torch.stack([d.A.to(DENSE_DTYPE) for d in deltas])  # type: ignore[union-attr]  # (N, r, n_in)
+        return torch.bmm(Bs, As)  # (N, n_out, n_in)
+    return torch.stack([dense(d) for d in deltas])
+
+
+def ties_merge(stacked: torch.Tensor, weights: Sequence[float], majority: str, lam: float) -> torch.Tensor:
+    """Weight, elect sign and take the disjoint mean (mergekit's rule) of trimmed tasks (N, ...), in place:
+    the same numbers as `disjoint_mean(w * stacked, elect_sign(w * stacked)) * lam`, in float passes only
+    (torch's boolean kernels are several times slower than its float ones on these sizes).
+
+    With e = +-1 the elected sign, P = max(e * x_i, 0) is |x_i| where task i agrees and 0 elsewhere, so the
+    weighted sum of the agreeing entries is e * sum_i P_i and their summed weight is sum_i w_i sign(P_i)."""
+    w = torch.tensor([float(x) for x in weights], dtype=stacked.dtype)  # (N,)
+    view = (-1,) + (1,) * (stacked.dim() - 1)
+    stacked.mul_(w.reshape(view))  # weighted task vectors
+    votes = stacked.sum(dim=0) if majority == "total" else stacked.sign().sum(dim=0)  # (...)
+    elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)  # (...) ties at zero go to +
+    agreeing = stacked.mul_(elected).clamp_(min=0)  # (N, ...) |x_i| where task i agrees, else 0
+    divisor = torch.tensordot(w, agreeing.sign(), dims=1)  # (...) summed weight of the agreeing tasks
+    merged = agreeing.sum(dim=0).mul_(elected)  # (...)
+    return merged.div_(torch.where(divisor == 0, torch.ones_like(divisor), divisor)).mul_(lam)
 
 
 def random_drop(task: torch.Tensor, drop_rate: float, generator: torch.Generator, *, rescale: bool) -> torch.Tensor:
@@ -97,13 +153,10 @@ def _weighted(tasks: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.
                "mean (mergekit's rule); dense result")
 def ties(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
          ctx: ModuleContext) -> Delta:
-    # trim
-    tasks = [trim(dense(d), float(params["density"])) for d in deltas]
-    stacked = _weighted(tasks, weights)  # (N, n_out, n_in)
-    # elect sign (on the weighted task vectors)
-    agree = elect_sign(stacked, str(params["majority_sign"]))  # (N, n_out, n_in)
-    # disjoint merge (divided by the agreeing tasks' summed weight)
-    merged = disjoint_mean(stacked, agree, weights) * float(params["lambda"])  # (n_out, n_in)
+    # trim (every task at once, in place)
+    stacked = trim_rows(stacked_dense(deltas), float(params["density"]))  # (N, n_out, n_in)
+    # weight, elect sign (on the weighted task vectors), disjoint merge (divided by the agreeing tasks' summed weight)
+    merged = ties_merge(stacked, weights, str(params["majority_sign"]), float(params["lambda"]))  # (n_out, n_in)
     return like(deltas[0], W=merged)
 
 
@@ -111,10 +164,10 @@ def ties(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str,
           help="trim each update to its top density by magnitude, then lambda * weighted sum; dense result")
 def magnitude_prune(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
                     ctx: ModuleContext) -> Delta:
-    # trim
-    tasks = [trim(dense(d), float(params["density"])) for d in deltas]
+    # trim (every task at once, in place)
+    tasks = trim_rows(stacked_dense(deltas), float(params["density"]))  # (N, n_out, n_in)
     # merge
-    merged = _weighted(tasks, weights).sum(dim=0) * float(params["lambda"])  # (n_out, n_in)
+    merged = _weighted(list(tasks), weights).sum(dim=0) * float(params["lambda"])  # (n_out, n_in)
     return like(deltas[0], W=merged)
 
 
@@ -140,9 +193,7 @@ def dare_linear(deltas: Sequence[Delta], weights: Sequence[float], params: Mappi
 def dare_ties(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
               ctx: ModuleContext) -> Delta:
     # drop and rescale
-    stacked = _weighted(_dare_tasks(deltas, params, ctx), weights)  # (N, n_out, n_in)
-    # elect sign (on the weighted task vectors)
-    agree = elect_sign(stacked, str(params["majority_sign"]))  # (N, n_out, n_in)
-    # disjoint merge (divided by the agreeing tasks' summed weight)
-    merged = disjoint_mean(stacked, agree, weights) * float(params["lambda"])  # (n_out, n_in)
+    stacked = torch.stack(_dare_tasks(deltas, params, ctx))  # (N, n_out, n_in)
+    # weight, elect sign (on the weighted task vectors), disjoint merge (divided by the agreeing tasks' summed weight)
+    merged = ties_merge(stacked, weights, str(params["majority_sign"]), float(params["lambda"]))  # (n_out, n_in)
     return like(deltas[0], W=merged)

@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from analysis.adapters.model import Delta, DenseDelta, LowRankDelta
@@ -70,6 +71,14 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n_rows: int
         return torch.sparse_csr_tensor(crow, cols, vals, (n_rows, n_cols))
 
 
+def _stable_order(keys: torch.Tensor, bound: int) -> torch.Tensor:
+    """Stable argsort of non-negative int keys < bound: numpy's radix sort when they fit 16 bits (~2x
+    torch's stable sort on a 7B module's 670k claimed positions), torch's otherwise."""
+    if bound <= 1 << 16:
+        return torch.from_numpy(np.argsort(keys.numpy().astype(np.uint16), kind="stable"))
+    return torch.sort(keys.to(torch.int32 if bound < 2**31 else torch.int64), stable=True).indices
+
+
 @dataclass(frozen=True, eq=False)
 class SparsePlusLowRank:
     """dW = `base` (a LowRankDelta or DenseDelta: the blend) except at sorted flat `positions`, where it is `values`."""
@@ -92,7 +101,7 @@ class SparsePlusLowRank:
         rows, cols = self.positions // n_in, self.positions % n_in
         corr = (self.values.to(torch.float64) - self.base_at).float()  # (nnz,)
         S = _csr(rows, cols, corr, n_out, n_in)  # (n_out, n_in) sparse; positions are row-major sorted
-        order = torch.sort(cols.to(torch.int32), stable=True).indices  # column-major, rows stay sorted
+        order = _stable_order(cols, n_in)  # column-major, rows stay sorted
         St = _csr(cols[order], rows[order], corr[order], n_in, n_out)  # (n_in, n_out) sparse
         if isinstance(self.base, LowRankDelta):
             b, a = self.base.factors(torch.float32)  # (n_out, R), (R, n_in)

@@ -210,8 +210,10 @@ def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | No
     cap = max(_cap(adapters, w), export.rank or 0)
     refactor = export.format != "delta" and (export.rank is not None or export.rank_mode in ("auto", "fixed")
                                              or not spec.is_exact(resolved))
+    given = ((str(cores_default[0]), float(cores_default[1])), cores) if (
+        cores is not None and cores_default is not None) else None  # the caller's cores, reused when they fit
     result = merge_adapters(list(adapters.adapters), method, weights=w, params=resolved, force=force,
-                            rank=cap if refactor else None, progress=reporter.stage("merge"))
+                            rank=cap if refactor else None, progress=reporter.stage("merge"), cores=given)
     spec_of = None
     if export.format != "delta":
         kept = getattr(result, "spectra", None) or {}

@@ -187,11 +187,11 @@ def _decaying(n_out: int, n_in: int, seed: int, decay: float) -> torch.Tensor:
 def test_rank_r_svd_is_within_its_stated_bound_of_the_exact_svd(decay: float, rank: int) -> None:
     from analysis.linalg import rank_r_svd
 
-    W = _decaying(160, 140, seed=3, decay=decay)
+    W = _decaying(300, 280, seed=3, decay=decay)  # short side above GRAM_SIDE: the randomised route
     norm2 = float((W**2).sum())
     res = rank_r_svd(lambda X: W @ X.double(), lambda Y: W.T @ Y.double(), tuple(W.shape), rank, norm2=norm2,
                      dense=lambda: W, dtype=torch.float64)
-    assert res.method == "randomized" and res.U.shape == (160, rank) and res.V.shape == (140, rank)
+    assert res.method == "randomized" and res.U.shape == (300, rank) and res.V.shape == (280, rank)
     approx = (res.U * res.S) @ res.V.T
     true_err2 = float(((W - approx) ** 2).sum())
     # 1. the reported error is the error of the answer returned (exact identity, not an estimate)
@@ -207,13 +207,37 @@ def test_rank_r_svd_is_within_its_stated_bound_of_the_exact_svd(decay: float, ra
 def test_rank_r_svd_falls_back_to_exact_when_the_check_fails_and_for_small_matrices() -> None:
     from analysis.linalg import rank_r_svd
 
-    W = _decaying(160, 140, seed=4, decay=0.999)  # flat spectrum: slow to converge
+    W = _decaying(300, 280, seed=4, decay=0.999)  # flat spectrum: slow to converge
     norm2 = float((W**2).sum())
     res = rank_r_svd(lambda X: W @ X.double(), lambda Y: W.T @ Y.double(), tuple(W.shape), 8, norm2=norm2,
                      dense=lambda: W, max_iters=0)
     S = torch.linalg.svdvals(W)
-    assert res.method == "exact" and torch.allclose(res.S, S[:8]) and res.values.numel() == 140
+    assert res.method == "exact" and torch.allclose(res.S, S[:8]) and res.values.numel() == 280
     small = _decaying(30, 20, seed=5, decay=0.8)
     res = rank_r_svd(lambda X: small @ X, lambda Y: small.T @ Y, (30, 20), 4, norm2=float((small**2).sum()),
                      dense=lambda: small)
     assert res.method == "exact" and res.error2 == pytest.approx(float((torch.linalg.svdvals(small)[4:] ** 2).sum()))
+
+
+@pytest.mark.parametrize("shape", [(192, 576), (576, 192), (200, 200)])
+def test_gram_svd_equals_the_full_svd_including_rank_deficient_matrices(shape: tuple[int, int]) -> None:
+    """The exact route for short sides up to GRAM_SIDE (eigh of the Gram matrix) against torch's SVD."""
+    from analysis.linalg import GRAM_SIDE, gram_svd, rank_r_svd
+
+    g = torch.Generator().manual_seed(7)
+    W = torch.randn(shape[0], 40, generator=g, dtype=torch.float64) @ torch.randn(40, shape[1], generator=g,
+                                                                                 dtype=torch.float64)  # rank 40
+    U, S, V = gram_svd(W)
+    ref = torch.linalg.svdvals(W)
+    assert min(shape) <= GRAM_SIDE and S.shape == ref.shape
+    assert torch.allclose(S[:40], ref[:40], rtol=1e-10) and float(S[40:].max()) <= 1e-6 * float(ref[0])
+    # the top-40 factors rebuild W; the kept vectors are orthonormal
+    assert torch.allclose((U[:, :40] * S[:40]) @ V[:, :40].T, W, atol=1e-9 * float(ref[0]))
+    assert torch.allclose(U[:, :40].T @ U[:, :40], torch.eye(40, dtype=torch.float64), atol=1e-8)
+    assert torch.allclose(V[:, :40].T @ V[:, :40], torch.eye(40, dtype=torch.float64), atol=1e-8)
+    # rank_r_svd takes this route for such shapes and reports the exact error of its answer
+    norm2 = float((W**2).sum())
+    res = rank_r_svd(lambda X: W @ X, lambda Y: W.T @ Y, shape, 10, norm2=norm2, dense=lambda: W)
+    approx = (res.U * res.S) @ res.V.T
+    assert res.method == "exact" and res.error2 == pytest.approx(float(((W - approx) ** 2).sum()), rel=1e-8)
+    assert res.error2 == pytest.approx(float((ref[10:] ** 2).sum()), rel=1e-8)

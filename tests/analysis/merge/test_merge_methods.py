@@ -215,3 +215,37 @@ def test_pydantic_parameter_models_come_from_the_declarations():
     schema = recipe_json_schema()["x-method-parameters"]
     assert set(schema) == set(METHODS)
     assert schema["ties"]["properties"]["density"]["maximum"] == 1.0
+
+
+def test_trim_rows_keeps_each_tasks_top_k_like_trim_and_exactly_k_under_ties():
+    from analysis.merge.sparsify import trim_rows
+
+    g = torch.Generator().manual_seed(11)
+    X = torch.randn(5, 30, 20, generator=g)  # (N, n_out, n_in), no ties
+    got = trim_rows(X.clone(), 0.3)
+    want = torch.stack([trim(x, 0.3) for x in X])  # one task at a time, by top-k
+    assert torch.equal(got, want)
+    # ties at the threshold: exactly k kept per task, the first ones in position order
+    T = torch.tensor([[[3.0, 1.0, 1.0, 1.0, 1.0, -2.0]], [[0.0, 0.0, 5.0, 0.0, 0.0, 0.0]]])  # (2, 1, 6)
+    kept = trim_rows(T.clone(), 0.5)  # k = 3
+    assert torch.equal(kept[0], torch.tensor([[3.0, 1.0, 0.0, 0.0, 0.0, -2.0]]))
+    assert torch.count_nonzero(kept[0]) == 3 and torch.equal(kept[1], T[1])  # zeros tie at 0: nothing changes
+
+
+def test_isolation_reuses_cores_given_with_its_own_settings_and_ignores_others(monkeypatch):  # noqa: ANN001
+    import analysis.merge.isolation as iso_merge
+    from analysis.isolation import task_cores
+
+    ads = [random_adapter(f"t{i}", rank=3, shapes={"m0": (24, 20), "m1": (24, 20)}, seed=i) for i in range(3)]
+    own = merge_adapters(ads, "isolation", params={"p": 0.05})
+    cores = task_cores(ads, granularity="entries", p=0.05)
+    calls = []
+    real = iso_merge.task_cores
+    monkeypatch.setattr(iso_merge, "task_cores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reused = merge_adapters(ads, "isolation", params={"p": 0.05}, cores=(("entries", 0.05), cores))
+    assert calls == [] and reused.cores is cores
+    for m in own.modules:
+        assert torch.equal(reused.modules[m].dense(torch.float64), own.modules[m].dense(torch.float64))
+    merge_adapters(ads, "isolation", params={"p": 0.05}, cores=(("entries", 0.01), cores))  # other settings
+    merge_adapters(ads[:2], "isolation", params={"p": 0.05}, cores=(("entries", 0.05), {}))  # not covering
+    assert calls == [1, 1]

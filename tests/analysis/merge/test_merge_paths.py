@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from merge_factories import random_adapter
 
 import analysis.isolation as iso
+import analysis.merge.sparsify as sparsify
 from analysis.adapters.model import DenseDelta, LowRankDelta
 from analysis.isolation import core_mask, task_cores, top_indices
+from analysis.linalg import GRAM_SIDE
 from analysis.merge import merge_adapters
 from analysis.merge.structured import SparsePlusLowRank, gather
 from analysis.preview import fidelity_curve, preview_merge
@@ -110,12 +112,19 @@ class DenseCounter:
             self.calls += 1
             return track(real_into(d, buffer))
 
+        real_stacked = sparsify.stacked_dense
+
+        def stacked_dense(deltas):  # noqa: ANN001, ANN202 - TIES forms its N inputs in one batched GEMM
+            self.calls += len(deltas)
+            return track(real_stacked(deltas))
+
         monkeypatch.setattr(LowRankDelta, "dense", dense)
         monkeypatch.setattr(iso, "dense_into", dense_into)
+        monkeypatch.setattr(sparsify, "stacked_dense", stacked_dense)
 
 
 def test_entry_isolation_densifies_each_input_once_per_module_and_streams(monkeypatch: pytest.MonkeyPatch):
-    shapes = {f"layers.{i}.q": (64, 48) for i in range(4)}
+    shapes = {f"layers.{i}.q": (GRAM_SIDE + 40, GRAM_SIDE + 8) for i in range(4)}  # operator route, not dense
     ads = trio(shapes=shapes)
     counter = DenseCounter(monkeypatch)
     alive_between: list[int] = []
@@ -135,7 +144,7 @@ def test_entry_isolation_densifies_each_input_once_per_module_and_streams(monkey
 
 
 def test_ties_with_a_rank_streams_module_by_module(monkeypatch: pytest.MonkeyPatch):
-    shapes = {f"layers.{i}.q": (64, 48) for i in range(4)}
+    shapes = {f"layers.{i}.q": (GRAM_SIDE + 40, GRAM_SIDE + 8) for i in range(4)}
     ads = trio(shapes=shapes)
     counter = DenseCounter(monkeypatch)
     alive_between: list[int] = []
