@@ -148,7 +148,7 @@ def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granul
     sizes = np.count_nonzero(member, axis=1)  # (N,)
     if granularity == "entries":
         # the merged values on the union of the cores, read once for every task; each task's own value there
-        union_at = gather(merged, claims.positions).numpy().astype(np.float32)  # (U,) float32: ample for tol
+        union_at = gather(merged, claims.positions, torch.float32).numpy()  # (U,) float32: ample for tol
         old = claims.value.numpy()  # (N, U) float32, the cores' own values (this call's table: written below)
         for row, i in enumerate(present):
             if at[i].value.numel() != at[i].index.numel():  # a core given as a bare mask: read its values

@@ -101,12 +101,16 @@ def ties_merge(stacked: torch.Tensor, weights: Sequence[float], majority: str, l
     With e = +-1 the elected sign, P = max(e * x_i, 0) is |x_i| where task i agrees and 0 elsewhere, so the
     weighted sum of the agreeing entries is e * sum_i P_i and their summed weight is sum_i w_i sign(P_i)."""
     w = torch.tensor([float(x) for x in weights], dtype=stacked.dtype)  # (N,)
-    view = (-1,) + (1,) * (stacked.dim() - 1)
-    stacked.mul_(w.reshape(view))  # weighted task vectors
+    equal = bool((w == w[0]).all()) and float(w[0]) > 0  # equal weights (the default): the plain mean
+    if not equal:
+        stacked.mul_(w.reshape((-1,) + (1,) * (stacked.dim() - 1)))  # weighted task vectors
     votes = stacked.sum(dim=0) if majority == "total" else stacked.sign().sum(dim=0)  # (...)
     elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)  # (...) ties at zero go to +
     agreeing = stacked.mul_(elected).clamp_(min=0)  # (N, ...) |x_i| where task i agrees, else 0
-    divisor = torch.tensordot(w, agreeing.sign(), dims=1)  # (...) summed weight of the agreeing tasks
+    if equal:  # sum_i w x_i over the agreeing / (w * their count) = their plain mean
+        divisor = agreeing.sign().sum(dim=0)  # (...) how many tasks agree
+    else:
+        divisor = torch.tensordot(w, agreeing.sign(), dims=1)  # (...) summed weight of the agreeing tasks
     merged = agreeing.sum(dim=0).mul_(elected)  # (...)
     return merged.div_(torch.where(divisor == 0, torch.ones_like(divisor), divisor)).mul_(lam)
 

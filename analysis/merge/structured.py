@@ -47,15 +47,16 @@ def gather_lowrank(B: torch.Tensor, A: torch.Tensor, positions: torch.Tensor, n_
     return out
 
 
-def gather(delta: Delta, positions: torch.Tensor) -> torch.Tensor:
-    """dW at sorted flat positions (k,) as float64, without forming dW when it is low rank (computed in
-    float32 on modules over BIG entries: ample for the 25% retention test and the float32 operator)."""
+def gather(delta: Delta, positions: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """dW at sorted flat positions (k,) in `dtype`, without forming dW when it is low rank (computed in
+    float32 on modules over BIG entries, or when float32 is asked: ample for the 25% retention test and
+    the float32 operator)."""
     if isinstance(delta, LowRankDelta):
         n_out, n_in = delta.shape
-        dtype = torch.float64 if n_out * n_in <= BIG else torch.float32  # float32 GEMM on big modules
-        b, a = delta.factors(dtype)  # (n_out, r), (r, n_in)
-        return gather_lowrank(b, a, positions, n_in).to(torch.float64)
-    return delta.W.reshape(-1)[positions].to(torch.float64)
+        work = torch.float64 if n_out * n_in <= BIG and dtype == torch.float64 else torch.float32
+        b, a = delta.factors(work)  # (n_out, r), (r, n_in)
+        return gather_lowrank(b, a, positions, n_in).to(dtype)
+    return delta.W.reshape(-1)[positions].to(dtype)
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:

@@ -249,3 +249,18 @@ def test_isolation_reuses_cores_given_with_its_own_settings_and_ignores_others(m
     merge_adapters(ads, "isolation", params={"p": 0.05}, cores=(("entries", 0.01), cores))  # other settings
     merge_adapters(ads[:2], "isolation", params={"p": 0.05}, cores=(("entries", 0.05), {}))  # not covering
     assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [0.3, 1.2, 0.7], [-0.5, -0.5, -0.5],
+                                     [1.0, -2.0, 0.5]])
+@pytest.mark.parametrize("majority", ["total", "frequency"])
+def test_fused_ties_merge_equals_the_step_by_step_rule(weights: list[float], majority: str):
+    """`ties_merge` (float passes, equal-weight shortcut) against elect_sign + disjoint_mean on w * x."""
+    from analysis.merge.sparsify import ties_merge
+
+    g = torch.Generator().manual_seed(5)
+    tasks = torch.stack([trim(torch.randn(9, 7, generator=g, dtype=torch.float64), 0.4) for _ in weights])
+    weighted = tasks * torch.tensor(weights, dtype=torch.float64)[:, None, None]
+    want = disjoint_mean(weighted, elect_sign(weighted, majority), weights) * 0.8
+    got = ties_merge(tasks.clone(), weights, majority, 0.8)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-15)
