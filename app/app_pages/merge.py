@@ -128,21 +128,39 @@ if not st.session_state.get("merge_compared") or not usable:
     st.stop()
 
 runs: dict[str, object] = {}
-bar = None
-for i, method in enumerate(usable):
-    if not cache.merge_ready(merge_key(method)) and bar is None:
-        bar = st.progress(0.0, text="Merging…")
+keys = {method: merge_key(method) for method in usable}
+status: dict[str, tuple[str, int, int, float | None]] = {}  # method -> (stage, done, total, eta), from the workers
+bar = None if all(cache.merge_ready(k) for k in keys.values()) else st.progress(0.0, text="Merging…")
 
-    def step(stage: str, done: int, total: int, eta: float | None, label: str, i: int = i, method: str = method) -> None:
-        lo, hi = STAGES.get(stage, (0.0, 1.0))
-        frac = (i + lo + (hi - lo) * done / max(total, 1)) / len(usable)
-        bar.progress(min(frac, 1.0), text=f"{method} ({i + 1}/{len(usable)}): {stage} {done}/{total} "
-                                          f"{format_eta(eta)}")
 
-    try:
-        runs[method] = cache.merge_run(merge_key(method), step)
-    except AtlasError as exc:
-        st.error(f"{method}: {exc}")
+def on_progress(key: cache.MergeKey, stage: str, done: int, total: int, eta: float | None, label: str) -> None:
+    status[key[1]] = (stage, done, total, eta)  # bookkeeping only: widgets belong to the script's thread
+
+
+def redraw() -> None:
+    """Overall share done, and each running method's stage; called from this thread while merges run."""
+    if bar is None:
+        return
+    fracs, lines, etas = [], [], []
+    for method in usable:
+        if cache.merge_ready(keys[method]):
+            fracs.append(1.0)
+            continue
+        stage, done, total, eta = status.get(method, ("waiting", 0, 1, None))
+        lo, hi = STAGES.get(stage, (0.0, 0.0))
+        fracs.append(lo + (hi - lo) * done / max(total, 1))
+        if stage not in ("waiting", "done"):
+            lines.append(f"{method}: {stage} {done}/{total}")
+            etas.append(eta)
+    left = format_eta(max(etas)) if etas and all(e is not None for e in etas) else ""
+    bar.progress(min(sum(fracs) / max(len(fracs), 1), 1.0), text=" · ".join(lines + [left]) or "Merging…")
+
+
+for key, value in cache.merge_runs(list(keys.values()), on_progress, redraw).items():
+    if isinstance(value, AtlasError):
+        st.error(f"{key[1]}: {value}")
+    else:
+        runs[key[1]] = value
 if bar is not None:
     bar.empty()
 if not runs:

@@ -51,6 +51,7 @@ from app.cache.merge import (  # noqa: F401
     merge_export,
     merge_ready,
     merge_run,
+    merge_runs,
     merge_zip,
     merged_accuracy,
     sample_tasks,

@@ -63,6 +63,40 @@ def merge_run(key: MergeKey, progress: Any = None) -> Any:
     return _remember(("run", key), run)
 
 
+def merge_runs(keys: list[MergeKey], progress: Any = None, poll: Any = None) -> dict[MergeKey, Any]:
+    """{key: MergeRun, or the AtlasError its merge raised} for several merges, the missing ones computed
+    side by side (`analysis.workflow.parallel.run_side_by_side`: one merge per core, one torch thread each).
+
+    Everything Streamlit is touched here, in the script's thread (the cached adapter set and cores);
+    the workers run only library code. `progress(key, stage, done, total, eta, label)` is called from the
+    workers (bookkeeping only); `poll()` from this thread, to redraw and to stop (raise) on Cancel."""
+    from analysis.workflow import ExportSpec, run_merge
+    from analysis.workflow.parallel import run_side_by_side
+
+    memo = _merge_runs()
+    jobs = {}
+    for key in keys:
+        if ("run", key) in memo:
+            continue
+        refs, method, params, weights, cores, extras = key
+
+        def job(step: Any, refs: Any = refs, method: str = method, params: Any = params, weights: Any = weights,
+                cores: Any = cores, extras: str = extras, aset: Any = adapter_set(refs),
+                given: Any = merge_cores(refs, *cores)) -> Any:
+            from analysis.workflow import ProgressReporter
+
+            return run_merge(aset, method, dict(params), list(weights) if weights else None,
+                             ExportSpec(extras=extras), cores_default=cores, cores=given,
+                             progress=ProgressReporter(step))
+
+        jobs[key] = job
+    done = run_side_by_side(jobs, progress=progress, poll=poll) if jobs else {}
+    for key, value in done.items():
+        if not isinstance(value, Exception):
+            _remember(("run", key), value)
+    return {key: memo.get(("run", key), done.get(key)) for key in keys}
+
+
 def merge_export(key: MergeKey, fmt: str, rank: int | None, progress: Any = None) -> Any:
     """The run written as `fmt` at `rank` (None: the run's own choice); only the preview is redone."""
     from analysis.workflow import ExportSpec, ProgressReporter, reexport
