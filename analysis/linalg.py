@@ -30,6 +30,7 @@ __all__ = [
     "factored_svd",
     "block_sums",
     "delta_svd",
+    "singular_values",
     "gram_all_pairs",
     "principal_angles",
     "subspace_similarity",
@@ -85,6 +86,21 @@ def factored_svd(
     u = q_b @ u_c  # (n_out, m)
     v = q_a @ vh_c.T  # (n_in, m)
     return _truncate(u, s, v, rtol)
+
+
+def singular_values(delta: Delta) -> torch.Tensor:
+    """The nonzero singular values (k,) of one module's update, descending, float64, as `delta_svd` returns
+    them; for a LowRankDelta from the R factors of QR(B) and QR(A^T) only (no orthonormal bases formed)."""
+    if isinstance(delta, LowRankDelta):
+        b, a = delta.factors(torch.float64)  # (n_out, r), (r, n_in)
+        n_out, n_in = b.shape[0], a.shape[1]
+        r_b = torch.linalg.qr(b, mode="r")[1]  # (m_b, r)
+        r_a = torch.linalg.qr(a.T, mode="r")[1]  # (m_a, r)
+        s = torch.linalg.svdvals(r_b @ r_a.T)  # (m,)
+        rtol = max(n_out, n_in, 1) * float(np.finfo(np.float64).eps)
+        k = 0 if s.numel() == 0 or float(s[0]) == 0.0 else int((s > rtol * s[0]).sum())
+        return s[:k]
+    return delta_svd(delta)[1]
 
 
 def delta_svd(

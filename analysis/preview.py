@@ -25,6 +25,7 @@ import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
 from analysis.isolation import Core, as_core, column_energy, gather_claims, row_energy, task_core
+from analysis.linalg import singular_values
 from analysis.merge.ops import ModuleSpectrum, inner, linear_combination, svd_of, truncate_with_spectrum
 from analysis.merge.structured import gather
 
@@ -51,12 +52,12 @@ def export_view(merged: Delta, rank: int | None, spectrum: ModuleSpectrum | None
     """The module as it will be written at `rank` (re-factored when wider), and its spectrum."""
     if rank is None:
         if spectrum is None and isinstance(merged, LowRankDelta):
-            S = svd_of(merged)[1]  # (k,)
+            S = singular_values(merged)  # (k,)
             spectrum = ModuleSpectrum(S, float((S**2).sum()), True)
         return merged, spectrum
     if isinstance(merged, LowRankDelta) and merged.rank <= rank:
         if spectrum is None:
-            S = svd_of(merged)[1]  # (k,)
+            S = singular_values(merged)  # (k,)
             spectrum = ModuleSpectrum(S, float((S**2).sum()), True)
         return merged, spectrum
     written, own = truncate_with_spectrum(merged, rank)

@@ -15,12 +15,14 @@ smaller rank, and truncating the rank-cap factors again at R is the rank-R answe
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+import numpy as np
+
 from analysis.adapters.model import Delta, LowRankDelta
-from analysis.merge.ops import ModuleSpectrum, svd_of
+from analysis.linalg import singular_values
+from analysis.merge.ops import ModuleSpectrum
 
 DEFAULT_TARGET_ERROR = 0.05
 
@@ -35,11 +37,28 @@ class Spectrum:
 
     def error(self, rank: int | None) -> float:
         """Pooled relative Frobenius error of the rank-`rank` export (0 for None: exact)."""
-        tot = sum(s.norm2 for s in self.modules.values())
-        if rank is None or tot <= 0.0:
+        if rank is None:
             return 0.0
-        tail = sum(s.relative_error(rank) ** 2 * s.norm2 for s in self.modules.values())
-        return math.sqrt(tail / tot)
+        curve = self._curve(max(int(rank), 0))
+        return float(curve[min(max(int(rank), 0), curve.size - 1)])
+
+    def _curve(self, upto: int) -> np.ndarray:
+        """(K + 1,) pooled relative error at ranks 0..K, K >= upto: one cumulative sum per module."""
+        cached = self.__dict__.get("_curve_cache")
+        if cached is not None and cached.size > upto:
+            return cached
+        K = max(upto, self.cap, max((int(s.values.numel()) for s in self.modules.values()), default=0))
+        tot = sum(s.norm2 for s in self.modules.values())
+        tail = np.zeros(K + 1)
+        for s in self.modules.values():
+            kept = np.zeros(K + 1)
+            sq = np.cumsum(s.values.double().numpy() ** 2)[:K]  # (min(k, K),)
+            kept[1:sq.size + 1] = sq
+            kept[sq.size + 1:] = sq[-1] if sq.size else 0.0
+            tail += np.maximum(s.norm2 - kept, 0.0)
+        curve = np.sqrt(tail / tot) if tot > 0.0 else np.zeros(K + 1)
+        object.__setattr__(self, "_curve_cache", curve)
+        return curve
 
     def worst(self, rank: int | None) -> tuple[str | None, float]:
         """(module, relative error) of the module the rank-`rank` export approximates worst."""
@@ -51,10 +70,9 @@ class Spectrum:
 
     def smallest_rank(self, target: float) -> tuple[int, bool]:
         """(smallest rank with pooled error <= target, whether it is reached within the cap)."""
-        for r in range(1, self.cap + 1):
-            if self.error(r) <= target:
-                return r, True
-        return self.cap, False
+        curve = self._curve(self.cap)[1:self.cap + 1]  # ranks 1..cap
+        hit = np.flatnonzero(curve <= target)
+        return (int(hit[0]) + 1, True) if hit.size else (self.cap, False)
 
     def fidelity(self, rank: int | None) -> dict[str, float | str | None]:
         module, worst = self.worst(rank)
@@ -65,7 +83,7 @@ def module_spectrum(delta: Delta, cap: int) -> ModuleSpectrum:
     """The spectrum of one module: exact from the factors when low rank, else the rank-`cap` route of
     `analysis.merge.ops.truncate_with_spectrum` (randomised with a convergence check, exact when small)."""
     if isinstance(delta, LowRankDelta):
-        S = svd_of(delta)[1].double()  # (k,): exact, factored
+        S = singular_values(delta)  # (k,): exact, factored
         return ModuleSpectrum(S, float((S**2).sum()), True, "exact")
     from analysis.merge.ops import truncate_with_spectrum
 

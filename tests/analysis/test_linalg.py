@@ -241,3 +241,19 @@ def test_gram_svd_equals_the_full_svd_including_rank_deficient_matrices(shape: t
     approx = (res.U * res.S) @ res.V.T
     assert res.method == "exact" and res.error2 == pytest.approx(float(((W - approx) ** 2).sum()), rel=1e-8)
     assert res.error2 == pytest.approx(float((ref[10:] ** 2).sum()), rel=1e-8)
+
+
+def test_singular_values_from_the_r_factors_equal_the_factored_svd_and_the_dense_ones() -> None:
+    from analysis.adapters.model import DenseDelta, LowRankDelta
+    from analysis.linalg import delta_svd, singular_values
+
+    g = torch.Generator().manual_seed(9)
+    B = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    B[:, 5] = B[:, 0] * 2.0  # rank 5: a dependent column must not report a sixth value
+    d = LowRankDelta(A=torch.randn(6, 40, generator=g, dtype=torch.float64), B=B, scale=0.7)
+    s = singular_values(d)
+    assert torch.allclose(s, delta_svd(d)[1], rtol=1e-10) and s.numel() == 5
+    assert torch.allclose(s, torch.linalg.svdvals(d.dense(torch.float64))[:5], rtol=1e-9)
+    W = torch.randn(7, 9, generator=g, dtype=torch.float64)
+    assert torch.allclose(singular_values(DenseDelta(W)), torch.linalg.svdvals(W))
+    assert singular_values(LowRankDelta(A=torch.zeros(2, 4), B=torch.zeros(3, 2), scale=1.0)).numel() == 0
