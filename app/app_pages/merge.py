@@ -6,6 +6,7 @@ and the review use, so the page, `adapter-atlas merge` and a review report agree
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -156,6 +157,7 @@ def redraw() -> None:
     bar.progress(min(sum(fracs) / max(len(fracs), 1), 1.0), text=" · ".join(lines + [left]) or "Merging…")
 
 
+started = time.monotonic()
 for key, value in cache.merge_runs(list(keys.values()), on_progress, redraw).items():
     if isinstance(value, AtlasError):
         st.error(f"{key[1]}: {value}")
@@ -163,6 +165,12 @@ for key, value in cache.merge_runs(list(keys.values()), on_progress, redraw).ite
         runs[key[1]] = value
 if bar is not None:
     bar.empty()
+    from analysis.workflow.parallel import default_workers
+
+    st.session_state["merge_took"] = (f"Merged and previewed {len(keys)} method(s) in {time.monotonic() - started:.1f} s "
+                                      f"({default_workers(len(keys))} at a time, one per core).")
+if st.session_state.get("merge_took"):
+    st.caption(st.session_state["merge_took"])
 if not runs:
     st.stop()
 order = list(runs[next(iter(runs))].adapters.names)  # the merge's order, for every label below
