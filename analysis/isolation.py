@@ -215,49 +215,35 @@ class Claims:
     value: torch.Tensor  # (N, U) float32: task i's core value there (0 where not a member)
 
 
-def _merged_runs(cores: Sequence[Core]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(ordered positions (K,), order (K,), owner of each ordered entry (K,), first-of-a-position flags (K,)).
-
-    Each core's positions are sorted, so a stable argsort of their concatenation is a merge of N sorted
-    runs (timsort); equal neighbours are one position claimed by several cores. Nothing of the size of
-    the module is touched (a 4096 x 4096 module at p = 1% and N = 4: 670k entries, not 16.7M)."""
-    cat = np.concatenate([c.index.numpy().astype(np.int64, copy=False) for c in cores])  # (K,)
-    owner = np.repeat(np.arange(len(cores)), [c.index.numel() for c in cores])  # (K,) core of each entry
-    order = np.argsort(cat, kind="stable")  # (K,)
-    ordered = cat[order]
-    first = np.empty(ordered.size, dtype=bool)  # (K,)
-    first[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-    return ordered, order, owner[order], first
-
-
 def gather_claims(cores: Sequence[Core]) -> Claims:
-    """Union of the cores, membership and values as (N, U) tables, in O(sum of core sizes)."""
+    """Union of the cores, membership and values as (N, U) tables, in O(sum of core sizes)
+    (`analysis.claims` works on the same merged runs without the tables)."""
+    from analysis.claims import claim_runs, shared_tables
+
     n = len(cores)
     if n == 0:
         return Claims(torch.zeros(0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.bool), torch.zeros(0, 0))
-    ordered, order, who, first = _merged_runs(cores)
-    positions = ordered[first]  # (U,)
-    flat = who * positions.size + (np.cumsum(first) - 1)  # (K,) index into the flattened (N, U) tables
-    member = np.zeros(n * positions.size, dtype=bool)
-    member[flat] = True
-    value = np.zeros(n * positions.size, dtype=np.float32)
-    if all(c.value.numel() == c.index.numel() for c in cores):  # cores built from bare masks carry no values
-        value[flat] = np.concatenate([c.value.float().numpy() for c in cores])[order]
-    shape = (n, positions.size)
-    return Claims(torch.from_numpy(positions), torch.from_numpy(member.reshape(shape)),
-                  torch.from_numpy(value.reshape(shape)))
+    runs = claim_runs(cores)
+    member, value = shared_tables(runs, np.arange(runs.positions.size))
+    return Claims(torch.from_numpy(runs.positions), member, value)
 
 
 def pair_counts(cores: Sequence[Core]) -> np.ndarray:
     """(N, N) |C_i & C_j| for one module: each claimed position's set of claimants as a bit code, counted."""
+    from analysis.claims import claim_runs
+
     n = len(cores)
     if n > 62 or n == 0:
         m = gather_claims(cores).member.to(torch.float32)  # (N, U)
         return (m @ m.T).double().numpy()
-    _, _, who, first = _merged_runs(cores)
-    codes = np.bitwise_or.reduceat(np.left_shift(np.int64(1), who.astype(np.int64)), np.flatnonzero(first))  # (U,)
-    combos, counts = np.unique(codes, return_counts=True)  # distinct claimant sets, how many positions each
+    runs = claim_runs(cores)
+    codes = np.bitwise_or.reduceat(np.left_shift(np.int64(1), runs.owner), runs.starts)  # (U,)
+    if n <= 16:  # distinct claimant sets, how many positions each: a bincount over the 2^N codes (linear)
+        tally = np.bincount(codes, minlength=1 << n)
+        combos = np.flatnonzero(tally)
+        counts = tally[combos]
+    else:
+        combos, counts = np.unique(codes, return_counts=True)
     bits = ((combos[None, :] >> np.arange(n)[:, None]) & 1).astype(np.float64)  # (N, C)
     return (bits * counts) @ bits.T  # (N, N)
 
@@ -360,23 +346,3 @@ def coefficient_maps(masks: torch.Tensor, scores: torch.Tensor, groups: Sequence
         M[(winner, *where)] = 1.0
     stats = ClaimStats(int(claims.numel()), int(sole.sum()), int(shared.sum()), int(conflict.sum()), int(free.sum()))
     return M, stats
-
-
-def claimed_values(claims: Claims, groups: Sequence[int], policy: str) -> tuple[torch.Tensor, ClaimStats]:
-    """The merged value (U,) at every claimed position, by the rules of `coefficient_maps`, in O(U).
-
-    Most claimed positions have one claimant, whose value is copied exactly (the others' entries in the
-    value table are 0); only positions with several claimants (a small share) go through the full maps.
-    The stats count claimed positions only (`blended` = 0): the caller knows the module's size."""
-    member = claims.member.numpy()  # (N, U): counted in numpy (torch's boolean reductions are slow here)
-    count = np.count_nonzero(member, axis=0)  # (U,)
-    target = claims.value.sum(dim=0)  # (U,) exact where one core claims
-    multi = torch.from_numpy(np.flatnonzero(count >= 2))  # (n2,)
-    shared = conflicts = 0
-    if multi.numel():
-        sub_m, sub_v = claims.member[:, multi], claims.value[:, multi]  # (N, n2)
-        zero = torch.zeros(sub_m.shape[0], dtype=torch.float64)  # no free position among claimed ones
-        M, stats = coefficient_maps(sub_m, sub_v.abs(), groups, zero, policy)  # (N, n2)
-        target[multi] = (M * sub_v).sum(dim=0)
-        shared, conflicts = stats.shared_in_group, stats.conflicts
-    return target, ClaimStats(int(count.size), int(np.count_nonzero(count == 1)), shared, conflicts, 0)

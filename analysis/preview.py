@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
-from analysis.isolation import Core, as_core, column_energy, gather_claims, row_energy, task_core
+from analysis.claims import claim_runs, task_counts
+from analysis.isolation import Core, as_core, column_energy, row_energy, task_core
 from analysis.linalg import singular_values
 from analysis.merge.ops import ModuleSpectrum, inner, linear_combination, svd_of, truncate_with_spectrum
 from analysis.merge.structured import gather
@@ -140,22 +141,17 @@ def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granul
     at = {i: as_core(cores[i]) for i in present} if cores is not None else {
         i: task_core(inputs[i].modules[module], granularity, p) for i in present}
     tasks = [inputs[i].modules[module] for i in present]
-    claims = gather_claims([at[i] for i in present])
-    # counts in numpy: torch's boolean reductions are several times slower on these (N, U) tables
-    member = claims.member.numpy()  # (N, U)
+    if granularity == "entries":  # a core given as a bare mask: read the task's values at its positions
+        at = {i: c if c.value.numel() == c.index.numel() else
+              Core(c.index, gather(tasks[row], c.positions, torch.float32), c.shape)
+              for row, (i, c) in enumerate(at.items())}
+    runs = claim_runs([at[i] for i in present])  # every claim in position order, no (N, U) tables
     live = np.array([weights is None or weights[i] != 0.0 for i in present], dtype=bool)  # (N,)
-    claimed_twice = np.count_nonzero(member[live], axis=0) > 1  # (U,)
-    conflicts = np.count_nonzero(member & claimed_twice, axis=1)  # (N,)
-    sizes = np.count_nonzero(member, axis=1)  # (N,)
-    if granularity == "entries":
-        # the merged values on the union of the cores, read once for every task; each task's own value there
-        union_at = gather(merged, claims.positions, torch.float32).numpy()  # (U,) float32: ample for tol
-        old = claims.value.numpy()  # (N, U) float32, the cores' own values (this call's table: written below)
-        for row, i in enumerate(present):
-            if at[i].value.numel() != at[i].index.numel():  # a core given as a bare mask: read its values
-                old[row, member[row]] = gather(tasks[row], claims.positions[torch.from_numpy(member[row])]).numpy()
-        kept = np.count_nonzero((np.abs(union_at[None, :] - old) <= tol * np.abs(old)) & member, axis=1)  # (N,)
-    else:
+    merged_at = None
+    if granularity == "entries":  # the merged values on the union of the cores, read once for every task
+        merged_at = gather(merged, torch.from_numpy(runs.positions), torch.float32).numpy()  # (U,)
+    sizes, conflicts, kept = task_counts(runs, live, merged_at, tol)  # (N,) each
+    if kept is None:
         kept = np.array([retention(merged, tasks[row], at[i], granularity, tol) for row, i in enumerate(present)])
     geometry = task_geometry(tasks, merged)
     merged_norm2 = merged.frobenius_norm() ** 2

@@ -24,16 +24,15 @@ import numpy as np
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
+from analysis.claims import claim_runs, merged_values
 from analysis.isolation import (
     GRANULARITIES,
     ClaimStats,
     Core,
     Cores,
     as_core,
-    claimed_values,
     coefficient_maps,
     core_overlap,
-    gather_claims,
     importance,
     parse_groups,
     task_cores,
@@ -156,15 +155,14 @@ def entry_merge(deltas: Sequence[Delta], cores: Sequence[Core], groups: Sequence
 
     Only the claimed positions (the union of the cores) differ from the blend, and there every claimant's
     value is in its sparse core, so the result is the exact low-rank blend plus a sparse correction."""
-    claims = gather_claims(cores)  # positions (U,), member (N, U), value (N, U)
+    runs = claim_runs(cores)  # every claim in position order: O(sum of core sizes), no (N, U) tables
     # transplant, group mean, resolve conflicts: the maps of the dense route, on claimed positions only
-    target, stats = claimed_values(claims, groups, policy)  # (U,) merged value there
+    target, sole, shared, conflicts = merged_values(runs, groups, policy)  # (U,) merged value there
     total = int(np.prod(deltas[0].shape))
-    plan.stats[module] = ClaimStats(total, stats.sole, stats.shared_in_group, stats.conflicts,
-                                    total - int(claims.positions.numel()))
+    plan.stats[module] = ClaimStats(total, sole, shared, conflicts, total - int(runs.positions.size))
     # blend everywhere (exactly low rank for LoRA inputs), corrected on the claimed positions
     base = linear_combination(deltas, blend.tolist())
-    return SparsePlusLowRank(base, claims.positions, target)
+    return SparsePlusLowRank(base, torch.from_numpy(runs.positions), target)
 
 
 def rowcol_merge(deltas: Sequence[Delta], M: torch.Tensor, granularity: str) -> Delta:

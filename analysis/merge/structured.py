@@ -59,17 +59,11 @@ def gather(delta: Delta, positions: torch.Tensor, dtype: torch.dtype = torch.flo
     return delta.W.reshape(-1)[positions].to(dtype)
 
 
-def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
-    """CSR matrix from COO triplets (sorted by row here)."""
-    key = rows * n_cols + cols
-    if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
-        order = torch.argsort(key)
-        rows, cols, vals = rows[order], cols[order], vals[order]
-    crow = torch.zeros(n_rows + 1, dtype=torch.long)
-    crow[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
+def _csr(offsets: np.ndarray, index: np.ndarray, vals: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
+    """CSR matrix from row offsets (n_rows + 1,) and the column index of each value, already in row order."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(crow, cols, vals, (n_rows, n_cols))
+        return torch.sparse_csr_tensor(torch.from_numpy(offsets), torch.from_numpy(index), vals, (n_rows, n_cols))
 
 
 def _stable_order(keys: torch.Tensor, bound: int) -> torch.Tensor:
@@ -99,11 +93,16 @@ class SparsePlusLowRank:
 
     def _parts(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         n_out, n_in = self.shape
-        rows, cols = self.positions // n_in, self.positions % n_in
+        pos = self.positions.numpy()  # (nnz,) sorted row-major
+        crow = np.searchsorted(pos, np.arange(n_out + 1, dtype=np.int64) * n_in)  # (n_out + 1,) row offsets
+        cols = pos % n_in  # (nnz,)
         corr = (self.values.to(torch.float64) - self.base_at).float()  # (nnz,)
-        S = _csr(rows, cols, corr, n_out, n_in)  # (n_out, n_in) sparse; positions are row-major sorted
-        order = _stable_order(cols, n_in)  # column-major, rows stay sorted
-        St = _csr(cols[order], rows[order], corr[order], n_in, n_out)  # (n_in, n_out) sparse
+        S = _csr(crow, cols, corr, n_out, n_in)  # (n_out, n_in) sparse
+        order = _stable_order(torch.from_numpy(cols), n_in).numpy()  # column-major, rows stay sorted
+        rows = np.repeat(np.arange(n_out, dtype=np.int64), np.diff(crow))  # (nnz,)
+        ccol = np.zeros(n_in + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cols, minlength=n_in), out=ccol[1:])
+        St = _csr(ccol, rows[order], corr[torch.from_numpy(order)], n_in, n_out)  # (n_in, n_out) sparse
         if isinstance(self.base, LowRankDelta):
             b, a = self.base.factors(torch.float32)  # (n_out, R), (R, n_in)
             return b, a, None, S, St
