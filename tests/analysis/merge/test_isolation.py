@@ -146,3 +146,37 @@ def test_lambda_is_linear_in_the_non_core_part_entries():
         claimed = torch.stack([core_mask(a.modules[m], "entries", 0.1) for a in ads]).any(0)
         assert float(w0[~claimed].abs().max()) == 0.0 and float((w1 - w0)[claimed].abs().max()) == 0.0
         assert float((w1 - w0)[~claimed].abs().max()) > 0.0
+
+
+@pytest.mark.parametrize("groups", [[0, 1, 2, 3], [0, 0, 1, 1]])
+@pytest.mark.parametrize("policy", ["magnitude", "mean"])
+def test_claim_runs_give_the_dense_maps_values_and_counts(groups: list[int], policy: str) -> None:
+    """analysis.claims on K merged claims against dense (N, numel) masks through coefficient_maps."""
+    from analysis.claims import claim_runs, merged_values, task_counts
+    from analysis.isolation import Core, coefficient_maps
+
+    g = torch.Generator().manual_seed(4)
+    numel, n = 400, 4
+    values = torch.randn(n, numel, generator=g)  # (N, numel) each task's dW, flattened
+    masks = torch.rand(n, numel, generator=g) < torch.tensor([0.2, 0.3, 0.1, 0.25])[:, None]  # overlapping cores
+    cores = [Core(m.nonzero().squeeze(1).to(torch.int32), values[i][m], (20, 20)) for i, m in enumerate(masks)]
+    runs = claim_runs(cores)
+    claimed = masks.any(dim=0)
+    assert runs.positions.tolist() == claimed.nonzero().squeeze(1).tolist()
+    # merged values: the dense maps (no free position among the claimed ones) times the tasks' values
+    M, stats = coefficient_maps(masks[:, claimed], (values * masks)[:, claimed].abs(), groups,
+                                torch.zeros(n, dtype=torch.float64), policy)
+    want = (M * values[:, claimed]).sum(dim=0)
+    target, sole, shared, conflicts = merged_values(runs, groups, policy)
+    assert torch.allclose(target, want, atol=1e-6) and (sole, shared, conflicts) == (
+        stats.sole, stats.shared_in_group, stats.conflicts)
+    # per-task counts, with input 2 at weight 0 (not live: its claims make no conflict for the others)
+    live = np.array([True, True, False, True])
+    merged_at = (want + 0.3 * torch.randn(want.shape, generator=g)).numpy()
+    sizes, conf, kept = task_counts(runs, live, merged_at, 0.25)
+    twice = masks[torch.from_numpy(live)].sum(dim=0) > 1  # (numel,)
+    new = torch.zeros(numel)
+    new[claimed] = torch.from_numpy(merged_at)
+    ok = ((new - values).abs() <= 0.25 * values.abs()) & masks
+    assert sizes.tolist() == masks.sum(dim=1).tolist()
+    assert conf.tolist() == (masks & twice).sum(dim=1).tolist() and kept.tolist() == ok.sum(dim=1).tolist()
