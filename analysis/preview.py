@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
-from analysis.claims import claim_runs, task_counts
+from analysis.claims import ClaimRuns, claim_runs, task_counts
 from analysis.isolation import Core, as_core, column_energy, row_energy, task_core
 from analysis.linalg import singular_values
 from analysis.merge.ops import ModuleSpectrum, inner, linear_combination, svd_of, truncate_with_spectrum
 from analysis.merge.structured import gather
 
 Progress = Callable[[int, int, str], None]
+TOL = 0.25  # core retention: |new - old| <= TOL |old| (implies the sign is kept)
 
 
 def fidelity_curve(singular_values: Sequence[float] | torch.Tensor, ranks: Sequence[int], *,
@@ -133,19 +134,22 @@ def task_geometry(tasks: Sequence[Delta], merged: Delta) -> list[tuple[float, fl
 
 def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granularity: str, p: float,
                 tol: float, cores: Mapping[int, Any] | None = None,
-                weights: Sequence[float] | None = None) -> list[dict[str, Any]]:
+                weights: Sequence[float] | None = None, runs: ClaimRuns | None = None) -> list[dict[str, Any]]:
     """One row per input present at `module`, keyed by input index (names may repeat). A weight-0 input
     keeps its row but is left out of the claims: its positions count as conflicts only where two inputs
-    that contribute claim them."""
+    that contribute claim them. `runs`: the claims of the present inputs' entry cores, when the caller
+    has them (the isolation merge built them for this module), in the present inputs' order."""
     present = [i for i, a in enumerate(inputs) if module in a.modules]
-    at = {i: as_core(cores[i]) for i in present} if cores is not None else {
-        i: task_core(inputs[i].modules[module], granularity, p) for i in present}
     tasks = [inputs[i].modules[module] for i in present]
-    if granularity == "entries":  # a core given as a bare mask: read the task's values at its positions
-        at = {i: c if c.value.numel() == c.index.numel() else
-              Core(c.index, gather(tasks[row], c.positions, torch.float32), c.shape)
-              for row, (i, c) in enumerate(at.items())}
-    runs = claim_runs([at[i] for i in present])  # every claim in position order, no (N, U) tables
+    at: dict[int, Core] = {}
+    if runs is None or granularity != "entries":
+        at = {i: as_core(cores[i]) for i in present} if cores is not None else {
+            i: task_core(inputs[i].modules[module], granularity, p) for i in present}
+        if granularity == "entries":  # a core given as a bare mask: read the task's values at its positions
+            at = {i: c if c.value.numel() == c.index.numel() else
+                  Core(c.index, gather(tasks[row], c.positions, torch.float32), c.shape)
+                  for row, (i, c) in enumerate(at.items())}
+        runs = claim_runs([at[i] for i in present])  # every claim in position order, no (N, U) tables
     live = np.array([weights is None or weights[i] != 0.0 for i in present], dtype=bool)  # (N,)
     merged_at = None
     if granularity == "entries":  # the merged values on the union of the cores, read once for every task
@@ -194,9 +198,10 @@ def export_summary(spectra: Mapping[str, ModuleSpectrum | None], rank: int | Non
 
 
 def preview_merge(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *, rank: int | None = None,
-                  granularity: str = "entries", p: float = 0.01, tol: float = 0.25, cores: Any = None,
+                  granularity: str = "entries", p: float = 0.01, tol: float = TOL, cores: Any = None,
                   progress: Progress | None = None, spectra: Mapping[str, ModuleSpectrum] | None = None,
-                  weights: Sequence[float] | None = None) -> dict[str, Any]:
+                  weights: Sequence[float] | None = None,
+                  precomputed: Mapping[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """Every data-free diagnostic of the adapter that will be written, as plain JSON-ready data.
 
     With `rank`, each module wider than `rank` is re-factored first (exactly when low rank, by the checked
@@ -206,7 +211,9 @@ def preview_merge(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *, ran
     `MergeResult.spectra`) supplies the fidelity of modules the merge already re-factored. `cores`
     (`analysis.isolation.task_cores` or `MergeResult.cores` with the same granularity and p) saves
     recomputing the inputs' cores. `weights`: inputs of weight 0 keep their row but claim no position, so
-    they add no conflict to the others. Per-task results: `per_task` by name, `per_input` in input order."""
+    they add no conflict to the others. `precomputed`: module -> `module_rows` of the module written at `rank`,
+    already computed (while merging, by `analysis.workflow`). Per-task results: `per_task` by name,
+    `per_input` in input order."""
     rows: list[dict[str, Any]] = []
     modules = sorted(merged)
     spectra = dict(spectra or {})
@@ -214,8 +221,11 @@ def preview_merge(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *, ran
     needs_rank = rank is None and any(not isinstance(d, LowRankDelta) for d in merged.values())
     for step, module in enumerate(modules):
         written, kept[module] = export_view(merged[module], rank, spectra.get(module))
-        rows.extend(module_rows(inputs, module, written, granularity=granularity, p=p, tol=tol,
-                                cores=cores[module] if cores is not None else None, weights=weights))
+        if precomputed is not None and module in precomputed:
+            rows.extend(precomputed[module])
+        else:
+            rows.extend(module_rows(inputs, module, written, granularity=granularity, p=p, tol=tol,
+                                    cores=cores[module] if cores is not None else None, weights=weights))
         if progress is not None:
             progress(step + 1, len(modules), module)
     per_input = [summarize([r for r in rows if r["index"] == i]) for i in range(len(inputs))]

@@ -9,15 +9,14 @@ Four random LoRA adapters shaped like a 7B model's attention (32 layers x q,k,v,
 - the isolation merge (rows: exactly low rank, on all modules; entries: on `--entry-modules` modules,
   extrapolated), with time and peak memory, each in a fresh subprocess so ru_maxrss is its own;
 - target (a) of issue 9: the default isolation merge (entry cores, p = 1%) of the four adapters, read from
-  real PEFT folders, with the preview at the export rank and a rank-64 PEFT export written, against the
-  floor of that work (read + one dense pass + a linear-time top-1% selection per input and module), both
+  real PEFT folders, through `analysis.workflow.run_merge` as the CLI runs it (with a fixed rank the preview
+  of the rank-64 adapter is made while merging) and the PEFT folder written, against the floor of that work (read + one dense pass + a linear-time top-1% selection per input and module), both
   measured in this run; target: within 3x of the floor and under 4 GB peak RSS.
 Usage: OMP_NUM_THREADS=1 .venv/bin/python bench/bench_merge.py [--threads 1] [--dense-modules 2] [--only target]
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -160,42 +159,44 @@ def part_floor(args: argparse.Namespace) -> dict:
 
 
 def part_pipeline(args: argparse.Namespace) -> dict:
-    """Read, merge (isolation, entry cores, the defaults), preview at the export rank with the merge's own
-    cores and spectra, and write the rank-64 PEFT adapter with its recipe and preview."""
+    """What `adapter-atlas merge --method isolation --rank 64` runs: `analysis.workflow.run_merge` (read,
+    merge with the defaults: entry cores p = 1%, preview of the rank-64 adapter written, evidence) and
+    `MergeRun.write` (the PEFT folder with recipe.yaml and preview.json, atomically)."""
     import tempfile
 
-    from analysis.adapters.load import load_adapter
-    from analysis.export.recipe import build_recipe
-    from analysis.export.writer import export_merge
-    from analysis.preview import preview_merge
+    from analysis.workflow import AdapterSet, ExportSpec, ProgressReporter, run_merge
 
     stages: dict[str, float] = {}
+    current = {"stage": None, "since": 0.0}
+
+    def on_step(stage: str, done: int, total: int, eta: float | None, label: str) -> None:
+        now = time.perf_counter()
+        if stage != current["stage"]:  # a new stage starts: the previous one is over
+            if current["stage"] is not None:
+                stages[current["stage"]] = stages.get(current["stage"], 0.0) + now - current["since"]
+            current.update(stage=stage, since=now)
+
     t0, c0 = time.perf_counter(), cpu_seconds()
-    adapters = [load_adapter(p) for p in sorted(Path(args.data).iterdir())]
+    aset = AdapterSet.from_paths(sorted(Path(args.data).iterdir()))
     stages["read"] = time.perf_counter() - t0
+    run = run_merge(aset, "isolation", export=ExportSpec(rank=EXPORT_RANK), progress=ProgressReporter(on_step),
+                    threads=1)
+    on_step("write", 0, 1, None, "")  # closes the last stage of the merge
     t = time.perf_counter()
-    res = merge_adapters(adapters, "isolation", rank=EXPORT_RANK)
-    stages["merge"] = time.perf_counter() - t
-    t = time.perf_counter()
-    gran, p = res.core_settings
-    pv = preview_merge(adapters, res.modules, rank=EXPORT_RANK, granularity=gran, p=p, cores=res.cores,
-                       spectra=res.spectra)
-    stages["preview"] = time.perf_counter() - t
-    res = dataclasses.replace(res, cores=None)  # the cores served the merge and the preview: let them go
-    t = time.perf_counter()
-    recipe = build_recipe(adapters, "isolation", parameters=res.params, weights=res.weights,
-                          export_format="peft", rank=EXPORT_RANK)
     with tempfile.TemporaryDirectory() as tmp:
-        out = export_merge(res.modules, recipe, Path(tmp) / "merged", inputs=adapters, preview=pv)
+        out = run.write(Path(tmp) / "merged")
         written_mb = sum(f.stat().st_size for f in out.iterdir()) / 2**20
-    stages["export"] = time.perf_counter() - t
-    methods = sorted({s.method for s in res.spectra.values()})
+    stages["write"] = time.perf_counter() - t
+    stages = {k: v for k, v in stages.items() if v >= 0.005}
+    methods = sorted({s.method for s in run.result.spectra.values()})
+    tasks = run.evidence["tasks"]
     return {"seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(cpu_seconds() - c0, 2),
             "stages": {k: round(v, 2) for k, v in stages.items()},
-            "peak_rss_mb": round(rss_mb(), 1), "modules": len(res.modules), "export_rank": EXPORT_RANK,
-            "export_relative_error": round(pv["export"]["relative_error"], 4), "written_mb": round(written_mb, 1),
-            "rank_r_routes": methods, "claims": res.info["claims"],
-            "mean_core_retention": round(sum(t["core_retention"] for t in pv["per_task"].values()) / N, 4)}
+            "peak_rss_mb": round(rss_mb(), 1), "modules": len(run.result.modules), "export_rank": run.rank,
+            "export_relative_error": round(run.evidence["export"]["relative_error"], 4),
+            "written_mb": round(written_mb, 1), "rank_r_routes": methods,
+            "claims": run.evidence["method_info"]["claims"],
+            "mean_core_retention": round(sum(t["core_retention"] for t in tasks) / len(tasks), 4)}
 
 
 def target_a(common: list[str], n_layers: int) -> dict:

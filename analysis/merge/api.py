@@ -47,7 +47,8 @@ def check_compatible(adapters: Sequence[Adapter], *, force: bool = False) -> str
 def merge_adapters(adapters: Sequence[Adapter], method: str, *, weights: Sequence[float] | None = None,
                    params: Mapping[str, Any] | None = None, rank: int | None = None, force: bool = False,
                    progress: Progress | None = None, threads: int | None = None,
-                   cores: tuple[tuple[str, float], Any] | None = None) -> MergeResult:
+                   cores: tuple[tuple[str, float], Any] | None = None,
+                   on_module: Callable[[str, Delta, Any, ModuleSpectrum | None], None] | None = None) -> MergeResult:
     """Merge `adapters` with the registered `method`; parameters are validated against its declaration.
 
     Weight 0 means no contribution, in every method: such an input is treated at every module exactly as
@@ -57,11 +58,14 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, *, weights: Sequenc
     `MergeResult.spectra`, so the fidelity at any smaller rank needs no second run. `threads` caps torch's
     intra-op threads for the call (`analysis.threads.bounded_threads`). `cores`: ((granularity, p), cores)
     computed by `analysis.isolation.task_cores` for these adapters in this order; a method whose own core
-    settings are the same reuses them (the Merge page computes them once for every method it compares)."""
+    settings are the same reuses them (the Merge page computes them once for every method it compares).
+    `on_module(module, result, merged, spectrum)` is called once per module while the exact `merged` module
+    (e.g. a SparsePlusLowRank with its claims) is still alive: `analysis.workflow` previews a fixed-rank
+    export there instead of recomputing the claims afterwards."""
     if threads is not None:
         with bounded_threads(threads):
             return merge_adapters(adapters, method, weights=weights, params=params, rank=rank, force=force,
-                                  progress=progress, cores=cores)
+                                  progress=progress, cores=cores, on_module=on_module)
     spec = get_method(method)
     check_compatible(adapters, force=force)
     w = spec.resolve_weights(len(adapters), weights)
@@ -84,6 +88,8 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, *, weights: Sequenc
             out[module], spectra[module] = truncate_with_spectrum(merged, rank)
         else:
             out[module] = materialize(merged)
+        if on_module is not None:
+            on_module(module, out[module], merged, spectra.get(module))
         del merged  # one merged module alive at a time
         if progress is not None:
             progress(step + 1, len(modules), module)

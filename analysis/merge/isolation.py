@@ -162,7 +162,7 @@ def entry_merge(deltas: Sequence[Delta], cores: Sequence[Core], groups: Sequence
     plan.stats[module] = ClaimStats(total, sole, shared, conflicts, total - int(runs.positions.size))
     # blend everywhere (exactly low rank for LoRA inputs), corrected on the claimed positions
     base = linear_combination(deltas, blend.tolist())
-    return SparsePlusLowRank(base, torch.from_numpy(runs.positions), target)
+    return SparsePlusLowRank(base, torch.from_numpy(runs.positions), target, claims=runs)
 
 
 def rowcol_merge(deltas: Sequence[Delta], M: torch.Tensor, granularity: str) -> Delta:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,6 +82,7 @@ class SparsePlusLowRank:
     base: Delta
     positions: torch.Tensor  # (nnz,) int64 sorted flat positions
     values: torch.Tensor  # (nnz,) merged values there (float32: transplanted cores are copied exactly)
+    claims: Any = None  # the `analysis.claims.ClaimRuns` the positions came from (a fused preview reuses them)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -212,8 +212,11 @@ def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | No
                                              or not spec.is_exact(resolved))
     given = ((str(cores_default[0]), float(cores_default[1])), cores) if (
         cores is not None and cores_default is not None) else None  # the caller's cores, reused when they fit
+    fused: dict[str, list] = {}
+    hook = _fused_preview(adapters, export, resolved, w, fused) if preview and refactor else None
     result = merge_adapters(list(adapters.adapters), method, weights=w, params=resolved, force=force,
-                            rank=cap if refactor else None, progress=reporter.stage("merge"), cores=given)
+                            rank=cap if refactor else None, progress=reporter.stage("merge"), cores=given,
+                            on_module=hook)
     spec_of = None
     if export.format != "delta":
         kept = getattr(result, "spectra", None) or {}
@@ -222,7 +225,31 @@ def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | No
         else:
             spec_of = spectrum(result.modules, cap, progress=reporter.stage("export rank"))
     return _export(adapters, result, spec_of, export, force=force, preview=preview, cores_default=cores_default,
-                   cores=cores, reporter=reporter, refactored=cap if refactor else None)
+                   cores=cores, reporter=reporter, refactored=cap if refactor else None, precomputed=fused)
+
+
+def _fused_preview(adapters: AdapterSet, export: ExportSpec, params: Mapping[str, Any], weights: Sequence[float] | None,
+                   into: dict[str, list]) -> Any:
+    """A merge hook that previews each module as it is merged, when that is the same preview: a fixed export
+    rank (so the module written is known while merging), the method's own entry cores (the isolation merge
+    hands over the claims it built: no second pass over them), every input contributing."""
+    from analysis.preview import TOL, export_view, module_rows
+
+    fixed = export.format != "delta" and export.rank is not None and export.rank_mode in (None, "fixed")
+    if not fixed or params.get("granularity") != "entries" or "p" not in params or (
+            weights is not None and any(float(x) == 0.0 for x in weights)):
+        return None
+    inputs, p = list(adapters.adapters), float(params["p"])
+
+    def hook(module: str, result: Any, merged: Any, spectrum: Any) -> None:
+        runs = getattr(merged, "claims", None)
+        if runs is None or runs.n != sum(module in a.modules for a in inputs):
+            return  # the merge kept no claims here: the preview computes them afterwards
+        written = export_view(result, export.rank, spectrum)[0]
+        into[module] = module_rows(inputs, module, written, granularity="entries", p=p, tol=TOL, weights=weights,
+                                   runs=runs)
+
+    return hook
 
 
 def reexport(run: MergeRun, export: ExportSpec, *, preview: bool = True, cores_default: tuple[str, float] | None = None,
@@ -255,7 +282,7 @@ def _reexport(run: MergeRun, export: ExportSpec, *, preview: bool, cores_default
 
 def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None, export: ExportSpec, *, force: bool,
             preview: bool, cores_default: tuple[str, float] | None, cores: Any, reporter: ProgressReporter,
-            refactored: int | None) -> MergeRun:
+            refactored: int | None, precomputed: Mapping[str, list] | None = None) -> MergeRun:
     """Steps 3-6: export rank, recipe, preview of the adapter written, evidence."""
     from analysis.preview import preview_merge
 
@@ -287,7 +314,7 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
         pv = preview_merge(list(adapters.adapters), result.modules, rank=rank, granularity=granularity, p=p,
                            cores=cores, progress=reporter.stage("preview"),
                            spectra=dict(spec_of.modules) if spec_of is not None else None,
-                           weights=result.weights)
+                           weights=result.weights, precomputed=precomputed if rank == export.rank else None)
     # 6. evidence
     fidelity = spec_of.fidelity(rank) if (spec_of is not None and rank is not None) else \
         {"relative_error": 0.0, "worst_module": None, "worst_module_error": 0.0}

@@ -2,6 +2,7 @@
 evidence round trip through the review store, weights refused at the boundary."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -195,3 +196,36 @@ def test_weight_zero_cores_add_no_conflicts_to_the_others(trio) -> None:  # noqa
     assert len(zero.evidence["tasks"]) == 3  # the weight-0 input keeps its row
     full = run_merge(trio, "linear", weights=(1, 1, 1), cores_default=("entries", 0.05))
     assert full.evidence["tasks"][0]["conflicts"] > zero.evidence["tasks"][0]["conflicts"]
+
+
+def test_a_fixed_rank_isolation_preview_made_while_merging_equals_the_one_made_after(
+        trio, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The fused preview (claims handed over by the merge) against the preview computed afterwards."""
+    import analysis.workflow.pipeline as pipeline
+    from analysis.preview import module_rows
+
+    calls = []
+    real_rows = module_rows
+
+    def counting(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls.append(k.get("runs") is not None)
+        return real_rows(*a, **k)
+
+    import analysis.preview as preview_mod
+
+    monkeypatch.setattr(preview_mod, "module_rows", counting)
+    fused = run_merge(trio, "isolation", params={"p": 0.05}, export=ExportSpec(rank=3))
+    n_modules = len(fused.result.modules)
+    assert calls.count(True) == n_modules and calls.count(False) == 0  # every module previewed while merging
+    calls.clear()
+    monkeypatch.setattr(pipeline, "_fused_preview", lambda *a, **k: None)
+    after = run_merge(trio, "isolation", params={"p": 0.05}, export=ExportSpec(rank=3))
+    assert calls.count(False) == n_modules
+    assert json.dumps(fused.evidence, sort_keys=True) == json.dumps(after.evidence, sort_keys=True)
+    # an input of weight 0, or an automatic rank: no fusion (the claims or the rank would differ)
+    calls.clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(preview_mod, "module_rows", counting)
+    run_merge(trio, "isolation", weights=[1.0, 0.0, 1.0], params={"p": 0.05}, export=ExportSpec(rank=3))
+    run_merge(trio, "isolation", params={"p": 0.05})
+    assert True not in calls
