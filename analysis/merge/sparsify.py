@@ -74,7 +74,9 @@ def trim_rows(stacked: torch.Tensor, density: float) -> torch.Tensor:
         return stacked.zero_()
     values = flat.numpy()  # (N, m) a view (numpy's float kernels; torch's boolean ones are slow here)
     mag = np.abs(values)  # (N, m)
-    kth = np.partition(mag, m - k, axis=1)[:, m - k]  # (N,) k-th largest magnitude per task
+    mag.partition(m - k, axis=1)  # in place (no second (N, m) buffer): introselect per task
+    kth = mag[:, m - k].copy()  # (N,) k-th largest magnitude per task
+    np.abs(values, out=mag)  # the magnitudes again, in the same (already touched) buffer
     keep = mag >= kth[:, None]  # (N, m)
     extra = np.count_nonzero(keep, axis=1) - k  # (N,) entries tied at the threshold beyond k
     for row in np.flatnonzero((extra > 0) & (kth > 0)):
@@ -107,11 +109,12 @@ def ties_merge(stacked: torch.Tensor, weights: Sequence[float], majority: str, l
     votes = stacked.sum(dim=0) if majority == "total" else stacked.sign().sum(dim=0)  # (...)
     elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)  # (...) ties at zero go to +
     agreeing = stacked.mul_(elected).clamp_(min=0)  # (N, ...) |x_i| where task i agrees, else 0
-    if equal:  # sum_i w x_i over the agreeing / (w * their count) = their plain mean
-        divisor = agreeing.sign().sum(dim=0)  # (...) how many tasks agree
-    else:
-        divisor = torch.tensordot(w, agreeing.sign(), dims=1)  # (...) summed weight of the agreeing tasks
     merged = agreeing.sum(dim=0).mul_(elected)  # (...)
+    agreeing.sign_()  # (N, ...) 1 where task i agrees, else 0 (in place: no new (N, ...) buffer)
+    if equal:  # sum_i w x_i over the agreeing / (w * their count) = their plain mean
+        divisor = agreeing.sum(dim=0)  # (...) how many tasks agree
+    else:
+        divisor = torch.tensordot(w, agreeing, dims=1)  # (...) summed weight of the agreeing tasks
     return merged.div_(torch.where(divisor == 0, torch.ones_like(divisor), divisor)).mul_(lam)
 
 
