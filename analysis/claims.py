@@ -13,7 +13,6 @@ that want them; on a 4096 x 4096 module with four 1% cores those tables are 2.7M
 """
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -43,15 +42,20 @@ class ClaimRuns:
         self.count = np.diff(self.starts, append=ordered.size)  # (U,)
         self.owner = np.repeat(np.arange(self.n, dtype=np.int64), [a.size for a in idx])[self._order]  # (K,)
 
-    @cached_property
+    # computed on first use and kept per instance (not functools.cached_property: on Python 3.11 its lock is
+    # shared by every instance, which would serialise merges running side by side)
+    @property
     def slot(self) -> np.ndarray:
-        return np.repeat(np.arange(self.positions.size, dtype=np.int64), self.count)  # (K,)
+        if "_slot" not in self.__dict__:
+            self._slot = np.repeat(np.arange(self.positions.size, dtype=np.int64), self.count)  # (K,)
+        return self._slot
 
-    @cached_property
+    @property
     def value(self) -> np.ndarray | None:
-        if not self.n or any(c.value.numel() != c.index.numel() for c in self._cores):
-            return None
-        return np.concatenate([c.value.float().numpy() for c in self._cores])[self._order]  # (K,)
+        if "_value" not in self.__dict__:
+            self._value = None if not self.n or any(c.value.numel() != c.index.numel() for c in self._cores) else \
+                np.concatenate([c.value.float().numpy() for c in self._cores])[self._order]  # (K,)
+        return self._value
 
 
 def claim_runs(cores: Sequence) -> ClaimRuns:  # Sequence[analysis.isolation.Core]

@@ -321,15 +321,17 @@ GRAM_SIDE = 256  # short side up to which the exact SVD comes from the Gram matr
 def gram_svd(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin SVD (U, S, V) of a float64 matrix with a short side m from eigh of its m x m Gram matrix.
 
-    S^2 are the Gram eigenvalues, exact to ~eps S[0]^2 (so every error sqrt(norm2 - sum S_k^2) is exact);
-    the long-side vectors are W^T E / S, set to 0 for S <= m eps S[0] (directions that carry nothing).
+    S^2 are the Gram eigenvalues, exact to ~m eps S[0]^2 absolute (so every error sqrt(norm2 - sum S_k^2) is
+    exact to that); singular values below sqrt(m eps) S[0], the Gram route's noise floor, are reported as 0
+    and their long-side vectors set to 0 (they carry at most that noise). The kept vectors are orthonormal.
     A few times cheaper than `torch.linalg.svd` when the short side is small (k_proj of a GQA model)."""
     tall = W.shape[0] > W.shape[1]
     X = W.T if tall else W  # (m, n), m <= n
     evals, E = torch.linalg.eigh(X @ X.T)  # ascending, (m,), (m, m)
     evals, E = evals.flip(0), E.flip(1)
     S = evals.clamp(min=0.0).sqrt()  # (m,)
-    live = S > (S[:1] * X.shape[0] * float(torch.finfo(torch.float64).eps))  # (m,)
+    live = S > (S[:1] * math.sqrt(X.shape[0] * float(torch.finfo(torch.float64).eps)))  # (m,)
+    S = S * live
     F = (X.T @ E) * torch.where(live, 1.0 / torch.where(live, S, torch.ones_like(S)), torch.zeros_like(S))  # (n, m)
     return (F, S, E) if tall else (E, S, F)
 

@@ -72,7 +72,9 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, *, weights: Sequenc
     p = spec.resolve_params(params)
     shared = None
     if spec.prepare is not None:
-        shared = spec.prepare(adapters, w, p, cores=cores) if cores is not None else spec.prepare(adapters, w, p)
+        own_cores = "granularity" in p and "p" in p  # a method with core settings may reuse the caller's cores
+        shared = spec.prepare(adapters, w, p, cores=cores) if cores is not None and own_cores else \
+            spec.prepare(adapters, w, p)
     modules = sorted(set().union(*(a.modules for a in adapters)))
     out: dict[str, Delta] = {}
     spectra: dict[str, ModuleSpectrum] = {}

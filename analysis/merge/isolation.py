@@ -30,7 +30,6 @@ from analysis.isolation import (
     ClaimStats,
     Core,
     Cores,
-    as_core,
     coefficient_maps,
     core_overlap,
     importance,
@@ -106,13 +105,14 @@ def plan_isolation(adapters: Sequence[Adapter], weights: Sequence[float], params
 
 
 def _covers(cores: Cores, adapters: Sequence[Adapter], granularity: str) -> bool:
-    """Whether precomputed cores hold every input's core at every module it has, of that module's shape."""
+    """Whether precomputed cores hold every input's core (a `Core` with its values) at every module it has,
+    of that module's shape."""
     for i, a in enumerate(adapters):
         for m, d in a.modules.items():
             core = cores.get(m, {}).get(i)
             want = {"rows": d.shape[:1], "columns": d.shape[1:]}.get(granularity, d.shape)
-            if core is None or tuple(as_core(core).shape) != tuple(want):
-                return False
+            if not isinstance(core, Core) or core.value.numel() != core.index.numel() or tuple(core.shape) != tuple(want):
+                return False  # bare masks carry no values: the merge computes its own cores
     return True
 
 

@@ -64,8 +64,9 @@ def trim_rows(stacked: torch.Tensor, density: float) -> torch.Tensor:
     then one comparison pass; the few tasks with several entries equal to their threshold keep the first
     ones in position order, so each keeps exactly k (a top-k breaks ties arbitrarily; this way is also
     deterministic). Entries equal to a zero threshold are zeros either way."""
+    stacked = stacked.contiguous()  # the work below is in place on this tensor, which is returned
     n = stacked.shape[0]
-    flat = stacked.reshape(n, -1)  # (N, m) a view
+    flat = stacked.view(n, -1)  # (N, m) a view
     m = flat.shape[1]
     k = int(density * m)
     if density >= 1.0 or n == 0 or m == 0:

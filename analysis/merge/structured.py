@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -77,7 +76,10 @@ def _stable_order(keys: torch.Tensor, bound: int) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class SparsePlusLowRank:
-    """dW = `base` (a LowRankDelta or DenseDelta: the blend) except at sorted flat `positions`, where it is `values`."""
+    """dW = `base` (a LowRankDelta or DenseDelta: the blend) except at flat `positions`, where it is `values`.
+
+    `positions` must be sorted and unique (as `analysis.claims.ClaimRuns.positions` are): the sparse parts
+    are built from them without re-sorting."""
 
     base: Delta
     positions: torch.Tensor  # (nnz,) int64 sorted flat positions
@@ -88,10 +90,13 @@ class SparsePlusLowRank:
     def shape(self) -> tuple[int, int]:
         return self.base.shape
 
-    @cached_property
+    @property
     def base_at(self) -> torch.Tensor:
-        """The blend at the positions (nnz,), float64: read once, used by the operator and the norm."""
-        return gather(self.base, self.positions)
+        """The blend at the positions (nnz,), float64: read once, used by the operator and the norm (kept per
+        instance by hand: functools.cached_property's lock on Python 3.11 is shared by all instances)."""
+        if "_base_at" not in self.__dict__:
+            object.__setattr__(self, "_base_at", gather(self.base, self.positions))
+        return self.__dict__["_base_at"]
 
     def _parts(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         n_out, n_in = self.shape

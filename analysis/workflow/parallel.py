@@ -40,12 +40,14 @@ def default_workers(jobs: int) -> int:
 
 def run_side_by_side(jobs: Mapping[K, Job], *, workers: int | None = None,
                      progress: Callable[[K, str, int, int, "float | None", str], None] | None = None,
-                     poll: Callable[[], None] | None = None, poll_every: float = 0.2) -> dict[K, object]:
+                     poll: Callable[[], None] | None = None, poll_every: float = 0.2,
+                     on_result: Callable[[K, object], None] | None = None) -> dict[K, object]:
     """Run `jobs` in a pool of `workers` threads, each inside `bounded_threads(1)`.
 
     Returns {key: result, or the `AtlasError` the job raised} in the keys' order; any other exception is
     re-raised after the pool is drained. `progress(key, stage, done, total, eta, label)` is called from the
-    workers (keep it to bookkeeping); `poll()` from this thread."""
+    workers (keep it to bookkeeping); `poll()` and `on_result(key, result)` (as each job finishes, so a
+    cancel keeps what was already done) from this thread."""
     from analysis.threads import bounded_threads
 
     stop = threading.Event()
@@ -69,11 +71,16 @@ def run_side_by_side(jobs: Mapping[K, Job], *, workers: int | None = None,
     futures: dict[K, Future] = {}
     try:
         futures = {key: pool.submit(run, key, job) for key, job in jobs.items()}
+        key_of = {f: key for key, f in futures.items()}
         pending = set(futures.values())
         while pending:
             if poll is not None:
                 poll()
-            _, pending = wait(pending, timeout=poll_every, return_when=FIRST_COMPLETED)
+            finished, pending = wait(pending, timeout=poll_every, return_when=FIRST_COMPLETED)
+            for f in finished:
+                value = f.result()  # re-raises a job's unexpected exception here
+                if on_result is not None:
+                    on_result(key_of[f], value)
         if poll is not None:
             poll()
         return {key: f.result() for key, f in futures.items()}

@@ -131,7 +131,8 @@ if not st.session_state.get("merge_compared") or not usable:
 runs: dict[str, object] = {}
 keys = {method: merge_key(method) for method in usable}
 status: dict[str, tuple[str, int, int, float | None]] = {}  # method -> (stage, done, total, eta), from the workers
-bar = None if all(cache.merge_ready(k) for k in keys.values()) else st.progress(0.0, text="Merging…")
+todo = [k for k in keys.values() if not cache.merge_ready(k)]  # the merges this run computes
+bar = None if not todo else st.progress(0.0, text="Merging…")
 
 
 def on_progress(key: cache.MergeKey, stage: str, done: int, total: int, eta: float | None, label: str) -> None:
@@ -148,7 +149,7 @@ def redraw() -> None:
             fracs.append(1.0)
             continue
         stage, done, total, eta = status.get(method, ("waiting", 0, 1, None))
-        lo, hi = STAGES.get(stage, (0.0, 0.0))
+        lo, hi = (0.0, 0.0) if stage == "waiting" else STAGES.get(stage, (0.0, 1.0))
         fracs.append(lo + (hi - lo) * done / max(total, 1))
         if stage not in ("waiting", "done"):
             lines.append(f"{method}: {stage} {done}/{total}")
@@ -167,10 +168,8 @@ if bar is not None:
     bar.empty()
     from analysis.workflow.parallel import default_workers
 
-    st.session_state["merge_took"] = (f"Merged and previewed {len(keys)} method(s) in {time.monotonic() - started:.1f} s "
-                                      f"({default_workers(len(keys))} at a time, one per core).")
-if st.session_state.get("merge_took"):
-    st.caption(st.session_state["merge_took"])
+    st.caption(f"Merged and previewed {len(todo)} method(s) in {time.monotonic() - started:.1f} s "
+               f"({default_workers(len(todo))} at a time, one per core).")
 if not runs:
     st.stop()
 order = list(runs[next(iter(runs))].adapters.names)  # the merge's order, for every label below

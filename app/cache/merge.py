@@ -90,10 +90,11 @@ def merge_runs(keys: list[MergeKey], progress: Any = None, poll: Any = None) -> 
                              progress=ProgressReporter(step))
 
         jobs[key] = job
-    done = run_side_by_side(jobs, progress=progress, poll=poll) if jobs else {}
-    for key, value in done.items():
+    def keep(key: MergeKey, value: Any) -> None:  # as each merge finishes: a Cancel keeps what was done
         if not isinstance(value, Exception):
             _remember(("run", key), value)
+
+    done = run_side_by_side(jobs, progress=progress, poll=poll, on_result=keep) if jobs else {}
     return {key: memo.get(("run", key), done.get(key)) for key in keys}
 
 

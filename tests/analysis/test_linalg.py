@@ -241,6 +241,11 @@ def test_gram_svd_equals_the_full_svd_including_rank_deficient_matrices(shape: t
     approx = (res.U * res.S) @ res.V.T
     assert res.method == "exact" and res.error2 == pytest.approx(float(((W - approx) ** 2).sum()), rel=1e-8)
     assert res.error2 == pytest.approx(float((ref[10:] ** 2).sum()), rel=1e-8)
+    # a rank above the true rank: the extra directions carry nothing (zero values, zero vectors) and the
+    # answer is W itself
+    wide = rank_r_svd(lambda X: W @ X, lambda Y: W.T @ Y, shape, 50, norm2=norm2, dense=lambda: W)
+    assert torch.allclose((wide.U * wide.S) @ wide.V.T, W, atol=1e-9 * float(ref[0]))
+    assert float(wide.S[40:].abs().max()) == 0.0 and wide.error2 <= 1e-9 * norm2
 
 
 def test_singular_values_from_the_r_factors_equal_the_factored_svd_and_the_dense_ones() -> None:

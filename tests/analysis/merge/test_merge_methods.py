@@ -230,6 +230,10 @@ def test_trim_rows_keeps_each_tasks_top_k_like_trim_and_exactly_k_under_ties():
     kept = trim_rows(T.clone(), 0.5)  # k = 3
     assert torch.equal(kept[0], torch.tensor([[3.0, 1.0, 0.0, 0.0, 0.0, -2.0]]))
     assert torch.count_nonzero(kept[0]) == 3 and torch.equal(kept[1], T[1])  # zeros tie at 0: nothing changes
+    # a non-contiguous input is trimmed too (the result is returned, not lost in a copy)
+    Y = torch.randn(6, 5, 4, generator=g).transpose(1, 2)  # (6, 4, 5) non-contiguous
+    out = trim_rows(Y.clone(), 0.25)
+    assert torch.equal(out, torch.stack([trim(y, 0.25) for y in Y])) and int(torch.count_nonzero(out[0])) == 5
 
 
 def test_isolation_reuses_cores_given_with_its_own_settings_and_ignores_others(monkeypatch):  # noqa: ANN001
@@ -248,7 +252,26 @@ def test_isolation_reuses_cores_given_with_its_own_settings_and_ignores_others(m
         assert torch.equal(reused.modules[m].dense(torch.float64), own.modules[m].dense(torch.float64))
     merge_adapters(ads, "isolation", params={"p": 0.05}, cores=(("entries", 0.01), cores))  # other settings
     merge_adapters(ads[:2], "isolation", params={"p": 0.05}, cores=(("entries", 0.05), {}))  # not covering
-    assert calls == [1, 1]
+    masks = {m: {i: c.mask() for i, c in at.items()} for m, at in cores.items()}  # bare masks carry no values
+    merge_adapters(ads, "isolation", params={"p": 0.05}, cores=(("entries", 0.05), masks))
+    assert calls == [1, 1, 1]
+
+
+def test_a_method_without_core_settings_never_receives_the_callers_cores(monkeypatch):  # noqa: ANN001
+    """merge_adapters(cores=...) is passed by the Merge page for every method: a `prepare` that takes no
+    cores (a method without granularity/p) must still work."""
+    import dataclasses
+
+    from analysis.isolation import task_cores
+    from analysis.merge.registry import METHODS
+
+    seen = []
+    linear = METHODS["linear"]
+    probe = dataclasses.replace(linear, name="probe", prepare=lambda ads, w, p: seen.append(len(ads)) or None)
+    monkeypatch.setitem(METHODS, "probe", probe)
+    ads = [random_adapter(f"t{i}", rank=2, seed=i) for i in range(2)]
+    res = merge_adapters(ads, "probe", cores=(("entries", 0.05), task_cores(ads, p=0.05)))
+    assert seen == [2] and set(res.modules) == set(ads[0].modules)
 
 
 @pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [0.3, 1.2, 0.7], [-0.5, -0.5, -0.5],
