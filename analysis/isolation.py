@@ -16,6 +16,7 @@ parameters instead of a few loud layers taking the whole budget.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -186,24 +187,48 @@ Cores = dict[str, dict[int, Core]]  # module -> {input index: core}
 
 
 def task_cores(adapters: Sequence[Adapter], *, granularity: str = "entries", p: float = 0.01,
-               progress: Callable[[int, int, str], None] | None = None) -> Cores:
-    """Every input's core at every module it has, module by module: one dense module (reused buffer) at a time."""
+               progress: Callable[[int, int, str], None] | None = None, workers: int = 1) -> Cores:
+    """Every input's core at every module it has, module by module: one dense module (reused buffer) at a time
+    per worker. `workers` > 1 splits the modules between that many threads (one torch thread each; the
+    Merge page uses one per core), each with its own buffers; the cores are the same."""
     modules = sorted(set().union(*(a.modules for a in adapters)))
     out: Cores = {}
-    buffer: torch.Tensor | None = None
-    scratch: torch.Tensor | None = None
-    for step, m in enumerate(modules):
-        here = {}
-        for i, a in enumerate(adapters):
-            if m in a.modules:
-                d = a.modules[m]
-                if granularity == "entries" and (buffer is None or tuple(buffer.shape) != d.shape):
-                    buffer, scratch = torch.empty(d.shape), torch.empty(d.shape)  # float32
-                here[i] = task_core(d, granularity, p, buffer, scratch)
-        out[m] = here
-        if progress is not None:
-            progress(step + 1, len(modules), m)
-    return out
+    done = [0]
+    lock = threading.Lock()
+    caller = threading.current_thread()  # progress is reported from the caller's thread only
+
+    def work(share: Sequence[str]) -> None:
+        buffer: torch.Tensor | None = None
+        scratch: torch.Tensor | None = None
+        for m in share:
+            here = {}
+            for i, a in enumerate(adapters):
+                if m in a.modules:
+                    d = a.modules[m]
+                    if granularity == "entries" and (buffer is None or tuple(buffer.shape) != d.shape):
+                        buffer, scratch = torch.empty(d.shape), torch.empty(d.shape)  # float32
+                    here[i] = task_core(d, granularity, p, buffer, scratch)
+            with lock:
+                out[m] = here
+                done[0] += 1
+                step = done[0]
+            if progress is not None and threading.current_thread() is caller:
+                progress(step, len(modules), m)
+
+    n = max(1, min(int(workers), len(modules)))
+    if n == 1:
+        work(modules)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from analysis.threads import bounded_threads
+
+        with bounded_threads(1), ThreadPoolExecutor(n - 1, thread_name_prefix="atlas-cores") as pool:
+            futures = [pool.submit(work, modules[k::n]) for k in range(1, n)]
+            work(modules[0::n])  # this thread's share (it reports progress)
+            for f in futures:
+                f.result()
+    return {m: out[m] for m in modules}
 
 
 @dataclass(frozen=True)

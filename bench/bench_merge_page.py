@@ -10,7 +10,7 @@ the adapters' files to every method's `MergeRun`:
   seconds are this route's);
 - `side_by_side`: `analysis.workflow.parallel.run_side_by_side` (what the page calls through
   `app.cache.merge_runs`): the methods in a pool of `default_workers` threads (2 on 2 cores), one torch
-  thread each. Both routes must give identical evidence (checked here, and in the tests).
+  thread each, after the shared cores computed by as many threads (`task_cores(workers=...)`). Both routes must give identical evidence (checked here, and in the tests).
 The server keeps the library imported between requests, so imports happen before the clock starts.
 Wall and CPU seconds are both reported; on a shared, loaded machine compare them with the load average.
 Usage: OMP_NUM_THREADS=1 .venv/bin/python bench/bench_merge_page.py [--workers N] [--repeat 2]
@@ -50,12 +50,12 @@ def sample_paths() -> list[Path]:
     return sorted(p for p in (ROOT / "sample_adapters").iterdir() if (p / "adapter_config.json").exists())
 
 
-def prepare() -> tuple[AdapterSet, object, dict[str, float]]:
+def prepare(workers: int = 1) -> tuple[AdapterSet, object, dict[str, float]]:
     t = time.perf_counter()
     aset = AdapterSet.from_adapters([load_adapter(p) for p in sample_paths()])
     read = time.perf_counter() - t
     t = time.perf_counter()
-    cores = task_cores(list(aset.adapters), granularity=CORES[0], p=CORES[1])
+    cores = task_cores(list(aset.adapters), granularity=CORES[0], p=CORES[1], workers=workers)
     return aset, cores, {"read_seconds": round(read, 3), "cores_seconds": round(time.perf_counter() - t, 3)}
 
 
@@ -73,7 +73,7 @@ def one_at_a_time() -> dict:
 
 def side_by_side(workers: int) -> tuple[dict, dict]:
     t0, c0 = time.perf_counter(), cpu_seconds()
-    aset, cores, setup = prepare()
+    aset, cores, setup = prepare(workers)  # the page computes the shared cores with the same workers
     jobs = {m: (lambda step, m=m: run_merge(aset, m, cores_default=CORES, cores=cores,
                                             progress=ProgressReporter(step))) for m in METHODS}
     runs = run_side_by_side(jobs, workers=workers)

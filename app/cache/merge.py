@@ -38,9 +38,10 @@ def merge_cores(refs: tuple[AdapterRef, ...], granularity: str, p: float) -> Any
     """Every input's core masks, shared by the previews of all methods."""
     from analysis.isolation import task_cores
     from analysis.threads import bounded_threads
+    from analysis.workflow.parallel import default_workers
 
-    with bounded_threads(None):
-        return task_cores(adapters_of(refs), granularity=granularity, p=p)
+    with bounded_threads(None):  # one worker per core, as the comparison that follows
+        return task_cores(adapters_of(refs), granularity=granularity, p=p, workers=default_workers(2))
 
 
 def merge_ready(key: MergeKey) -> bool:

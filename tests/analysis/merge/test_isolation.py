@@ -180,3 +180,18 @@ def test_claim_runs_give_the_dense_maps_values_and_counts(groups: list[int], pol
     ok = ((new - values).abs() <= 0.25 * values.abs()) & masks
     assert sizes.tolist() == masks.sum(dim=1).tolist()
     assert conf.tolist() == (masks & twice).sum(dim=1).tolist() and kept.tolist() == ok.sum(dim=1).tolist()
+
+
+def test_task_cores_split_between_threads_are_the_cores_of_one_thread() -> None:
+    from analysis.isolation import task_cores
+
+    shapes = {f"layers.{i}.{k}": (24, 20) for i in range(5) for k in ("q", "v")}
+    ads = [random_adapter(f"t{i}", rank=3, shapes=shapes, seed=i) for i in range(3)]
+    steps: list[int] = []
+    one = task_cores(ads, p=0.05)
+    two = task_cores(ads, p=0.05, workers=3, progress=lambda done, total, m: steps.append(done))
+    assert list(two) == list(one) == sorted(shapes)
+    for m in one:
+        for i in one[m]:
+            assert torch.equal(one[m][i].index, two[m][i].index) and torch.equal(one[m][i].value, two[m][i].value)
+    assert steps and steps == sorted(steps) and max(steps) <= len(shapes)  # reported from the caller's thread
