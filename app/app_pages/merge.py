@@ -121,7 +121,9 @@ st.subheader("3 · Compare")
 go_col, stop_col = st.columns([1, 1])
 if go_col.button("Compare methods", type="primary", key="merge_compare"):
     st.session_state["merge_compared"] = True
-if stop_col.button("Cancel", key="merge_cancel", help="Stops the running comparison; nothing is kept."):
+if stop_col.button("Cancel", key="merge_cancel",
+                   help="Stops the running comparison at the next module; merges that already finished are kept "
+                        "for the next Compare."):
     st.session_state["merge_compared"] = False
     st.info("Comparison cancelled.")
 if not st.session_state.get("merge_compared") or not usable:

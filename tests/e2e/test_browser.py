@@ -196,3 +196,29 @@ def test_merge_compares_every_sample_adapter_with_five_methods(server_url: str, 
     (SHOTS / "merge_timings.json").write_text(json.dumps(timing, indent=1))
     print(json.dumps({"merge_page": timing}))
     assert any(m in " ".join(seen) for m in methods) or elapsed < 2  # the bar names what runs (if seen at all)
+
+
+def test_merge_comparison_can_be_cancelled_while_it_runs(server_url: str, page) -> None:
+    """Cancel during the side-by-side comparison: the page says so, shows no table, and the next Compare works
+    (merges that had finished before the cancel are reused, the others run again)."""
+    from helpers.browser import IDLE_JS
+
+    repo = Path(__file__).resolve().parents[2]
+    names = sorted(p.name for p in (repo / "sample_adapters").iterdir() if (p / "adapter_config.json").is_file())
+    query = "&".join([f"merge={n}" for n in names[:6]] + [f"method={m}" for m in ("ties", "dare_ties", "tsv")])
+    page.goto(f"{server_url}/merge?{query}", wait_until="domcontentloaded")
+    settle(page)
+    page.get_by_role("button", name="Compare methods").click()
+    page.wait_for_selector('[data-testid="stProgress"]', timeout=120_000)
+    page.get_by_role("button", name="Cancel").click()
+    settle(page)
+    screenshot(page, "merge_cancelled")
+    assert page.get_by_text("Comparison cancelled.").count() == 1
+    assert page.locator('[data-testid="stDataFrame"]').count() == 0
+    assert page.locator('[data-testid="stException"]').count() == 0
+    start = time.monotonic()
+    page.get_by_role("button", name="Compare methods").click()
+    page.wait_for_selector('[data-testid="stDataFrame"]', timeout=240_000)
+    page.wait_for_function(IDLE_JS, timeout=240_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    print(json.dumps({"merge_after_cancel_s": round(time.monotonic() - start, 2)}))
