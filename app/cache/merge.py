@@ -55,13 +55,23 @@ def merge_run(key: MergeKey, progress: Any = None) -> Any:
     memo = _merge_runs()
     if ("run", key) in memo:
         return memo[("run", key)]
+    return _remember(("run", key), _merge_job(key)(progress))
+
+
+def _merge_job(key: MergeKey) -> Any:
+    """`job(progress)` running one merge of `key`: its Streamlit-cached inputs (adapter set, cores) are
+    resolved now, in the caller's (script) thread, so the job itself runs library code only."""
     from analysis.workflow import ExportSpec, ProgressReporter, run_merge
 
     refs, method, params, weights, cores, extras = key
-    run = run_merge(adapter_set(refs), method, dict(params), list(weights) if weights else None,
-                    ExportSpec(extras=extras), cores_default=cores, cores=merge_cores(refs, *cores),
-                    progress=ProgressReporter(progress))
-    return _remember(("run", key), run)
+    aset, given = adapter_set(refs), merge_cores(refs, *cores)
+
+    def job(progress: Any) -> Any:
+        return run_merge(aset, method, dict(params), list(weights) if weights else None,
+                         ExportSpec(extras=extras), cores_default=cores, cores=given,
+                         progress=ProgressReporter(progress))
+
+    return job
 
 
 def merge_runs(keys: list[MergeKey], progress: Any = None, poll: Any = None) -> dict[MergeKey, Any]:
@@ -71,26 +81,11 @@ def merge_runs(keys: list[MergeKey], progress: Any = None, poll: Any = None) -> 
     Everything Streamlit is touched here, in the script's thread (the cached adapter set and cores);
     the workers run only library code. `progress(key, stage, done, total, eta, label)` is called from the
     workers (bookkeeping only); `poll()` from this thread, to redraw and to stop (raise) on Cancel."""
-    from analysis.workflow import ExportSpec, run_merge
     from analysis.workflow.parallel import run_side_by_side
 
     memo = _merge_runs()
-    jobs = {}
-    for key in keys:
-        if ("run", key) in memo:
-            continue
-        refs, method, params, weights, cores, extras = key
+    jobs = {key: _merge_job(key) for key in keys if ("run", key) not in memo}
 
-        def job(step: Any, refs: Any = refs, method: str = method, params: Any = params, weights: Any = weights,
-                cores: Any = cores, extras: str = extras, aset: Any = adapter_set(refs),
-                given: Any = merge_cores(refs, *cores)) -> Any:
-            from analysis.workflow import ProgressReporter
-
-            return run_merge(aset, method, dict(params), list(weights) if weights else None,
-                             ExportSpec(extras=extras), cores_default=cores, cores=given,
-                             progress=ProgressReporter(step))
-
-        jobs[key] = job
     def keep(key: MergeKey, value: Any) -> None:  # as each merge finishes: a Cancel keeps what was done
         if not isinstance(value, Exception):
             _remember(("run", key), value)

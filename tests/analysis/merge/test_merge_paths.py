@@ -121,22 +121,22 @@ class DenseCounter:
         monkeypatch.setattr(LowRankDelta, "dense", dense)
         monkeypatch.setattr(iso, "dense_into", dense_into)
         monkeypatch.setattr(sparsify, "stacked_dense", stacked_dense)
+        self.alive_between: list[int] = []
+
+    def progress(self, done: int, total: int, module: str) -> None:
+        """A merge progress callback: how many dense modules are still alive after each finished module."""
+        gc.collect()
+        self.alive_between.append(len(self.alive))
 
 
 def test_entry_isolation_densifies_each_input_once_per_module_and_streams(monkeypatch: pytest.MonkeyPatch):
     shapes = {f"layers.{i}.q": (GRAM_SIDE + 40, GRAM_SIDE + 8) for i in range(4)}  # operator route, not dense
     ads = trio(shapes=shapes)
     counter = DenseCounter(monkeypatch)
-    alive_between: list[int] = []
-
-    def progress(done: int, total: int, module: str) -> None:
-        gc.collect()
-        alive_between.append(len(counter.alive))
-
-    res = merge_adapters(ads, "isolation", params={"p": 0.05}, rank=4, progress=progress)
+    res = merge_adapters(ads, "isolation", params={"p": 0.05}, rank=4, progress=counter.progress)
     assert counter.calls == len(ads) * len(shapes)  # one dense pass: each input once per module
     assert counter.peak <= 1  # one reused buffer: never two dense modules alive
-    assert alive_between == [0] * len(shapes)  # nothing dense survives a finished module
+    assert counter.alive_between == [0] * len(shapes)  # nothing dense survives a finished module
     assert all(isinstance(d, LowRankDelta) and d.rank == 4 for d in res.modules.values())
     pv = preview_merge(ads, res.modules, rank=4, p=0.05, cores=res.cores, spectra=res.spectra)
     assert counter.calls == len(ads) * len(shapes)  # the preview reuses the merge's cores: no new dense pass
@@ -147,15 +147,9 @@ def test_ties_with_a_rank_streams_module_by_module(monkeypatch: pytest.MonkeyPat
     shapes = {f"layers.{i}.q": (GRAM_SIDE + 40, GRAM_SIDE + 8) for i in range(4)}
     ads = trio(shapes=shapes)
     counter = DenseCounter(monkeypatch)
-    alive_between: list[int] = []
-
-    def progress(done: int, total: int, module: str) -> None:
-        gc.collect()
-        alive_between.append(len(counter.alive))
-
-    merge_adapters(ads, "ties", rank=4, progress=progress)
+    merge_adapters(ads, "ties", rank=4, progress=counter.progress)
     assert counter.calls == len(ads) * len(shapes)  # each input densified once per module
-    assert counter.peak <= len(ads) and alive_between == [0] * len(shapes)
+    assert counter.peak <= len(ads) and counter.alive_between == [0] * len(shapes)
 
 
 def test_preview_spectra_give_the_fidelity_of_any_rank_without_a_new_preview():
