@@ -18,14 +18,15 @@ from analysis.errors import AtlasError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from analysis.consolidate.train import STRATEGIES
+    from analysis.consolidate.arms import ARMS, STRATEGIES
 
     p = subparsers.add_parser(
-        "consolidate", help="train one adapter for every task (isolation / multitask / sequential / merge-then-tune)",
+        "consolidate", help="train one adapter for every task (isolation, multitask, sequential, full fine-tuning...)",
         description="Consolidate task adapters into one by short fine-tuning on the task mix.")
     p.add_argument("paths", nargs="+", metavar="ADAPTER", help="adapter directories (name = task)")
     p.add_argument("--data", required=True, metavar="DIR", help="task data: DIR/<task>/{train,eval}.jsonl")
-    p.add_argument("--strategy", required=True, choices=STRATEGIES)
+    p.add_argument("--strategy", required=True, choices=STRATEGIES, metavar="ARM",
+                   help="; ".join(f"{a.name}: {a.help}" for a in ARMS.values()))
     p.add_argument("--steps", type=int, required=True, help="optimizer steps (the same budget for every strategy)")
     p.add_argument("--rank", type=int, default=16, help="rank R of the fresh LoRA block (default 16)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -34,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cores", default="magnitude", choices=("magnitude", "saliency"),
                    help="core rows by |dW| (paper) or by |dW| x input activation RMS on the task's prompts")
     p.add_argument("--p", type=float, default=0.01, help="core rows per task and module (default 0.01, the paper's)")
+    p.add_argument("--stages", type=int, default=3, help="sequential arms: K consecutive task groups (default 3)")
+    p.add_argument("--full-lr", type=float, default=1e-4, help="learning rate of the full fine-tuning arms")
+    p.add_argument("--export-rank", type=int, default=64,
+                   help="full fine-tuning arms: rank of the written LoRA (the exact update goes to delta.safetensors)")
+    p.add_argument("--no-match-params", action="store_true",
+                   help="fresh LoRA arms train rank --rank only, not R0 + rank (unequal trainable parameters)")
     p.add_argument("--base", default=None, metavar="PATH", help="local base model directory (default: the sample base)")
     p.add_argument("--limit", type=int, default=None, help="eval rows per task for the accuracy (default all)")
     p.add_argument("--no-eval", action="store_true", help="skip measuring accuracy on the written adapter")
@@ -70,13 +77,16 @@ def run(args: argparse.Namespace) -> int:
     from analysis.consolidate.run import run_consolidation
     from analysis.consolidate.train import ConsolidateConfig
 
-    torch.set_num_threads(max(1, args.threads))
+    cfg = ConsolidateConfig(strategy=args.strategy, steps=args.steps, rank=args.rank, batch_size=args.batch_size,
+                            lr=args.lr, seed=args.seed, cores=args.cores, p=args.p, stages=args.stages,
+                            full_lr=args.full_lr, export_rank=args.export_rank, match_params=not args.no_match_params)
+    cfg.check()  # one line (exit 2) for NaN, inf or out-of-range numbers, before anything is loaded
+    if args.threads < 1 or (args.limit is not None and args.limit < 1):
+        raise AtlasError("--threads and --limit must be at least 1")
+    torch.set_num_threads(args.threads)
     prepare_out(args.out, args.force)
     if not Path(args.data).is_dir():
         raise AtlasError(f"--data {args.data}: no such directory")
-    cfg = ConsolidateConfig(strategy=args.strategy, steps=args.steps, rank=args.rank, batch_size=args.batch_size,
-                            lr=args.lr, seed=args.seed, cores=args.cores, p=args.p)
-    cfg.check()
     adapters = [load_adapter(Path(p)) for p in args.paths]
     model, tokenizer = load_base(args.base)
     evaluate = None if args.no_eval else TaskEvaluator(model, tokenizer, args.data, limit=args.limit)

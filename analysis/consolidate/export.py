@@ -20,6 +20,7 @@ from analysis.export.peft import peft_files
 from analysis.export.writer import common_base, safetensors_bytes
 
 WEIGHTS = "adapter_model.safetensors"
+DELTA_FILE = "delta.safetensors"
 
 
 def prepare_out(out: str | Path, force: bool) -> Path:
@@ -36,7 +37,9 @@ def recipe_record(adapters: Sequence[Adapter], config: Mapping[str, Any], data_d
             "config": dict(config), "data": str(Path(data_dir).resolve()), "base": base or "sample base (analysis."
             "base_model)", "command": "adapter-atlas consolidate " + " ".join(str(Path(a.path)) for a in adapters)
             + f" --data {data_dir} --strategy {config.get('strategy')} --steps {config.get('steps')} "
-            f"--rank {config.get('rank')} --seed {config.get('seed')} --cores {config.get('cores')}"}
+            f"--rank {config.get('rank')} --seed {config.get('seed')} --cores {config.get('cores')} --p {config.get('p')} "
+            f"--stages {config.get('stages')} --export-rank {config.get('export_rank')} --lr {config.get('lr')} "
+            f"--full-lr {config.get('full_lr')}" + ("" if config.get("match_params", True) else " --no-match-params")}
 
 
 def write_peft(out: str | Path, modules: Mapping[str, Delta], inputs: list[Adapter], *,
@@ -74,3 +77,12 @@ def export_check(out: str | Path, modules: Mapping[str, Delta]) -> dict[str, Any
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=float) + "\n", encoding="utf-8")
+
+
+def write_delta(path: Path, modules: Mapping[str, Delta]) -> None:
+    """The exact dense update per module (`analysis.export.delta` layout), written durably."""
+    from analysis.export.delta import delta_files
+    from analysis.export.outdir import write_durable
+
+    tensors, _, meta = delta_files(modules)
+    write_durable(path, safetensors_bytes(tensors, {"format": "pt", **meta}))

@@ -2,7 +2,8 @@
 
 Used by `adapter-atlas consolidate` and `bench/consolidate_table.py`. The accuracy in `training.json` is
 measured on the adapter re-read from disk (not the live training modules), so it is the number a user of
-the written adapter gets.
+the written adapter gets. The full fine-tuning arms write their LoRA at `export_rank` (fidelity in
+`training.json`) and the exact dense update as `delta.safetensors` (`analysis.export.delta` format).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Sequence
 
 from analysis.adapters.model import Adapter
 from analysis.consolidate.evaluator import Evaluate
-from analysis.consolidate.export import export_check, recipe_record, write_json, write_peft
+from analysis.consolidate.export import DELTA_FILE, export_check, recipe_record, write_delta, write_json, write_peft
 from analysis.consolidate.train import ConsolidateConfig, Progress, consolidate
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,12 @@ def run_consolidation(model: Any, tokenizer: Any, adapters: Sequence[Adapter], d
     result = consolidate(model, tokenizer, adapters, data_dir, cfg, progress=progress)
     record = dict(result.record)
     record["recipe"] = recipe_record(adapters, record["config"], data_dir, base)
-    write_peft(out, result.modules, list(adapters), force=force)
-    record["export"] = export_check(out, result.modules)
+    lora = result.lora if result.lora is not None else result.modules  # full arms: the rank-`export_rank` LoRA
+    write_peft(out, lora, list(adapters), force=force)
+    record["export"] = export_check(out, lora)
+    if result.lora is not None:  # the trained dense update itself, exactly, next to its LoRA
+        write_delta(Path(out) / DELTA_FILE, result.modules)
+        record["export"].update(delta=DELTA_FILE, lora_fidelity=record["lora_export"])
     if evaluate is not None:
         exported = load_adapter(Path(out))
         t1 = time.time()

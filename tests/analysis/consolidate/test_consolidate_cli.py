@@ -36,3 +36,13 @@ def test_data_free_plan_cli_writes_plan_json(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["adapters_in"] == 2 and data == json.loads((tmp_path / "o" / "plan.json").read_text())
     assert all((tmp_path / "o" / g["path"] / "adapter_config.json").is_file() for g in data["groups"])
+
+
+def test_consolidate_refuses_bad_numbers_in_one_line(tmp_path, capsys):
+    for args, word in [(["--lr", "nan"], "lr"), (["--full-lr", "inf"], "full lr"), (["--p", "0"], "p must"),
+                       (["--stages", "0"], "stages"), (["--export-rank", "-1"], "export rank"),
+                       (["--threads", "0"], "--threads")]:
+        code = main(["consolidate", str(tmp_path), "--data", str(tmp_path), "--strategy", "full-isolation",
+                     "--steps", "1", "--out", str(tmp_path / "out"), *args])
+        err = capsys.readouterr().err
+        assert code == 2 and word in err and err.count("\n") == 1, (args, err)
