@@ -18,16 +18,7 @@ from torch import nn
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
 from analysis.consolidate.arms import Arm
 from analysis.consolidate.blocks import BlockLinear, BlockSpec, install, trained_modules, uninstall
-from analysis.consolidate.cores import (
-    core_rows,
-    groups_of,
-    isolation_start,
-    row_energy,
-    row_jaccard,
-    row_scores,
-    saliency_rms,
-    top_fraction,
-)
+from analysis.consolidate.cores import core_rows, groups_of, isolation_start, row_jaccard, row_scores, saliency_rms
 from analysis.consolidate.fullft import (
     DenseUpdateLinear,
     dense_modules,
@@ -36,6 +27,7 @@ from analysis.consolidate.fullft import (
     uninstall_dense,
     zero_start,
 )
+from analysis.isolation import row_energy, top_fraction
 
 
 @dataclass
