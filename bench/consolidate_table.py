@@ -55,9 +55,10 @@ CONTRASTS = [
     ("full isolation vs full multitask", "full-isolation", "full-multitask", "the paper's main claim, full FT"),
 ]
 # The full protocol, chosen from step times measured on this machine (README, "What the sample set can test"):
-# one step of 8 sequences ~5.7 s and NLL of 640 eval rows ~150 s on one thread at load ~6 (7 jobs sharing 2
-# cores); 8 arms x 3 seeds x (60 steps + curve + final NLL + exact match) is ~3.5 h at that load and ~1 h on
-# an idle machine with two threads (~2x per step, ~1.7x per evaluation).
+# a LoRA step of 8 sequences 4.4-6.0 s, a full fine-tuning step ~11 s, NLL of 640 eval rows 154 s, exact match
+# of 320 rows ~130 s, one thread at load ~6 (7 jobs sharing 2 cores): 8 arms x 3 seeds x (60 steps + curve +
+# final NLL + exact match) is ~5.5 h at that load, roughly 1.5 h on an idle machine with two threads
+# (extrapolated, not measured). It does not fit one hour here; fewer steps or seeds would not answer anything.
 FULL = {"steps": 60, "seeds": 3, "curve": [15, 30], "curve_rows": 16, "rows": 64, "em_rows": 32}
 
 log = logging.getLogger("consolidate_table")
@@ -150,22 +151,32 @@ def contrasts(result: dict) -> list[dict[str, Any]]:
 
 def markdown(result: dict) -> str:
     """The stored contrasts and arm means as README tables."""
-    lines = [f"Run: {result.get('label', '?')}; tasks {len(result['settings']['tasks'])}, seeds "
-             f"{len(result['settings']['seeds'])}, {result['settings']['steps']} steps.", "",
-             "| contrast (A - B) | NLL diff [95% CI] | retention diff [95% CI] |", "|---|---|---|"]
+    s = result["settings"]
+    lines = [f"{result.get('label', '?')}: {len(s['tasks'])} tasks, seeds {s['seeds']}, {s['steps']} steps, NLL on "
+             f"{s['rows']} eval rows per task, exact match on {s['em_rows']}.", "",
+             "| contrast: A - B | NLL diff [95% CI] (< 0: A better) | on the curve (step: diff [CI]) | "
+             "retention diff [95% CI] (> 0: A better) |", "|---|---|---|---|"]
+
+    def cell(x: dict | None) -> str:
+        return f"{x['mean']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]" if x else "-"
+
     for c in result.get("contrasts", []):
-        cells = []
-        for m in ("nll", "retention"):
-            x = c.get(m)
-            cells.append(f"{x['mean']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]" if x else "-")
-        lines.append(f"| {c['name']}: {c['a']} - {c['b']} | {cells[0]} | {cells[1]} |")
-    lines += ["", "| arm | trainable | free | mean NLL | mean retention | train s / run |", "|---|---|---|---|---|---|"]
+        curve = "; ".join(f"{k}: {cell(v)}" for k, v in (c.get("nll_curve") or {}).items()) or "-"
+        lines.append(f"| {c['name']}: {c['a']} - {c['b']} | {cell(c.get('nll'))} | {curve} | "
+                     f"{cell(c.get('retention'))} |")
+    lines += ["", "| arm | trainable | free | frozen | mean NLL | mean retention | train s / run |",
+              "|---|---|---|---|---|---|---|"]
     for arm, per in result["runs"].items():
         r = list(per.values())
         nll = np.mean([np.mean(list(x["nll"].values())) for x in r])
         ret = [np.mean([v for v in x["retention"].values() if v is not None]) for x in r if x.get("retention")]
-        lines.append(f"| {arm} | {r[0]['trainable_parameters']:,} | {r[0]['free_parameters']:,} | {nll:.3f} | "
-                     f"{np.mean(ret) if ret else float('nan'):.3f} | {np.mean([x['seconds']['train'] for x in r]):.0f} |")
+        lines.append(f"| {arm} | {r[0]['trainable_parameters']:,} | {r[0]['free_parameters']:,} | "
+                     f"{r[0]['frozen_positions']:,} | {nll:.3f} | {np.mean(ret) if ret else float('nan'):.3f} | "
+                     f"{np.mean([x['seconds']['train'] for x in r]):.0f} |")
+    ref = result.get("references", {})
+    if ref:
+        lines.append(f"| (base model) | | | | {np.mean(list(ref['base_nll'].values())):.3f} | | |")
+        lines.append(f"| (each task's own adapter) | | | | {np.mean(list(ref['own_nll'].values())):.3f} | 1 | |")
     return "\n".join(lines)
 
 
