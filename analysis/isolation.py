@@ -126,9 +126,9 @@ class Core:
         return out.reshape(self.shape)
 
     @staticmethod
-    def from_mask(mask: torch.Tensor, scores: torch.Tensor | None = None) -> "Core":
+    def from_mask(mask: torch.Tensor, scores: torch.Tensor) -> "Core":
         idx = mask.reshape(-1).nonzero().squeeze(1)  # (k,)
-        val = scores.reshape(-1)[idx].float() if scores is not None else torch.zeros(0)  # (k,) or unknown
+        val = scores.reshape(-1)[idx].float()  # (k,)
         return Core(idx, val, tuple(mask.shape))
 
 
@@ -160,11 +160,6 @@ def task_core(delta: Delta, granularity: str, p: float, buffer: torch.Tensor | N
         return Core(small, val.clone(), delta.shape)
     score = importance(delta, granularity)
     return Core.from_mask(top_fraction(score, p), score)
-
-
-def as_core(x: "Core | torch.Tensor") -> Core:
-    """Accept a `Core` or a boolean mask (older callers pass masks)."""
-    return x if isinstance(x, Core) else Core.from_mask(x)
 
 
 def core_mask(delta: Delta, granularity: str, p: float) -> torch.Tensor:
@@ -278,7 +273,7 @@ def core_overlap(adapters: Sequence[Adapter], *, granularity: str = "entries", p
     """Jaccard overlap of the tasks' core regions, pooled over the modules they share.
 
     # cores per module; # intersections from the union table (N x U booleans, U <= N k);
-    # Jaccard = |C_i & C_j| / |C_i | C_j|. `cores` may hold `Core`s or boolean masks."""
+    # Jaccard = |C_i & C_j| / |C_i | C_j|. `cores`: the `Core`s already computed, per module and input."""
     n = len(adapters)
     sizes = np.zeros(n)
     inter = np.zeros((n, n))
@@ -288,7 +283,7 @@ def core_overlap(adapters: Sequence[Adapter], *, granularity: str = "entries", p
         at = cores[module] if cores is not None else {
             i: task_core(a.modules[module], granularity, p) for i, a in enumerate(adapters) if module in a.modules}
         present = sorted(at)
-        counts = pair_counts([as_core(at[i]) for i in present])  # (n_present, n_present)
+        counts = pair_counts([at[i] for i in present])  # (n_present, n_present)
         local = np.zeros((n, n))
         idx = np.asarray(present)
         local[np.ix_(idx, idx)] = counts

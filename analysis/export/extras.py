@@ -20,19 +20,17 @@ Inputs whose scaled biases differ are refused like any other extra.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
 from analysis.adapters.model import Adapter
+from analysis.adapters.peft_format import LORA_BIAS, PEFT_PREFIX
 from analysis.adapters.safetensors_io import open_weights
 from analysis.errors import RecipeError
 
 EXTRAS_POLICIES = ("carry", "drop")
-PEFT_PREFIX = "base_model.model."
-LORA_BIAS = re.compile(r"^(?P<module>.+)\.lora_B(?:\.[^.]+)?\.bias$")
 DROP_HINT = "merge with the extras dropped (recipe export.extras: drop)"
 
 

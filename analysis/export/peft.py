@@ -17,10 +17,9 @@ from typing import Any, Mapping
 import torch
 
 from analysis.adapters.model import Adapter, Delta
+from analysis.adapters.peft_format import PEFT_PREFIX
 from analysis.export.extras import peft_config_for, plan_extras
 from analysis.export.layout import export_factors
-
-PEFT_PREFIX = "base_model.model."
 
 
 def common_value(adapters: list[Adapter], key: str) -> Any:
