@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
-from analysis.claims import ClaimRuns, claim_runs, task_counts
-from analysis.isolation import Core, column_energy, row_energy, task_core
+from analysis.isolation import ClaimRuns, Core, claim_runs, column_energy, row_energy, task_core
 from analysis.linalg import singular_values
+from analysis.merge.claims import task_counts
 from analysis.merge.ops import ModuleSpectrum, inner, linear_combination, svd_of, truncate_with_spectrum
 from analysis.merge.structured import gather
 

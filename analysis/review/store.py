@@ -27,10 +27,10 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
+import analysis.review.models as m
 from analysis import __version__
 from analysis.errors import ReviewError
 from analysis.recipe_contract import RecipeContract
-from analysis.review import models as m
 
 log = logging.getLogger(__name__)
 
