@@ -34,8 +34,9 @@ lint: $(STAMP)
 test: $(STAMP) system lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# The fast part (no browser, nothing marked slow): minutes, for the edit-test loop.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not e2e and not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e and not slow"
 
 # Consolidating the ten sample adapters (every strategy at one budget + the planner): ~45-60 min on 2 shared cores.
 consolidate: $(STAMP)
