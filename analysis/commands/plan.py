@@ -46,13 +46,13 @@ class _Log(logging.Handler):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from analysis.export.outdir import check_out_dir
     from analysis.plan import Planner
     from analysis.plan.export import export_plan
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise AtlasError(f"{out} already exists; pass --force to replace it")
+    check_out_dir(out, inputs=args.paths, force=args.force)  # before any planning (checked again when writing)
     if args.data is not None and not Path(args.data).is_dir():
         raise AtlasError(f"--data {args.data}: no such directory")
     from analysis.workflow import AdapterSet
