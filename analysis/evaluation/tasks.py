@@ -1,7 +1,7 @@
 """A set of tasks from the user's data: files, folders or a mapping file, all read before any model loads.
 
 `--data PATH` (repeatable) accepts
-- a JSONL file: one task, named by the file's stem;
+- a JSONL file: one task, named by the file's stem (by its folder for `<task>/eval.jsonl`);
 - a folder `DIR/<task>/eval.jsonl` (the sample layout; `split` picks another file name) or a folder of
   `*.jsonl` files (one task per file);
 - a mapping file (YAML) naming tasks and, optionally, which adapters each is for:
@@ -15,7 +15,7 @@
 
 An adapter the mapping does not list is scored on every task. An adapter's *own* task (the denominator of
 retention in `plan` and `consolidate`) is the one task the mapping gives it, else the task named like the
-adapter's folder (its path, not its display name).
+adapter's folder (or its file's stem for a single-file adapter: its path, never its display name).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from analysis.evaluation.data import METRICS, TaskData, load_task
 
 SAMPLE_TASKS_DIR = Path(__file__).resolve().parents[2] / "sample_adapters" / "tasks"
 MAX_MAPPING_BYTES = 1024 * 1024
+SPLIT_NAMES = ("eval", "train", "test", "validation")
 
 
 class _TaskEntry(BaseModel):
@@ -103,10 +104,11 @@ class TaskSet:
                     raise EvaluationDataError(f"{adapter.path}: the mapping gives it {len(a.tasks)} tasks; its own "
                                               "task must be exactly one")
                 return a.tasks[0]
-        folder = Path(adapter.path)
-        folder = folder if folder.is_dir() else folder.parent
-        if folder.name in self.names:
-            return folder.name
+        path = Path(adapter.path)
+        named = path.parent.name if path.is_file() and path.name.startswith("adapter_model.") else (
+            path.stem if path.is_file() else path.name)  # a PEFT folder, its weights file, or a single file
+        if named in self.names:
+            return named
         raise EvaluationDataError(f"{adapter.path}: no task for this adapter: name its folder like a task "
                                   f"({', '.join(self.names[:8])}) or assign one in a mapping file (by path or sha256)")
 
@@ -177,8 +179,8 @@ def load_data(paths: Sequence[str | Path] | None, *, metric: str = "exact", spli
             more, given = _mapping(p, metric)
             tasks += more
             assignments += given
-        elif p.is_file():
-            tasks.append(load_task(p.stem, p, metric))
+        elif p.is_file():  # named by its stem; DIR/<task>/eval.jsonl given directly is still <task>
+            tasks.append(load_task(p.parent.name if p.stem in SPLIT_NAMES else p.stem, p, metric))
         else:
             raise EvaluationDataError(f"{p}: no such data file or folder")
     seen: dict[str, Path] = {}
