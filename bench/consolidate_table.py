@@ -3,9 +3,10 @@
 Every arm of `analysis.consolidate` named in --arms trains for the same steps, batch size, schedule shape and,
 per seed, the same batch sequence (the record's `batch_digest` shows it) from the sample adapters
 (LoRA r=8 on SmolLM2-135M), over --seeds seeds. Measured per (arm, seed, task):
-- primary: teacher-forced answer NLL per token on the first --rows eval rows of every task (all 64 by
-  default), at the end and at the --curve step counts (learning curves, on the first --curve-rows rows);
-- secondary: exact-match accuracy (the `analysis.evaluate` protocol) on the first --em-rows eval rows,
+- primary: teacher-forced answer NLL per token (`analysis.evaluation`, the training loss's encoding) on the
+  first --rows eval rows of every task (all 64 by default), at the end and at the --curve step counts
+  (learning curves on the first --curve-rows rows, measured on the model with the update installed);
+- secondary: exact-match accuracy (the `analysis.evaluation` protocol) on the first --em-rows eval rows,
   divided by the task's own adapter's accuracy on the same rows (retention).
 The full fine-tuning arms are measured as trained (the delta export is exact) and, for NLL, also through
 their rank --export-rank LoRA (fidelity stored). Contrasts are paired differences A - B over tasks x seeds
@@ -33,11 +34,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from analysis.adapters import load_adapter  # noqa: E402
-from analysis.base_model import load_base_model  # noqa: E402
 from analysis.consolidate import ARMS, ConsolidateConfig, consolidate  # noqa: E402
-from analysis.consolidate.evaluator import TaskEvaluator  # noqa: E402
-from analysis.consolidate.nll import TaskNLL, nll_of_deltas  # noqa: E402
 from analysis.consolidate.stats import paired_contrast  # noqa: E402
+from analysis.evaluation import Evaluator, load_data, load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results_consolidate.json"
@@ -72,36 +71,38 @@ def settings_of(args: argparse.Namespace, tasks: list[str]) -> dict[str, Any]:
             "threads": args.threads}
 
 
-def references(model: Any, tokenizer: Any, adapters: list, nll: TaskNLL, em: TaskEvaluator | None) -> dict:
+def references(adapters: list, nll: Evaluator, em: Evaluator | None) -> dict:
     """Base and own-adapter NLL per task (and own exact match): what the arms are read against."""
     tasks = [a.name for a in adapters]
-    out = {"base_nll": nll(model, tasks),
-           "own_nll": {a.name: nll_of_deltas(model, nll, a.modules, [a.name])[a.name] for a in adapters}}
+    out = {"base_nll": nll.nll({}, tasks),
+           "own_nll": {a.name: nll.nll(a.modules, [a.name])[a.name] for a in adapters}}
     if em is not None:
-        out["own_accuracy"] = {a.name: em(a.modules, [a.name])[a.name] for a in adapters}
+        out["own_accuracy"] = {a.name: em.accuracy(a.modules, [a.name])[a.name] for a in adapters}
     return out
 
 
 def run_arm(model: Any, tokenizer: Any, adapters: list, arm: str, seed: int, args: argparse.Namespace,
-            nll: TaskNLL, curve_nll: TaskNLL, em: TaskEvaluator | None, own: dict[str, float] | None) -> dict:
+            nll: Evaluator, curve_nll: Evaluator, em: Evaluator | None, own: dict[str, float] | None) -> dict:
     cfg = ConsolidateConfig(strategy=arm, steps=args.steps, rank=args.rank, lr=args.lr, full_lr=args.full_lr,
                             seed=seed, export_rank=args.export_rank)
     t0 = time.time()
 
+    tasks = [a.name for a in adapters]
+
     def checkpoint(step: int, m: Any) -> dict[str, float]:
-        return curve_nll(m)
+        return curve_nll.nll({}, tasks)  # the model as it is now: the trained update installed
 
     res = consolidate(model, tokenizer, adapters, str(DATA), cfg, checkpoints=tuple(args.curve),
                       on_checkpoint=checkpoint)
     rec = res.record
     t1 = time.time()
-    run: dict[str, Any] = {"nll": nll_of_deltas(model, nll, res.modules)}
+    run: dict[str, Any] = {"nll": nll.nll(res.modules, tasks)}
     if res.lora is not None:
-        run["nll_lora_export"] = nll_of_deltas(model, nll, res.lora)
+        run["nll_lora_export"] = nll.nll(res.lora, tasks)
     run["seconds_nll"] = round(time.time() - t1, 1)
     if em is not None:
         t2 = time.time()
-        acc = em(res.modules, [a.name for a in adapters])
+        acc = em.accuracy(res.modules, tasks)
         run["accuracy"] = acc
         run["retention"] = {t: acc[t] / own[t] if own and own.get(t) else None for t in acc}
         run["seconds_em"] = round(time.time() - t2, 1)
@@ -216,10 +217,12 @@ def main() -> None:
     t0 = time.time()
     tasks = args.tasks or sorted(p.name for p in DATA.iterdir() if (ROOT / "sample_adapters" / p.name).is_dir())
     adapters = [load_adapter(ROOT / "sample_adapters" / t, name=t) for t in tasks]
-    model, tokenizer = load_base_model()
-    nll = TaskNLL.from_dir(tokenizer, str(DATA), tasks, limit=args.rows)
-    curve_nll = TaskNLL.from_dir(tokenizer, str(DATA), tasks, limit=args.curve_rows)
-    em = TaskEvaluator(model, tokenizer, str(DATA), limit=args.em_rows) if args.em_rows else None
+    loaded = load_model()  # the sample base
+    model, tokenizer = loaded.model, loaded.tokenizer
+    data = load_data([DATA], metric="both").select(tasks)
+    nll = Evaluator(loaded, data, limit=args.rows)
+    curve_nll = Evaluator(loaded, data, limit=args.curve_rows)
+    em = Evaluator(loaded, data, limit=args.em_rows) if args.em_rows else None
     settings = settings_of(args, tasks)
     full = all(settings[k] == v for k, v in FULL.items() if k != "seeds") and args.seeds >= FULL["seeds"] \
         and len(tasks) == 10 and args.arms == ARM_ORDER
@@ -228,12 +231,14 @@ def main() -> None:
     if result.get("settings") != settings:
         result = {}
     result.update({"label": args.label or ("full protocol" if full else "REDUCED run (not the full protocol)"),
-                   "settings": settings, "machine": f"{platform.machine()}, {args.threads} torch thread(s), "
-                   f"torch {torch.__version__}, shared 2-core CPU",
+                   "settings": settings, "model": loaded.identity.as_dict(),
+                   "data": [r for r in nll.records()],
+                   "machine": f"{platform.machine()}, {args.threads} torch thread(s), torch {torch.__version__}, "
+                   "shared 2-core CPU",
                    "metrics": {"nll": "teacher-forced answer NLL per token (answer + newline), lower is better",
                                "retention": "exact match / the task's own adapter's exact match, same rows"}})
     if "references" not in result:
-        result["references"] = references(model, tokenizer, adapters, nll, em)
+        result["references"] = references(adapters, nll, em)
         path.write_text(json.dumps(result, indent=2, default=float) + "\n")
     result.setdefault("runs", {})
     own = result["references"].get("own_accuracy")

@@ -123,7 +123,8 @@ def consolidate(model: Any, tokenizer: Any, adapters: Sequence[Adapter], data_di
     """Train one update for every task of `adapters` (task = adapter name) on `DIR/<task>/train.jsonl`.
 
     `on_checkpoint(step, model)` is called after each step in `checkpoints` (and its result recorded under
-    `record["curve"]`), with the trained update installed: learning curves without exporting."""
+    `record["curve"]`), with the trained update installed and the model in eval mode: learning curves without
+    exporting (e.g. `analysis.evaluation.Evaluator.nll({}, tasks)` measures the model as it is)."""
     cfg.check()
     arm = arm_of(cfg.strategy)
     tasks = [a.name for a in adapters]
@@ -174,6 +175,7 @@ def consolidate(model: Any, tokenizer: Any, adapters: Sequence[Adapter], data_di
                 if progress is not None:
                     progress(len(losses), cfg.steps, losses[-1])
                 if on_checkpoint is not None and len(losses) in checkpoints:
+                    model.eval()
                     curve[str(len(losses))] = on_checkpoint(len(losses), model)
                     model.train()
         train_s = time.time() - t1

@@ -13,10 +13,10 @@ from helpers.tiny import tiny_llama
 from analysis.adapters import load_adapter
 from analysis.consolidate import ARMS, STRATEGIES, ConsolidateConfig, consolidate
 from analysis.consolidate.data import batch_stream, collate, encode_example, load_rows
-from analysis.consolidate.nll import TaskNLL, nll_of_deltas
 from analysis.consolidate.stats import paired_contrast
 from analysis.consolidate.train import answer_loss
 from analysis.errors import AtlasError
+from analysis.evaluation import Evaluator, LoadedModel, ModelIdentity, load_data
 
 TASKS = ["alpha", "beta", "gamma"]
 LORA_ARMS = [a for a in STRATEGIES if not ARMS[a].full]
@@ -109,30 +109,36 @@ def test_paired_batches_across_arms(runs, setup):
     assert keys_a == keys_b and keys_a != [k for _, _, k in batch_stream(enc, [TASKS], [6], 4, 1)]
 
 
-def test_nll_is_the_training_loss_by_a_second_route(setup):
+def nll_evaluator(model, data: str, limit: int | None = None) -> Evaluator:
+    loaded = LoadedModel(model, CharTokenizer(), ModelIdentity("folder", "tiny-llama", "LlamaForCausalLM", None))
+    return Evaluator(loaded, load_data([data], metric="nll").select(TASKS), limit=limit, batch_size=5)
+
+
+def test_evaluation_nll_is_the_training_loss_by_a_second_route(setup):
     data, adapters = setup
     model, tok = tiny_llama(), CharTokenizer()
-    nll = TaskNLL.from_dir(tok, data, TASKS, batch_size=5)  # several batches of unequal widths
-    got = nll(model, ["beta"])["beta"]
+    ev = nll_evaluator(model, data)  # several batches of unequal widths, sorted by length
+    got = ev.nll({}, ["beta"])["beta"]
     rows = load_rows(data, "beta", "eval")
     with torch.no_grad():  # one batch of every row: the mean over answer tokens is the training loss
         ref = float(answer_loss(model, collate([encode_example(tok, r["prompt"], r["answer"]) for r in rows], 0)))
     assert got == pytest.approx(ref, rel=1e-5)
-    # base + deltas applied in place = the same model with the adapter's update
-    shifted = nll_of_deltas(model, nll, adapters[1].modules, ["beta"])["beta"]
-    assert shifted != pytest.approx(got) and nll(model, ["beta"])["beta"] == pytest.approx(got, rel=1e-6)
 
 
-def test_checkpoints_record_a_learning_curve(setup):
+def test_checkpoints_record_a_learning_curve_of_the_live_model(setup):
     data, adapters = setup
-    model, tok = tiny_llama(), CharTokenizer()
-    nll = TaskNLL.from_dir(tok, data, TASKS)
-    res = consolidate(model, tok, adapters, data, cfg("multitask"), checkpoints=(2, 6),
-                      on_checkpoint=lambda step, m: nll(m))
-    assert sorted(res.record["curve"]) == ["2", "6"]
-    final = nll_of_deltas(model, nll, res.modules)  # the exported update measured from the base
+    model = tiny_llama()
+    ev = nll_evaluator(model, data, limit=8)
+    res = consolidate(model, CharTokenizer(), adapters, data, cfg("multitask"), checkpoints=(2, 5),
+                      on_checkpoint=lambda step, m: ev.nll({}, TASKS))
+    assert sorted(res.record["curve"]) == ["2", "5"] and res.record["curve"]["2"] != res.record["curve"]["5"]
+    # one more checkpoint at the last step = the exported update added to the base weights (a second route)
+    res6 = consolidate(model, CharTokenizer(), adapters, data, cfg("multitask"), checkpoints=(6,),
+                       on_checkpoint=lambda step, m: ev.nll({}, TASKS))
+    final = ev.nll(res6.modules, TASKS)
     for t in TASKS:
-        assert res.record["curve"]["6"][t] == pytest.approx(final[t], rel=1e-4)
+        assert res6.record["curve"]["6"][t] == pytest.approx(final[t], rel=1e-4)
+    assert model.training is False  # left as found (tiny_llama() is in eval mode)
 
 
 def test_bootstrap_interval_matches_the_binomial_case():
