@@ -114,10 +114,10 @@ def run_arm(model: Any, tokenizer: Any, adapters: list, arm: str, seed: int, arg
     return run
 
 
-def cell_array(runs: dict, arm: str, metric: str, tasks: list[str], seeds: list[int]) -> np.ndarray | None:
+def cell_array(runs: dict, arm: str, metric: str, tasks: list[str], seeds: list[str]) -> np.ndarray | None:
     out = np.full((len(tasks), len(seeds)), np.nan)
     for j, s in enumerate(seeds):
-        run = runs.get(arm, {}).get(str(s))
+        run = runs.get(arm, {}).get(s)
         if run is None or not run.get(metric):
             return None
         for i, t in enumerate(tasks):
@@ -127,25 +127,27 @@ def cell_array(runs: dict, arm: str, metric: str, tasks: list[str], seeds: list[
 
 
 def contrasts(result: dict) -> list[dict[str, Any]]:
-    """Every contrast whose two arms both have every seed of the settings, per metric and curve step."""
-    tasks, seeds, runs = result["settings"]["tasks"], result["settings"]["seeds"], result["runs"]
+    """Every contrast of two stored arms, per metric and curve step, over the seeds both arms have run (a run
+    that stopped early still gives paired contrasts; `seeds` says which)."""
+    tasks, runs = result["settings"]["tasks"], result["runs"]
     out = []
     for name, a, b, question in CONTRASTS:
-        entry: dict[str, Any] = {"name": name, "a": a, "b": b, "question": question}
+        seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})), key=int)
+        entry: dict[str, Any] = {"name": name, "a": a, "b": b, "question": question, "seeds": [int(x) for x in seeds]}
         for metric in ("nll", "retention", "accuracy"):
             xa, xb = cell_array(runs, a, metric, tasks, seeds), cell_array(runs, b, metric, tasks, seeds)
-            if xa is not None and xb is not None:
+            if seeds and xa is not None and xb is not None:
                 entry[metric] = paired_contrast(xa, xb).as_dict()
         curve = {}
         for step in result["settings"]["curve"]:
             pick = {arm: {s: {"c": r["curve"].get(str(step), {})} for s, r in runs.get(arm, {}).items()}
                     for arm in (a, b)}
             xa, xb = cell_array(pick, a, "c", tasks, seeds), cell_array(pick, b, "c", tasks, seeds)
-            if xa is not None and xb is not None:
+            if seeds and xa is not None and xb is not None:
                 curve[str(step)] = paired_contrast(xa, xb).as_dict()
         if curve:
             entry["nll_curve"] = curve
-        if len(entry) > 4:
+        if "nll" in entry:
             out.append(entry)
     return out
 
@@ -163,7 +165,8 @@ def markdown(result: dict) -> str:
 
     for c in result.get("contrasts", []):
         curve = "; ".join(f"{k}: {cell(v)}" for k, v in (c.get("nll_curve") or {}).items()) or "-"
-        lines.append(f"| {c['name']}: {c['a']} - {c['b']} | {cell(c.get('nll'))} | {curve} | "
+        seeds = f" (seeds {', '.join(map(str, c['seeds']))})" if "seeds" in c else ""
+        lines.append(f"| {c['name']}: {c['a']} - {c['b']}{seeds} | {cell(c.get('nll'))} | {curve} | "
                      f"{cell(c.get('retention'))} |")
     lines += ["", "| arm | trainable | free | frozen | mean NLL | mean retention | train s / run |",
               "|---|---|---|---|---|---|---|"]
@@ -199,6 +202,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--label", default=None, help="how the run is labelled in the results (default: full/reduced)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--markdown", action="store_true", help="print the stored results as Markdown and exit")
+    ap.add_argument("--recompute", action="store_true",
+                    help="recompute the contrasts of the stored results (e.g. after a run stopped early) and exit")
     args = ap.parse_args()
     bad = [n for n in ("seeds", "steps", "curve_rows", "rows", "rank", "export_rank", "threads")
            if getattr(args, n) < 1] + (["em_rows"] if args.em_rows < 0 else [])
@@ -211,6 +216,11 @@ def main() -> None:
     args = parse()
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
+        return
+    if args.recompute:
+        stored = json.loads(Path(args.out).read_text())
+        stored["contrasts"] = contrasts(stored)
+        Path(args.out).write_text(json.dumps(stored, indent=2, default=float) + "\n")
         return
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
