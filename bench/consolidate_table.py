@@ -189,6 +189,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--tasks", nargs="*", default=None, help="task subset (default: all ten)")
     ap.add_argument("--arms", nargs="*", default=ARM_ORDER, choices=list(ARMS))
     ap.add_argument("--seeds", type=int, default=FULL["seeds"])
+    ap.add_argument("--seed-from", type=int, default=0,
+                    help="run only seeds seed-from..seeds-1 (a second process on a copy of --out; merge with --merge)")
     ap.add_argument("--steps", type=int, default=FULL["steps"])
     ap.add_argument("--curve", type=int, nargs="*", default=FULL["curve"], help="step counts of the learning curve")
     ap.add_argument("--curve-rows", type=int, default=FULL["curve_rows"], help="eval rows per task on the curve")
@@ -202,20 +204,38 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--label", default=None, help="how the run is labelled in the results (default: full/reduced)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--markdown", action="store_true", help="print the stored results as Markdown and exit")
+    ap.add_argument("--merge", default=None, metavar="JSON", help="add the runs of JSON (same settings) to --out and exit")
     ap.add_argument("--recompute", action="store_true",
                     help="recompute the contrasts of the stored results (e.g. after a run stopped early) and exit")
     args = ap.parse_args()
     bad = [n for n in ("seeds", "steps", "curve_rows", "rows", "rank", "export_rank", "threads")
            if getattr(args, n) < 1] + (["em_rows"] if args.em_rows < 0 else [])
+    if not 0 <= args.seed_from < args.seeds:
+        bad.append("seed_from")
     if bad or any(not (0 < c < args.steps) for c in args.curve):
         ap.error(f"out of range: {', '.join(bad) or '--curve (each in 1..steps-1)'}")
     return args
+
+
+def ap_error(message: str) -> None:
+    print(f"consolidate_table: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main() -> None:
     args = parse()
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
+        return
+    if args.merge:  # runs of another results file with the same settings (e.g. seeds run in a second process)
+        stored, other = json.loads(Path(args.out).read_text()), json.loads(Path(args.merge).read_text())
+        if stored["settings"] != other["settings"]:
+            ap_error(f"{args.merge}: other settings than {args.out}")
+        for arm, per in other["runs"].items():
+            for seed, run in per.items():
+                stored["runs"].setdefault(arm, {}).setdefault(seed, run)
+        stored["contrasts"] = contrasts(stored)
+        Path(args.out).write_text(json.dumps(stored, indent=2, default=float) + "\n")
         return
     if args.recompute:
         stored = json.loads(Path(args.out).read_text())
@@ -252,7 +272,7 @@ def main() -> None:
         path.write_text(json.dumps(result, indent=2, default=float) + "\n")
     result.setdefault("runs", {})
     own = result["references"].get("own_accuracy")
-    for seed in range(args.seeds):
+    for seed in range(args.seed_from, args.seeds):
         for arm in args.arms:
             if str(seed) in result["runs"].get(arm, {}):
                 continue
