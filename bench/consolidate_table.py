@@ -5,7 +5,8 @@ per seed, the same batch sequence (the record's `batch_digest` shows it) from th
 (LoRA r=8 on SmolLM2-135M), over --seeds seeds. Measured per (arm, seed, task):
 - primary: teacher-forced answer NLL per token (`analysis.evaluation`, the training loss's encoding) on the
   first --rows eval rows of every task (all 64 by default), at the end and at the --curve step counts
-  (learning curves on the first --curve-rows rows, measured on the model with the update installed);
+  (learning curves on the first --curve-rows rows, measured on the model with the update installed, ending
+  at the last step on those same rows);
 - secondary: exact-match accuracy (the `analysis.evaluation` protocol) on the first --em-rows eval rows,
   divided by the task's own adapter's accuracy on the same rows (retention).
 The full fine-tuning arms are measured as trained (the delta export is exact) and, for NLL, also through
@@ -92,7 +93,8 @@ def run_arm(model: Any, tokenizer: Any, adapters: list, arm: str, seed: int, arg
     def checkpoint(step: int, m: Any) -> dict[str, float]:
         return curve_nll.nll({}, tasks)  # the model as it is now: the trained update installed
 
-    res = consolidate(model, tokenizer, adapters, str(DATA), cfg, checkpoints=tuple(args.curve),
+    # the curve ends at the last step too, on the same (first --curve-rows) rows as its other points
+    res = consolidate(model, tokenizer, adapters, str(DATA), cfg, checkpoints=(*args.curve, args.steps),
                       on_checkpoint=checkpoint)
     rec = res.record
     t1 = time.time()
@@ -139,7 +141,7 @@ def contrasts(result: dict) -> list[dict[str, Any]]:
             if seeds and xa is not None and xb is not None:
                 entry[metric] = paired_contrast(xa, xb).as_dict()
         curve = {}
-        for step in result["settings"]["curve"]:
+        for step in [*result["settings"]["curve"], result["settings"]["steps"]]:
             pick = {arm: {s: {"c": r["curve"].get(str(step), {})} for s, r in runs.get(arm, {}).items()}
                     for arm in (a, b)}
             xa, xb = cell_array(pick, a, "c", tasks, seeds), cell_array(pick, b, "c", tasks, seeds)
