@@ -127,10 +127,7 @@ def test_forms_keep_text_on_a_refusal_and_take_the_merge_author(db: Path) -> Non
 def test_the_decision_table_comes_first_and_no_verdict_is_chosen(db: Path) -> None:
     """A proposal with measured rows shows retention, interval, bar and verdict above the forms; the decision
     radio starts empty, and recording without a verdict is refused with the rationale kept."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis" / "workflow"))
-    from test_decision import evidence
+    from helpers.evidence import evidence
 
     from analysis.workflow.decision import decision_table, retention_rows
 
