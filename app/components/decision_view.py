@@ -56,9 +56,10 @@ def controls(prefix: str) -> tuple[float, float]:
 
 def show(decision: Decision, *, key: str) -> None:
     """Summary line, retention table, general-text table, then definitions, track record, model and data."""
-    verdict = decision.passed()
-    line = summary_line(decision)
-    (st.success if verdict else st.error if verdict is False else st.info)(line)
+    methods = [m for m in decision.methods if any(r.method == m for r in (*decision.rows, *decision.text))]
+    for method in methods if len(methods) > 1 else [None]:
+        verdict = decision.passed(method)
+        (st.success if verdict else st.warning if verdict is False else st.info)(summary_line(decision, method))
     rows = retention_rows(decision)
     if rows:
         st.dataframe(_frame(RETENTION_HEADER, rows), hide_index=True, width="stretch", key=f"{key}_table")
