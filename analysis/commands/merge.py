@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="task data for --eval: JSONL file, DIR/<task>/eval.jsonl, DIR/*.jsonl or a YAML mapping "
                         "(repeatable; default: the sample tasks)")
     g.add_argument("--metric", default="exact", choices=("exact", "nll", "both"), help="--eval metric (default exact)")
-    g.add_argument("--limit", type=int, default=None, metavar="N", help="--eval: first N rows per task")
+    g.add_argument("--limit", type=opt.EVAL_LIMIT, default=None, metavar="N", help="--eval: first N rows per task")
     p.set_defaults(func=run)
 
 

@@ -18,7 +18,7 @@ _EXPORTS = {
     "MergeRun": "analysis.workflow.pipeline",
     "run_merge": "analysis.workflow.pipeline",
     "reexport": "analysis.workflow.pipeline",
-    "measure_run": "analysis.workflow.measure",
+    "measure_run": "analysis.workflow.pipeline",
     "most_overlapping": "analysis.workflow.adapter_set",
     "EVIDENCE_VERSION": "analysis.workflow.evidence",
 }

@@ -12,7 +12,7 @@ Steps (each a library call; the faces only parse, cache and show):
 6. assemble the evidence record (`analysis.workflow.evidence`) that preview.json, the app's proposal
    and the review all use;
 7. with a `Measure` request, measure the adapter written, each input and the base on a named model and
-   data (`analysis.workflow.measure`): the evidence's `measured` block.
+   data (`measure_run`): the evidence's `measured` block.
 Nothing is written until `MergeRun.write` (or `to_zip`), so a cancelled run leaves nothing behind.
 """
 from __future__ import annotations
@@ -190,10 +190,18 @@ def run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | Non
         run = _run_merge(adapters, method, params, weights, export, force=force, preview=preview,
                          cores_default=cores_default, cores=cores, progress=progress)
         if measure is not None:
-            from analysis.workflow.measure import measure_run
-
             run = measure_run(run, measure, progress)
         return run
+
+
+def measure_run(run: MergeRun, measure: Any, progress: ProgressReporter | None = None) -> MergeRun:
+    """The measure step (merge -> preview -> export -> measure -> evidence): `run` with `evidence["measured"]`
+    filled by `measure` (an `analysis.evaluation.Measure`: model x data) on the adapter written (at the export's
+    rank, as the writer writes it), each input and the bare base; the inputs are checked to fit the model first.
+    The CLI, the Merge page and a proposal get the same measured rows from this one call."""
+    reporter = progress or ProgressReporter()
+    measured = measure.run(run.adapters.adapters, run.written_modules(), progress=reporter.stage("measure"))
+    return dataclasses.replace(run, evidence={**run.evidence, "measured": measured})
 
 
 def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | None,
