@@ -30,6 +30,7 @@ from analysis.workflow.decision import (
     summary_line,
     text_rows,
 )
+from analysis.workflow.evidence import metric_label
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
@@ -113,13 +114,13 @@ def _preview_section(preview: Mapping[str, Any] | None) -> tuple[str, bool]:
     if export:
         parts.append(f"<p>{h(export)}</p>")
     if tasks:
-        parts.append(_table(["task"] + metrics, [[t] + r for t, r in zip(tasks, rows)]))
+        parts.append(_table(["task"] + [metric_label(m) for m in metrics], [[t] + r for t, r in zip(tasks, rows)]))
         numeric = [k for j, k in enumerate(metrics) if k not in ("conflicts", "core_size")  # counts, not shares
                    and all(isinstance(r[j], (int, float)) and not isinstance(r[j], bool) for r in rows)]
         if numeric:
             import plotly.graph_objects as go
 
-            fig = go.Figure([go.Bar(name=h(k), x=[h(t) for t in tasks],
+            fig = go.Figure([go.Bar(name=h(metric_label(k)), x=[h(t) for t in tasks],
                                     y=[r[metrics.index(k)] for r in rows]) for k in numeric])
             fig.update_layout(barmode="group", title="merge preview per task", height=380,
                               margin=dict(l=10, r=10, t=50, b=10))

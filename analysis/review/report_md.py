@@ -21,6 +21,7 @@ from analysis.workflow.decision import (
     summary_line,
     text_rows,
 )
+from analysis.workflow.evidence import metric_label
 
 MAX_PARAM_CHARS = 120
 
@@ -110,7 +111,7 @@ def render_markdown(proposal: Proposal, overlap: InputOverlap | None = None) -> 
     if export:
         lines += [t(export), ""]
     if tasks:
-        lines += _table(["task", *metrics], [[task, *r] for task, r in zip(tasks, trows)]) + [""]
+        lines += _table(["task", *map(metric_label, metrics)], [[task, *r] for task, r in zip(tasks, trows)]) + [""]
     else:
         lines += ["No per-task preview was attached." if p.preview is None
                   else "The preview has no per-task table; see the HTML report.", ""]

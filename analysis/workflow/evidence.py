@@ -23,6 +23,16 @@ from typing import Any, Mapping, Sequence
 
 EVIDENCE_VERSION = 2
 TASK_METRICS = ("core_retention", "interference", "cosine", "conflicts", "core_size")
+# One vocabulary on every face: the record's keys stay as they are (JSON), people read these labels.
+METRIC_LABELS = {"core_retention": "core kept", "interference": "interference", "cosine": "cosine",
+                 "conflicts": "conflicts", "core_size": "core size"}
+
+
+def metric_label(key: str) -> str:
+    """The on-screen name of a per-task metric key ("core_retention" reads "core kept")."""
+    return METRIC_LABELS.get(key, key.replace("_", " "))
+
+
 METRIC_HELP = {
     "core_retention": "share of the task's core positions whose merged value stays within 25% of its own",
     "interference": "||(dW_merged - dW_t) V_t|| / ||dW_t V_t|| on the task's own inputs (lower is better)",

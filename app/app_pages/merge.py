@@ -17,7 +17,7 @@ import streamlit as st
 from analysis.errors import AtlasError
 from analysis.merge import METHODS, get_method
 from analysis.merge.registry import Param
-from analysis.workflow.evidence import METRIC_HELP, export_line
+from analysis.workflow.evidence import METRIC_HELP, METRIC_LABELS, export_line
 from analysis.workflow.progress import format_eta
 from analysis.workflow.rank import DEFAULT_TARGET_ERROR
 from app import cache
@@ -26,8 +26,7 @@ from app.components.display import show_figure
 
 STARTING_METHODS = ["isolation", "linear", "ties"]
 CORE_PARAMS = ("granularity", "p")  # one set of core controls: isolation's cores are the preview's cores
-COLUMNS = {"core_retention": "core kept", "interference": "interference", "cosine": "cosine",
-           "conflicts": "conflicts"}
+COLUMNS = {k: METRIC_LABELS[k] for k in ("core_retention", "interference", "cosine", "conflicts")}
 STAGES = {"merge": (0.0, 0.45), "export rank": (0.45, 0.6), "preview": (0.6, 1.0), "done": (1.0, 1.0)}
 
 st.title("Merge")

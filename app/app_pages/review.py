@@ -17,6 +17,7 @@ from analysis.review.escape import md_lines, md_text
 from analysis.review.evidence import OVERLAP_METRICS, heatmap_figure, preview_tasks
 from analysis.review.report_html import render_html
 from analysis.review.report_md import render_markdown
+from analysis.workflow.evidence import METRIC_HELP, metric_label
 from app import cache
 from app.components import decision_view, view
 from app.components.display import show_figure
@@ -129,7 +130,11 @@ def show_evidence(p) -> None:  # noqa: ANN001 - analysis.review.Proposal
         if p.preview is None:
             st.info("No merge preview was attached to this proposal.")
         elif tasks:
-            st.dataframe(pd.DataFrame(rows, index=tasks, columns=metrics), width="stretch")
+            st.dataframe(pd.DataFrame(rows, index=tasks, columns=[metric_label(m) for m in metrics]), width="stretch",
+                         column_config={metric_label(m): st.column_config.NumberColumn(help=METRIC_HELP[m])
+                                        for m in metrics if m in METRIC_HELP})
+            st.caption("Data-free: what the merge keeps of each input's weights, true of the weights only; the "
+                       "measured retention above is what decides.")
         if p.preview is not None:
             with st.expander("Full preview snapshot (JSON)"):
                 st.json(p.preview, expanded=False)

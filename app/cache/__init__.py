@@ -70,6 +70,7 @@ from app.cache.overlap import (  # noqa: F401
     overlap_table,
     pair_matrix,
     phi_grid,
+    ranked,
     shared_modules,
 )
 from app.cache.population import (  # noqa: F401
