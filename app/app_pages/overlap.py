@@ -64,16 +64,15 @@ with st.expander(f"Most colliding pairs and modules · {spec.label}", expanded=T
     pair_rows, cell_rows = cache.ranked(refs, metric)
     fmt = "%.1f" if metric == "mean_angle_deg" else "%.3f"
     left, right = st.columns([2, 3])
+    number = st.column_config.NumberColumn(format=fmt, width="small", help=spec.help)
     left.dataframe(pd.DataFrame([{"pair": f"{c['a']} ↔ {c['b']}" if metric != "energy_overlap"
-                                  else f"{c['a']} in {c['b']}", spec.label: c["value"]} for c in pair_rows[:10]]),
-                   hide_index=True, width="stretch",
-                   column_config={spec.label: st.column_config.NumberColumn(format=fmt)})
+                                  else f"{c['a']} in {c['b']}", "value": c["value"]} for c in pair_rows[:10]]),
+                   hide_index=True, width="stretch", column_config={"value": number})
     right.dataframe(pd.DataFrame([{"module": view.module_token(c["module"]), "pair": f"{c['a']} ↔ {c['b']}",
-                                   spec.label: c["value"], "random subspaces": c["random"]} for c in cell_rows]),
+                                   "value": c["value"], "random subspaces": c["random"]} for c in cell_rows]),
                     hide_index=True, width="stretch",
-                    column_config={spec.label: st.column_config.NumberColumn(format=fmt),
-                                   "random subspaces": st.column_config.NumberColumn(
-                                       format=fmt, help="The value random subspaces of the same ranks give: "
+                    column_config={"value": number, "random subspaces": st.column_config.NumberColumn(
+                        format=fmt, width="small", help="The value random subspaces of the same ranks give: "
                                                         "max(r_i, r_j)/d for subspace similarity, r_j/d for energy "
                                                         "overlap, 0 for cosine. Far above it is learned structure.")})
     st.caption("Left: pairs over the whole model (energy-weighted); right: the single modules where a pair collides "

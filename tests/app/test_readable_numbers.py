@@ -45,7 +45,7 @@ def test_overlap_ranks_collisions_per_metric_against_random_subspaces(app: AppTe
         pairs = next(f for f in frames if list(f.columns)[0] == "pair")
         want = ranked_collisions(table, metric, 10)
         assert list(cells["pair"]) == [f"{c.a} ↔ {c.b}" for c in want]
-        assert list(cells.iloc[:, 2]) == pytest.approx([c.value for c in want])
+        assert list(cells["value"]) == pytest.approx([c.value for c in want])
         assert list(pairs["pair"]) == [f"{c.a} ↔ {c.b}" for c in ranked_pairs(table, metric)]
     at.selectbox(key="atlas_metric").set_value("subspace_similarity").run()
     cells = next(d.value for d in at.dataframe if "random subspaces" in d.value.columns)
