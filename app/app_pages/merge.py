@@ -339,9 +339,13 @@ if submitted:
 from app.components import plan_view  # noqa: E402
 
 st.divider()
-st.info("**Stored example, not your selection.** The plan below is the benchmark plan of all ten sample adapters "
-        "(bench/results_consolidate.json) unless you name a plan.json. To plan the adapters chosen above, run:",
-        icon=":material/inventory_2:")
+st.subheader("Plan your selection", anchor=False)
+from app.components import plan_selection  # noqa: E402
+
+plan_selection.render(chosen_refs, measurement.bar if measurement else 0.9)
+st.caption("With task data the CLI verifies every group by real accuracy (minutes):")
 st.code("adapter-atlas plan " + " ".join(shlex.quote(str(ref[0])) for ref in chosen_refs)
-        + f" --min-retention {measurement.bar if measurement else 0.9:g} --out plan/", language="bash")
+        + f" --min-retention {measurement.bar if measurement else 0.9:g} --data DATA --out plan/", language="bash")
+st.info("**Stored example, not your selection.** Below: the benchmark plan of all ten sample adapters "
+        "(bench/results_consolidate.json) unless you name a plan.json.", icon=":material/inventory_2:")
 plan_view.render()

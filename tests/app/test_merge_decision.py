@@ -115,3 +115,23 @@ def test_a_changed_export_is_measured_before_it_is_proposed(app: AppTest, tmp_pa
 
     assert any(k[0] == "measured" and k[2:4] == ("peft", 4) for k in cache._merge_runs())
     assert any("The proposal carries this export's measured table" in s.value for s in [*at.success, *at.warning, *at.info])
+
+
+def test_plan_runs_on_the_current_selection(app: AppTest) -> None:
+    """The Plan section plans exactly the adapters chosen above (the planner called directly is the second route)."""
+    at = app.run().switch_page("app_pages/merge.py").run()
+    at.multiselect(key="merge_methods").set_value(["linear"]).run()
+    at.button(key="merge_compare").click().run()
+    at.multiselect(key="merge_inputs").set_value(NAMES[:2]).run()
+    at.button(key="merge_plan_run").click().run()
+    _ok(at)
+    from analysis.adapters import load_adapter
+    from analysis.plan.planner import Planner
+
+    direct = Planner(0.9).plan([load_adapter(PAGE_SET / n, name=n) for n in NAMES[:2]]).as_dict()
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Your selection after planning"] == f"{direct['adapters_out']} of 2"
+    groups = next(d.value for d in at.dataframe if "worst predicted retention" in d.value.columns)
+    assert list(groups["adapters"]) == [", ".join(g["tasks"]) for g in direct["groups"]]
+    at.button(key="merge_plan_cancel").click().run()
+    assert any("Planning cancelled" in i.value for i in at.info)
