@@ -113,3 +113,12 @@ def test_merge_huge_rank_is_refused_before_merging_regression(tmp_path: Path,
     assert code == 2 and "wider than every module" in err and "width 576" in err, err
     assert not (tmp_path / "o").exists()
     assert elapsed < 60  # a guard against the regression (it ran for minutes), not a speed measurement
+
+
+def test_consolidate_rank_wider_than_every_module_is_refused_before_training(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["consolidate", str(SAMPLES / "math_add"), str(SAMPLES / "math_max"), "--data", str(SAMPLES / "tasks"),
+                 "--strategy", "isolation", "--steps", "2", "--rank", "4000", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--rank 4000 is wider than every module" in err and "width 576" in err, err
+    assert not (tmp_path / "o").exists()

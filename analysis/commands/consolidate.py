@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
                             lr=args.lr, seed=args.seed, cores=args.cores, p=args.p)
     cfg.check()
     adapters = [load_adapter(Path(p)) for p in args.paths]
+    from analysis.workflow.rank import check_export_rank
+
+    check_export_rank(adapters, args.rank, "--rank")  # a block wider than every module only costs memory
     model, tokenizer = load_base(args.base)
     evaluate = None if args.no_eval else TaskEvaluator(model, tokenizer, args.data, limit=args.limit)
     own = None
