@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
 
         data = load_data([args.data], metric="exact").select([a.name for a in adapters])
     from analysis.evaluation import Evaluator, TaskSet, load_model
+    from analysis.workflow.rank import check_export_rank
 
+    check_export_rank(adapters, args.rank, "--rank")  # a block wider than every module only costs memory
     loaded = load_model(spec)
     evaluator = Evaluator(loaded, data or TaskSet(()), limit=args.limit)
     for w in evaluator.check(adapters):  # every module fits the model, before any training

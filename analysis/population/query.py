@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -132,19 +132,25 @@ def exact_cosine(x: Any, y: Any) -> float:
 
 
 def neighbors(pop: Population, adapter: str | os.PathLike[str], k: int = 10, *, exact: bool = False,
-              candidates: int | None = None) -> list[dict[str, Any]]:
+              candidates: int | None = None, may_load: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
     """Sketch neighbours; with `exact`, the top `candidates` (default max(3k, k + 10)) re-ranked exactly.
 
-    Exact rows carry "similarity" (exact cosine) and "sketch_similarity"; unreadable candidates are skipped.
+    Exact rows carry "similarity" (exact cosine) and "sketch_similarity"; unreadable candidates are skipped, and
+    so are those `may_load` refuses (a shared server loads only files under its roots; the query must pass).
     """
     if not exact:
         return sketch_neighbors(pop, adapter, k)
     from analysis.adapters import load_adapter
 
+    if may_load is not None and not may_load(str(adapter)):
+        raise AtlasError(f"{adapter}: the exact re-rank would load it, and it lies outside what may be loaded here")
     pool = sketch_neighbors(pop, adapter, candidates or max(3 * k, k + 10))
     query = load_adapter(adapter, check_finite=False)
     rows = []
     for hit in pool:
+        if may_load is not None and not may_load(hit["adapter"]):
+            log.info("%s: not loaded for the exact re-rank (outside what may be loaded)", hit["adapter"])
+            continue
         try:
             other = load_adapter(hit["adapter"], check_finite=False)
         except (AtlasError, OSError) as exc:

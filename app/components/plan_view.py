@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from analysis.errors import AtlasError
 from app.components import figures
 from app.components.display import show_figure
+from app.components.sources import FolderRefusedError, confine
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results_consolidate.json"
@@ -27,11 +29,24 @@ CONSOLIDATE_CMD = ("adapter-atlas consolidate sample_adapters/text_first_word sa
 
 @st.cache_data(show_spinner=False)
 def load_json(path: str, mtime: float) -> dict[str, Any] | None:
-    """The parsed file (cached per path and modification time), or None when it is not valid JSON."""
+    """The parsed file (cached per path and modification time), or None when it is not valid JSON
+    (regular files only, at most MAX_CONFIG_BYTES: a visitor may name a FIFO or a huge file)."""
+    from analysis.adapters.limits import MAX_CONFIG_BYTES, read_regular_file
+
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(bytes(read_regular_file(Path(path), "plan.json", limit=MAX_CONFIG_BYTES)).decode("utf-8"))
+    except (AtlasError, OSError, ValueError, RecursionError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def visitor_plan(text: str) -> dict[str, Any] | None:
+    """The plan.json a visitor named (a file or the plan folder), through the one rule for visitor paths:
+    `sources.confine` (under the roots, links resolved) or one FolderRefusedError line."""
+    path = confine(text)
+    if path.is_dir():
+        path = confine(path / "plan.json")  # a plan.json that is a link out of the roots is refused too
+    return _read(path)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -100,11 +115,21 @@ def render() -> None:
     st.code(PLAN_CMD, language="bash")
     results = _read(RESULTS)
     path = st.text_input("plan.json to show (empty: the sample-set plan of the stored benchmark)", key="plan_json_path")
-    plan = _read(Path(path)) if path.strip() else (results or {}).get("plan")
-    if path.strip() and plan is None:
-        st.error(f"{path}: not a readable plan.json")
+    refused = None
+    try:
+        plan = visitor_plan(path) if path.strip() else (results or {}).get("plan")
+    except FolderRefusedError as exc:  # outside the roots: nothing is read
+        plan, refused = None, str(exc)
+    if refused:
+        st.error(refused)
+    elif path.strip() and plan is None:
+        st.error(f"{path[:200]}: not a readable plan.json")
     elif plan:
-        _draw_plan(plan)
+        try:
+            _draw_plan(plan)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # JSON, but not our plan
+            st.error(f"{path.strip()[:200] or 'the stored plan'}: not a plan.json written by `adapter-atlas plan` "
+                     f"({type(exc).__name__}: {str(exc)[:120]})")
     else:
         st.info("No stored plan yet: run `make consolidate` or the command above.")
     st.subheader("Consolidation: one adapter for every task by short training")
