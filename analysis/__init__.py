@@ -8,12 +8,15 @@ The main jobs, each taking the one input type (an `AdapterSet`, or a list of loa
     run = analysis.run_merge(adapters, "isolation", {"granularity": "rows"})  # merge, preview, recipe
     run.write("merged")                                              # a PEFT folder + recipe.yaml + preview.json
 
+Evaluate on a model and data of your own: `analysis.Evaluator(analysis.load_model(analysis.ModelSpec(path)),
+analysis.load_data([...]))`, or `analysis.measure_run(run, analysis.Measure(evaluator))` for a merge's evidence.
 Library calls leave global state alone: torch's threads are the caller's (`with analysis.bounded_threads(2):`).
 """
 from analysis._version import __version__
 from analysis.adapters import Adapter, adapter_list, detect_format, load_adapter
 from analysis.clustering import Linkage, adapter_distance
 from analysis.errors import AtlasError
+from analysis.evaluation import Evaluator, Measure, ModelSpec, load_data, load_model
 from analysis.export import load_recipe
 from analysis.isolation import CoreChoice, CoreSettings, core_overlap, task_cores
 from analysis.merge import METHODS, describe_methods, merge_adapters
@@ -26,16 +29,16 @@ from analysis.workflow import (
     ExportSpec,
     MergeRun,
     ProgressReporter,
+    measure_run,
     preview_from_recipe,
     reexport,
     run_merge,
 )
 
-# TODO(issue 17): export the evaluation entry point (analysis.evaluation) here once it lands on main.
-
 __all__ = [
-    "METHODS", "Adapter", "AdapterSet", "AtlasError", "CoreChoice", "CoreSettings", "Evidence", "ExportSpec",
-    "Linkage", "MergeRun", "ProgressReporter", "__version__", "adapter_distance", "adapter_list", "aggregate",
-    "bounded_threads", "core_overlap", "describe_methods", "detect_format", "load_adapter", "load_recipe",
-    "merge_adapters", "overlap_table", "preview_from_recipe", "preview_merge", "reexport", "run_merge", "task_cores",
+    "METHODS", "Adapter", "AdapterSet", "AtlasError", "CoreChoice", "CoreSettings", "Evaluator", "Evidence",
+    "ExportSpec", "Linkage", "Measure", "MergeRun", "ModelSpec", "ProgressReporter", "__version__",
+    "adapter_distance", "adapter_list", "aggregate", "bounded_threads", "core_overlap", "describe_methods",
+    "detect_format", "load_adapter", "load_data", "load_model", "load_recipe", "measure_run", "merge_adapters",
+    "overlap_table", "preview_from_recipe", "preview_merge", "reexport", "run_merge", "task_cores",
 ]

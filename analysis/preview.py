@@ -12,8 +12,8 @@ Per task and module, for any method:
 - conflicts: the task's core positions that another task's core also claims;
 - export fidelity: relative Frobenius error of the rank-R re-factoring of the merged module.
 Pooled per task over modules (sums of counts, energy-weighted ratios) so large modules weigh more.
-With the sample set, `real_accuracy` runs `analysis.evaluate.evaluate_deltas` on the merge and on
-each input, so the proxies can be checked against real accuracy.
+Measured numbers (exact match, answer NLL on a named model and data) are the workflow's measure step
+(`analysis.evaluation.Measure`), so the proxies can be checked against them.
 """
 from __future__ import annotations
 
@@ -229,26 +229,3 @@ def preview_merge(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *, ran
             "per_task": {a.name: per_input[i] for i, a in enumerate(inputs)},
             "per_input": [{"index": i, "name": a.name, **per_input[i]} for i, a in enumerate(inputs)],
             "per_module": rows, "export": export_summary(kept, rank, needs_rank)}
-
-
-def real_accuracy(merged: Mapping[str, Delta], inputs: Sequence[Adapter], tasks: Sequence[str], *,
-                  limit: int | None = None, individual: bool = True, model: Any = None, tokenizer: Any = None,
-                  progress: Progress | None = None) -> dict[str, Any]:
-    """Real per-task accuracy of the merge, and (optionally) of each input adapter, on the sample set.
-
-    Calls `analysis.evaluate.evaluate_deltas` on the sample base model (loaded once, cached)."""
-    from analysis.evaluate import evaluate_deltas
-
-    if model is None or tokenizer is None:
-        from analysis.base_model import load_base_model
-
-        model, tokenizer = load_base_model()
-
-    def acc(deltas: Mapping[str, Delta]) -> dict[str, float]:
-        res = evaluate_deltas(model, tokenizer, deltas, list(tasks), limit=limit, progress=progress)
-        return {t: float(r["accuracy"]) for t, r in res.items()}
-
-    out: dict[str, Any] = {"limit": limit, "merged": acc(merged)}
-    if individual:
-        out["individual"] = {a.name: acc(a.modules) for a in inputs}
-    return out

@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from analysis.commands import options as opt
 from analysis.commands.overlap import _clean
-from analysis.errors import AtlasError
 from analysis.population.scan import SYNCHRONOUS, scan
 from analysis.population.sketch import DEFAULT_K, DEFAULT_SEED, DEFAULT_TOP, SketchConfig
 
@@ -54,8 +53,14 @@ def quiet_dask(level: int = logging.WARNING) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers is not None and args.workers < 1:
-        raise AtlasError(f"--workers must be at least 1, got {args.workers}")
+    from analysis.export.outdir import check_out_place
+    from analysis.population.scheduler import parse_scheduler, probe
+    from analysis.population.walk import check_roots
+
+    check_roots(args.roots)
+    check_out_place(args.out)  # before any walking or sketching
+    if args.scheduler not in (None, SYNCHRONOUS):
+        probe(parse_scheduler(args.scheduler))  # one line, within seconds, before the index is touched
     config = SketchConfig(k=args.k, seed=args.seed, top=args.top)
     if not args.verbose:  # dask's own INFO lines (scheduler/worker start and stop) would bury the progress bar
         quiet_dask()
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             bar.refresh()
 
         report = scan(args.roots, args.out, config=config, scheduler=args.scheduler, workers=args.workers,
-                      processes=not args.threads, batch_size=max(1, args.batch), progress=progress)
+                      processes=not args.threads, batch_size=args.batch, progress=progress)
     if args.json:
         json.dump(report.to_json(), sys.stdout)
         sys.stdout.write("\n")
@@ -77,4 +82,6 @@ def run(args: argparse.Namespace) -> int:
           f"({report.seconds:.1f} s, {where})")
     for path, reason in report.failed:
         print(f"  unreadable: {_clean(path)}: {_clean(reason)}")
+    for path, reason in report.unlisted:
+        print(f"  not scanned: {_clean(path)}: {_clean(reason)}")
     return 0

@@ -81,6 +81,32 @@ def check_out_dir(out: str | os.PathLike[str], *, inputs: Iterable[str | os.Path
     return resolved
 
 
+def check_out_place(out: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Refuse (one RecipeError line) a folder that is updated in place (a population index) where no folder can
+    be: an existing non-folder, a path under a file, a kernel filesystem, a parent that refuses a new file."""
+    text = os.fspath(out)
+    if not text.strip() or "\0" in text:
+        raise RecipeError(f"{what} {text!r}: a directory path is needed (no NUL characters)")
+    target = Path(text).expanduser().absolute()
+    resolved = target.resolve()
+    if any(_inside(resolved, fs) for fs in KERNEL_FS):
+        raise RecipeError(f"{what} {target}: {resolved} is in a kernel filesystem, not a place for files")
+    if resolved.exists() and not resolved.is_dir():
+        raise RecipeError(f"{what} {target} exists and is not a directory: refused")
+    ancestor = resolved if resolved.is_dir() else resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RecipeError(f"{what} {target} lies under {ancestor}, which is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".atlas.probe-", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RecipeError(f"{what} {target}: cannot write in {ancestor} ({exc.strerror})") from None
+    return resolved
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)

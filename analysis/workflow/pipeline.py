@@ -10,7 +10,9 @@ Steps (each a library call; the faces only parse, cache and show):
 4. build the recipe (`rank_mode`, `target_error`, extras policy recorded);
 5. preview the adapter written, with the method's own cores (granularity, p) when it declares them;
 6. assemble the evidence record (`analysis.workflow.evidence`) that preview.json, the app's proposal
-   and the review all use.
+   and the review all use;
+7. with a `Measure` request, measure the adapter written, each input and the base on a named model and
+   data (`measure_run`): the evidence's `measured` block.
 Nothing is written until `MergeRun.write` (or `to_zip`), so a cancelled run leaves nothing behind.
 """
 from __future__ import annotations
@@ -237,6 +239,16 @@ def run_merge(adapters: AdapterSet | Sequence[Adapter], method: str,
         else:
             spec_of = spectrum(result.modules, cap, progress=run.reporter.stage("export rank"))
     return _export(adapters, result, spec_of, export, run, refactored=cap if refactor else None)
+
+
+def measure_run(run: MergeRun, measure: Any, progress: ProgressReporter | None = None) -> MergeRun:
+    """The measure step (merge -> preview -> export -> measure -> evidence): `run` with `evidence["measured"]`
+    filled by `measure` (an `analysis.evaluation.Measure`: model x data) on the adapter written (at the export's
+    rank, as the writer writes it), each input and the bare base; the inputs are checked to fit the model first.
+    The CLI, the Merge page and a proposal get the same measured rows from this one call."""
+    reporter = progress or ProgressReporter()
+    measured = measure.run(run.adapters.adapters, run.written_modules(), progress=reporter.stage("measure"))
+    return dataclasses.replace(run, evidence={**run.evidence, "measured": measured})
 
 
 def _fused_preview(adapters: AdapterSet, export: ExportSpec, cores: CoreSettings | None,

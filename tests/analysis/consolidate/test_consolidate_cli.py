@@ -1,6 +1,8 @@
 """The plan and consolidate commands: registered, and bad input is one error line with exit code 2."""
 from __future__ import annotations
 
+import pytest
+
 from analysis.cli import main
 
 
@@ -21,7 +23,9 @@ def test_plan_refuses_bad_bar_and_missing_data(tmp_path, capsys):
     from consolidate_tiny import make_adapters
 
     paths = [str(p) for p in make_adapters(tmp_path, ["a", "b"])]
-    assert main(["plan", *paths, "--min-retention", "1.5", "--out", str(tmp_path / "o")]) == 2
+    with pytest.raises(SystemExit) as exit_:  # a bad number is an argparse usage error: exit 2, one line
+        main(["plan", *paths, "--min-retention", "1.5", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
     assert "min-retention" in capsys.readouterr().err
     assert main(["plan", *paths, "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
 
