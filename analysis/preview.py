@@ -18,7 +18,7 @@ Measured numbers (exact match, answer NLL on a named model and data) are the wor
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,8 +29,8 @@ from analysis.linalg import singular_values
 from analysis.merge.claims import task_counts
 from analysis.merge.ops import ModuleSpectrum, inner, linear_combination, svd_of, truncate_with_spectrum
 from analysis.merge.structured import gather
+from analysis.progress import Progress
 
-Progress = Callable[[int, int, str], None]
 TOL = 0.25  # core retention: |new - old| <= TOL |old| (implies the sign is kept)
 
 

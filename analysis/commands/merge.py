@@ -118,16 +118,17 @@ def list_methods() -> int:
     return 0
 
 
-def _job(args: argparse.Namespace) -> tuple[Any, str, dict, list[float] | None, Any, bool]:
-    """(adapter set, method, parameters, weights, export spec, force) from the arguments or a recipe."""
-    from analysis.workflow import AdapterSet, ExportSpec
+def _job(args: argparse.Namespace) -> tuple[Any, str, dict, list[float] | None, Any, Any]:
+    """(adapter set, method, parameters, weights, export spec, preview) from the arguments or a recipe."""
+    from analysis.workflow import AdapterSet, ExportSpec, preview_from_recipe
 
     if args.recipe:
         if args.paths or args.method:
             raise RecipeError("--recipe replays a recipe: do not also give PATH or --method")
         recipe = load_recipe(args.recipe)
-        adapters = AdapterSet(tuple(load_recipe_inputs(recipe)))
-        return adapters, recipe.method, recipe.parameters, recipe.weights, ExportSpec.from_recipe(recipe), recipe.force
+        adapters = AdapterSet(tuple(load_recipe_inputs(recipe)), allow_different_bases=recipe.force)
+        preview = preview_from_recipe(recipe) if not args.no_preview else False
+        return adapters, recipe.method, recipe.parameters, recipe.weights, ExportSpec.from_recipe(recipe), preview
     if not args.paths or not args.method:
         raise RecipeError("merge needs PATH... and --method (or --recipe FILE, or --list-methods)")
     if args.rank is not None and args.rank < 1:
@@ -136,9 +137,8 @@ def _job(args: argparse.Namespace) -> tuple[Any, str, dict, list[float] | None, 
         raise RecipeError(f"--target-error {args.target_error}: expected a relative error between 0 and 1")
     export = ExportSpec(format=args.format, rank=args.rank, target_error=args.target_error,
                         extras="drop" if args.drop_extras else "carry")
-    adapters = AdapterSet.from_paths(args.paths)
-    return (adapters, args.method, parse_param_strings(args.param), _weights(args.weights), export,
-            args.allow_different_bases)
+    adapters = AdapterSet.from_paths(args.paths, allow_different_bases=args.allow_different_bases)
+    return adapters, args.method, parse_param_strings(args.param), _weights(args.weights), export, not args.no_preview
 
 
 def _check_extras(adapters: Any, export: Any) -> None:
@@ -158,17 +158,21 @@ def run(args: argparse.Namespace) -> int:
         raise RecipeError("merge needs --out DIR")
     out = Path(args.out)
     check_out_dir(out, inputs=[*args.paths, *recipe_input_paths(args.recipe)], force=args.force)  # before any work
-    from analysis.workflow import ProgressReporter, run_merge
+    from analysis.threads import bounded_threads
+    from analysis.workflow import ProgressReporter, measure_run, run_merge
 
     measure = _measure_data(args)  # data validated before anything is merged or loaded
-    adapters, method, params, weights, export, force = _job(args)
+    adapters, method, params, weights, export, preview = _job(args)
     _check_extras(adapters, export)
     if measure is not None:
         measure = _measure(args, measure, adapters)
     bars = _Bars()
     try:
-        merged = run_merge(adapters, method, params, weights, export, force=force, preview=not args.no_preview,
-                           progress=ProgressReporter(bars), measure=measure)
+        with bounded_threads():  # this face's torch threads (ADAPTER_ATLAS_THREADS, else half the cores)
+            merged = run_merge(adapters, method, params, weights, export, preview=preview,
+                               progress=ProgressReporter(bars))
+            if measure is not None:
+                merged = measure_run(merged, measure, ProgressReporter(bars))
     finally:
         bars.close()
     merged.write(out, force=args.force)

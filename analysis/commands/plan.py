@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
-    data = export_plan(plan, adapters, out, force=args.force)
+    from analysis.threads import bounded_threads
+
+    with bounded_threads():  # this face's torch threads for the merges it writes
+        data = export_plan(plan, adapters, out, force=args.force)
     if args.json:
         print(json.dumps(data, indent=2, default=float))
         return 0

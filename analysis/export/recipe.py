@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from analysis import __version__
+from analysis._version import __version__
 from analysis.adapters.model import Adapter
 from analysis.errors import AtlasError, RecipeError
 from analysis.merge.registry import METHODS, get_method, params_model
-from analysis.recipe_contract import RecipeContract, RecipeExportContract, RecipeInputContract
+from analysis.recipe_contract import RecipeContract, RecipeExportContract, RecipeInputContract, validated
 
 EXPORT_FORMATS = ("peft", "kohya", "delta")
 
@@ -113,14 +113,7 @@ def build_recipe(adapters: Sequence[Adapter], method: str, *, parameters: Mappin
 
 def parse_recipe(data: Any, source: str) -> Recipe:
     """Validate a mapping into a Recipe, or raise one RecipeError line naming the source and key."""
-    if not isinstance(data, Mapping):
-        raise RecipeError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
-    try:
-        return Recipe.model_validate(dict(data))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "recipe"
-        raise RecipeError(f"{source}: recipe key '{where}': {first['msg']}") from None
+    return validated(Recipe, data, source, what="a recipe", count_more=False)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -19,9 +19,58 @@ Readers also accept the two older shapes: `tasks: {name: {metric: value}}` (revi
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NotRequired, Protocol, Sequence, TypedDict
 
 EVIDENCE_VERSION = 2
+
+
+class EvidenceInput(TypedDict):
+    index: int
+    name: str
+    sha256: str
+
+
+class EvidenceTask(TypedDict, total=False):
+    """One input's preview row: `TASK_METRICS` (None where not measured) and any metric a later version adds."""
+
+    index: int
+    name: str
+    core_retention: float | None
+    interference: float | None
+    cosine: float | None
+    conflicts: int | None
+    core_size: int | None
+
+
+class EvidenceExport(TypedDict, total=False):
+    format: str
+    rank: int | None
+    rank_mode: str
+    target_error: float | None
+    reached: bool | None
+    cap: int | None
+    relative_error: float
+    worst_module: str | None
+    worst_module_error: float
+
+
+class Evidence(TypedDict):
+    """The record, typed: the contract between the CLI (preview.json), the app and the review store. It stays
+    plain JSON (a dict at run time). Fields a later version adds are optional (`NotRequired`), so readers
+    must use `.get` for them, and a reader of an older record (`task_table`, `export_line`) accepts any
+    Mapping."""
+
+    evidence_version: int
+    method: str
+    parameters: dict[str, Any]
+    weights: list[float]
+    inputs: list[EvidenceInput]
+    settings: dict[str, Any] | None  # {granularity, p, tol, rank} of the preview
+    tasks: list[EvidenceTask] | None
+    export: EvidenceExport
+    extras: dict[str, Any]  # {policy, carried, dropped, kinds}
+    method_info: dict[str, Any]
+    measured: NotRequired[dict[str, Any]]  # reserved for measured rows (model and data identity) of a later version
 TASK_METRICS = ("core_retention", "interference", "cosine", "conflicts", "core_size")
 METRIC_HELP = {
     "core_retention": "share of the task's core positions whose merged value stays within 25% of its own",
@@ -32,27 +81,39 @@ METRIC_HELP = {
 }
 
 
-def build_evidence(*, names: Sequence[str], sha256s: Sequence[str], method: str, parameters: Mapping[str, Any],
-                   weights: Sequence[float], preview: Mapping[str, Any] | None, export: Mapping[str, Any],
-                   extras: Mapping[str, Any], method_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble the record; `preview` is `analysis.preview.preview_merge`'s output (`per_input` in input
-    order; older previews: `per_task` keyed by the inputs' unique display names)."""
-    tasks = None
+class Merged(Protocol):
+    """What the record reads from a merge (`analysis.merge.MergeResult` has it)."""
+
+    method: str
+    params: Mapping[str, Any]
+    weights: Sequence[float]
+    info: Mapping[str, Any]
+
+
+def build_evidence(*, inputs: Sequence[tuple[str, str]], merge: Merged, preview: Mapping[str, Any] | None,
+                   export: Mapping[str, Any], extras: Mapping[str, Any]) -> Evidence:
+    """Assemble the record from the inputs' (name, sha256) in input order, the merge, the preview
+    (`analysis.preview.preview_merge`'s output: `per_input` in input order; older previews: `per_task` keyed
+    by the inputs' unique display names), the export's fidelity and the extras' summary. `merge.info` must
+    be JSON-ready already."""
+    names = [n for n, _ in inputs]
+    tasks: list[EvidenceTask] | None = None
     if preview is not None:
         rows = preview.get("per_input") or [preview["per_task"][n] for n in names]  # by index when available
-        tasks = [{"index": i, "name": n, **{k: rows[i].get(k) for k in TASK_METRICS}} for i, n in enumerate(names)]
-    return {
-        "evidence_version": EVIDENCE_VERSION,
-        "method": method,
-        "parameters": dict(parameters),
-        "weights": [float(w) for w in weights],
-        "inputs": [{"index": i, "name": n, "sha256": s} for i, (n, s) in enumerate(zip(names, sha256s))],
-        "settings": dict(preview["settings"]) if preview is not None else None,
-        "tasks": tasks,
-        "export": dict(export),
-        "extras": dict(extras),
-        "method_info": dict(method_info or {}),
-    }
+        tasks = [EvidenceTask(index=i, name=n, **{k: rows[i].get(k) for k in TASK_METRICS})  # type: ignore[typeddict-item]
+                 for i, n in enumerate(names)]
+    return Evidence(
+        evidence_version=EVIDENCE_VERSION,
+        method=merge.method,
+        parameters=dict(merge.params),
+        weights=[float(w) for w in merge.weights],
+        inputs=[EvidenceInput(index=i, name=n, sha256=s) for i, (n, s) in enumerate(inputs)],
+        settings=dict(preview["settings"]) if preview is not None else None,
+        tasks=tasks,
+        export=EvidenceExport(**export),  # type: ignore[typeddict-item]
+        extras=dict(extras),
+        method_info=dict(merge.info or {}),
+    )
 
 
 def task_table(evidence: Mapping[str, Any] | None) -> tuple[list[str], list[str], list[list[Any]]]:

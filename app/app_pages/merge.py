@@ -23,7 +23,7 @@ from app.components import view
 from app.components.display import show_figure
 
 STARTING_METHODS = ["isolation", "linear", "ties"]
-CORE_PARAMS = ("granularity", "p")  # one set of core controls: isolation's cores are the preview's cores
+CORE_PARAMS = ("granularity", "p")  # one set of core controls: a method's own cores are the preview's cores
 COLUMNS = {"core_retention": "core kept", "interference": "interference", "cosine": "cosine",
            "conflicts": "conflicts"}
 STAGES = {"merge": (0.0, 0.45), "export rank": (0.45, 0.6), "preview": (0.6, 1.0), "done": (1.0, 1.0)}
@@ -100,8 +100,8 @@ core_p = float(b.number_input("Core fraction p", min_value=0.0001, max_value=1.0
 params: dict[str, dict[str, object]] = {}
 for m in methods:
     spec = get_method(m)
-    own = [p for p in spec.params if not (m == "isolation" and p.name in CORE_PARAMS)]
-    params[m] = {"granularity": granularity, "p": core_p} if m == "isolation" else {}
+    own = [p for p in spec.params if not (spec.cores and p.name in CORE_PARAMS)]
+    params[m] = {"granularity": granularity, "p": core_p} if spec.cores else {}
     if own:
         with st.expander(f"{m} settings"):
             params[m].update({p.name: control(m, p) for p in own})
@@ -112,8 +112,8 @@ for m in sorted(set(methods) - set(usable)):
 
 
 def merge_key(method: str) -> cache.MergeKey:
-    return (chosen_refs, method, tuple(sorted(params[method].items())), weights, (str(granularity), core_p),
-            "drop" if drop_extras else "carry")
+    return cache.MergeKey(chosen_refs, method, tuple(sorted(params[method].items())), weights,
+                          (str(granularity), core_p), "drop" if drop_extras else "carry")
 
 
 # 3. Compare, with progress (ETA) and a cancel button
@@ -138,7 +138,7 @@ bar = None if not todo else st.progress(0.0, text="Merging…")
 
 
 def on_progress(key: cache.MergeKey, stage: str, done: int, total: int, eta: float | None, label: str) -> None:
-    status[key[1]] = (stage, done, total, eta)  # bookkeeping only: widgets belong to the script's thread
+    status[key.method] = (stage, done, total, eta)  # bookkeeping only: widgets belong to the script's thread
 
 
 def redraw() -> None:
@@ -163,9 +163,9 @@ def redraw() -> None:
 started = time.monotonic()
 for key, value in cache.merge_runs(list(keys.values()), on_progress, redraw).items():
     if isinstance(value, AtlasError):
-        st.error(f"{key[1]}: {value}")
+        st.error(f"{key.method}: {value}")
     else:
-        runs[key[1]] = value
+        runs[key.method] = value
 if bar is not None:
     bar.empty()
     from analysis.workflow.parallel import default_workers
