@@ -7,8 +7,12 @@ Version 2 (`evidence_version: 2`), keyed by input index:
     tasks:    [{index, name, core_retention, interference, cosine, conflicts, core_size}]
     settings: {granularity, p, tol, rank}                    the cores the preview used, the rank it describes
     export:   {format, rank, rank_mode, target_error, reached, cap, relative_error, worst_module,
-               worst_module_error}                          fidelity of the adapter written
+               worst_module_error, dtype, storage_error, worst_storage_module, worst_storage_error}
+                                                            fidelity of the adapter written (truncation;
+                                                            storage in its dtype, as its readers compute it)
     extras:   {policy, carried, dropped, kinds}
+    modules:  {policy, rule, total, shared, not_shared: [{module, lacking}], left_out_energy?}
+                                                            modules not every input has, and the rule applied
     method, parameters, weights, method_info
 
 Readers also accept the two older shapes: `tasks: {name: {metric: value}}` (review CLI) and
@@ -78,8 +82,9 @@ def export_line(evidence: Mapping[str, Any] | None) -> str | None:
     if not isinstance(export, Mapping) or not export.get("format"):
         return None
     fmt, rank, mode = export.get("format"), export.get("rank"), export.get("rank_mode")
+    stored = _stored(export)
     if fmt == "delta" or mode == "exact" or rank is None:
-        return f"export: {fmt}, exact (no re-factoring), relative error 0"
+        return f"export: {fmt}, exact (no re-factoring), relative error 0{stored}"
     err = export.get("relative_error")
     how = {"auto": f"automatic: smallest rank with relative error <= {export.get('target_error')}",
            "fixed": "chosen by the user"}.get(str(mode), str(mode))
@@ -88,7 +93,16 @@ def export_line(evidence: Mapping[str, Any] | None) -> str | None:
         line += f", worst module {export['worst_module']} {_num(export.get('worst_module_error'))}"
     if mode == "auto" and export.get("reached") is False:
         line += f"; the target is not reached at the cap (summed input rank {export.get('cap')})"
-    return line
+    return line + stored
+
+
+def _stored(export: Mapping[str, Any]) -> str:
+    """'; stored as fp16: storage error 2.1e-04 (worst module ...)' when the record has it."""
+    if export.get("storage_error") is None:
+        return ""
+    worst = export.get("worst_storage_module")
+    tail = f" (worst module {worst} {export.get('worst_storage_error', 0.0):.1e})" if worst else ""
+    return f"; stored as {export.get('dtype')}: storage error {export['storage_error']:.1e}{tail}"
 
 
 def _num(v: Any) -> str:

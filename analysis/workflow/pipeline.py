@@ -29,6 +29,7 @@ from analysis.export.extras import ExtrasPlan, plan_extras
 from analysis.export.recipe import EXPORT_FORMATS, Recipe, build_recipe
 from analysis.merge.registry import MergeResult, get_method
 from analysis.workflow.adapter_set import AdapterSet
+from analysis.workflow.coverage import Coverage, module_coverage, restrict
 from analysis.workflow.evidence import build_evidence
 from analysis.workflow.progress import ProgressReporter
 from analysis.workflow.rank import DEFAULT_TARGET_ERROR, Spectrum, spectrum
@@ -48,13 +49,16 @@ class ExportSpec:
     target_error: float = DEFAULT_TARGET_ERROR
     extras: str = "carry"
     preview_cores: tuple[str, float] | None = None  # (granularity, p) of the preview for methods without cores
+    dtype: str = "fp32"  # stored precision: fp32 | fp16 | bf16
+    missing_modules: str = "zero"  # zero | shared | refuse (`analysis.workflow.coverage`)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "ExportSpec":
         e = recipe.export
         cores = (e.preview.granularity, float(e.preview.p)) if e.preview is not None else None
         return cls(format=e.format, rank=e.rank, rank_mode=e.rank_mode, extras=e.extras, preview_cores=cores,
-                   target_error=e.target_error if e.target_error is not None else DEFAULT_TARGET_ERROR)
+                   target_error=e.target_error if e.target_error is not None else DEFAULT_TARGET_ERROR,
+                   dtype=e.dtype, missing_modules=recipe.missing_modules)
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,8 @@ def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | No
     resolved = spec.resolve_params(params)
     if len(adapters) > 1:
         adapters.require_shared()
+    coverage = module_coverage(adapters.adapters, export.missing_modules)  # `refuse` stops here, naming them
+    merge_inputs = restrict(adapters.adapters, coverage) if coverage.policy == "shared" else adapters.adapters
     reporter.check()
     # 2. merge; an export that needs re-factoring is re-factored at the cap module by module as it merges
     cap = max(_cap(adapters, w), export.rank or 0)
@@ -214,7 +220,7 @@ def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | No
         cores is not None and cores_default is not None) else None  # the caller's cores, reused when they fit
     fused: dict[str, list] = {}
     hook = _fused_preview(adapters, export, resolved, w, fused) if preview and refactor else None
-    result = merge_adapters(list(adapters.adapters), method, weights=w, params=resolved, force=force,
+    result = merge_adapters(list(merge_inputs), method, weights=w, params=resolved, force=force,
                             rank=cap if refactor else None, progress=reporter.stage("merge"), cores=given,
                             on_module=hook)
     spec_of = None
@@ -225,7 +231,8 @@ def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | No
         else:
             spec_of = spectrum(result.modules, cap, progress=reporter.stage("export rank"))
     return _export(adapters, result, spec_of, export, force=force, preview=preview, cores_default=cores_default,
-                   cores=cores, reporter=reporter, refactored=cap if refactor else None, precomputed=fused)
+                   cores=cores, reporter=reporter, refactored=cap if refactor else None, precomputed=fused,
+                   coverage=coverage)
 
 
 def _fused_preview(adapters: AdapterSet, export: ExportSpec, params: Mapping[str, Any], weights: Sequence[float] | None,
@@ -268,7 +275,8 @@ def _reexport(run: MergeRun, export: ExportSpec, *, preview: bool, cores_default
     reporter = progress or ProgressReporter()
     cores_default = cores_default or export.preview_cores
     cut = run.refactored
-    if cut is not None and (export.format == "delta" or (export.rank or 0) > cut):
+    if export.missing_modules != run.recipe.missing_modules or (
+            cut is not None and (export.format == "delta" or (export.rank or 0) > cut)):
         return run_merge(run.adapters, run.result.method, run.result.params, run.result.weights, export,
                          force=run.recipe.force, preview=preview, cores_default=cores_default, cores=cores,
                          progress=reporter)
@@ -282,9 +290,12 @@ def _reexport(run: MergeRun, export: ExportSpec, *, preview: bool, cores_default
 
 def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None, export: ExportSpec, *, force: bool,
             preview: bool, cores_default: tuple[str, float] | None, cores: Any, reporter: ProgressReporter,
-            refactored: int | None, precomputed: Mapping[str, list] | None = None) -> MergeRun:
+            refactored: int | None, precomputed: Mapping[str, list] | None = None,
+            coverage: Coverage | None = None) -> MergeRun:
     """Steps 3-6: export rank, recipe, preview of the adapter written, evidence."""
     from analysis.preview import preview_merge
+
+    coverage = coverage or module_coverage(adapters.adapters, export.missing_modules)
 
     extras = plan_extras(adapters.adapters, export.extras, export_format=export.format, strict=False)
     writer_inputs = adapters.adapters if extras.policy == "carry" else tuple(
@@ -301,7 +312,7 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
                           weights=result.weights,
                           export_format=export.format, rank=rank, force=force, rank_mode=mode,
                           target_error=export.target_error if mode == "auto" else None, extras=extras.policy,
-                          preview_cores=recorded)
+                          preview_cores=recorded, dtype=export.dtype, missing_modules=coverage.policy)
     # 5. preview of the adapter written
     pv = None
     if preview:
@@ -320,10 +331,24 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
         {"relative_error": 0.0, "worst_module": None, "worst_module_error": 0.0}
     export_info = {"format": export.format, "rank": rank, "rank_mode": mode,
                    "target_error": export.target_error if mode == "auto" else None, "reached": reached,
-                   "cap": spec_of.cap if spec_of is not None else None, **fidelity}
+                   "cap": spec_of.cap if spec_of is not None else None, **fidelity,
+                   **_storage(result.modules, recipe, adapters.adapters)}
     evidence = build_evidence(names=adapters.names, sha256s=adapters.sha256s, method=result.method,
                               parameters=result.params, weights=result.weights, preview=pv, export=export_info,
                               extras=extras.summary(), method_info=_plain(result.info))
+    evidence["modules"] = coverage.summary()
     reporter.step("done", 1, 1)
     return MergeRun(adapters=adapters, result=result, recipe=recipe, evidence=evidence, spectrum=spec_of,
                     extras=extras, writer_inputs=tuple(writer_inputs), refactored=refactored)
+
+
+def _storage(modules: Mapping[str, Delta], recipe: Recipe, inputs: Sequence[Adapter]) -> dict[str, Any]:
+    """The stored file's fidelity (`analysis.export.fidelity`): rendered as the writer renders it (without the
+    extras, which do not touch the modules) and read back with each format's own scaling."""
+    from analysis.export.fidelity import storage_fidelity
+    from analysis.export.writer import render_tensors
+
+    bare = [dataclasses.replace(a, extras={}, _sha256=a.sha256) if a.extras else a for a in inputs]
+    _, (tensors, _, _) = render_tensors(modules, recipe, inputs=bare)
+    return storage_fidelity(modules, tensors, fmt=recipe.export.format, rank=recipe.export.rank,
+                            dtype_name=recipe.export.dtype)

@@ -1,0 +1,70 @@
+"""Fidelity of the file as its readers compute it: the relative Frobenius error between the update a reader
+builds from the stored tensors (in the export dtype, with the file's own scaling) and the update the
+export intends (the merge at the export rank, float64), per module and pooled over modules.
+
+This is the storage part of the export error: the truncation part (rank R vs the exact merge) comes from
+the merge's spectrum (`analysis.workflow.rank`). The two add up to at most their sum. Computed from the
+factors with r x r Gram matrices (never dW) for the LoRA formats, densely for the delta format.
+
+Readers, per format: PEFT and diffusers apply lora_B @ lora_A * lora_alpha / r with alpha = r (scale 1);
+kohya applies lora_up @ lora_down * alpha / rank with the module's `.alpha`; delta adds the stored dW.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+
+from analysis.adapters.model import Delta
+from analysis.adapters.names import canonical_to_kohya
+from analysis.export.layout import module_factors
+from analysis.export.peft import PEFT_PREFIX
+from analysis.export.sd import denoiser_of, split_component
+
+
+def _keys(fmt: str, name: str, denoiser: str) -> tuple[str, str, str | None]:
+    """(down key, up key, alpha key or None) of module `name` in a `fmt` file."""
+    if fmt == "kohya":
+        key = canonical_to_kohya(name)
+        return f"{key}.lora_down.weight", f"{key}.lora_up.weight", f"{key}.alpha"
+    if fmt == "diffusers":
+        component, inner = split_component(name, denoiser=denoiser)
+        return f"{component}.{inner}.lora_A.weight", f"{component}.{inner}.lora_B.weight", None
+    return f"{PEFT_PREFIX}{name}.lora_A.weight", f"{PEFT_PREFIX}{name}.lora_B.weight", None
+
+
+def _gram_error2(up_w: torch.Tensor, down_w: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> float:
+    """||up_w @ down_w - up @ down||_F^2 from Gram matrices of the stacked factors (float64)."""
+    Bs = torch.cat([up_w, -up], dim=1)  # (n_out, r_w + r)
+    As = torch.cat([down_w, down], dim=0)  # (r_w + r, n_in)
+    return max(float(((Bs.T @ Bs) * (As @ As.T)).sum()), 0.0)
+
+
+def storage_fidelity(modules: Mapping[str, Delta], tensors: Mapping[str, torch.Tensor], *, fmt: str,
+                     rank: int | None, dtype_name: str) -> dict[str, Any]:
+    """{dtype, storage_error, worst_storage_module, worst_storage_error} of the rendered `tensors` of a `fmt`
+    export of `modules` at `rank` (the numbers the CLI prints and preview.json records)."""
+    err2 = tot2 = 0.0
+    worst, worst_err = None, 0.0
+    denoiser = denoiser_of(list(modules)) if fmt == "diffusers" else "unet"
+    for name in sorted(modules):
+        if fmt == "delta":
+            ref = modules[name].dense(torch.float64)  # (n_out, n_in)
+            e2 = float(((tensors[f"{name}.delta"].double() - ref) ** 2).sum())
+            n2 = float((ref**2).sum())
+        else:
+            f = module_factors(name, modules[name], rank, target=fmt)
+            dk, uk, ak = _keys(fmt, name, denoiser)
+            down_w = tensors[dk].double().reshape(tensors[dk].shape[0], -1)  # (r_w, n_in)
+            up_w = tensors[uk].double().reshape(tensors[uk].shape[0], -1)  # (n_out, r_w)
+            if ak is not None:  # kohya: the reader's alpha / rank
+                up_w = up_w * (float(tensors[ak]) / down_w.shape[0])
+            e2 = _gram_error2(up_w, down_w, f.up, f.down)
+            n2 = max(float(((f.up.T @ f.up) * (f.down @ f.down.T)).sum()), 0.0)
+        module_err = math.sqrt(e2 / n2) if n2 > 0 else 0.0
+        if worst is None or module_err > worst_err:
+            worst, worst_err = name, module_err
+        err2, tot2 = err2 + e2, tot2 + n2
+    return {"dtype": dtype_name, "storage_error": math.sqrt(err2 / tot2) if tot2 > 0 else 0.0,
+            "worst_storage_module": worst, "worst_storage_error": worst_err}
