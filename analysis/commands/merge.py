@@ -27,7 +27,7 @@ from analysis.export.recipe import EXPORT_DTYPE_NAMES, EXPORT_FORMATS
 from analysis.merge import describe_methods
 from analysis.merge.registry import parse_param_strings
 from analysis.workflow.coverage import MISSING_HELP, MISSING_MODULES
-from analysis.workflow.evidence import METRIC_HELP, export_line
+from analysis.workflow.evidence import METRIC_HELP, export_line, module_line
 from analysis.workflow.rank import DEFAULT_TARGET_ERROR
 
 
@@ -180,7 +180,7 @@ def _readable(summary: dict[str, Any]) -> str:
              export_line(summary) or "",
              *(["the automatic rank stops at the cap: pass --rank R above it (merged again at that rank) or "
                  "--format delta (exact)"] if summary["export"].get("reached") is False else []),
-             _policy_line(summary["module_policy"]),
+             module_line({"modules": summary["module_policy"]}) or "",
              f"recipe sha256: {summary['recipe_sha256']}"]
     extras = summary["extras"]
     if extras["carried"] or extras["dropped"]:
@@ -199,13 +199,3 @@ def _readable(summary: dict[str, Any]) -> str:
 def _f(value: float | None, width: int) -> str:
     return f"{value:{width}.3f}" if value is not None else f"{'n/a':>{width}}"
 
-
-def _policy_line(policy: dict[str, Any]) -> str:
-    """The module rule in one line (`analysis.workflow.coverage.Coverage.line`, from its JSON form)."""
-    missing = policy["not_shared"]
-    if not missing:
-        return f"modules: all {policy['total']} modules are shared by every input"
-    listing = ", ".join(m["module"] for m in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-    lacking = sorted({n for m in missing for n in m["lacking"]})
-    return (f"modules: {len(missing)} of {policy['total']} not shared by every input ({listing}; lacking in "
-            f"{', '.join(lacking)}): {policy['rule']} (--missing-modules {policy['policy']})")

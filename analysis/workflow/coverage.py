@@ -82,7 +82,8 @@ def module_coverage(adapters: Sequence[Adapter], policy: str = "zero") -> Covera
         energy = tuple(_share(a, set(missing)) for a in adapters)
     cov = Coverage(policy, names, tuple(every), shared, missing, energy)
     if policy == "refuse" and missing:
-        raise IncompatibleAdaptersError(cov.line().replace(": refused", "") + "; pass --missing-modules zero or shared")
+        raise IncompatibleAdaptersError(cov.line().replace(": refused", ": refused (--missing-modules refuse)")
+                                        + "; choose another --missing-modules rule to go on")
     return cov
 
 

@@ -96,6 +96,20 @@ def export_line(evidence: Mapping[str, Any] | None) -> str | None:
     return line + stored
 
 
+def module_line(evidence: Mapping[str, Any] | None) -> str | None:
+    """One sentence on the modules not every input has and the rule applied to them (None for older records)."""
+    policy = (evidence or {}).get("modules") if isinstance(evidence, Mapping) else None
+    if not isinstance(policy, Mapping) or "not_shared" not in policy:
+        return None
+    missing = policy["not_shared"]
+    if not missing:
+        return f"modules: all {policy.get('total')} modules are shared by every input"
+    listing = ", ".join(m["module"] for m in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    lacking = sorted({n for m in missing for n in m["lacking"]})
+    return (f"modules: {len(missing)} of {policy.get('total')} not shared by every input ({listing}; lacking in "
+            f"{', '.join(lacking)}): {policy.get('rule')} (missing-modules rule: {policy.get('policy')})")
+
+
 def _stored(export: Mapping[str, Any]) -> str:
     """'; stored as fp16: storage error 2.1e-04 (worst module ...)' when the record has it."""
     if export.get("storage_error") is None:
