@@ -4,7 +4,7 @@ export intends (the merge at the export rank, float64), per module and pooled ov
 
 This is the storage part of the export error: the truncation part (rank R vs the exact merge) comes from
 the merge's spectrum (`analysis.workflow.rank`). The two add up to at most their sum. Computed from the
-factors with r x r Gram matrices (never dW) for the LoRA formats, densely for the delta format.
+factors (r x r Gram matrices, or the products where those are cheaper), densely for the delta format.
 
 Readers, per format: PEFT and diffusers apply lora_B @ lora_A * lora_alpha / r with alpha = r (scale 1);
 kohya applies lora_up @ lora_down * alpha / rank with the module's `.alpha`; delta adds the stored dW.
@@ -34,18 +34,28 @@ def _keys(fmt: str, name: str, denoiser: str) -> tuple[str, str, str | None]:
     return f"{PEFT_PREFIX}{name}.lora_A.weight", f"{PEFT_PREFIX}{name}.lora_B.weight", None
 
 
-def _gram_error2(up_w: torch.Tensor, down_w: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> float:
-    """||up_w @ down_w - up @ down||_F^2 from Gram matrices of the stacked factors (float64)."""
+def _errors2(up_w: torch.Tensor, down_w: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> tuple[float, float]:
+    """(||up_w @ down_w - up @ down||_F^2, ||up @ down||_F^2) in float64, by the cheaper exact route: Gram
+    matrices of the stacked factors, O((n_out + n_in) r^2), or the two products, O(n_out n_in r), which wins
+    once r is a sizeable share of the module width (a full-rank export of a dense merge)."""
+    n_out, n_in, r = up.shape[0], down.shape[1], down.shape[0] + down_w.shape[0]
+    if n_out * n_in <= (n_out + n_in) * r:
+        want = up @ down  # (n_out, n_in)
+        return float(((up_w @ down_w - want) ** 2).sum()), float((want**2).sum())
     Bs = torch.cat([up_w, -up], dim=1)  # (n_out, r_w + r)
     As = torch.cat([down_w, down], dim=0)  # (r_w + r, n_in)
-    return max(float(((Bs.T @ Bs) * (As @ As.T)).sum()), 0.0)
+    n2 = float(((up.T @ up) * (down @ down.T)).sum())
+    return max(float(((Bs.T @ Bs) * (As @ As.T)).sum()), 0.0), max(n2, 0.0)
 
 
 def storage_fidelity(modules: Mapping[str, Delta], tensors: Mapping[str, torch.Tensor], *, fmt: str,
                      rank: int | None, dtype_name: str) -> dict[str, Any]:
-    """{dtype, storage_error, worst_storage_module, worst_storage_error} of the rendered `tensors` of a `fmt`
-    export of `modules` at `rank` (the numbers the CLI prints and preview.json records)."""
+    """{dtype, storage_error, worst_storage_module, worst_storage_error, wider_than_dense} of the rendered
+    `tensors` of a `fmt` export of `modules` at `rank` (the numbers the CLI prints and preview.json records).
+    `wider_than_dense`: modules whose factors hold more numbers than their dense dW (r (n_out + n_in) >
+    n_out n_in): at such ranks a LoRA file is larger than `--format delta`, which is exact."""
     err2 = tot2 = 0.0
+    wider = 0
     worst, worst_err = None, 0.0
     denoiser = denoiser_of(list(modules)) if fmt == "diffusers" else "unet"
     for name in sorted(modules):
@@ -60,11 +70,11 @@ def storage_fidelity(modules: Mapping[str, Delta], tensors: Mapping[str, torch.T
             up_w = tensors[uk].double().reshape(tensors[uk].shape[0], -1)  # (n_out, r_w)
             if ak is not None:  # kohya: the reader's alpha / rank
                 up_w = up_w * (float(tensors[ak]) / down_w.shape[0])
-            e2 = _gram_error2(up_w, down_w, f.up, f.down)
-            n2 = max(float(((f.up.T @ f.up) * (f.down @ f.down.T)).sum()), 0.0)
+            e2, n2 = _errors2(up_w, down_w, f.up, f.down)
+            wider += int(down_w.shape[0] * (up_w.shape[0] + down_w.shape[1]) > up_w.shape[0] * down_w.shape[1])
         module_err = math.sqrt(e2 / n2) if n2 > 0 else 0.0
         if worst is None or module_err > worst_err:
             worst, worst_err = name, module_err
         err2, tot2 = err2 + e2, tot2 + n2
     return {"dtype": dtype_name, "storage_error": math.sqrt(err2 / tot2) if tot2 > 0 else 0.0,
-            "worst_storage_module": worst, "worst_storage_error": worst_err}
+            "worst_storage_module": worst, "worst_storage_error": worst_err, "wider_than_dense": wider}

@@ -7,7 +7,8 @@ Version 2 (`evidence_version: 2`), keyed by input index:
     tasks:    [{index, name, core_retention, interference, cosine, conflicts, core_size}]
     settings: {granularity, p, tol, rank}                    the cores the preview used, the rank it describes
     export:   {format, rank, rank_mode, target_error, reached, cap, relative_error, worst_module,
-               worst_module_error, dtype, storage_error, worst_storage_module, worst_storage_error}
+               worst_module_error, dtype, storage_error, worst_storage_module, worst_storage_error,
+               wider_than_dense}
                                                             fidelity of the adapter written (truncation;
                                                             storage in its dtype, as its readers compute it)
     extras:   {policy, carried, dropped, kinds}
@@ -116,7 +117,10 @@ def _stored(export: Mapping[str, Any]) -> str:
         return ""
     worst = export.get("worst_storage_module")
     tail = f" (worst module {worst} {export.get('worst_storage_error', 0.0):.1e})" if worst else ""
-    return f"; stored as {export.get('dtype')}: storage error {export['storage_error']:.1e}{tail}"
+    wider = export.get("wider_than_dense") or 0
+    size = (f"; {wider} modules hold more numbers at this rank than their dense dW (--format delta is smaller "
+            "and exact)") if wider else ""
+    return f"; stored as {export.get('dtype')}: storage error {export['storage_error']:.1e}{tail}{size}"
 
 
 def _num(v: Any) -> str:
