@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
-from analysis.claims import ClaimRuns, claim_runs, task_counts
-from analysis.isolation import Core, as_core, column_energy, row_energy, task_core
+from analysis.isolation import ClaimRuns, Core, claim_runs, column_energy, row_energy, task_core
 from analysis.linalg import singular_values
+from analysis.merge.claims import task_counts
 from analysis.merge.ops import ModuleSpectrum, inner, linear_combination, svd_of, truncate_with_spectrum
 from analysis.merge.structured import gather
 
@@ -133,7 +133,7 @@ def task_geometry(tasks: Sequence[Delta], merged: Delta) -> list[tuple[float, fl
 
 
 def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granularity: str, p: float,
-                tol: float, cores: Mapping[int, Any] | None = None,
+                tol: float, cores: Mapping[int, Core] | None = None,
                 weights: Sequence[float] | None = None, runs: ClaimRuns | None = None) -> list[dict[str, Any]]:
     """One row per input present at `module`, keyed by input index (names may repeat). A weight-0 input
     keeps its row but is left out of the claims: its positions count as conflicts only where two inputs
@@ -143,12 +143,8 @@ def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granul
     tasks = [inputs[i].modules[module] for i in present]
     at: dict[int, Core] = {}
     if runs is None or granularity != "entries":
-        at = {i: as_core(cores[i]) for i in present} if cores is not None else {
+        at = {i: cores[i] for i in present} if cores is not None else {
             i: task_core(inputs[i].modules[module], granularity, p) for i in present}
-        if granularity == "entries":  # a core given as a bare mask: read the task's values at its positions
-            at = {i: c if c.value.numel() == c.index.numel() else
-                  Core(c.index, gather(tasks[row], c.positions, torch.float32), c.shape)
-                  for row, (i, c) in enumerate(at.items())}
         runs = claim_runs([at[i] for i in present])  # every claim in position order, no (N, U) tables
     live = np.array([weights is None or weights[i] != 0.0 for i in present], dtype=bool)  # (N,)
     merged_at = None

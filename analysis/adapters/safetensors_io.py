@@ -153,11 +153,6 @@ def parse_safetensors_header(path: Path, data: bytes | bytearray) -> tuple[dict[
     return entries, dict(metadata), data_start
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str], int]:
-    """Header of a safetensors file on disk (the whole file is read once, bounded; see `limits`)."""
-    return parse_safetensors_header(path, read_regular_file(path, "weights file"))
-
-
 def _check_no_overlap(path: Path, entries: dict[str, TensorEntry]) -> None:
     """Two tensors sharing bytes means a corrupted header (the writer never does that)."""
     spans = sorted((e.begin, e.end, e.key) for e in entries.values() if e.end > e.begin)
@@ -287,8 +282,3 @@ def scan_values(src: TensorSource, keys: list[str], *, chunk: int = 1 << 22) -> 
                 peak = max(peak, float(part[finite].abs().max()))
         out[key] = (bad, peak)
     return out
-
-
-def nonfinite_counts(src: TensorSource, keys: list[str], *, chunk: int = 1 << 20) -> dict[str, int]:
-    """Number of NaN/Inf values per tensor (only those with any)."""
-    return {k: n for k, (n, _) in scan_values(src, keys, chunk=chunk).items() if n}

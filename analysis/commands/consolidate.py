@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from analysis.commands import options as opt
 from analysis.errors import AtlasError
 
 
@@ -26,18 +27,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", metavar="ADAPTER", help="adapter directories (name = task)")
     p.add_argument("--data", required=True, metavar="DIR", help="task data: DIR/<task>/{train,eval}.jsonl")
     p.add_argument("--strategy", required=True, choices=STRATEGIES)
-    p.add_argument("--steps", type=int, required=True, help="optimizer steps (the same budget for every strategy)")
-    p.add_argument("--rank", type=int, default=16, help="rank R of the fresh LoRA block (default 16)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=opt.count(10**6), required=True, help="optimizer steps (the same budget for every strategy)")
+    p.add_argument("--rank", type=opt.count(4096), default=16, help="rank R of the fresh LoRA block (default 16)")
+    p.add_argument("--batch-size", type=opt.BATCH, default=8)
+    p.add_argument("--lr", type=opt.LEARNING_RATE, default=3e-3)
+    p.add_argument("--seed", type=opt.SEED, default=0)
     p.add_argument("--cores", default="magnitude", choices=("magnitude", "saliency"),
                    help="core rows by |dW| (paper) or by |dW| x input activation RMS on the task's prompts")
-    p.add_argument("--p", type=float, default=0.01, help="core rows per task and module (default 0.01, the paper's)")
+    p.add_argument("--p", type=opt.fraction(open_low=True), default=0.01, help="core rows per task and module (default 0.01, the paper's)")
     p.add_argument("--base", default=None, metavar="PATH", help="local base model directory (default: the sample base)")
-    p.add_argument("--limit", type=int, default=None, help="eval rows per task for the accuracy (default all)")
+    p.add_argument("--limit", type=opt.EVAL_LIMIT, default=None, help="eval rows per task for the accuracy (default all)")
     p.add_argument("--no-eval", action="store_true", help="skip measuring accuracy on the written adapter")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=opt.THREADS, default=1,
                    help="torch threads (default 1: on a shared CPU two threads spin-wait and run far slower)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")

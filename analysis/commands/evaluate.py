@@ -16,6 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from analysis.adapters import load_adapter
+from analysis.commands import options as opt
 from analysis.errors import AdapterFormatError, AtlasError
 from analysis.evaluate import list_tasks
 
@@ -28,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="*", metavar="ADAPTER", help="adapter directories or weights files")
     p.add_argument("--base", action="store_true", help="also evaluate the base model alone")
     p.add_argument("--tasks", default=None, metavar="T1,T2", help="comma-separated task names (default: all)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N eval examples per task")
-    p.add_argument("--batch-size", type=int, default=32, metavar="B")
+    p.add_argument("--limit", type=opt.EVAL_LIMIT, default=None, metavar="N", help="first N eval examples per task")
+    p.add_argument("--batch-size", type=opt.BATCH, default=32, metavar="B")
     p.add_argument("--json", action="store_true", help="print all results (with example predictions) as JSON")
     p.set_defaults(func=run)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from analysis.commands import options as opt
 from analysis.errors import RecipeError
 from analysis.export import load_recipe, load_recipe_inputs, recipe_sha256
 from analysis.export.outdir import check_out_dir, recipe_input_paths
@@ -41,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default=None, help="merge method (see --list-methods)")
     p.add_argument("--weights", default=None, metavar="W1,W2,...", help="one weight per adapter")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeatable)")
-    p.add_argument("--rank", type=int, default=None, help="re-factor every module to this rank for export")
-    p.add_argument("--target-error", type=float, default=DEFAULT_TARGET_ERROR, metavar="E",
+    p.add_argument("--rank", type=opt.EXPORT_RANK, default=None, help="re-factor every module to this rank for export")
+    p.add_argument("--target-error", type=opt.fraction(open_low=True, open_high=True), default=DEFAULT_TARGET_ERROR, metavar="E",
                    help="automatic export rank: smallest rank with relative Frobenius error <= E "
                         f"(default {DEFAULT_TARGET_ERROR})")
     p.add_argument("--drop-extras", action="store_true",

@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from analysis.commands import options as opt
 from analysis.errors import AtlasError
 
 
@@ -23,11 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Plan merge groups from core overlap, capacity and the data-free preview; with --data, "
                     "verify every group by real evaluation and split until each task keeps the bar.")
     p.add_argument("paths", nargs="+", metavar="ADAPTER", help="adapter directories (name = task)")
-    p.add_argument("--min-retention", type=float, default=0.9, help="accuracy kept vs the own adapter (default 0.9)")
+    p.add_argument("--min-retention", type=opt.fraction(open_low=True), default=0.9, help="accuracy kept vs the own adapter (default 0.9)")
     p.add_argument("--data", default=None, metavar="DIR", help="task data DIR/<task>/eval.jsonl: verify by evaluation")
-    p.add_argument("--limit", type=int, default=32, help="eval rows per task when verifying (default 32)")
-    p.add_argument("--max-trials", type=int, default=20, help="most group merges tried (default 20)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--limit", type=opt.EVAL_LIMIT, default=32, help="eval rows per task when verifying (default 32)")
+    p.add_argument("--max-trials", type=opt.count(10**4), default=20, help="most group merges tried (default 20)")
+    p.add_argument("--threads", type=opt.THREADS, default=1,
                    help="torch threads (default 1: on a shared CPU two threads spin-wait and run far slower)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
@@ -45,13 +46,13 @@ class _Log(logging.Handler):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from analysis.export.outdir import check_out_dir
     from analysis.plan import Planner
     from analysis.plan.export import export_plan
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise AtlasError(f"{out} already exists; pass --force to replace it")
+    check_out_dir(out, inputs=args.paths, force=args.force)  # before any planning (checked again when writing)
     if args.data is not None and not Path(args.data).is_dir():
         raise AtlasError(f"--data {args.data}: no such directory")
     from analysis.workflow import AdapterSet

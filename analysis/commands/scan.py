@@ -15,6 +15,7 @@ import sys
 
 from tqdm import tqdm
 
+from analysis.commands import options as opt
 from analysis.commands.overlap import _clean
 from analysis.errors import AtlasError
 from analysis.population.scan import SYNCHRONOUS, scan
@@ -31,13 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="index directory (created, or updated in place)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="a running dask scheduler (tcp://host:8786), or 'synchronous'; default: a local cluster")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=opt.WORKERS, default=None, metavar="N",
                    help="local cluster size (default: one worker per core); ignored with --scheduler")
     p.add_argument("--threads", action="store_true", help="local cluster of threads instead of processes")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"sketch size: k x k per adapter (default {DEFAULT_K})")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="global sketch seed (default 0)")
-    p.add_argument("--top", type=int, default=DEFAULT_TOP, help="top singular values kept per module")
-    p.add_argument("--batch", type=int, default=32, metavar="N", help="adapters per Dask task (default 32)")
+    p.add_argument("--k", type=opt.count(512, why="a k x k sketch per adapter"), default=DEFAULT_K, help=f"sketch size: k x k per adapter (default {DEFAULT_K})")
+    p.add_argument("--seed", type=opt.SEED, default=DEFAULT_SEED, help="global sketch seed (default 0)")
+    p.add_argument("--top", type=opt.count(1024, low=0), default=DEFAULT_TOP, help="top singular values kept per module")
+    p.add_argument("--batch", type=opt.count(10**5), default=32, metavar="N", help="adapters per Dask task (default 32)")
     p.add_argument("--json", action="store_true", help="print the scan report as JSON")
     p.set_defaults(func=run)
 

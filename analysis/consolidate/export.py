@@ -7,7 +7,6 @@ the project loader and reports the largest relative difference per module as the
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,7 +14,7 @@ import torch
 
 from analysis.adapters.model import Adapter, Delta
 from analysis.errors import AtlasError
-from analysis.export.outdir import check_out_dir
+from analysis.export.outdir import check_out_dir, staged, write_durable
 from analysis.export.peft import peft_files
 from analysis.export.writer import common_base, safetensors_bytes
 
@@ -44,15 +43,10 @@ def write_peft(out: str | Path, modules: Mapping[str, Delta], inputs: list[Adapt
     """The PEFT directory (weights + adapter_config.json) plus extra text files, replacing `out` if forced."""
     out = prepare_out(out, force)
     tensors, files = peft_files(modules, rank=None, base_model=common_base(inputs), inputs=inputs)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / WEIGHTS).write_bytes(safetensors_bytes(tensors, {"format": "pt"}))
-    for name, text in {**files, **dict(texts or {})}.items():
-        (tmp / name).write_text(text, encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with staged(out) as tmp:  # the one atomic rule: the previous export or this one, never half of each
+        write_durable(tmp / WEIGHTS, safetensors_bytes(tensors, {"format": "pt"}))
+        for name, text in {**files, **dict(texts or {})}.items():
+            write_durable(tmp / name, text.encode("utf-8"))
     return out
 
 
@@ -72,5 +66,9 @@ def export_check(out: str | Path, modules: Mapping[str, Delta]) -> dict[str, Any
     return {"max_relative_error": worst, "rank": max(d.rank for d in back.modules.values()), "refactored": False}
 
 
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, default=float) + "\n"
+
+
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=float) + "\n", encoding="utf-8")
+    path.write_text(json_text(data), encoding="utf-8")

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from analysis.adapters.model import Adapter
 from analysis.consolidate.evaluator import Evaluate
-from analysis.consolidate.export import export_check, recipe_record, write_json, write_peft
+from analysis.consolidate.export import export_check, json_text, recipe_record, write_json, write_peft
 from analysis.consolidate.train import ConsolidateConfig, Progress, consolidate
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,9 @@ def run_consolidation(model: Any, tokenizer: Any, adapters: Sequence[Adapter], d
     result = consolidate(model, tokenizer, adapters, data_dir, cfg, progress=progress)
     record = dict(result.record)
     record["recipe"] = recipe_record(adapters, record["config"], data_dir, base)
-    write_peft(out, result.modules, list(adapters), force=force)
+    # recipe.json (our signature) goes in with the weights, so a kill before training.json leaves a folder a rerun
+    # with --force replaces
+    write_peft(out, result.modules, list(adapters), force=force, texts={"recipe.json": json_text(record["recipe"])})
     record["export"] = export_check(out, result.modules)
     if evaluate is not None:
         exported = load_adapter(Path(out))
@@ -47,5 +49,4 @@ def run_consolidation(model: Any, tokenizer: Any, adapters: Sequence[Adapter], d
             record["mean_retention"] = sum(vals) / len(vals) if vals else None
     record["seconds"]["total"] = round(time.time() - t0, 1)
     write_json(Path(out) / "training.json", record)
-    write_json(Path(out) / "recipe.json", record["recipe"])
     return record

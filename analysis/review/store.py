@@ -27,9 +27,10 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
+import analysis.review.models as m
 from analysis import __version__
 from analysis.errors import ReviewError
-from analysis.review import models as m
+from analysis.recipe_contract import RecipeContract
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class ReviewStore:
         self.close()
 
     # ------------------------------------------------------------------ writes (one transaction each)
-    def create_proposal(self, *, recipe: m.Recipe, recipe_text: str, recipe_sha256: str, title: str,
+    def create_proposal(self, *, recipe: RecipeContract, recipe_text: str, recipe_sha256: str, title: str,
                         author: str, preview: Mapping[str, Any] | None, source_dir: str | None) -> int:
         """Insert a proposal and its `created` event together; returns the new id."""
         title, author = _clean("title", title), _clean("author", author)

@@ -32,7 +32,7 @@ from analysis.workflow.adapter_set import AdapterSet
 from analysis.workflow.coverage import Coverage, module_coverage, restrict
 from analysis.workflow.evidence import build_evidence
 from analysis.workflow.progress import ProgressReporter
-from analysis.workflow.rank import DEFAULT_TARGET_ERROR, Spectrum, spectrum
+from analysis.workflow.rank import DEFAULT_TARGET_ERROR, Spectrum, check_export_rank, spectrum
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,7 @@ def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | No
     spec = get_method(method)
     w = spec.resolve_weights(len(adapters), weights) if weights is not None else None
     resolved = spec.resolve_params(params)
+    check_export_rank(adapters.adapters, export.rank if export.format != "delta" else None)
     if len(adapters) > 1:
         adapters.require_shared()
     coverage = module_coverage(adapters.adapters, export.missing_modules)  # `refuse` stops here, naming them
@@ -275,6 +276,7 @@ def _reexport(run: MergeRun, export: ExportSpec, *, preview: bool, cores_default
     reporter = progress or ProgressReporter()
     cores_default = cores_default or export.preview_cores
     cut = run.refactored
+    check_export_rank(run.adapters.adapters, export.rank if export.format != "delta" else None)
     if export.missing_modules != run.recipe.missing_modules or (
             cut is not None and (export.format == "delta" or (export.rank or 0) > cut)):
         return run_merge(run.adapters, run.result.method, run.result.params, run.result.weights, export,
