@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 def run_consolidation(model: Any, tokenizer: Any, adapters: Sequence[Adapter], data_dir: str,
                       cfg: ConsolidateConfig, out: str | Path, *, evaluate: Evaluate | None = None,
                       own_accuracy: dict[str, float] | None = None, base: str | None = None, force: bool = False,
-                      progress: Progress | None = None) -> dict[str, Any]:
-    """Train, write `out` (PEFT files, recipe.json, training.json) and return the training record."""
+                      progress: Progress | None = None, dtype: str = "fp32") -> dict[str, Any]:
+    """Train, write `out` (PEFT files in `dtype`, recipe.json, training.json) and return the training record."""
     from analysis.adapters import load_adapter
     from analysis.consolidate.export import prepare_out
 
@@ -34,8 +34,9 @@ def run_consolidation(model: Any, tokenizer: Any, adapters: Sequence[Adapter], d
     record["recipe"] = recipe_record(adapters, record["config"], data_dir, base)
     # recipe.json (our signature) goes in with the weights, so a kill before training.json leaves a folder a rerun
     # with --force replaces
-    write_peft(out, result.modules, list(adapters), force=force, texts={"recipe.json": json_text(record["recipe"])})
-    record["export"] = export_check(out, result.modules)
+    write_peft(out, result.modules, list(adapters), force=force, texts={"recipe.json": json_text(record["recipe"])},
+               dtype=dtype)
+    record["export"] = {**export_check(out, result.modules), "dtype": dtype}
     if evaluate is not None:
         exported = load_adapter(Path(out))
         t1 = time.time()
