@@ -17,16 +17,16 @@ from typing import Any, Mapping
 import torch
 
 from analysis.adapters.model import Delta
-from analysis.adapters.names import canonical_to_kohya
+from analysis.export.kohya import has_second_encoder, kohya_key
 from analysis.export.layout import module_factors
 from analysis.export.peft import PEFT_PREFIX
 from analysis.export.sd import denoiser_of, split_component
 
 
-def _keys(fmt: str, name: str, denoiser: str) -> tuple[str, str, str | None]:
+def _keys(fmt: str, name: str, denoiser: str, two_encoders: bool) -> tuple[str, str, str | None]:
     """(down key, up key, alpha key or None) of module `name` in a `fmt` file."""
     if fmt == "kohya":
-        key = canonical_to_kohya(name)
+        key = kohya_key(name, two_encoders)
         return f"{key}.lora_down.weight", f"{key}.lora_up.weight", f"{key}.alpha"
     if fmt == "diffusers":
         component, inner = split_component(name, denoiser=denoiser)
@@ -58,6 +58,7 @@ def storage_fidelity(modules: Mapping[str, Delta], tensors: Mapping[str, torch.T
     wider = 0
     worst, worst_err = None, 0.0
     denoiser = denoiser_of(list(modules)) if fmt == "diffusers" else "unet"
+    two_encoders = has_second_encoder(modules)
     for name in sorted(modules):
         if fmt == "delta":
             ref = modules[name].dense(torch.float64)  # (n_out, n_in)
@@ -65,7 +66,7 @@ def storage_fidelity(modules: Mapping[str, Delta], tensors: Mapping[str, torch.T
             n2 = float((ref**2).sum())
         else:
             f = module_factors(name, modules[name], rank, target=fmt)
-            dk, uk, ak = _keys(fmt, name, denoiser)
+            dk, uk, ak = _keys(fmt, name, denoiser, two_encoders)
             down_w = tensors[dk].double().reshape(tensors[dk].shape[0], -1)  # (r_w, n_in)
             up_w = tensors[uk].double().reshape(tensors[uk].shape[0], -1)  # (n_out, r_w)
             if ak is not None:  # kohya: the reader's alpha / rank

@@ -2,8 +2,8 @@
 diffusers' `load_lora_weights` load), computed the same way by every one of them.
 
 Keys: `<kohya name>.lora_down.weight` (r, n_in) or (r, in_ch, kh, kw), `.lora_up.weight` (n_out, r) or
-(n_out, r, 1, 1), and `.alpha`. Names come from `canonical_to_kohya` (UNet -> lora_unet_, text encoders
--> lora_te*_).
+(n_out, r, 1, 1), and `.alpha`. Names come from `canonical_to_kohya` (UNet -> lora_unet_ with diffusers module
+names, text encoders -> lora_te_; with a second text encoder (SDXL) lora_te1_ / lora_te2_).
 
 Alpha rule (why one alpha): kohya readers (sd-scripts, A1111/Forge, ComfyUI) apply each module as
 up @ down * alpha / rank with that module's own alpha and rank. diffusers converts the file to PEFT and
@@ -46,14 +46,26 @@ def kohya_files(modules: Mapping[str, Delta], *, rank: int | None, inputs: Seque
     ranks = {name: f.rank for name, f in factors.items()}
     alpha = float(Counter(ranks.values()).most_common(1)[0][0]) if ranks else 1.0
     tensors: dict[str, torch.Tensor] = {}
+    two_encoders = has_second_encoder(modules)
     for name in list(factors):
         f = factors.pop(name).scaled_up(ranks[name] / alpha).balanced()  # the reader multiplies by alpha / rank
-        key = canonical_to_kohya(name)
+        key = kohya_key(name, two_encoders)
         down, up = f.stored(dtype)
         tensors[f"{key}.lora_down.weight"] = down
         tensors[f"{key}.lora_up.weight"] = up
         tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)  # ()
     return tensors, kohya_metadata(modules, ranks, alpha, inputs)
+
+
+def has_second_encoder(modules: Mapping[str, Delta]) -> bool:
+    return any(name.startswith("text_encoder_2.") for name in modules)
+
+
+def kohya_key(name: str, two_encoders: bool) -> str:
+    """The kohya module name: `canonical_to_kohya`, with SDXL's `lora_te1_` for the first text encoder when a
+    second one is present (sd-scripts' SDXL spelling; `lora_te_` is the SD 1.x/2.x one)."""
+    key = canonical_to_kohya(name)
+    return "lora_te1_" + key.removeprefix("lora_te_") if two_encoders and key.startswith("lora_te_") else key
 
 
 def kohya_metadata(modules: Mapping[str, Delta], ranks: Mapping[str, int], alpha: float,

@@ -207,11 +207,13 @@ with st.container(horizontal=True):
 
 # 4. Export, next to the result: changing the rank reads the fidelity from the stored spectrum
 st.subheader("4 · Export")
-e1, e2, e3 = st.columns(3)
+e1, e2, e3, e4 = st.columns(4)
 export_method = e1.selectbox("Method to export", list(runs), key="merge_export_method")
 fmt = e2.selectbox("Format", list(EXPORT_FORMATS), key="merge_format",
                    help="peft: a directory PeftModel.from_pretrained loads; diffusers: pipe.load_lora_weights; "
                         "kohya: SD-style LoRA file (A1111/Forge, ComfyUI); delta: full dW per module (exact).")
+dtype = e4.selectbox("Dtype", ["fp32", "fp16", "bf16"], key="merge_dtype",
+                     help="stored precision; the storage error of the file written is shown after Build export")
 run = runs[export_method]
 auto_rank = run.rank
 widest = run.max_rank  # the pipeline supports any rank up to the module width (above the cap: merged again)
@@ -246,12 +248,12 @@ if refused and fmt == "peft":
     st.warning(f"This export would be refused: {refused}. Turn on **Drop extras** (section 1) to export without "
                "them; the comparison above does not depend on it.")
 if st.button("Build export", key="merge_build", type="primary"):
-    st.session_state["merge_built"] = (export_method, fmt, rank)
-if st.session_state.get("merge_built") == (export_method, fmt, rank):
+    st.session_state["merge_built"] = (export_method, fmt, rank, dtype)
+if st.session_state.get("merge_built") == (export_method, fmt, rank, dtype):
     try:
         with st.spinner("Writing the export and previewing the adapter written…"):
-            name, data, recipe_yaml = cache.merge_zip(merge_key(export_method), fmt, rank)
-            built = cache.merge_export(merge_key(export_method), fmt, rank)
+            name, data, recipe_yaml = cache.merge_zip(merge_key(export_method), fmt, rank, dtype)
+            built = cache.merge_export(merge_key(export_method), fmt, rank, dtype=dtype)
     except AtlasError as exc:
         st.error(str(exc))
         st.stop()

@@ -102,3 +102,41 @@ def test_overlap_names_the_modules_it_does_not_compare(paths):  # noqa: ANN001
     payload = json.loads(cli("overlap", *map(str, paths), "--json").stdout)
     assert payload["module_policy"]["not_shared"] == [{"module": ONLY_A, "lacking": ["b"]}]
     assert sorted(payload["modules"]) == sorted(m for m in A if m in B)
+
+
+def _lora(n_out: int, n_in: int, rank: int = 2):  # noqa: ANN202
+    from analysis.adapters.model import LowRankDelta
+
+    g = torch.Generator().manual_seed(n_out + n_in)
+    return LowRankDelta(A=torch.randn(rank, n_in, generator=g), B=torch.randn(n_out, rank, generator=g), scale=1.0)
+
+
+@pytest.mark.parametrize(("width", "family", "arch"), [(768, "sd_v1", "stable-diffusion-v1/lora"),
+                                                       (1024, "sd_v2", "stable-diffusion-v2-512/lora"),
+                                                       (2048, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora")])
+def test_kohya_header_names_the_base_family_from_the_cross_attention_width(width, family, arch):  # noqa: ANN001
+    from analysis.export.kohya import kohya_files
+
+    modules = {f"{ATTN}.attn2.to_k": _lora(320, width), f"{ATTN}.attn1.to_q": _lora(320, 320, 4)}
+    tensors, meta = kohya_files(modules, rank=None)
+    assert meta["ss_base_model_version"] == family and meta["modelspec.architecture"] == arch
+    assert meta["ss_v2"] == str(family == "sd_v2") and meta["modelspec.sai_model_spec"] == "1.0.1"
+    assert {float(v) for k, v in tensors.items() if k.endswith(".alpha")} == {float(meta["ss_network_alpha"])}
+
+
+def test_sdxl_text_encoders_get_kohya_te1_te2_names():
+    from analysis.export.kohya import kohya_files
+
+    modules = {"text_encoder.text_model.encoder.layers.0.mlp.fc1": _lora(16, 8),
+               "text_encoder_2.text_model.encoder.layers.0.mlp.fc1": _lora(16, 8)}
+    tensors, meta = kohya_files(modules, rank=None)
+    assert {k.split(".")[0] for k in tensors} == {"lora_te1_text_model_encoder_layers_0_mlp_fc1",
+                                                  "lora_te2_text_model_encoder_layers_0_mlp_fc1"}
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+
+
+def test_diffusers_format_refuses_modules_of_no_diffusion_pipeline():
+    from analysis.export.diffusers import diffusers_files
+
+    with pytest.raises(RecipeError, match=r"model.layers.0.self_attn.q_proj: not a module of a diffusers UNet"):
+        diffusers_files({"model.layers.0.self_attn.q_proj": _lora(8, 8)}, rank=None)
