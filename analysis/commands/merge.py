@@ -1,4 +1,4 @@
-"""`adapter-atlas merge`: merge adapters with a registered method and export what PEFT (or kohya) loads.
+"""`adapter-atlas merge`: merge adapters with a registered method and export what PEFT, diffusers or kohya load.
 
     adapter-atlas merge A B C --method isolation --out merged/          # dense: automatic export rank
     adapter-atlas merge A B C --method isolation --rank 16 --out merged/
