@@ -1,4 +1,4 @@
-"""`adapter-atlas merge`: merge adapters with a registered method and export what PEFT (or kohya) loads.
+"""`adapter-atlas merge`: merge adapters with a registered method and export what PEFT, diffusers or kohya load.
 
     adapter-atlas merge A B C --method isolation --out merged/          # dense: automatic export rank
     adapter-atlas merge A B C --method isolation --rank 16 --out merged/
@@ -27,10 +27,11 @@ from analysis.commands import options as opt
 from analysis.errors import RecipeError
 from analysis.export import load_recipe, load_recipe_inputs, recipe_sha256
 from analysis.export.outdir import check_out_dir, recipe_input_paths
-from analysis.export.recipe import EXPORT_FORMATS
+from analysis.export.recipe import EXPORT_DTYPE_NAMES, EXPORT_FORMATS
 from analysis.merge import describe_methods
 from analysis.merge.registry import parse_param_strings
-from analysis.workflow.evidence import METRIC_HELP, export_line, measured_lines
+from analysis.workflow.coverage import MISSING_HELP, MISSING_MODULES
+from analysis.workflow.evidence import METRIC_HELP, export_line, measured_lines, module_line
 from analysis.workflow.rank import DEFAULT_TARGET_ERROR
 
 
@@ -51,7 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--drop-extras", action="store_true",
                    help="drop the inputs' non-LoRA tensors (heads, DoRA magnitudes, biases) instead of refusing "
                         "when they differ")
-    p.add_argument("--format", default="peft", choices=EXPORT_FORMATS, help="export format (default peft)")
+    p.add_argument("--format", default="peft", choices=EXPORT_FORMATS,
+                   help="export format (default peft): peft (PeftModel), diffusers (pipe.load_lora_weights), kohya "
+                        "(A1111/Forge, ComfyUI, sd-scripts; also diffusers), delta (full dW per module)")
+    p.add_argument("--dtype", default="fp32", choices=EXPORT_DTYPE_NAMES,
+                   help="stored precision of the export (default fp32); its storage error is reported")
+    p.add_argument("--missing-modules", default="zero", choices=MISSING_MODULES,
+                   help="modules not every input has: " + "; ".join(f"{k}: {v}" for k, v in MISSING_HELP.items())
+                        + " (default zero)")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (refused if it exists)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument("--allow-different-bases", action="store_true",
@@ -136,7 +144,8 @@ def _job(args: argparse.Namespace) -> tuple[Any, str, dict, list[float] | None, 
     if not 0.0 < args.target_error < 1.0:
         raise RecipeError(f"--target-error {args.target_error}: expected a relative error between 0 and 1")
     export = ExportSpec(format=args.format, rank=args.rank, target_error=args.target_error,
-                        extras="drop" if args.drop_extras else "carry")
+                        extras="drop" if args.drop_extras else "carry", dtype=args.dtype,
+                        missing_modules=args.missing_modules)
     adapters = AdapterSet.from_paths(args.paths, allow_different_bases=args.allow_different_bases)
     return adapters, args.method, parse_param_strings(args.param), _weights(args.weights), export, not args.no_preview
 
@@ -179,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {"out": str(out), "method": method, "parameters": merged.result.params,
                "weights": merged.result.weights, "format": export.format, "rank": merged.rank,
                "modules": len(merged.result.modules), "recipe_sha256": recipe_sha256(merged.recipe),
+               "module_policy": merged.evidence["modules"],
                **{k: merged.evidence[k] for k in ("inputs", "tasks", "export", "extras", "method_info")}}
     if "measured" in merged.evidence:
         summary["measured"] = merged.evidence["measured"]
@@ -220,6 +230,7 @@ def _readable(summary: dict[str, Any]) -> str:
              export_line(summary) or "",
              *(["the automatic rank stops at the cap: pass --rank R above it (merged again at that rank) or "
                  "--format delta (exact)"] if summary["export"].get("reached") is False else []),
+             module_line({"modules": summary["module_policy"]}) or "",
              f"recipe sha256: {summary['recipe_sha256']}"]
     extras = summary["extras"]
     if extras["carried"] or extras["dropped"]:
@@ -239,3 +250,4 @@ def _readable(summary: dict[str, Any]) -> str:
 
 def _f(value: float | None, width: int) -> str:
     return f"{value:{width}.3f}" if value is not None else f"{'n/a':>{width}}"
+

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 def run_consolidation(model: Any, tokenizer: Any, adapters: Sequence[Adapter], data_dir: str,
                       cfg: ConsolidateConfig, out: str | Path, *, evaluate: Evaluate | None = None,
                       own_accuracy: dict[str, float] | None = None, base: Mapping[str, Any] | None = None,
-                      force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Train, write `out` (PEFT files, recipe.json, training.json) and return the training record.
+                      force: bool = False, progress: Progress | None = None, dtype: str = "fp32") -> dict[str, Any]:
+    """Train, write `out` (PEFT files in `dtype`, recipe.json, training.json) and return the training record.
 
     `base` is the identity of the model trained on (`ModelIdentity.as_dict()`, default the sample base): the
     recipe records it and the written adapter_config.json names it as `base_model_name_or_path`, so PEFT loads
@@ -41,8 +41,8 @@ def run_consolidation(model: Any, tokenizer: Any, adapters: Sequence[Adapter], d
     # recipe.json (our signature) goes in with the weights, so a kill before training.json leaves a folder a rerun
     # with --force replaces
     write_peft(out, result.modules, list(adapters), force=force, base_model=record["recipe"]["base"],
-               texts={"recipe.json": json_text(record["recipe"])})
-    record["export"] = export_check(out, result.modules)
+               texts={"recipe.json": json_text(record["recipe"])}, dtype=dtype)
+    record["export"] = {**export_check(out, result.modules), "dtype": dtype}
     if evaluate is not None:
         exported = load_adapter(Path(out))
         t1 = time.time()

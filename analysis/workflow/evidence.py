@@ -7,8 +7,13 @@ Version 2 (`evidence_version: 2`), keyed by input index:
     tasks:    [{index, name, core_retention, interference, cosine, conflicts, core_size}]
     settings: {granularity, p, tol, rank}                    the cores the preview used, the rank it describes
     export:   {format, rank, rank_mode, target_error, reached, cap, relative_error, worst_module,
-               worst_module_error}                          fidelity of the adapter written
+               worst_module_error, dtype, storage_error, worst_storage_module, worst_storage_error,
+               wider_than_dense}
+                                                            fidelity of the adapter written (truncation;
+                                                            storage in its dtype, as its readers compute it)
     extras:   {policy, carried, dropped, kinds}
+    modules:  {policy, rule, total, shared, not_shared: [{module, lacking}], left_out_energy?}
+                                                            modules not every input has, and the rule applied
     method, parameters, weights, method_info
     measured: (with a measure step) {model: {kind, name, architecture, sha256, revision, ...},
                data: [{task, file, sha256, rows, n, metric}], rows: [{task, metric, n, merged, base,
@@ -70,7 +75,8 @@ class Evidence(TypedDict):
     export: EvidenceExport
     extras: dict[str, Any]  # {policy, carried, dropped, kinds}
     method_info: dict[str, Any]
-    measured: NotRequired[dict[str, Any]]  # reserved for measured rows (model and data identity) of a later version
+    measured: NotRequired[dict[str, Any]]  # measured rows with the model and data identity (a measure step)
+    modules: NotRequired[dict[str, Any]]  # {policy, rule, total, shared, not_shared}: modules not every input has
 TASK_METRICS = ("core_retention", "interference", "cosine", "conflicts", "core_size")
 METRIC_HELP = {
     "core_retention": "share of the task's core positions whose merged value stays within 25% of its own",
@@ -142,8 +148,9 @@ def export_line(evidence: Mapping[str, Any] | None) -> str | None:
     if not isinstance(export, Mapping) or not export.get("format"):
         return None
     fmt, rank, mode = export.get("format"), export.get("rank"), export.get("rank_mode")
+    stored = _stored(export)
     if fmt == "delta" or mode == "exact" or rank is None:
-        return f"export: {fmt}, exact (no re-factoring), relative error 0"
+        return f"export: {fmt}, exact (no re-factoring), relative error 0{stored}"
     err = export.get("relative_error")
     how = {"auto": f"automatic: smallest rank with relative error <= {export.get('target_error')}",
            "fixed": "chosen by the user"}.get(str(mode), str(mode))
@@ -152,7 +159,33 @@ def export_line(evidence: Mapping[str, Any] | None) -> str | None:
         line += f", worst module {export['worst_module']} {_num(export.get('worst_module_error'))}"
     if mode == "auto" and export.get("reached") is False:
         line += f"; the target is not reached at the cap (summed input rank {export.get('cap')})"
-    return line
+    return line + stored
+
+
+def module_line(evidence: Mapping[str, Any] | None) -> str | None:
+    """One sentence on the modules not every input has and the rule applied to them (None for older records)."""
+    policy = (evidence or {}).get("modules") if isinstance(evidence, Mapping) else None
+    if not isinstance(policy, Mapping) or "not_shared" not in policy:
+        return None
+    missing = policy["not_shared"]
+    if not missing:
+        return f"modules: all {policy.get('total')} modules are shared by every input"
+    listing = ", ".join(m["module"] for m in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    lacking = sorted({n for m in missing for n in m["lacking"]})
+    return (f"modules: {len(missing)} of {policy.get('total')} not shared by every input ({listing}; lacking in "
+            f"{', '.join(lacking)}): {policy.get('rule')} (missing-modules rule: {policy.get('policy')})")
+
+
+def _stored(export: Mapping[str, Any]) -> str:
+    """'; stored as fp16: storage error 2.1e-04 (worst module ...)' when the record has it."""
+    if export.get("storage_error") is None:
+        return ""
+    worst = export.get("worst_storage_module")
+    tail = f" (worst module {worst} {export.get('worst_storage_error', 0.0):.1e})" if worst else ""
+    wider = export.get("wider_than_dense") or 0
+    size = (f"; {wider} modules hold more numbers at this rank than their dense dW (--format delta is smaller "
+            "and exact)") if wider else ""
+    return f"; stored as {export.get('dtype')}: storage error {export['storage_error']:.1e}{tail}{size}"
 
 
 def _num(v: Any) -> str:

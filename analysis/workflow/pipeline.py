@@ -32,6 +32,7 @@ from analysis.export.recipe import EXPORT_FORMATS, Recipe, build_recipe
 from analysis.isolation import CoreChoice, CoreSettings
 from analysis.merge.registry import MergeResult, get_method
 from analysis.workflow.adapter_set import AdapterSet
+from analysis.workflow.coverage import Coverage, module_coverage, restrict
 from analysis.workflow.evidence import Evidence, build_evidence
 from analysis.workflow.progress import ProgressReporter
 from analysis.workflow.rank import DEFAULT_TARGET_ERROR, Spectrum, check_export_rank, spectrum
@@ -50,12 +51,15 @@ class ExportSpec:
     rank_mode: str | None = None  # None | exact | fixed | auto
     target_error: float = DEFAULT_TARGET_ERROR
     extras: str = "carry"
+    dtype: str = "fp32"  # stored precision: fp32 | fp16 | bf16
+    missing_modules: str = "zero"  # zero | shared | refuse (`analysis.workflow.coverage`)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "ExportSpec":
         e = recipe.export
         return cls(format=e.format, rank=e.rank, rank_mode=e.rank_mode, extras=e.extras,
-                   target_error=e.target_error if e.target_error is not None else DEFAULT_TARGET_ERROR)
+                   target_error=e.target_error if e.target_error is not None else DEFAULT_TARGET_ERROR,
+                   dtype=e.dtype, missing_modules=recipe.missing_modules)
 
 
 def preview_from_recipe(recipe: Recipe) -> CoreChoice:
@@ -220,6 +224,8 @@ def run_merge(adapters: AdapterSet | Sequence[Adapter], method: str,
     check_export_rank(adapters.adapters, export.rank if export.format != "delta" else None)
     if len(adapters) > 1:
         adapters.require_shared()
+    coverage = module_coverage(adapters.adapters, export.missing_modules)  # `refuse` stops here, naming them
+    merge_inputs = restrict(adapters.adapters, coverage) if coverage.policy == "shared" else adapters.adapters
     run.reporter.check()
     # 2. merge; an export that needs re-factoring is re-factored at the cap module by module as it merges
     cap = max(_cap(adapters, w), export.rank or 0)
@@ -228,7 +234,7 @@ def run_merge(adapters: AdapterSet | Sequence[Adapter], method: str,
     given = run.preview if run.preview is not None and run.preview.computed is not None else None
     hook = _fused_preview(adapters, export, spec.core_settings(resolved), w, run.fused) if (
         run.preview is not None and refactor) else None
-    result = merge_adapters(list(adapters.adapters), method, weights=w, params=resolved,
+    result = merge_adapters(list(merge_inputs), method, weights=w, params=resolved,
                             force=adapters.allow_different_bases, rank=cap if refactor else None,
                             progress=run.reporter.stage("merge"), cores=given, on_module=hook)
     spec_of = None
@@ -238,7 +244,8 @@ def run_merge(adapters: AdapterSet | Sequence[Adapter], method: str,
             spec_of = Spectrum(dict(kept), cap)
         else:
             spec_of = spectrum(result.modules, cap, progress=run.reporter.stage("export rank"))
-    return _export(adapters, result, spec_of, export, run, refactored=cap if refactor else None)
+    return _export(adapters, result, spec_of, export, run, refactored=cap if refactor else None,
+                   coverage=coverage)
 
 
 def measure_run(run: MergeRun, measure: Any, progress: ProgressReporter | None = None) -> MergeRun:
@@ -283,7 +290,8 @@ def reexport(run: MergeRun, export: ExportSpec, *, preview: bool | CoreChoice = 
     ctx = _Run(_preview_choice(preview), progress or ProgressReporter(), {})
     cut = run.refactored
     check_export_rank(run.adapters.adapters, export.rank if export.format != "delta" else None)
-    if cut is not None and (export.format == "delta" or (export.rank or 0) > cut):
+    if export.missing_modules != run.recipe.missing_modules or (
+            cut is not None and (export.format == "delta" or (export.rank or 0) > cut)):
         return run_merge(run.adapters, run.result.method, run.result.params, run.result.weights, export,
                          preview=preview, progress=ctx.reporter)
     spec_of = run.spectrum
@@ -294,9 +302,11 @@ def reexport(run: MergeRun, export: ExportSpec, *, preview: bool | CoreChoice = 
 
 
 def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None, export: ExportSpec, run: _Run, *,
-            refactored: int | None) -> MergeRun:
+            refactored: int | None, coverage: Coverage | None = None) -> MergeRun:
     """Steps 3-6: export rank, recipe, preview of the adapter written, evidence."""
     from analysis.preview import preview_merge
+
+    coverage = coverage or module_coverage(adapters.adapters, export.missing_modules)
 
     extras = plan_extras(adapters.adapters, export.extras, export_format=export.format, strict=False)
     writer_inputs = adapters.adapters if extras.policy == "carry" else tuple(
@@ -313,7 +323,8 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
                           weights=result.weights,
                           export_format=export.format, rank=rank, force=adapters.allow_different_bases,
                           rank_mode=mode, target_error=export.target_error if mode == "auto" else None,
-                          extras=extras.policy, preview_cores=recorded)
+                          extras=extras.policy, preview_cores=recorded,
+                          dtype=export.dtype, missing_modules=coverage.policy)
     # 5. preview of the adapter written
     pv = None
     if run.preview is not None:
@@ -331,10 +342,27 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
         {"relative_error": 0.0, "worst_module": None, "worst_module_error": 0.0}
     export_info = {"format": export.format, "rank": rank, "rank_mode": mode,
                    "target_error": export.target_error if mode == "auto" else None, "reached": reached,
-                   "cap": spec_of.cap if spec_of is not None else None, **fidelity}
+                   "cap": spec_of.cap if spec_of is not None else None, **fidelity,
+                   **_storage(result.modules, recipe, adapters.adapters)}
     evidence = build_evidence(inputs=list(zip(adapters.names, adapters.sha256s)),
                               merge=dataclasses.replace(result, info=_plain(result.info)), preview=pv,
                               export=export_info, extras=extras.summary())
+    evidence["modules"] = coverage.summary()
     run.reporter.step("done", 1, 1)
     return MergeRun(adapters=adapters, result=result, recipe=recipe, evidence=evidence, spectrum=spec_of,
                     extras=extras, writer_inputs=tuple(writer_inputs), refactored=refactored)
+
+
+def _storage(modules: Mapping[str, Delta], recipe: Recipe, inputs: Sequence[Adapter]) -> dict[str, Any]:
+    """The stored file's fidelity (`analysis.export.fidelity`): the export rendered as the writer renders it, in
+    float64 (without the extras, which do not touch the modules), then cast as the file is."""
+    import torch
+
+    from analysis.export.fidelity import storage_fidelity
+    from analysis.export.layout import export_dtype
+    from analysis.export.writer import WRITERS, common_base
+
+    bare = [dataclasses.replace(a, extras={}, _sha256=a.sha256) if a.extras else a for a in inputs]
+    exact = WRITERS[recipe.export.format][1](modules, recipe.export.rank, common_base(bare), bare, torch.float64)[0]
+    return storage_fidelity(modules, exact, fmt=recipe.export.format, dtype=export_dtype(recipe.export.dtype),
+                            dtype_name=recipe.export.dtype)

@@ -13,9 +13,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.errors import AtlasError
+from analysis.export.recipe import EXPORT_FORMATS
 from analysis.merge import METHODS, get_method
 from analysis.merge.registry import Param
-from analysis.workflow.evidence import METRIC_HELP, export_line
+from analysis.workflow.evidence import METRIC_HELP, export_line, module_line
 from analysis.workflow.progress import format_eta
 from analysis.workflow.rank import DEFAULT_TARGET_ERROR
 from app import cache
@@ -197,6 +198,7 @@ st.dataframe(table, hide_index=True, width="stretch",
                             "export error": st.column_config.NumberColumn(
                                 help="relative Frobenius error of the written adapter vs the exact merge",
                                 format="%.4f")})
+st.caption(module_line(runs[next(iter(runs))].evidence) or "")
 with st.container(horizontal=True):
     st.download_button("Table (CSV)", table.to_csv(index=False), file_name="merge_comparison.csv",
                        mime="text/csv", key="merge_csv", on_click="ignore")
@@ -205,11 +207,13 @@ with st.container(horizontal=True):
 
 # 4. Export, next to the result: changing the rank reads the fidelity from the stored spectrum
 st.subheader("4 · Export")
-e1, e2, e3 = st.columns(3)
+e1, e2, e3, e4 = st.columns(4)
 export_method = e1.selectbox("Method to export", list(runs), key="merge_export_method")
-fmt = e2.selectbox("Format", ["peft", "kohya", "delta"], key="merge_format",
-                   help="peft: a directory PeftModel.from_pretrained loads; kohya: SD-style LoRA file; "
-                        "delta: full dW per module (holds any result exactly).")
+fmt = e2.selectbox("Format", list(EXPORT_FORMATS), key="merge_format",
+                   help="peft: a directory PeftModel.from_pretrained loads; diffusers: pipe.load_lora_weights; "
+                        "kohya: SD-style LoRA file (A1111/Forge, ComfyUI); delta: full dW per module (exact).")
+dtype = e4.selectbox("Dtype", ["fp32", "fp16", "bf16"], key="merge_dtype",
+                     help="stored precision; the storage error of the file written is shown after Build export")
 run = runs[export_method]
 auto_rank = run.rank
 widest = run.max_rank  # the pipeline supports any rank up to the module width (above the cap: merged again)
@@ -244,12 +248,12 @@ if refused and fmt == "peft":
     st.warning(f"This export would be refused: {refused}. Turn on **Drop extras** (section 1) to export without "
                "them; the comparison above does not depend on it.")
 if st.button("Build export", key="merge_build", type="primary"):
-    st.session_state["merge_built"] = (export_method, fmt, rank)
-if st.session_state.get("merge_built") == (export_method, fmt, rank):
+    st.session_state["merge_built"] = (export_method, fmt, rank, dtype)
+if st.session_state.get("merge_built") == (export_method, fmt, rank, dtype):
     try:
         with st.spinner("Writing the export and previewing the adapter written…"):
-            name, data, recipe_yaml = cache.merge_zip(merge_key(export_method), fmt, rank)
-            built = cache.merge_export(merge_key(export_method), fmt, rank)
+            name, data, recipe_yaml = cache.merge_zip(merge_key(export_method), fmt, rank, dtype)
+            built = cache.merge_export(merge_key(export_method), fmt, rank, dtype=dtype)
     except AtlasError as exc:
         st.error(str(exc))
         st.stop()

@@ -105,30 +105,30 @@ def merge_runs(keys: list[MergeKey], progress: Any = None, poll: Any = None) -> 
     return {key: memo.get(("run", key), done.get(key)) for key in keys}
 
 
-def merge_export(key: MergeKey, fmt: str, rank: int | None, progress: Any = None) -> Any:
-    """The run written as `fmt` at `rank` (None: the run's own choice); only the preview is redone."""
+def merge_export(key: MergeKey, fmt: str, rank: int | None, progress: Any = None, dtype: str = "fp32") -> Any:
+    """The run written as `fmt` at `rank` (None: the run's own choice) in `dtype`; only the preview is redone."""
     from analysis.threads import bounded_threads
     from analysis.workflow import CoreChoice, CoreSettings, ExportSpec, ProgressReporter, reexport
 
     run = merge_run(key, progress)
-    if fmt == run.recipe.export.format and rank is None:
+    if fmt == run.recipe.export.format and rank is None and dtype == run.recipe.export.dtype:
         return run
     memo = _merge_runs()
-    if ("export", key, fmt, rank) not in memo:
-        spec = ExportSpec(format=fmt, rank=rank, extras=key.extras)
+    if ("export", key, fmt, rank, dtype) not in memo:
+        spec = ExportSpec(format=fmt, rank=rank, extras=key.extras, dtype=dtype)
         cores = CoreChoice(CoreSettings(*key.cores), merge_cores(key.refs, *key.cores))
         with bounded_threads(None):
-            _remember(("export", key, fmt, rank), reexport(run, spec, preview=cores,
-                                                           progress=ProgressReporter(progress)))
-    return memo[("export", key, fmt, rank)]
+            _remember(("export", key, fmt, rank, dtype), reexport(run, spec, preview=cores,
+                                                                  progress=ProgressReporter(progress)))
+    return memo[("export", key, fmt, rank, dtype)]
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def merge_zip(key: MergeKey, fmt: str, rank: int | None) -> tuple[str, bytes, str]:
+def merge_zip(key: MergeKey, fmt: str, rank: int | None, dtype: str = "fp32") -> tuple[str, bytes, str]:
     """(directory name, zip bytes, recipe YAML) of one export, built by the same writer the CLI uses."""
     from analysis.export import recipe_to_yaml
 
-    run = merge_export(key, fmt, rank)
+    run = merge_export(key, fmt, rank, dtype=dtype)
     name, data = run.to_zip()
     return name, data, recipe_to_yaml(run.recipe)
 
