@@ -208,7 +208,7 @@ def stage_stream(n: int) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="atlas-stream-") as tmp:
         index = Path(tmp) / "idx"
-        store = IndexStore.create_or_open(index, CONFIG)
+        store = IndexStore.for_scan(index, CONFIG)
         batches = (list(range(s, min(n, s + 128))) for s in range(0, n, 128))
         catalog, buffer, done = [], [], 0
         with TreeMonitor() as mem:

@@ -30,7 +30,8 @@ def population(folder: str, stamp: tuple[int, int]) -> Any:
 @st.cache_data(show_spinner="Placing adapters and finding families…", max_entries=8)
 def population_map(folder: str, stamp: tuple[int, int], threshold: float) -> dict[str, Any]:
     """{"coords" (N, 2), "labels" (N,), "sizes", "method"} of the index's adapters."""
-    from analysis.population.query import families, map_2d
+    from analysis.population.families import families
+    from analysis.population.query import map_2d
 
     pop = population(folder, stamp)
     if len(pop) == 0:
