@@ -11,7 +11,8 @@ keeps 10^6 sketches of 1,024 floats in 1 GB instead of 4.
 
 Kinds. Up to FLAT_MAX vectors: exact inner-product search (`IndexFlatIP` in an `IndexIDMap2`), a few ms.
 Beyond: IVF (`IndexIVFScalarQuantizer`, 8-bit, inner product), nlist ~ sqrt(N) lists trained by k-means on a
-sample, `nprobe` lists scanned per query. Vectors are the unit sketches, so inner product = sketch cosine.
+sample, `nprobe` lists scanned per query (about SCAN_BUDGET vectors). Vectors are the unit sketches, so
+inner product = sketch cosine.
 Ids are the first 60 bits of each content sha256 (stable across scans and compactions). The candidates it
 returns are re-ranked with the float32 sketches (`query`), so quantisation never decides the order.
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 VERSION = 1
 FLAT_MAX = 20_000
 REBUILD_GROWTH = 4.0
-NPROBE = 32
+SCAN_BUDGET = 16_384  # vectors an IVF query scans (nprobe = this / mean list length, within [8, 64])
 TRAIN_PER_LIST = 48  # k-means sample: this many vectors per list
 
 
@@ -71,7 +72,14 @@ class AnnIndex:
     index: Any
     kind: str  # "flat" | "ivf"
     trained_on: int
-    nprobe: int = NPROBE
+
+    @property
+    def nprobe(self) -> int:
+        """Lists scanned per query: about SCAN_BUDGET vectors (10^5 over 256 lists: 42; 10^6 over 1024: 16)."""
+        if self.kind != "ivf":
+            return 0
+        per_list = max(1.0, len(self) / self.index.nlist)
+        return int(min(self.index.nlist, max(8, min(64, round(SCAN_BUDGET / per_list)))))
 
     @classmethod
     def build(cls, vectors: np.ndarray, ids: np.ndarray, *, seed: int = 0) -> "AnnIndex":

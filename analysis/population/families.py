@@ -11,10 +11,10 @@
    kept edges; a family of one is an adapter with no neighbour above chance. `--families K` instead cuts the
    maximum spanning forest of the graph into K parts (single linkage), `threshold` sets tau by hand.
 4. Cohesion: per family, the mean pairwise sketch cosine, (|sum u|^2 - n) / (n (n - 1)) over its unit vectors.
-5. Resolution. Adapters left alone whose best neighbour is well above chance's best (the expected maximum
-   of n - 1 null draws, + 1 s) show a signal the sketch error hides; with more than 5% of a base in that
-   state the result says so, with the k that would separate them (error ~ 1 / sqrt(k): k' = k (tau - m)^2 /
-   (b - m)^2 for their median best similarity b), and `exact=True` re-ranks the graph's candidates and the
+5. Resolution. Adapters left alone whose K best similarities are, on average, above what chance gives
+   (the 99.9th percentile of the mean of the K largest of n - 1 null draws) show a signal the sketch error
+   hides; with more than 5% of a base in that state the result says so, with the k that would separate them (error ~ 1 / sqrt(k): k' = k (tau - m)^2 /
+   (b - m)^2 for the median mean b of their K best similarities), and `exact=True` re-ranks the graph's candidates and the
    random pairs by the exact factored cosine (`exact.StackedFactors`) instead.
 """
 from __future__ import annotations
@@ -58,9 +58,16 @@ def _z(p_upper: float) -> float:
     return float(norm.isf(p_upper))
 
 
-def expected_max_z(n: int) -> float:
-    """E[max of n standard normals] (Blom's approximation), the best neighbour chance alone gives."""
-    return _z(0.5625 / max(n, 2) ** 1.0) if n > 1 else 0.0
+def null_top_mean(n: int, k: int, q: float = 0.999, reps: int = 4000, seed: int = 0) -> float:
+    """The q-quantile of the mean of the k largest of n standard normals (chance's best k neighbours).
+
+    Exact in distribution without drawing n values: the top-k uniforms of n are 1 - Gamma_j / (n + 1)
+    (Gamma_j: partial sums of unit exponentials; Renyi), mapped through the Gaussian quantile."""
+    from scipy.stats import norm
+
+    gaps = np.random.default_rng(seed).exponential(size=(reps, k)).cumsum(axis=1)  # (reps, k)
+    tops = norm.isf(np.minimum(gaps / (n + 1), 0.5))  # (reps, k) descending
+    return float(np.quantile(tops.mean(axis=1), q))
 
 
 # ---- 1. the neighbour graph --------------------------------------------------------------------------
@@ -119,6 +126,20 @@ def _components(n: int, nbr: np.ndarray, keep: np.ndarray) -> np.ndarray:
     rows = np.repeat(np.arange(n), nbr.shape[1])[keep.ravel()]
     graph = coo_matrix((np.ones(len(rows)), (rows, nbr.ravel()[keep.ravel()])), shape=(n, n))
     return connected_components(graph, directed=False)[1]
+
+
+def _mutual(nbr: np.ndarray) -> np.ndarray:
+    """(n, K) bool: j = nbr[i, c] also lists i among its K nearest (a chance edge rarely is mutual)."""
+    n, k = nbr.shape
+    rows = np.repeat(np.arange(n), k)
+    cols = nbr.ravel()
+    ok = cols >= 0
+    forward = rows[ok] * n + cols[ok]  # edge codes i -> j
+    backward = np.sort(cols[ok] * n + rows[ok])  # j -> i exists when j lists i
+    at = np.clip(np.searchsorted(backward, forward), 0, len(backward) - 1)
+    out = np.zeros(n * k, dtype=bool)
+    out[np.flatnonzero(ok)] = backward[at] == forward
+    return out.reshape(n, k)
 
 
 def _spanning_cut(n: int, nbr: np.ndarray, sim: np.ndarray, parts: int) -> np.ndarray:
@@ -190,17 +211,18 @@ def base_families(vectors: np.ndarray, *, k_sketch: int, neighbours: int = DEFAU
     if n_families is not None:
         labels = _spanning_cut(n, nbr, sim, n_families)
     else:
-        labels = _components(n, nbr, valid & (sim >= cut))
-    # 5. resolution
+        labels = _components(n, nbr, valid & (sim >= cut) & _mutual(nbr))
+    # 5. resolution: adapters left alone whose K best are, together, beyond what chance gives (p < 0.001)
     counts = np.bincount(labels)
     alone = counts[labels] == 1
-    best = np.where(valid[:, 0], sim[:, 0], -np.inf)
-    chance_best = centre + spread * (expected_max_z(n - 1) + 1.0)
-    hidden = alone & (best > chance_best)
+    kk = nbr.shape[1]
+    top_mean = np.where(valid, sim, centre).mean(axis=1)  # (n,)
+    chance = centre + spread * null_top_mean(n - 1, kk)
+    hidden = alone & (top_mean > chance)
     facts: dict[str, Any] = {"adapters": n, "noise": round(spread, 4), "centre": round(centre, 4),
                              "cut": round(float(cut), 4), "unresolved": int(hidden.sum())}
     if hidden.sum() > 0.05 * n and exact is None:
-        b = float(np.median(best[hidden]))
+        b = float(np.median(top_mean[hidden]))
         facts["suggested_k"] = int(8 * math.ceil(k_sketch * ((cut - centre) / max(b - centre, 1e-9)) ** 2 / 8))
         facts["best_unresolved"] = round(b, 4)
     return labels, facts
@@ -236,9 +258,10 @@ def families(pop: Population, *, n_families: int | None = None, threshold: float
         per_base.append(facts)
         if "suggested_k" in facts:
             warnings.append(f"{base['base_model'] or 'base'} [{base['layout'][:8]}]: {facts['unresolved']} of "
-                            f"{facts['adapters']} adapters have a best neighbour above chance ({facts['best_unresolved']}"
-                            f" vs noise {facts['noise']}) but below the cut {facts['cut']}: the sketch error hides "
-                            f"their families; rescan with --k {facts['suggested_k']} or run with --exact")
+                            f"{facts['adapters']} adapters are alone although their {neighbours} best similarities (median mean "
+                            f"{facts['best_unresolved']}) are beyond chance (noise {facts['noise']}, cut {facts['cut']}): "
+                            f"the sketch error hides their families; rescan with --k {facts['suggested_k']} "
+                            "or run with --exact")
     counts = np.bincount(labels)
     order = np.argsort(-counts, kind="stable")  # relabel: 0 = largest
     rank = np.empty_like(order)

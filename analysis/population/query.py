@@ -187,17 +187,51 @@ def exact_cosine(x: Any, y: Any) -> float:
     return inner / denom if denom > 0 else 0.0
 
 
+MAX_EXACT_POOL = 1000  # adapters loaded at most for one exact re-rank
+
+
+def noise_level(pop: Population, base: int, *, pairs: int = 20000, seed: int = 0) -> tuple[float, float]:
+    """(centre, spread) of the sketch cosine of random pairs of one base: median and 1.4826 x MAD.
+
+    Random pairs are mostly unrelated adapters, so this is the sketch's own error plus the exact cosine of
+    unrelated updates: what a similarity must exceed to mean anything. Cached per base on the population.
+    """
+    cache = pop.__dict__.setdefault("_noise", {})
+    if base not in cache:
+        rows = pop.members(base)
+        if len(rows) < 3:
+            cache[base] = (0.0, 0.0)
+        else:
+            rng = np.random.default_rng(seed)
+            i = rng.choice(rows, size=pairs)
+            j = rng.choice(rows, size=pairs)
+            keep = i != j
+            sims = np.einsum("pd,pd->p", pop.vectors[i[keep]], pop.vectors[j[keep]])
+            centre = float(np.median(sims))
+            cache[base] = (centre, float(1.4826 * np.median(np.abs(sims - centre))))
+    return cache[base]
+
+
 def neighbors(pop: Population, adapter: str | os.PathLike[str], k: int = 10, *, exact: bool = False,
               candidates: int | None = None) -> list[dict[str, Any]]:
-    """Sketch neighbours; with `exact`, the top `candidates` (default max(3k, k + 10)) re-ranked exactly.
+    """Sketch neighbours; with `exact`, candidates re-ranked by the exact cosine (loading each one).
 
+    The exact pool: `candidates` if given, else every adapter whose sketch similarity is within 4 noise
+    spreads (`noise_level`) of the k-th best, at least max(3k, k + 10) and at most MAX_EXACT_POOL: where the
+    sketch error is the size of the signal the pool widens, so the true k best are in it.
     Exact rows carry "similarity" (exact cosine) and "sketch_similarity"; unreadable candidates are skipped.
     """
     if not exact:
         return sketch_neighbors(pop, adapter, k)
     from analysis.adapters import load_adapter
 
-    pool = sketch_neighbors(pop, adapter, candidates or max(3 * k, k + 10))
+    pool = sketch_neighbors(pop, adapter, candidates or MAX_EXACT_POOL, pool=candidates or MAX_EXACT_POOL)
+    if candidates is None and len(pool) > k:
+        _, _, base = query_vector(pop, adapter)
+        _, spread = noise_level(pop, base)
+        floor = pool[min(k, len(pool)) - 1]["similarity"] - 4 * spread
+        keep = max(3 * k, k + 10, sum(1 for hit in pool if hit["similarity"] >= floor))
+        pool = pool[:keep]
     query = load_adapter(adapter, check_finite=False)
     rows = []
     for hit in pool:
