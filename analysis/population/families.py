@@ -2,12 +2,16 @@
 
 1. Neighbour graph. Each distinct content of a base is linked to its K nearest others by sketch cosine (the
    base's approximate index when it has one or the base is large, brute force otherwise; float32 re-rank).
-2. Noise level. The sketch cosines of random pairs are mostly pairs of unrelated adapters: their median m and
-   robust spread s (1.4826 x MAD) measure what unrelated adapters look like *in this index* (the sketch error
-   depends on k, on the ranks and on the module shapes, so it is measured, not assumed).
+2. Noise level. The sketch cosines of random pairs are mostly pairs of unrelated adapters: their mode m and
+   the robust spread s of the values below it (related pairs only add an upper shoulder) measure what
+   unrelated adapters look like *in this index* (the sketch error depends on k, on the ranks and on the module
+   shapes, so it is measured, not assumed). Once families are cut, the level is measured again on the random
+   pairs that fall in different families (median and MAD), and the cut redone, until it no longer changes.
 3. The cut. An edge is kept when its similarity is above what chance gives over the whole graph:
-   tau = m + s * z, z = the Gaussian quantile of 1 - alpha / (n K) (alpha = 0.05: under a Gaussian null,
-   fewer than 0.05 false edges expected among the n K tested). Families are the connected components of the
+   tau = max(m, 0) + s * z, z = the Gaussian quantile of 1 - alpha / (n K) (alpha = 0.05: under a Gaussian
+   null, fewer than 0.05 false edges expected among the n K tested; a centre below 0, seen when a few large
+   families anti-correlate, is never taken as the level of unrelated adapters, whose expected cosine is 0).
+   Only mutual edges count (j among i's K nearest and i among j's): a chance edge rarely is. Families are the connected components of the
    kept edges; a family of one is an adapter with no neighbour above chance. `--families K` instead cuts the
    maximum spanning forest of the graph into K parts (single linkage), `threshold` sets tau by hand.
 4. Cohesion: per family, the mean pairwise sketch cosine, (|sum u|^2 - n) / (n (n - 1)) over its unit vectors.
@@ -113,6 +117,37 @@ def knn_graph(vectors: np.ndarray, k: int, *, index: AnnIndex | None = None, ids
 
 # ---- 2.-5. one base ------------------------------------------------------------------------------------
 
+def half_sample_mode(x: np.ndarray) -> float:
+    """The mode of a sample by repeated shortest halves (Bickel): the peak of the unrelated pairs even when
+    a third of the pairs are related (they only add an upper shoulder)."""
+    x = np.sort(np.asarray(x, dtype=np.float64))
+    while len(x) > 3:
+        h = (len(x) + 1) // 2
+        widths = x[h - 1:] - x[:len(x) - h + 1]
+        start = int(np.argmin(widths))
+        x = x[start:start + h]
+    return float(x.mean())
+
+
+def null_level(sims: np.ndarray) -> tuple[float, float]:
+    """(centre, spread) of random-pair similarities: the mode, and 1.4826 x the median distance below it.
+
+    Related pairs only ever raise similarities, so the lower side of the peak is chance alone."""
+    centre = half_sample_mode(sims)
+    below = centre - sims[sims < centre]
+    spread = float(1.4826 * np.median(below)) if len(below) else 0.0
+    return centre, spread or 1e-12
+
+
+def cross_level(sims: np.ndarray) -> tuple[float, float]:
+    """(centre, spread) of pairs in different families: median, and the larger of the MAD and the spread
+    below the median (a residual related pair can widen the upper side only)."""
+    centre = float(np.median(sims))
+    mad = float(np.median(np.abs(sims - centre)))
+    below = centre - sims[sims < centre]
+    return centre, 1.4826 * max(mad, float(np.median(below)) if len(below) else 0.0) or 1e-12
+
+
 def _random_pairs(n: int, sample: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     i = np.repeat(rng.choice(n, size=min(n, sample), replace=False), PAIRS_PER_ADAPTER)
     j = (i + rng.integers(1, n, size=len(i))) % n  # never i itself
@@ -202,16 +237,26 @@ def base_families(vectors: np.ndarray, *, k_sketch: int, neighbours: int = DEFAU
     # 2. noise from random pairs
     i, j = _random_pairs(n, sample, rng)
     null = score(i, j)
-    centre = float(np.median(null))
-    spread = float(1.4826 * np.median(np.abs(null - centre))) or 1e-12
-    # 3. the cut
-    tests = n * nbr.shape[1]
-    cut = centre + spread * _z(ALPHA / tests) if threshold is None else 1.0 - threshold
+    centre, spread = null_level(null)
+    # 3. the cut; then the chance level again from the pairs the families found are *not* related, twice
+    z = _z(ALPHA / (n * nbr.shape[1]))
     valid = nbr >= 0
-    if n_families is not None:
-        labels = _spanning_cut(n, nbr, sim, n_families)
-    else:
-        labels = _components(n, nbr, valid & (sim >= cut) & _mutual(nbr))
+    mutual = _mutual(nbr)
+    labels = None
+    for _ in range(3):
+        cut = max(centre, 0.0) + spread * z if threshold is None else 1.0 - threshold
+        if n_families is not None:
+            new = _spanning_cut(n, nbr, sim, n_families)
+        else:
+            new = _components(n, nbr, valid & (sim >= cut) & mutual)
+        if labels is not None and np.array_equal(new, labels) or threshold is not None or n_families is not None:
+            labels = new
+            break
+        labels = new
+        cross = null[labels[i] != labels[j]]
+        if len(cross) < 100:
+            break
+        centre, spread = cross_level(cross)
     # 5. resolution: adapters left alone whose K best are, together, beyond what chance gives (p < 0.001)
     counts = np.bincount(labels)
     alone = counts[labels] == 1

@@ -191,7 +191,7 @@ MAX_EXACT_POOL = 1000  # adapters loaded at most for one exact re-rank
 
 
 def noise_level(pop: Population, base: int, *, pairs: int = 20000, seed: int = 0) -> tuple[float, float]:
-    """(centre, spread) of the sketch cosine of random pairs of one base: median and 1.4826 x MAD.
+    """(centre, spread) of the sketch cosine of random pairs of one base (`families.null_level`).
 
     Random pairs are mostly unrelated adapters, so this is the sketch's own error plus the exact cosine of
     unrelated updates: what a similarity must exceed to mean anything. Cached per base on the population.
@@ -206,9 +206,9 @@ def noise_level(pop: Population, base: int, *, pairs: int = 20000, seed: int = 0
             i = rng.choice(rows, size=pairs)
             j = rng.choice(rows, size=pairs)
             keep = i != j
-            sims = np.einsum("pd,pd->p", pop.vectors[i[keep]], pop.vectors[j[keep]])
-            centre = float(np.median(sims))
-            cache[base] = (centre, float(1.4826 * np.median(np.abs(sims - centre))))
+            from analysis.population.families import null_level
+
+            cache[base] = null_level(np.einsum("pd,pd->p", pop.vectors[i[keep]], pop.vectors[j[keep]]))
     return cache[base]
 
 
