@@ -8,9 +8,9 @@
   stream N    the same without files: N sketches generated in memory, `AnnIndex.build`, 1,000 queries.
   families    1,000 planted families of sizes 5-500 (log-uniform), sketches streamed: adjusted Rand of
               `families` against the planted labels, on all and on the families of size <= 10.
-  weak        2,000 adapters in 40 families of 50 with within-family cosine 0.1-0.3 (4 modules 32 x 32,
-              rank 4), written as PEFT folders and scanned at k = 32 and k = 64: families (sketch and
-              --exact) and neighbour precision@10 (sketch; exact re-rank) over 100 queries.
+  weak W      2,000 adapters in 40 families of 50 with within-family cosine 0.1-0.3 (4 modules W x W,
+              rank 4; W = 32 and the harder W = 12), written as PEFT folders and scanned at k = 32 and 64:
+              families (sketch and --exact) and neighbour precision@10 (sketch; exact re-rank), 100 queries.
   cluster     `dask scheduler` and two `dask worker` processes started from the command line on loopback;
               `adapter-atlas scan --scheduler ADDRESS` against a local scan of the same 200 folders.
 Each stage runs in its own process; peak memory = RSS of the stage's process tree (sampled every 0.2 s).
@@ -193,8 +193,10 @@ def stage_families(n: int) -> dict:
             "families_s": round(seconds, 1), "per_base": fam.per_base, "warnings": fam.warnings}
 
 
-WEAK = PlantedSpec(families=40, layers=2, d_out=32, d_in=32, core_rank=2, arm_rank=2, share=(0.1, 0.3),
-                   sizes=(50,) * 40, seed=3)
+def weak_spec(width: int) -> PlantedSpec:
+    """40 families of 50, 4 modules width x width, rank 4 (2 shared, 2 own), within-family cosine 0.1-0.3."""
+    return PlantedSpec(families=40, layers=2, d_out=width, d_in=width, core_rank=2, arm_rank=2, share=(0.1, 0.3),
+                       sizes=(50,) * 40, seed=3)
 
 
 def _precision(pop, truth_of: dict, queries: list[str], **kwargs) -> tuple[float, float]:
@@ -206,18 +208,20 @@ def _precision(pop, truth_of: dict, queries: list[str], **kwargs) -> tuple[float
     return round(float(precision), 4), round((time.perf_counter() - t0) / len(queries), 3)
 
 
-def stage_weak(n: int) -> dict:
+def stage_weak(width: int, queries: int = 100) -> dict:
     from analysis.population.families import families
     from analysis.population.query import open_population
     from analysis.population.scan import scan
     from analysis.population.synthetic import write_population
 
-    out: dict = {"adapters": WEAK.count, "families_planted": WEAK.families, "within_family_cosine": WEAK.share}
+    spec = weak_spec(width)
+    out: dict = {"adapters": spec.count, "families_planted": spec.families, "within_family_cosine": spec.share,
+                 "modules": f"{len(spec.module_names)} x {width} x {width}, rank {spec.rank}"}
     with tempfile.TemporaryDirectory(prefix="atlas-weak-") as tmp:
         ads = Path(tmp) / "ads"
-        paths = write_population(WEAK, ads, WEAK.count)
+        paths = write_population(spec, ads, spec.count)
         truth_of = {str(p): p.parent.name for p in paths}
-        queries = [str(paths[i]) for i in np.random.default_rng(0).choice(len(paths), size=n, replace=False)]
+        queries = [str(paths[i]) for i in np.random.default_rng(0).choice(len(paths), size=queries, replace=False)]
         for k in (32, 64):
             scan([ads], Path(tmp) / f"idx{k}", config=SketchConfig(k=k), scheduler="synchronous")
             pop = open_population(Path(tmp) / f"idx{k}")
@@ -268,7 +272,7 @@ def stage_cluster(n: int) -> dict:
 
 STAGES = {"index": stage_index, "stream": stage_stream, "families": stage_families, "weak": stage_weak,
           "cluster": stage_cluster}
-PLAN = [("index", 100_000), ("families", 1000), ("weak", 100), ("cluster", 200)]
+PLAN = [("index", 100_000), ("families", 1000), ("weak", 32), ("weak", 12), ("cluster", 200)]
 
 
 def _child(stage: str, n: int) -> dict:
@@ -284,10 +288,11 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help=f"save {RESULTS.name} (merged with what is there)")
     args = parser.parse_args()
     if args.stage:
-        result = STAGES[args.stage](args.n or dict(PLAN).get(args.stage, 1_000_000))
+        n = args.n or dict(PLAN).get(args.stage, 1_000_000)
+        result = STAGES[args.stage](n)
         print(json.dumps(result))
         if args.write:
-            _save({f"{args.stage}_{args.n or dict(PLAN).get(args.stage, 1_000_000)}": result})
+            _save({f"{args.stage}_{n}": result})
         return
     results = {}
     for stage, n in PLAN:
