@@ -15,7 +15,7 @@ from typing import NoReturn
 from analysis._version import __version__
 from analysis.errors import AtlasError
 
-COMMAND_MODULES = ("inspect", "overlap", "cluster", "evaluate", "merge", "review", "serve", "scan", "neighbors", "families", "plan",
+COMMAND_MODULES = ("inspect", "overlap", "cluster", "evaluate", "merge", "review", "serve", "scan", "neighbors", "families", "compact", "plan",
                    "consolidate")
 
 

@@ -11,7 +11,8 @@ import pytest
 from analysis.adapters import load_adapter
 from analysis.cli import main
 from analysis.overlap import aggregate, overlap_table
-from analysis.population.query import exact_cosine, families, neighbors, open_population
+from analysis.population.families import families
+from analysis.population.query import exact_cosine, neighbors, open_population
 from analysis.population.scan import SYNCHRONOUS, scan
 from analysis.population.sketch import SketchConfig
 from analysis.population.synthetic import PlantedSpec, write_population
@@ -109,7 +110,7 @@ def test_families_text_counts_in_singular_and_plural(index, capsys) -> None:
     assert len(lines) == N and all(": 1 adapter: " in x for x in lines)
     assert main(["families", "--index", str(idx), "--families", "2"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  family ")]
-    assert len(lines) == 2 and all(re.search(r": \d+ adapters: ", x) for x in lines)
+    assert len(lines) == 2 and all(re.search(r": \d+ adapters( \(cohesion [-0-9.]+\))?: ", x) for x in lines)
 
 
 def test_exact_rerank_loads_only_what_may_be_loaded(index) -> None:
