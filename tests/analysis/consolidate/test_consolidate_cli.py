@@ -1,8 +1,6 @@
 """The plan and consolidate commands: registered, and bad input is one error line with exit code 2."""
 from __future__ import annotations
 
-import pytest
-
 from analysis.cli import main
 
 
