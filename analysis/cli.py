@@ -44,13 +44,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                parser_class=OneLineErrorParser)
     for name in (only,) if only else COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"analysis.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"analysis.commands.{name}":
-                continue  # command group not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"analysis.commands.{name}").register(sub)
     return parser
 
 

@@ -12,8 +12,8 @@ Per task and module, for any method:
 - conflicts: the task's core positions that another task's core also claims;
 - export fidelity: relative Frobenius error of the rank-R re-factoring of the merged module.
 Pooled per task over modules (sums of counts, energy-weighted ratios) so large modules weigh more.
-With the sample set, `real_accuracy` runs `analysis.evaluate.evaluate_deltas` on the merge and on
-each input, so the proxies can be checked against real accuracy.
+Measured numbers (exact match, answer NLL on a named model and data) are the workflow's measure step
+(`analysis.evaluation.Measure`), so the proxies can be checked against them.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
-from analysis.claims import ClaimRuns, claim_runs, task_counts
-from analysis.isolation import Core, as_core, column_energy, row_energy, task_core
+from analysis.isolation import ClaimRuns, Core, claim_runs, column_energy, row_energy, task_core
 from analysis.linalg import singular_values
+from analysis.merge.claims import task_counts
 from analysis.merge.ops import ModuleSpectrum, inner, linear_combination, svd_of, truncate_with_spectrum
 from analysis.merge.structured import gather
 
@@ -133,7 +133,7 @@ def task_geometry(tasks: Sequence[Delta], merged: Delta) -> list[tuple[float, fl
 
 
 def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granularity: str, p: float,
-                tol: float, cores: Mapping[int, Any] | None = None,
+                tol: float, cores: Mapping[int, Core] | None = None,
                 weights: Sequence[float] | None = None, runs: ClaimRuns | None = None) -> list[dict[str, Any]]:
     """One row per input present at `module`, keyed by input index (names may repeat). A weight-0 input
     keeps its row but is left out of the claims: its positions count as conflicts only where two inputs
@@ -143,12 +143,8 @@ def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granul
     tasks = [inputs[i].modules[module] for i in present]
     at: dict[int, Core] = {}
     if runs is None or granularity != "entries":
-        at = {i: as_core(cores[i]) for i in present} if cores is not None else {
+        at = {i: cores[i] for i in present} if cores is not None else {
             i: task_core(inputs[i].modules[module], granularity, p) for i in present}
-        if granularity == "entries":  # a core given as a bare mask: read the task's values at its positions
-            at = {i: c if c.value.numel() == c.index.numel() else
-                  Core(c.index, gather(tasks[row], c.positions, torch.float32), c.shape)
-                  for row, (i, c) in enumerate(at.items())}
         runs = claim_runs([at[i] for i in present])  # every claim in position order, no (N, U) tables
     live = np.array([weights is None or weights[i] != 0.0 for i in present], dtype=bool)  # (N,)
     merged_at = None
@@ -233,26 +229,3 @@ def preview_merge(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *, ran
             "per_task": {a.name: per_input[i] for i, a in enumerate(inputs)},
             "per_input": [{"index": i, "name": a.name, **per_input[i]} for i, a in enumerate(inputs)],
             "per_module": rows, "export": export_summary(kept, rank, needs_rank)}
-
-
-def real_accuracy(merged: Mapping[str, Delta], inputs: Sequence[Adapter], tasks: Sequence[str], *,
-                  limit: int | None = None, individual: bool = True, model: Any = None, tokenizer: Any = None,
-                  progress: Progress | None = None) -> dict[str, Any]:
-    """Real per-task accuracy of the merge, and (optionally) of each input adapter, on the sample set.
-
-    Calls `analysis.evaluate.evaluate_deltas` on the sample base model (loaded once, cached)."""
-    from analysis.evaluate import evaluate_deltas
-
-    if model is None or tokenizer is None:
-        from analysis.base_model import load_base_model
-
-        model, tokenizer = load_base_model()
-
-    def acc(deltas: Mapping[str, Delta]) -> dict[str, float]:
-        res = evaluate_deltas(model, tokenizer, deltas, list(tasks), limit=limit, progress=progress)
-        return {t: float(r["accuracy"]) for t, r in res.items()}
-
-    out: dict[str, Any] = {"limit": limit, "merged": acc(merged)}
-    if individual:
-        out["individual"] = {a.name: acc(a.modules) for a in inputs}
-    return out

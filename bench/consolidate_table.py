@@ -29,10 +29,9 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from analysis.adapters import load_adapter  # noqa: E402
-from analysis.base_model import load_base_model  # noqa: E402
-from analysis.consolidate.evaluator import TaskEvaluator  # noqa: E402
 from analysis.consolidate.run import run_consolidation  # noqa: E402
 from analysis.consolidate.train import ConsolidateConfig  # noqa: E402
+from analysis.evaluation import Evaluator, load_data, load_model  # noqa: E402
 from analysis.plan import Planner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,8 +116,9 @@ def main() -> None:
     t0 = time.time()
     tasks = sorted(p.name for p in DATA.iterdir() if (ROOT / "sample_adapters" / p.name / "adapter_config.json").is_file())
     adapters = [load_adapter(ROOT / "sample_adapters" / t, name=t) for t in tasks]
-    model, tokenizer = load_base_model()
-    evaluate = TaskEvaluator(model, tokenizer, str(DATA), limit=args.limit)
+    loaded = load_model()
+    model, tokenizer = loaded.model, loaded.tokenizer
+    evaluate = Evaluator(loaded, load_data([DATA]).select(tasks), limit=args.limit)
     path = Path(args.out)
     out: dict[str, Any] = {}
     if path.is_file():
@@ -128,7 +128,7 @@ def main() -> None:
     out.update({"tasks": tasks, "settings": {"steps": args.steps, "rank": args.rank, "batch_size": args.batch_size,
                                              "lr": 3e-3, "warmup": 5, "schedule": "cosine to 10%", "seed": 0,
                                              "p": 0.01, "limit": args.limit, "threads": args.threads},
-                "protocol": "analysis.evaluate protocol (raw prompt, greedy, first line, exact match) on the first "
+                "protocol": "analysis.evaluation exact-match protocol (raw prompt, greedy, first line, exact match) on the first "
                             "`limit` eval rows per task, measured on the written PEFT adapter",
                 "machine": f"{platform.machine()}, {args.threads} torch threads (shared), torch {torch.__version__}"})
     out.setdefault("runs", {})
@@ -158,7 +158,8 @@ def main() -> None:
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
         rec = run_consolidation(model, tokenizer, adapters, str(DATA), cfg, Path(args.work) / label,
-                                evaluate=evaluate, own_accuracy=own, force=True, progress=progress)
+                                evaluate=evaluate, own_accuracy=own, force=True, progress=progress,
+                                base=loaded.identity.as_dict())
         bar.close()
         out["runs"][label] = {"strategy": strategy, "cores": cores, **summary(rec)}
         log.info("%s: mean retention %.3f (%.0f s)", label, rec["mean_retention"], rec["seconds"]["total"])

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from analysis.commands import options as opt
 from analysis.commands.overlap import _clean
 from analysis.population.query import DEFAULT_SAMPLE, DEFAULT_THRESHOLD, families, open_population
 
@@ -20,10 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "joining the nearest family centroid.")
     p.add_argument("--index", required=True, metavar="DIR", help="index directory written by `adapter-atlas scan`")
     cut = p.add_mutually_exclusive_group()
-    cut.add_argument("--families", type=int, default=None, metavar="K", help="exactly K families")
-    cut.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="T",
+    cut.add_argument("--families", type=opt.count(), default=None, metavar="K", help="exactly K families")
+    cut.add_argument("--threshold", type=opt.fraction(high=2.0, why="a cosine distance"), default=DEFAULT_THRESHOLD, metavar="T",
                      help=f"cosine distance at which families stop merging (default {DEFAULT_THRESHOLD})")
-    p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, metavar="N",
+    p.add_argument("--sample", type=opt.count(10**7, low=2), default=DEFAULT_SAMPLE, metavar="N",
                    help=f"adapters clustered directly (default {DEFAULT_SAMPLE}); the rest join by centroid")
     p.add_argument("--json", action="store_true", help="print labels per path as JSON")
     p.set_defaults(func=run)

@@ -6,7 +6,6 @@ defined here once; the sample-set build script (`sample_adapters/train.py`) impo
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -21,27 +20,19 @@ Row = dict[str, str]
 
 
 def load_rows(data_dir: str | Path, task: str, split: str) -> list[Row]:
-    """Rows `{"prompt", "answer"}` of `DIR/<task>/<split>.jsonl`, or one AtlasError line naming the file."""
+    """Rows `{"prompt", "answer"}` of `DIR/<task>/<split>.jsonl`, fully validated (`analysis.evaluation`'s
+    reader: a bad row is one AtlasError naming file:line), or one line naming the missing file."""
+    from analysis.evaluation.data import read_rows
+
     path = Path(data_dir) / task / f"{split}.jsonl"
     if not path.is_file():
         raise AtlasError(f"{path}: no such task file (expected DIR/<task>/{split}.jsonl, task = adapter directory "
                          "name)")
-    rows: list[Row] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise AtlasError(f"{path}:{lineno}: not a JSON line") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
-                    or not isinstance(row.get("answer"), str):
-                raise AtlasError(f"{path}:{lineno}: expected an object with string 'prompt' and 'answer'")
-            rows.append(row)
-    if not rows:
-        raise AtlasError(f"{path}: no rows")
-    return rows
+    _, rows = read_rows(path)
+    for r in rows:
+        if r.kind != "answer":
+            raise AtlasError(f"{path}:{r.line}: training rows must be prompt/answer objects, found a {r.kind} row")
+    return [{"prompt": r.prompt, "answer": r.answer} for r in rows]
 
 
 def encode_example(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int], list[int]]:

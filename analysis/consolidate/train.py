@@ -63,6 +63,8 @@ class ConsolidateConfig:
             raise AtlasError(f"cores '{self.cores}' is not one of magnitude, saliency")
         if self.steps < 1 or self.rank < 1 or self.batch_size < 1:
             raise AtlasError("steps, rank and batch size must be at least 1")
+        if not (math.isfinite(self.lr) and self.lr > 0) or not (math.isfinite(self.p) and 0 < self.p <= 1):
+            raise AtlasError(f"learning rate must be finite and above 0 (got {self.lr}), p in (0, 1] (got {self.p})")
 
 
 @dataclass

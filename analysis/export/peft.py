@@ -12,20 +12,34 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from analysis.adapters.model import Adapter, Delta
-from analysis.export.extras import peft_config_for, plan_extras
+from analysis.adapters.peft_format import PEFT_PREFIX
+from analysis.export.extras import plan_extras
 from analysis.export.layout import export_factors
-
-PEFT_PREFIX = "base_model.model."
 
 
 def common_value(adapters: list[Adapter], key: str) -> Any:
     values = {json.dumps(a.config.get(key), sort_keys=True) for a in adapters if a.config.get(key) is not None}
     return json.loads(values.pop()) if len(values) == 1 else None
+
+
+def peft_config_for(plan_kinds: dict[str, str], inputs: Sequence[Adapter]) -> dict[str, Any]:
+    """adapter_config.json keys that make PEFT load the carried extras (heads, DoRA, LoRA biases)."""
+    kinds = set(plan_kinds.values())
+    out: dict[str, Any] = {}
+    if "modules_to_save" in kinds:
+        out["modules_to_save"] = common_value(list(inputs), "modules_to_save")
+    if "dora_magnitude" in kinds:
+        out["use_dora"] = True
+    if "lora_bias" in kinds:
+        out["lora_bias"] = True
+    if "bias" in kinds:
+        out["bias"] = common_value(list(inputs), "bias") or "all"
+    return out
 
 
 def peft_files(modules: Mapping[str, Delta], *, rank: int | None, base_model: str | None,

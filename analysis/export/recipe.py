@@ -19,16 +19,14 @@ from analysis import __version__
 from analysis.adapters.model import Adapter
 from analysis.errors import AtlasError, RecipeError
 from analysis.merge.registry import METHODS, get_method, params_model
+from analysis.recipe_contract import RecipeContract, RecipeExportContract, RecipeInputContract
 
 EXPORT_FORMATS = ("peft", "kohya", "delta")
 
 
-class RecipeInput(BaseModel):
+class RecipeInput(RecipeInputContract):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
-    path: str = Field(min_length=1)
     sha256: str = Field(min_length=64, max_length=64)
-    format: str = Field(min_length=1)
 
 
 class RecipePreview(BaseModel):
@@ -40,7 +38,7 @@ class RecipePreview(BaseModel):
     p: float = Field(gt=0.0, le=1.0)
 
 
-class RecipeExport(BaseModel):
+class RecipeExport(RecipeExportContract):
     """How the merge is written. `rank_mode: auto` records that `rank` was chosen as the smallest rank whose
     pooled relative Frobenius error is at most `target_error` (`analysis.workflow.rank`); a replay writes
     that recorded rank (and checks it would choose it again). `extras`: carry or drop the inputs'
@@ -63,8 +61,9 @@ class RecipeExport(BaseModel):
         return self
 
 
-class Recipe(BaseModel):
-    """The recipe schema; `parameters` are checked against the method's declared `Param`s."""
+class Recipe(RecipeContract):
+    """The recipe schema a replay enforces (the contract, no unknown keys); `parameters` are checked against the
+    method's declared `Param`s."""
 
     model_config = ConfigDict(extra="forbid")
     atlas_recipe: Literal[1] = 1

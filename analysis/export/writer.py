@@ -26,7 +26,7 @@ from analysis.adapters.model import Adapter, Delta
 from analysis.errors import RecipeError
 from analysis.export.delta import delta_files
 from analysis.export.kohya import kohya_files
-from analysis.export.outdir import MARKER, check_out_dir, fsync_path, write_durable, write_marker
+from analysis.export.outdir import check_out_dir, publish, write_durable, write_marker
 from analysis.export.peft import peft_files
 from analysis.export.recipe import Recipe, recipe_sha256, recipe_to_yaml
 
@@ -109,22 +109,9 @@ def export_merge(modules: Mapping[str, Delta], recipe: Recipe, out: str | Path, 
         for name, text in texts.items():
             write_durable(tmp / name, text.encode())
         _verify(tmp, weights_name, tensors, metadata, texts)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
         for file in tmp.iterdir():
             os.chmod(file, 0o644)
-        fsync_path(tmp)
-        if out.exists() or out.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            write_marker(old)
-            os.replace(out, old / "previous")
-            os.replace(tmp, out)
-            fsync_path(out.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        (out / MARKER).unlink()  # kept until now so a kill at any earlier point leaves a folder `clean_stale` knows
-        fsync_path(out)
-        fsync_path(out.parent)
+        publish(tmp, out)  # the one swap rule (analysis.export.outdir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

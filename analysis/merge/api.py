@@ -31,7 +31,8 @@ def check_compatible(adapters: Sequence[Adapter], *, force: bool = False) -> str
     bases = {a.base_model for a in adapters if a.base_model}
     if len(bases) > 1 and not force:
         listing = ", ".join(f"{a.name}: {a.base_model}" for a in adapters)
-        raise IncompatibleAdaptersError(f"adapters have different base models ({listing}); pass force to merge anyway")
+        raise IncompatibleAdaptersError(f"adapters have different base models ({listing}); to merge anyway pass "
+                                        "--allow-different-bases (CLI) or force=True (library)")
     shapes: dict[str, tuple[str, tuple[int, int]]] = {}
     for a in adapters:
         for module, delta in a.modules.items():

@@ -24,19 +24,8 @@ import numpy as np
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
-from analysis.claims import claim_runs, merged_values
-from analysis.isolation import (
-    GRANULARITIES,
-    ClaimStats,
-    Core,
-    Cores,
-    coefficient_maps,
-    core_overlap,
-    importance,
-    parse_groups,
-    task_cores,
-    task_groups,
-)
+from analysis.isolation import GRANULARITIES, Core, Cores, claim_runs, core_overlap, importance, task_cores
+from analysis.merge.claims import ClaimStats, coefficient_maps, merged_values, parse_groups, task_groups
 from analysis.merge.ops import dense, gram, like, linear_combination, scaled_factors
 from analysis.merge.registry import ModuleContext, Param, ParamValue, register
 from analysis.merge.slerp import multislerp_coefficients

@@ -52,6 +52,8 @@ class Param:
                 out = "" if value is None else str(value)
         except (TypeError, ValueError):
             raise RecipeError(f"{where}: expected {self.type.__name__}, got {value!r}") from None
+        if isinstance(out, float) and not math.isfinite(out):  # NaN passes every comparison below
+            raise RecipeError(f"{where}: {out} is not a finite number")
         if self.low is not None and isinstance(out, (int, float)) and out < self.low:
             raise RecipeError(f"{where}: {out} is below the minimum {self.low}")
         if self.high is not None and isinstance(out, (int, float)) and out > self.high:

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 from analysis.errors import AtlasError, RecipeError
-from analysis.review.models import Recipe, validate_recipe
+from analysis.recipe_contract import RecipeContract, validate_recipe
 from analysis.review.store import ReviewStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def recipe_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def read_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, str, Path]:
+def read_recipe(path: str | os.PathLike[str]) -> tuple[RecipeContract, str, Path]:
     """(validated recipe, its exact text, the file) from a recipe file or merge directory."""
     file = recipe_file(path)
     try:

@@ -12,7 +12,14 @@ from typing import Any, Mapping
 
 from analysis import __version__
 from analysis.review.escape import html_text as h
-from analysis.review.evidence import OVERLAP_METRICS, InputOverlap, heatmap_figure, preview_export, preview_tasks
+from analysis.review.evidence import (
+    OVERLAP_METRICS,
+    InputOverlap,
+    heatmap_figure,
+    preview_export,
+    preview_measured,
+    preview_tasks,
+)
 from analysis.review.models import DECISIONS, Proposal
 
 CSS = """
@@ -114,6 +121,18 @@ def _preview_section(preview: Mapping[str, Any] | None) -> tuple[str, bool]:
     return "\n".join(parts), has_fig
 
 
+def _measured_section(preview: Mapping[str, Any] | None) -> str:
+    measured = preview_measured(preview)
+    if measured is None:
+        return ""
+    data = "".join(f"<li>{h(d)}</li>" for d in measured.data)
+    warn = "".join(f"<p class='note'>warning: {h(w)}</p>" for w in measured.warnings)
+    return (f"<h2>Measured</h2>\n<p>{h(measured.model)}</p>\n<ul>{data}</ul>\n{warn}"
+            + _table(list(measured.header), [list(r) for r in measured.rows])
+            + "<p class='meta'>exact: exact-match accuracy (higher is better); nll: answer NLL in nats per token "
+              "(lower is better)</p>")
+
+
 def _discussion_section(p: Proposal) -> str:
     items = []
     for e in p.events:
@@ -159,6 +178,7 @@ def render_html(proposal: Proposal, overlap: InputOverlap | None = None) -> str:
 {overlap_html}
 <h2>Merge preview</h2>
 {preview_html}
+{_measured_section(p.preview)}
 <h2>Recipe</h2>
 <pre>{h(p.recipe_text)}</pre>
 <h2>Discussion</h2>

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from analysis.review.escape import md_text as t
-from analysis.review.evidence import InputOverlap, preview_export, preview_tasks
+from analysis.review.evidence import InputOverlap, preview_export, preview_measured, preview_tasks
 from analysis.review.models import DECISIONS, Proposal
 
 MAX_PARAM_CHARS = 120
@@ -89,6 +89,14 @@ def render_markdown(proposal: Proposal, overlap: InputOverlap | None = None) -> 
     else:
         lines += ["No per-task preview was attached." if p.preview is None
                   else "The preview has no per-task table; see the HTML report.", ""]
+
+    measured = preview_measured(p.preview)
+    if measured is not None:
+        lines += ["### Measured", "", t(measured.model), ""] + [f"- data: {t(d)}" for d in measured.data] + [""]
+        lines += [f"> warning: {t(w)}" for w in measured.warnings] + ([""] if measured.warnings else [])
+        lines += _table(list(measured.header), [list(r) for r in measured.rows]) + [""]
+        lines += ["exact: exact-match accuracy (higher is better); nll: answer NLL in nats per token (lower is "
+                  "better)", ""]
 
     lines += ["### Discussion", ""]
     for e in p.events:

@@ -1,4 +1,4 @@
-"""One merge workflow for every face: adapter set -> merge -> preview -> export -> recipe -> evidence.
+"""One merge workflow for every face: adapter set -> merge -> preview -> export -> recipe -> measure -> evidence.
 
 The CLI (`adapter-atlas merge`), the app's Merge page and the review store all call `run_merge` on an
 `AdapterSet`; they add only argument parsing, caching and widgets. Everything is keyed by input index;
@@ -18,6 +18,7 @@ _EXPORTS = {
     "MergeRun": "analysis.workflow.pipeline",
     "run_merge": "analysis.workflow.pipeline",
     "reexport": "analysis.workflow.pipeline",
+    "measure_run": "analysis.workflow.measure",
     "most_overlapping": "analysis.workflow.adapter_set",
     "EVIDENCE_VERSION": "analysis.workflow.evidence",
 }

@@ -10,6 +10,9 @@ Version 2 (`evidence_version: 2`), keyed by input index:
                worst_module_error}                          fidelity of the adapter written
     extras:   {policy, carried, dropped, kinds}
     method, parameters, weights, method_info
+    measured: (with a measure step) {model: {kind, name, architecture, sha256, revision, ...},
+               data: [{task, file, sha256, rows, n, metric}], rows: [{task, metric, n, merged, base,
+               inputs: [{index, name, value}]}], warnings, protocol}   see `analysis.evaluation.measure`
 
 Readers also accept the two older shapes: `tasks: {name: {metric: value}}` (review CLI) and
 `per_task: {name: {...}}` (the Merge page before version 2).
@@ -97,3 +100,61 @@ def _num(v: Any) -> str:
 
 def _scalar(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool)) or value is None
+
+
+def model_line(measured: Mapping[str, Any] | None) -> str | None:
+    """`measured on NAME (kind, architecture, sha256 0123...)`: whose numbers the measured rows are."""
+    model = (measured or {}).get("model") if isinstance(measured, Mapping) else None
+    if not isinstance(model, Mapping):
+        return None
+    ident = (f"sha256 {str(model.get('sha256'))[:16]}..." if model.get("sha256")
+             else f"revision {model.get('revision') or 'unknown'}")
+    return (f"measured on {model.get('name')} ({model.get('kind')}, {model.get('architecture')}, {ident}, "
+            f"{model.get('device')} {model.get('dtype')})")
+
+
+def data_lines(measured: Mapping[str, Any] | None) -> list[str]:
+    """One line per data file: task, file, sha256, rows evaluated of rows, metric."""
+    data = (measured or {}).get("data") if isinstance(measured, Mapping) else None
+    return [f"{d.get('task')}: {d.get('file')} (sha256 {str(d.get('sha256'))[:16]}..., {d.get('n')} of "
+            f"{d.get('rows')} rows, {d.get('metric')})" for d in data or [] if isinstance(d, Mapping)]
+
+
+def measured_table(measured: Mapping[str, Any] | None) -> tuple[list[str], list[list[Any]]]:
+    """(header, rows) of the measured rows: task, metric, n, merged, base, then one column per input."""
+    rows = (measured or {}).get("rows") if isinstance(measured, Mapping) else None
+    if not isinstance(rows, list) or not rows:
+        return [], []
+    inputs = [str(i.get("name")) for i in (rows[0].get("inputs") or []) if isinstance(i, Mapping)]
+    header = ["task", "metric", "n", "merged", "base", *inputs]
+    out = []
+    for r in rows:
+        if not isinstance(r, Mapping):
+            continue
+        values = [i.get("value") if isinstance(i, Mapping) else None for i in (r.get("inputs") or [])]
+        out.append([r.get("task"), r.get("metric"), r.get("n"), r.get("merged"), r.get("base"),
+                    *(values + [None] * (len(inputs) - len(values)))[:len(inputs)]])
+    return header, out
+
+
+def measured_lines(measured: Mapping[str, Any] | None) -> list[str]:
+    """The measured block as text lines: model, data files, then the table (exact: accuracy; nll: nats/token)."""
+    header, rows = measured_table(measured)
+    if not header:
+        return []
+    lines = [model_line(measured) or "measured", *("data: " + d for d in data_lines(measured))]
+    lines += [f"warning: {w}" for w in (measured or {}).get("warnings") or []]
+    cells = [[_cell(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(c[k]) for c in cells)) for k, h in enumerate(header)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.append("exact: exact-match accuracy (higher is better); nll: answer NLL in nats per token (lower is better)")
+    return lines
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)

@@ -10,7 +10,9 @@ Steps (each a library call; the faces only parse, cache and show):
 4. build the recipe (`rank_mode`, `target_error`, extras policy recorded);
 5. preview the adapter written, with the method's own cores (granularity, p) when it declares them;
 6. assemble the evidence record (`analysis.workflow.evidence`) that preview.json, the app's proposal
-   and the review all use.
+   and the review all use;
+7. with a `Measure` request, measure the adapter written, each input and the base on a named model and
+   data (`analysis.workflow.measure`): the evidence's `measured` block.
 Nothing is written until `MergeRun.write` (or `to_zip`), so a cancelled run leaves nothing behind.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ from analysis.merge.registry import MergeResult, get_method
 from analysis.workflow.adapter_set import AdapterSet
 from analysis.workflow.evidence import build_evidence
 from analysis.workflow.progress import ProgressReporter
-from analysis.workflow.rank import DEFAULT_TARGET_ERROR, Spectrum, spectrum
+from analysis.workflow.rank import DEFAULT_TARGET_ERROR, Spectrum, check_export_rank, spectrum
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +175,10 @@ def _plain(value: Any) -> Any:
 def run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | None = None,
               weights: Sequence[float] | None = None, export: ExportSpec | None = None, *, force: bool = False,
               preview: bool = True, cores_default: tuple[str, float] | None = None, cores: Any = None,
-              progress: ProgressReporter | None = None, threads: int | None = None) -> MergeRun:
+              progress: ProgressReporter | None = None, threads: int | None = None, measure: Any = None) -> MergeRun:
     """Merge `adapters` with `method` and prepare the export, its recipe and its evidence (nothing written).
+
+    `measure`: an `analysis.evaluation.Measure` (model x data); its measured rows join the evidence.
 
     `cores_default`: (granularity, p) of the preview for methods without their own; `cores`: precomputed
     `analysis.isolation.task_cores` for those settings (the app caches them across methods). The whole
@@ -183,8 +187,13 @@ def run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | Non
     from analysis.threads import bounded_threads
 
     with bounded_threads(threads):
-        return _run_merge(adapters, method, params, weights, export, force=force, preview=preview,
-                          cores_default=cores_default, cores=cores, progress=progress)
+        run = _run_merge(adapters, method, params, weights, export, force=force, preview=preview,
+                         cores_default=cores_default, cores=cores, progress=progress)
+        if measure is not None:
+            from analysis.workflow.measure import measure_run
+
+            run = measure_run(run, measure, progress)
+        return run
 
 
 def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | None,
@@ -203,6 +212,7 @@ def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | No
     spec = get_method(method)
     w = spec.resolve_weights(len(adapters), weights) if weights is not None else None
     resolved = spec.resolve_params(params)
+    check_export_rank(adapters.adapters, export.rank if export.format != "delta" else None)
     if len(adapters) > 1:
         adapters.require_shared()
     reporter.check()
@@ -268,6 +278,7 @@ def _reexport(run: MergeRun, export: ExportSpec, *, preview: bool, cores_default
     reporter = progress or ProgressReporter()
     cores_default = cores_default or export.preview_cores
     cut = run.refactored
+    check_export_rank(run.adapters.adapters, export.rank if export.format != "delta" else None)
     if cut is not None and (export.format == "delta" or (export.rank or 0) > cut):
         return run_merge(run.adapters, run.result.method, run.result.params, run.result.weights, export,
                          force=run.recipe.force, preview=preview, cores_default=cores_default, cores=cores,

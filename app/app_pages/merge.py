@@ -274,7 +274,8 @@ if st.session_state.get("merge_built") == (export_method, fmt, rank):
             if not author.strip():
                 raise AtlasError("a proposal needs an author")
             st.session_state[view.AUTHOR] = author.strip()  # the Review page signs with the same name
-            pid = propose_merge(cache.review_store(resolve_db_url()), built, title, author)
+            proposed = cache.with_last_measured(merge_key(export_method), fmt, rank)  # + measured rows, if any
+            pid = propose_merge(cache.review_store(resolve_db_url()), proposed, title, author)
             st.success(f"Proposal #{pid} opened: see the Review page.")
         except AtlasError as exc:
             st.error(str(exc))
@@ -308,54 +309,91 @@ if info:
                       xaxis_title="adapter", yaxis_title="adapter")
     show_figure(jac, name="isolation_jaccard", key="merge_jaccard")
 
-# 6. Real accuracy on the sample set, against the base model
-st.subheader("5 · Real accuracy (sample set)")
-tasks = cache.sample_tasks()
-if not tasks:
-    st.caption("The sample set's tasks are not on disk here: real accuracy is unavailable.")
-else:
-    t1, t2 = st.columns([3, 1])
-    picked = t1.multiselect("Tasks", tasks, default=[t for t in order if t in tasks] or tasks[:3], key="merge_tasks")
-    limit = int(t2.number_input("Examples per task", min_value=1, max_value=10_000, value=32, key="merge_limit"))
-    if st.button("Measure real accuracy", key="merge_measure"):
+# 6. Measured: the adapter written, each input and the base, on a model and data the visitor picks
+st.subheader("5 · Measured (your model and data)")
+m1, m2 = st.columns(2)
+model_choice = m1.radio("Model", ["Sample base", "Model on the server"], key="merge_eval_model_kind", horizontal=True,
+                        help="A transformers folder or a .gguf file under the server's roots (ADAPTER_ATLAS_ROOTS); "
+                             "nothing is downloaded.")
+data_choice = m2.radio("Data", ["Sample tasks", "Data on the server"], key="merge_eval_data_kind", horizontal=True,
+                       help="JSONL files (prompt/answer, prompt/completion, chat messages, text), folders "
+                            "DIR/<task>/eval.jsonl or a YAML mapping, under the server's roots.")
+model_text = m1.text_input("Model path", key="merge_eval_model", disabled=model_choice == "Sample base",
+                           placeholder="/models/my-llama or /models/model.gguf")
+data_text = m2.text_area("Data paths (one per line)", key="merge_eval_data", disabled=data_choice == "Sample tasks",
+                         height=80, placeholder="/data/my_tasks/\n/data/general.jsonl")
+e1, e2, e3 = st.columns([3, 1, 1])
+metric_pick = e2.selectbox("Metric", ["exact", "nll", "both"], key="merge_eval_metric",
+                           help="exact: greedy generation, exact match; nll: teacher-forced answer NLL (fast)")
+limit = int(e3.number_input("Rows per task", min_value=1, max_value=10_000, value=32, key="merge_limit"))
+try:
+    from app.components.measure_inputs import confine_data, confine_model, stamp
+
+    model_path = None if model_choice == "Sample base" else confine_model(model_text)
+    data_paths = () if data_choice == "Sample tasks" else confine_data(data_text)
+    if data_choice != "Sample tasks" and not data_paths:
+        raise AtlasError("name at least one data file or folder under the server's roots")
+    stamps = stamp(data_paths)
+    tasks = cache.data_tasks(data_paths, stamps, metric_pick)
+except AtlasError as exc:
+    st.error(str(exc))
+    tasks = []
+if tasks:
+    default = [t for t in order if t in tasks] or tasks[:3]
+    picked = e1.multiselect("Tasks", tasks, default=default, key="merge_tasks")
+    if st.button("Measure", key="merge_measure"):
         st.session_state["merge_measured"] = True
     if st.session_state.get("merge_measured") and picked:
-        def written(m: str) -> tuple[str, str, int | None]:
-            """(method, format, rank) of the adapter written: the Export section's choice for its method,
-            else the method's own automatic export."""
-            return (m, fmt, rank) if m == export_method else (m, "peft", None)
+        def written(m: str) -> tuple[str, int | None]:
+            """(format, rank) of the adapter written: the Export section's choice for its method, else the
+            method's own automatic export."""
+            return (fmt, rank) if m == export_method else ("peft", None)
 
-        def label(m: str) -> str:
-            _, f, r = written(m)
-            r = r if r is not None else runs[m].rank
-            return f"merge: {m} (written: {'exact' if f == 'delta' or r is None else f'rank {r}'})"
-
-        jobs = [("base model", "base", None)] + [(label(m), "merge", written(m)) for m in runs] + [
-            (f"adapter: {r[2]}", "adapter", r) for r in chosen_refs]
-        bar = st.progress(0.0, text="Evaluating…")
-        acc_rows = []
+        ekey: cache.EvalKey = (model_path, data_paths, stamps, metric_pick, limit)
+        bar = st.progress(0.0, text="Loading the model and measuring…")
         try:
-            for i, (name, kind, item) in enumerate(jobs):
-                row: dict[str, object] = {"model": name}
-                ns = set()
-                for task in picked:
-                    bar.progress(i / len(jobs), text=f"{name} on {task}…")
-                    res = (cache.base_accuracy(task, limit) if kind == "base"
-                           else cache.merged_accuracy(merge_key(item[0]), item[1], item[2], task, limit)
-                           if kind == "merge" else cache.adapter_accuracy(item, task, limit))
-                    row[task] = res["accuracy"]
-                    ns.add(int(res["n"]))
-                row["n per task"] = "/".join(str(n) for n in sorted(ns))
-                acc_rows.append(row)
+            blocks = {}
+            for k, m in enumerate(runs):
+                def tick(stage: str, done: int, total: int, eta: object, label: str, k: int = k, m: str = m) -> None:
+                    bar.progress(min((k + done / max(total, 1)) / len(runs), 1.0), text=f"{m}: {label or stage}")
+
+                blocks[m] = cache.measured(merge_key(m), *written(m), ekey, tuple(picked), tick)
             bar.empty()
+            from analysis.workflow.evidence import data_lines, model_line
+
+            first = next(iter(blocks.values()))
+            st.caption(model_line(first) or "")
+            for line in data_lines(first):
+                st.caption("data: " + line)
+            for w in first.get("warnings") or []:
+                st.warning(w)
+            acc_rows = []
+            labels = {"base": "base model"} | {m: f"merge: {m}" for m in blocks}
+            for who in ["base", *blocks]:
+                row: dict[str, object] = {"model": labels[who]}
+                for r in first["rows"] if who == "base" else blocks[who]["rows"]:
+                    row[f"{r['task']} ({r['metric']})"] = r["base" if who == "base" else "merged"]
+                acc_rows.append(row)
+            for i, name in enumerate(order):
+                row = {"model": f"adapter: {name}"}
+                for r in first["rows"]:
+                    row[f"{r['task']} ({r['metric']})"] = r["inputs"][i]["value"]
+                acc_rows.append(row)
             acc = pd.DataFrame(acc_rows)
             st.dataframe(acc, hide_index=True, width="stretch",
-                         column_config={t: st.column_config.NumberColumn(format="%.3f") for t in picked})
-            st.caption("Exact-match accuracy on each task's held-out examples; n = examples evaluated per task. "
-                       "A merge row evaluates the adapter written (at the rank shown), not the exact merge.")
-            st.download_button("Accuracy (CSV)", acc.to_csv(index=False), file_name="merge_accuracy.csv",
-                               mime="text/csv", key="merge_acc_csv", on_click="ignore")
+                         column_config={c: st.column_config.NumberColumn(format="%.3f") for c in acc.columns[1:]})
+            ns = sorted({int(r["n"]) for r in first["rows"]})
+            st.caption(f"n = {'/'.join(map(str, ns))} rows per task. exact: exact-match accuracy (higher is "
+                       "better); nll: answer NLL in nats per token (lower is better). A merge row measures the "
+                       "adapter written (at the Export section's rank for its method), not the exact merge.")
+            with st.container(horizontal=True):
+                st.download_button("Measured (CSV)", acc.to_csv(index=False), file_name="merge_measured.csv",
+                                   mime="text/csv", key="merge_acc_csv", on_click="ignore")
+                st.download_button("Measured (JSON)", json.dumps(blocks, indent=1, default=float),
+                                   file_name="merge_measured.json", mime="application/json", key="merge_acc_json",
+                                   on_click="ignore")
         except AtlasError as exc:
+            bar.empty()
             st.error(str(exc))
 
 

@@ -41,20 +41,20 @@ from app.cache.clustering import (  # noqa: F401
 )
 from app.cache.merge import (  # noqa: F401
     MAX_RUNS,
+    EvalKey,
     MergeKey,
-    _accuracy,
     _merge_runs,
     _remember,
-    adapter_accuracy,
-    base_accuracy,
+    data_tasks,
+    evaluator,
+    measured,
     merge_cores,
     merge_export,
     merge_ready,
     merge_run,
     merge_runs,
     merge_zip,
-    merged_accuracy,
-    sample_tasks,
+    with_last_measured,
 )
 from app.cache.overlap import (  # noqa: F401
     _whole_tables,

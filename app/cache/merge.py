@@ -5,7 +5,7 @@ from typing import Any
 
 import streamlit as st
 
-from app.cache.adapters import AdapterRef, adapter_set, adapters_of, load_adapter
+from app.cache.adapters import AdapterRef, adapter_set, adapters_of
 
 # --- merge ---------------------------------------------------------------------------------------
 # Thin wrappers over `analysis.workflow.run_merge`. A merge is keyed by (refs, method, parameters as
@@ -120,39 +120,57 @@ def merge_zip(key: MergeKey, fmt: str, rank: int | None) -> tuple[str, bytes, st
     return name, data, recipe_to_yaml(run.recipe)
 
 
-@st.cache_data(show_spinner=False)
-def sample_tasks() -> list[str]:
-    """Sample-set tasks with an eval split on disk (empty when the sample set is absent)."""
-    from analysis.evaluate import list_tasks
+# --- measuring (the workflow's measure step on the adapter written) ---------------------------------
+# One Evaluator per (model, data, metric, limit), shared read-only: it holds the loaded model (restored
+# bit-exactly after every job, one job at a time) and remembers the base's and each input's scores by sha256.
 
-    return list_tasks()
-
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def merged_accuracy(key: MergeKey, fmt: str, rank: int | None, task: str, limit: int | None) -> dict[str, float]:
-    """{accuracy, n} on one sample task (exact match, the evaluator's fixed protocol) of the adapter written
-    for this merge as `fmt` at `rank` (None: the run's own rank), not of the merge kept at the cap."""
-    return _accuracy(merge_export(key, fmt, rank).written_modules(), task, limit)
+EvalKey = tuple[str | None, tuple[str, ...], tuple[tuple[str, int, int], ...], str, int | None]
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def adapter_accuracy(ref: AdapterRef, task: str, limit: int | None) -> dict[str, float]:
-    """{accuracy, n} of one input adapter on one sample task."""
-    return _accuracy(load_adapter(*ref).modules, task, limit)
+@st.cache_resource(show_spinner=False, max_entries=2)
+def evaluator(key: EvalKey) -> Any:
+    """The Evaluator of `key` = (model path or None for the sample base, data paths, their stamps, metric,
+    limit): data validated first, then the model loaded."""
+    from analysis.evaluation import Evaluator, ModelSpec, load_data, load_model
+
+    model, data_paths, _stamps, metric, limit = key
+    data = load_data(list(data_paths) or None, metric=metric)
+    return Evaluator(load_model(ModelSpec(model)), data, limit=limit)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def base_accuracy(task: str, limit: int | None) -> dict[str, float]:
-    """{accuracy, n} of the base model alone: the floor every row is read against."""
-    return _accuracy({}, task, limit)
+@st.cache_data(show_spinner=False, max_entries=16)
+def data_tasks(data_paths: tuple[str, ...], stamps: tuple[tuple[str, int, int], ...], metric: str) -> list[str]:
+    """Task names of the data (validated; an error names file:line)."""
+    from analysis.evaluation import load_data
+
+    return load_data(list(data_paths) or None, metric=metric).names
 
 
-def _accuracy(deltas: Any, task: str, limit: int | None) -> dict[str, float]:
-    from analysis.base_model import load_base_model
-    from analysis.evaluate import evaluate_deltas
+def measured(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tuple[str, ...],
+             progress: Any = None) -> dict[str, Any]:
+    """The evidence's `measured` block of the adapter written for this merge (as `fmt` at `rank`), each
+    input and the base, on `tasks` of the evaluator's data. Memoized with the merge runs."""
+    from analysis.evaluation import Evaluator, Measure
     from analysis.threads import bounded_threads
+    from analysis.workflow import ProgressReporter, measure_run
 
-    with bounded_threads(None):
-        model, tokenizer = load_base_model()
-        res = evaluate_deltas(model, tokenizer, deltas, [task], limit=limit)[task]
-    return {"accuracy": float(res["accuracy"]), "n": int(res["n"])}
+    memo = _merge_runs()
+    mkey = ("measured", key, fmt, rank, ekey, tasks)
+    if mkey not in memo:
+        run = merge_export(key, fmt, rank)
+        full = evaluator(ekey)
+        ev = Evaluator(full.loaded, full.data.select(list(tasks)), limit=full.limit, batch_size=full.batch_size)
+        ev.share_memo(full)  # the base and the inputs are scored once across merges
+        with bounded_threads(None):
+            _remember(mkey, measure_run(run, Measure(ev), ProgressReporter(progress)).evidence["measured"])
+    return memo[mkey]
+
+
+def with_last_measured(key: MergeKey, fmt: str, rank: int | None) -> Any:
+    """The export run of this merge with the most recent `measured` block of the same adapter written (as
+    the Measured section computed it), so a proposal stores the measured rows it was shown; else as is."""
+    import dataclasses
+
+    run = merge_export(key, fmt, rank)
+    blocks = [v for k, v in _merge_runs().items() if isinstance(k, tuple) and k[:4] == ("measured", key, fmt, rank)]
+    return dataclasses.replace(run, evidence={**run.evidence, "measured": blocks[-1]}) if blocks else run

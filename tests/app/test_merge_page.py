@@ -1,4 +1,4 @@
-"""The Merge page in Streamlit's AppTest on the gemma-3-270m trio.
+"""The Merge page in Streamlit's AppTest on the committed fixture trio (tests/helpers/app_env.py).
 
 One merge, three faces: the numbers the page shows, what `adapter-atlas merge` prints for the same merge,
 and the review report of the proposal the page opens must be the same numbers.
@@ -12,15 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.app_env import GEMMA, NAMES, REPO, gemma_app, needs_gemma
+from helpers.app_env import NAMES, PAGE_SET, REPO, page_app
 from streamlit.testing.v1 import AppTest
-
-pytestmark = needs_gemma
 
 
 @pytest.fixture()
 def app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AppTest:
-    return gemma_app(monkeypatch, timeout=900, ADAPTER_ATLAS_DB=str(tmp_path / "review.db"), OMP_NUM_THREADS="1")
+    return page_app(monkeypatch, timeout=900, ADAPTER_ATLAS_DB=str(tmp_path / "review.db"), OMP_NUM_THREADS="1")
 
 
 def _ok(at: AppTest) -> None:
@@ -46,7 +44,7 @@ def test_page_cli_and_review_report_show_the_same_numbers(app: AppTest, tmp_path
     page = {row["task"]: row for _, row in table[table["method"] == "isolation"].iterrows()}
     # the CLI on the same inputs and settings
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-m", "analysis.cli", "merge", *(str(GEMMA / n) for n in NAMES),
+    res = subprocess.run([sys.executable, "-m", "analysis.cli", "merge", *(str(PAGE_SET / n) for n in NAMES),
                           "--method", "isolation", "--param", "granularity=rows", "--out", str(tmp_path / "cli"),
                           "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
@@ -139,7 +137,11 @@ def test_page_starts_small_on_the_sample_set(monkeypatch: pytest.MonkeyPatch, tm
     assert at.multiselect(key="merge_methods").value == ["isolation", "linear", "ties"]
     lines = [m.value for m in at.markdown if m.value.startswith("- **")]
     assert len(lines) == 3 and all(": " in line and len(line.splitlines()) == 1 for line in lines)
-    assert at.selectbox(key="merge_core_unit") is not None and at.number_input(key="merge_core_p") is not None
+    from analysis.merge.registry import get_method
+
+    iso = get_method("isolation")  # the shared core controls start at the isolation method's declared defaults
+    assert at.selectbox(key="merge_core_unit").value == iso.param("granularity").default
+    assert at.number_input(key="merge_core_p").value == pytest.approx(float(iso.param("p").default))
     assert not any(k.startswith("merge_isolation_") and k.endswith(("_p", "_granularity")) for k in at.session_state)
 
 

@@ -15,6 +15,9 @@ from merge_factories import peft_adapter, peft_delta_weights  # noqa: E402
 REPO = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
+# each test starts several `adapter-atlas merge` processes (torch imported every time): 10-110 s on 2 cores
+pytestmark = pytest.mark.slow
+
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "analysis.cli", "merge", *args], cwd=REPO, env=ENV,

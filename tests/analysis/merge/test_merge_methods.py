@@ -12,12 +12,40 @@ from analysis.errors import IncompatibleAdaptersError, RecipeError
 from analysis.merge import METHODS, get_method, merge_adapters
 from analysis.merge.registry import parse_param_strings
 from analysis.merge.slerp import multislerp_coefficients, slerp_coefficients
-from analysis.merge.sparsify import disjoint_mean, elect_sign, trim
 
 IDENTITY_PARAMS = {
     "ties": {"density": 1.0}, "magnitude_prune": {"density": 1.0}, "dare_linear": {"drop_rate": 0.0},
     "dare_ties": {"drop_rate": 0.0}, "knots": {"inner": "linear"},
 }
+
+
+# The TIES steps one at a time, as the paper states them (a second route to the library's one fused kernel,
+# `analysis.merge.sparsify.trim_rows` + `ties_merge`): trim one task by top-k, elect a sign per entry, weighted
+# mean of the agreeing entries (mergekit's divisor: the agreeing tasks' summed weight, 0 -> 1).
+def trim(task: torch.Tensor, density: float) -> torch.Tensor:
+    if density >= 1.0:
+        return task
+    k = int(density * task.numel())
+    out = torch.zeros_like(task).reshape(-1)
+    if k > 0:
+        idx = torch.topk(task.abs().reshape(-1), k).indices
+        out[idx] = task.reshape(-1)[idx]
+    return out.reshape(task.shape)
+
+
+def elect_sign(stacked: torch.Tensor, method: str) -> torch.Tensor:
+    votes = stacked.sum(dim=0) if method == "total" else stacked.sign().sum(dim=0)
+    elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)
+    return stacked * elected > 0
+
+
+def disjoint_mean(stacked: torch.Tensor, agree: torch.Tensor, weights: list[float] | None = None) -> torch.Tensor:
+    mask = agree.to(stacked.dtype)
+    total = (stacked * mask).sum(dim=0)
+    w = torch.ones(stacked.shape[0], dtype=stacked.dtype) if weights is None else \
+        torch.tensor([float(x) for x in weights], dtype=stacked.dtype)
+    divisor = torch.tensordot(w, mask, dims=1)
+    return total / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
 
 
 def dense(result, module):  # noqa: ANN001, ANN201
