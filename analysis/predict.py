@@ -244,19 +244,21 @@ class Prediction:
         return {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
+def estimate(signal: Signal, basis: str) -> Prediction | None:
+    """The calibrated estimate for one task's signal; None when no calibration of that basis is shipped."""
+    cal = load_calibrations().get(basis)
+    if cal is None:
+        return None
+    v, lo, hi = cal.predict(signal)
+    return Prediction(v, lo, hi, signal.scale, signal.residual, basis, cal.spearman_heldout, cal.mae_heldout,
+                      cal.measured_on)
+
+
 def predict_retention(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *,
                       activations: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
                       weights: Sequence[float] | None = None) -> list[Prediction | None]:
     """Predicted retention per input (by index). None for a weight-0 input (it is not meant to survive) or when no
     calibration is shipped for the basis."""
     basis = "data-light" if activations is not None else "data-free"
-    cal = load_calibrations().get(basis)
-    out: list[Prediction | None] = []
-    for i, s in enumerate(task_signals(inputs, merged, activations=activations)):
-        if cal is None or (weights is not None and weights[i] == 0):
-            out.append(None)
-            continue
-        v, lo, hi = cal.predict(s)
-        out.append(Prediction(v, lo, hi, s.scale, s.residual, basis, cal.spearman_heldout, cal.mae_heldout,
-                              cal.measured_on))
-    return out
+    signals = task_signals(inputs, merged, activations=activations)
+    return [None if weights is not None and weights[i] == 0 else estimate(s, basis) for i, s in enumerate(signals)]

@@ -4,7 +4,9 @@ stores, and what the review page and reports read. Plain JSON, no torch import (
 Version 2 (`evidence_version: 2`), keyed by input index:
 
     inputs:   [{index, name, sha256}]                       the merge's inputs, in input order
-    tasks:    [{index, name, core_retention, interference, cosine, conflicts, core_size}]
+    tasks:    [{index, name, core_retention, interference, cosine, conflicts, core_size,
+                predicted_retention: {value, low, high, scale, residual, basis, spearman_heldout, mae_heldout,
+                measured_on} | None}]                   the data-free estimate (analysis.predict) and its record
     settings: {granularity, p, tol, rank}                    the cores the preview used, the rank it describes
     export:   {format, rank, rank_mode, target_error, reached, cap, relative_error, worst_module,
                worst_module_error}                          fidelity of the adapter written
@@ -40,7 +42,8 @@ def build_evidence(*, names: Sequence[str], sha256s: Sequence[str], method: str,
     tasks = None
     if preview is not None:
         rows = preview.get("per_input") or [preview["per_task"][n] for n in names]  # by index when available
-        tasks = [{"index": i, "name": n, **{k: rows[i].get(k) for k in TASK_METRICS}} for i, n in enumerate(names)]
+        tasks = [{"index": i, "name": n, **{k: rows[i].get(k) for k in TASK_METRICS},
+                  "predicted_retention": rows[i].get("predicted_retention")} for i, n in enumerate(names)]
     return {
         "evidence_version": EVIDENCE_VERSION,
         "method": method,

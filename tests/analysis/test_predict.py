@@ -146,3 +146,27 @@ def test_capture_inputs_are_what_the_module_sees() -> None:
     assert torch.allclose(X, want, atol=1e-6)
     thin = capture_inputs(model, Tok(), ["model.layers.0.self_attn.q_proj"], prompts, max_tokens=4)
     assert thin["model.layers.0.self_attn.q_proj"].shape == (4, 16)
+
+
+def test_preview_carries_the_same_estimate_as_the_signals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two routes to one estimate: the preview's pooled sums and analysis.predict.task_signals."""
+    import analysis.predict as predict
+    from analysis.merge.ops import linear_combination
+    from analysis.preview import preview_merge
+
+    cal = Calibration("data-free", (0.5, 1.5, -0.7), 0.1, 0.8, 0.05, 10, 5, "synthetic")
+    monkeypatch.setattr(predict, "load_calibrations", lambda: {"data-free": cal})
+    a = _adapter("a", {"m1": _lr(10, 8, 2, 11), "m2": _lr(10, 8, 2, 12)})
+    b = _adapter("b", {"m1": _lr(10, 8, 2, 13)})
+    merged = {"m1": linear_combination([a.modules["m1"], b.modules["m1"]], [0.5, 0.5]),
+              "m2": linear_combination([a.modules["m2"]], [0.5])}
+    prev = preview_merge([a, b], merged, granularity="rows", p=0.1)
+    for i, s in enumerate(task_signals([a, b], merged)):
+        got = prev["per_input"][i]["predicted_retention"]
+        want = cal.predict(s)
+        assert got["value"] == pytest.approx(want[0], abs=1e-4) and got["low"] == pytest.approx(want[1], abs=1e-4)
+        assert got["basis"] == "data-free" and got["measured_on"] == "synthetic"
+    zero = preview_merge([a, b], merged, granularity="rows", p=0.1, weights=[1.0, 0.0])
+    assert zero["per_input"][1]["predicted_retention"] is None  # a weight-0 input is not meant to survive
+    monkeypatch.setattr(predict, "load_calibrations", lambda: {})
+    assert preview_merge([a, b], merged, granularity="rows", p=0.1)["per_input"][0]["predicted_retention"] is None
