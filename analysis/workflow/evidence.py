@@ -4,7 +4,9 @@ stores, and what the review page and reports read. Plain JSON, no torch import (
 Version 2 (`evidence_version: 2`), keyed by input index:
 
     inputs:   [{index, name, sha256}]                       the merge's inputs, in input order
-    tasks:    [{index, name, core_retention, interference, cosine, conflicts, core_size}]
+    tasks:    [{index, name, core_retention, interference, cosine, conflicts, core_size,
+                predicted_retention: {value, low, high, scale, residual, basis, spearman_heldout, mae_heldout,
+                measured_on} | None}]                   the data-free estimate (analysis.predict) and its record
     settings: {granularity, p, tol, rank}                    the cores the preview used, the rank it describes
     export:   {format, rank, rank_mode, target_error, reached, cap, relative_error, worst_module,
                worst_module_error, dtype, storage_error, worst_storage_module, worst_storage_error,
@@ -41,6 +43,7 @@ class EvidenceTask(TypedDict, total=False):
     index: int
     name: str
     core_retention: float | None
+    predicted_retention: dict[str, Any] | None  # analysis.predict: {value, low, high, basis, track record}
     interference: float | None
     cosine: float | None
     conflicts: int | None
@@ -106,7 +109,8 @@ def build_evidence(*, inputs: Sequence[tuple[str, str]], merge: Merged, preview:
     tasks: list[EvidenceTask] | None = None
     if preview is not None:
         rows = preview.get("per_input") or [preview["per_task"][n] for n in names]  # by index when available
-        tasks = [EvidenceTask(index=i, name=n, **{k: rows[i].get(k) for k in TASK_METRICS})  # type: ignore[typeddict-item]
+        tasks = [EvidenceTask(index=i, name=n, **{k: rows[i].get(k) for k in TASK_METRICS},  # type: ignore[typeddict-item]
+                              predicted_retention=rows[i].get("predicted_retention"))
                  for i, n in enumerate(names)]
     return Evidence(
         evidence_version=EVIDENCE_VERSION,
