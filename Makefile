@@ -47,6 +47,8 @@ bench: $(STAMP)
 	$(PY) bench/bench_merge.py
 	$(PY) bench/bench_merge_page.py
 	$(PY) bench/bench_population.py
+	$(PY) bench/bench_population_index.py
+	OMP_NUM_THREADS=2 $(PY) bench/bench_population_index.py --stage stream --n 1000000
 
 samples: $(STAMP)
 	$(PY) -m sample_adapters.build

@@ -1,6 +1,6 @@
 """The measure step of the merge workflow (merge -> preview -> export -> measure -> evidence).
 
-`Measure(evaluator)` is the one typed request a face passes to `run_merge(..., measure=...)`; its `run`
+`Measure(evaluator)` is the one typed request a face passes to `measure_run(run_merge(...), measure)`; its `run`
 scores the adapter written (after any rank truncation), each input adapter on the tasks the data assigns it,
 and the bare base, and returns the `measured` block of the evidence record:
 

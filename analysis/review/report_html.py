@@ -10,7 +10,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from analysis import __version__
+from analysis._version import __version__
 from analysis.review.escape import html_text as h
 from analysis.review.evidence import (
     OVERLAP_METRICS,

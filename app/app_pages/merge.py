@@ -15,9 +15,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.errors import AtlasError
+from analysis.export.recipe import EXPORT_FORMATS
 from analysis.merge import METHODS, get_method
 from analysis.merge.registry import Param
-from analysis.workflow.evidence import METRIC_HELP, METRIC_LABELS, export_line
+from analysis.workflow.evidence import METRIC_HELP, METRIC_LABELS, export_line, module_line
 from analysis.workflow.progress import format_eta
 from analysis.workflow.rank import DEFAULT_TARGET_ERROR
 from app import cache
@@ -25,7 +26,7 @@ from app.components import merge_measure, proposal_decision, view
 from app.components.display import show_figure
 
 STARTING_METHODS = ["isolation", "linear", "ties"]
-CORE_PARAMS = ("granularity", "p")  # one set of core controls: isolation's cores are the preview's cores
+CORE_PARAMS = ("granularity", "p")  # one set of core controls: a method's own cores are the preview's cores
 COLUMNS = {k: METRIC_LABELS[k] for k in ("core_retention", "interference", "cosine", "conflicts")}
 STAGES = {"merge": (0.0, 0.45), "export rank": (0.45, 0.6), "preview": (0.6, 1.0), "done": (1.0, 1.0)}
 
@@ -111,8 +112,8 @@ core_p = float(b.number_input("Core fraction p", min_value=0.0001, max_value=1.0
 params: dict[str, dict[str, object]] = {}
 for m in methods:
     spec = get_method(m)
-    own = [p for p in spec.params if not (m == "isolation" and p.name in CORE_PARAMS)]
-    params[m] = {"granularity": granularity, "p": core_p} if m == "isolation" else {}
+    own = [p for p in spec.params if not (spec.cores and p.name in CORE_PARAMS)]
+    params[m] = {"granularity": granularity, "p": core_p} if spec.cores else {}
     if own:
         with st.expander(f"{m} settings"):
             params[m].update({p.name: control(m, p) for p in own})
@@ -123,8 +124,8 @@ for m in sorted(set(methods) - set(usable)):
 
 
 def merge_key(method: str) -> cache.MergeKey:
-    return (chosen_refs, method, tuple(sorted(params[method].items())), weights, (str(granularity), core_p),
-            "drop" if drop_extras else "carry")
+    return cache.MergeKey(chosen_refs, method, tuple(sorted(params[method].items())), weights,
+                          (str(granularity), core_p), "drop" if drop_extras else "carry")
 
 
 # 2. Compare, data-free, with progress (ETA) and a cancel button; results the server holds show without a click
@@ -152,7 +153,7 @@ bar = None if not todo else st.progress(0.0, text="Merging…")
 
 
 def on_progress(key: cache.MergeKey, stage: str, done: int, total: int, eta: float | None, label: str) -> None:
-    status[key[1]] = (stage, done, total, eta)  # bookkeeping only: widgets belong to the script's thread
+    status[key.method] = (stage, done, total, eta)  # bookkeeping only: widgets belong to the script's thread
 
 
 def redraw() -> None:
@@ -177,9 +178,9 @@ def redraw() -> None:
 started = time.monotonic()
 for key, value in cache.merge_runs(list(keys.values()), on_progress, redraw).items():
     if isinstance(value, AtlasError):
-        st.error(f"{key[1]}: {value}")
+        st.error(f"{key.method}: {value}")
     else:
-        runs[key[1]] = value
+        runs[key.method] = value
 if bar is not None:
     bar.empty()
     from analysis.workflow.parallel import default_workers
@@ -211,6 +212,7 @@ st.dataframe(table, hide_index=True, width="stretch",
                             "export error": st.column_config.NumberColumn(
                                 help="relative Frobenius error of the written adapter vs the exact merge",
                                 format="%.4f")})
+st.caption(module_line(runs[next(iter(runs))].evidence) or "")
 with st.container(horizontal=True):
     st.download_button("Table (CSV)", table.to_csv(index=False), file_name="merge_comparison.csv",
                        mime="text/csv", key="merge_csv", on_click="ignore")
@@ -255,11 +257,13 @@ st.subheader("4 · Decide: export and propose")
 if measurement is None or not measurement.blocks:
     st.warning("Nothing is measured yet (section 3): a proposal made now carries only the data-free comparison, "
                "and its reviewer sees that no retention was measured.")
-e1, e2, e3 = st.columns(3)
+e1, e2, e3, e4 = st.columns(4)
 export_method = e1.selectbox("Method to export", list(runs), key="merge_export_method")
-fmt = e2.selectbox("Format", ["peft", "kohya", "delta"], key="merge_format",
-                   help="peft: a directory PeftModel.from_pretrained loads; kohya: SD-style LoRA file; "
-                        "delta: full dW per module (holds any result exactly).")
+fmt = e2.selectbox("Format", list(EXPORT_FORMATS), key="merge_format",
+                   help="peft: a directory PeftModel.from_pretrained loads; diffusers: pipe.load_lora_weights; "
+                        "kohya: SD-style LoRA file (A1111/Forge, ComfyUI); delta: full dW per module (exact).")
+dtype = e4.selectbox("Dtype", ["fp32", "fp16", "bf16"], key="merge_dtype",
+                     help="stored precision; the storage error of the file written is shown after Build export")
 run = runs[export_method]
 auto_rank = run.rank
 widest = run.max_rank  # the pipeline supports any rank up to the module width (above the cap: merged again)
@@ -282,7 +286,7 @@ m1.metric("Rank written", "exact" if shown is None or fmt == "delta" else shown)
 m2.metric("Relative error", "after Build export" if above_cap else
           f"{(0.0 if fmt == 'delta' else fid['relative_error']):.4f}",
           help="||dW_written − dW_merge||_F / ||dW_merge||_F over all modules")
-is_built = st.session_state.get("merge_built") == (export_method, fmt, rank)
+is_built = st.session_state.get("merge_built") == (export_method, fmt, rank, dtype)
 if rank is None and not is_built:  # once built, the line under the downloads says it
     st.caption(export_line(run.evidence) or "")
 ex = run.evidence["export"]
@@ -294,14 +298,14 @@ refused = run.evidence["extras"].get("refused")
 if refused and fmt == "peft":
     st.warning(f"This export would be refused: {refused}. Turn on **Drop extras** (section 1) to export without "
                "them; the comparison above does not depend on it.")
-carried = proposal_decision.render(export_method, fmt, rank, merge_key, measurement)
+carried = proposal_decision.render(export_method, fmt, rank, merge_key, measurement, dtype)
 if st.button("Build export", key="merge_build"):
-    st.session_state["merge_built"] = (export_method, fmt, rank)
-if st.session_state.get("merge_built") == (export_method, fmt, rank):
+    st.session_state["merge_built"] = (export_method, fmt, rank, dtype)
+if is_built:
     try:
         with st.spinner("Writing the export and previewing the adapter written…"):
-            name, data, recipe_yaml = cache.merge_zip(merge_key(export_method), fmt, rank)
-            built = cache.merge_export(merge_key(export_method), fmt, rank)
+            name, data, recipe_yaml = cache.merge_zip(merge_key(export_method), fmt, rank, dtype)
+            built = cache.merge_export(merge_key(export_method), fmt, rank, dtype=dtype)
     except AtlasError as exc:
         st.error(str(exc))
         st.stop()
@@ -326,7 +330,7 @@ if submitted:
         if not author.strip():
             raise AtlasError("a proposal needs an author")
         st.session_state[view.AUTHOR] = author.strip()  # the Review page signs with the same name
-        proposed = proposal_decision.proposed(export_method, fmt, rank, merge_key, measurement)
+        proposed = proposal_decision.proposed(export_method, fmt, rank, merge_key, measurement, dtype)
         pid = propose_merge(cache.review_store(resolve_db_url()), proposed, title, author)
         st.success(f"Proposal #{pid} opened" + (" with its measured decision table" if carried else
                                                   " without measured rows") + ".")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -113,7 +114,7 @@ def show_list() -> None:
             author = st.text_input("Your name", key="review_propose_author", placeholder="required")
             if st.form_submit_button("Propose"):
                 try:
-                    pid = propose(store, confine(path), title, author)  # only files under the roots
+                    pid = propose(store, visitor_recipe(path), title, author)  # only files under the roots
                 except AtlasError as exc:
                     st.error(str(exc))
                 else:
@@ -121,6 +122,18 @@ def show_list() -> None:
                     st.session_state[FLASH] = f"Proposal #{pid} opened."
                     open_proposal(pid)
                     st.rerun()
+
+
+def visitor_recipe(text: str) -> Path:
+    """The recipe file a visitor named, and the preview.json that `propose` reads beside it, both through
+    `sources.confine`: a folder under the roots whose recipe.yaml or preview.json links outside is refused."""
+    recipe = confine(text)
+    if recipe.is_dir():
+        recipe = confine(recipe / "recipe.yaml")
+    preview = recipe.parent / "preview.json"
+    if preview.exists() or preview.is_symlink():
+        confine(preview)
+    return recipe
 
 
 def show_evidence(p) -> None:  # noqa: ANN001 - analysis.review.Proposal

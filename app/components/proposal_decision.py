@@ -23,7 +23,7 @@ def _held(method: str, fmt: str, rank: int | None, merge_key: Callable[[str], ca
 
 
 def render(method: str, fmt: str, rank: int | None, merge_key: Callable[[str], cache.MergeKey],
-           m: Measurement | None) -> bool:
+           m: Measurement | None, dtype: str = "fp32") -> bool:
     """One line on what the proposal will carry; a button to measure this export when it differs from the
     measured one. True when the proposal will carry measured rows."""
     if m is None or not m.blocks:
@@ -49,13 +49,17 @@ def render(method: str, fmt: str, rank: int | None, merge_key: Callable[[str], c
     verdict = decision.passed(method)
     (st.success if verdict else st.warning if verdict is False else st.info)(
         "The proposal carries this export's measured table: " + summary_line(decision, method))
+    if dtype != "fp32":
+        st.caption(f"Measured on the fp32 export; stored as {dtype} the weights differ by the storage error shown "
+                   "after Build export.")
     return True
 
 
 def proposed(method: str, fmt: str, rank: int | None, merge_key: Callable[[str], cache.MergeKey],
-             m: Measurement | None) -> Any:
+             m: Measurement | None, dtype: str = "fp32") -> Any:
     """The run a proposal stores: the export, with its measured rows and the frozen decision table when held."""
     if m is None or not _held(method, fmt, rank, merge_key, m):
-        return cache.merge_export(merge_key(method), fmt, rank)
-    run = cache.with_measured(merge_key(method), fmt, rank, m.ekey, m.tasks)
-    return cache.with_measured(merge_key(method), fmt, rank, m.ekey, m.tasks, decision=m.frozen(method, run.evidence))
+        return cache.merge_export(merge_key(method), fmt, rank, dtype=dtype)
+    run = cache.with_measured(merge_key(method), fmt, rank, m.ekey, m.tasks, dtype=dtype)
+    return cache.with_measured(merge_key(method), fmt, rank, m.ekey, m.tasks, decision=m.frozen(method, run.evidence),
+                               dtype=dtype)

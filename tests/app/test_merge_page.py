@@ -95,7 +95,7 @@ def test_export_rank_change_reads_fidelity_without_recomputing(app: AppTest) -> 
     assert [k for k in cache._merge_runs() if k[0] == "run"] == runs  # no new merge, no new preview
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Rank written"] == "4"
-    run = next(cache._merge_runs()[k] for k in runs if k[1][1] == "ties")
+    run = next(cache._merge_runs()[k] for k in runs if k[1].method == "ties")
     assert float(metrics["Relative error"]) == pytest.approx(run.fidelity(4)["relative_error"], abs=1e-4)
     assert not any("--rank" in str(el.value) for el in [*at.caption, *at.warning, *at.info])
 
@@ -160,8 +160,9 @@ def test_weight_zero_input_drop_extras_and_the_proposal_author(app: AppTest) -> 
     from app import cache
     from app.components import view
 
-    keys = [k[1] for k in cache._merge_runs() if k[0] == "run" and k[1][1] == "isolation"]
-    key = next(k for k in keys if k[3] == (1.0, 1.0, 0.0) and k[5] == "drop")  # the toggle made a new merge
+    keys = [k[1] for k in cache._merge_runs() if k[0] == "run" and k[1].method == "isolation"]
+    key = next(k for k in keys if k.weights == (1.0, 1.0, 0.0))
+    assert key.extras == "drop"
     groups = cache._merge_runs()[("run", key)].evidence["method_info"]["groups"]
     assert groups[2] == -1
     metrics = {m.label: m.value for m in at.metric}
