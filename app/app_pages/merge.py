@@ -301,6 +301,7 @@ if refused and fmt == "peft":
 carried = proposal_decision.render(export_method, fmt, rank, merge_key, measurement, dtype)
 if st.button("Build export", key="merge_build"):
     st.session_state["merge_built"] = (export_method, fmt, rank, dtype)
+    st.rerun()  # the summary line above is then left to the built export's line below: printed once
 if is_built:
     try:
         with st.spinner("Writing the export and previewing the adapter written…"):

@@ -60,6 +60,7 @@ def test_page_cli_and_review_report_show_the_same_numbers(app: AppTest, tmp_path
     at.button(key="merge_build").click().run()
     _ok(at)
     assert any(b.proto.label == "Download export (zip)" for b in at.get("download_button"))
+    assert sum(c.value.startswith("export: ") for c in at.caption) == 1  # the export summary prints once
     at.text_input(key="merge_prop_author").input("ana")
     at.button(key="FormSubmitter:merge_propose_form-Propose this merge").click().run()
     _ok(at)
@@ -161,8 +162,7 @@ def test_weight_zero_input_drop_extras_and_the_proposal_author(app: AppTest) -> 
     from app.components import view
 
     keys = [k[1] for k in cache._merge_runs() if k[0] == "run" and k[1].method == "isolation"]
-    key = next(k for k in keys if k.weights == (1.0, 1.0, 0.0))
-    assert key.extras == "drop"
+    key = next(k for k in keys if k.weights == (1.0, 1.0, 0.0) and k.extras == "drop")  # the toggle: a new merge
     groups = cache._merge_runs()[("run", key)].evidence["method_info"]["groups"]
     assert groups[2] == -1
     metrics = {m.label: m.value for m in at.metric}
