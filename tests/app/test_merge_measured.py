@@ -58,7 +58,11 @@ def test_measured_rows_on_a_server_model_show_whose_numbers_they_are(served: dic
     assert not at.exception and not at.error, [e.value for e in at.error]
     captions = " ".join(c.value for c in at.caption)
     assert f"measured on {served['folder']} (folder, LlamaForCausalLM, sha256" in captions
-    assert f"left: {served['data']}" in captions and "3 of 3 rows" in captions and "n = 3 rows" in captions
+    assert f"left: {served['data']}" in captions and "3 of 3 rows" in captions, captions[-1500:]
+    from analysis.workflow.decision import RETENTION_HEADER
+
+    decision = next(d.value for d in at.dataframe if list(d.value.columns) == list(RETENTION_HEADER))
+    assert set(decision["task"]) == {"left"} and set(decision["n"]) == {"3"}  # n beside every retention
     table = next(d.value for d in at.dataframe if "model" in d.value.columns)
     assert list(table["model"]) == ["base model", "merge: linear", "adapter: left", "adapter: right"]
     ev = Evaluator(load_model(ModelSpec(str(served["folder"]))), load_data([served["data"]], metric="both"))
