@@ -101,7 +101,8 @@ def main() -> None:
                          "last_line": lines[-1][:200] if lines else ""})
     ok = [r for r in rows if r["rc"] == 2 and r["stderr_lines"] == 1 and not r["traceback"]
           and r["seconds"] <= BUDGET_S]
-    print(json.dumps({"budget_s": BUDGET_S, "cases": len(rows), "ok": len(ok), "rows": rows}, indent=2))
+    print(json.dumps({"budget_s": BUDGET_S, "cases": len(rows), "ok": len(ok), "load_average": os.getloadavg(),
+                      "cores": os.cpu_count(), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
