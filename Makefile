@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_merge.py
 	$(PY) bench/bench_merge_page.py
 	$(PY) bench/bench_population.py
+	OMP_NUM_THREADS=2 $(PY) bench/bench_evaluate.py --exact-tasks 2
 
 samples: $(STAMP)
 	$(PY) -m sample_adapters.build
