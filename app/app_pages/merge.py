@@ -366,11 +366,13 @@ if tasks:
             from analysis.workflow.evidence import data_lines, model_line
 
             first = next(iter(blocks.values()))
-            st.caption(model_line(first) or "")
+            from analysis.adapters.safe_text import markdown_text
+
+            st.caption(markdown_text(model_line(first) or "", limit=None))  # paths and names as typed
             for line in data_lines(first):
-                st.caption("data: " + line)
+                st.caption("data: " + markdown_text(line, limit=None))
             for w in first.get("warnings") or []:
-                st.warning(w)
+                st.warning(markdown_text(w, limit=None))
             acc_rows = []
             labels = {"base": "base model"} | {m: f"merge: {m}" for m in blocks}
             for who in ["base", *blocks]:

@@ -12,10 +12,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from analysis.adapters.safe_text import markdown_text
 from analysis.errors import AtlasError
 from analysis.review import DECISIONS, propose, resolve_db_url
 from analysis.review.escape import md_lines, md_text
-from analysis.review.evidence import OVERLAP_METRICS, heatmap_figure, preview_tasks
+from analysis.review.evidence import OVERLAP_METRICS, heatmap_figure, preview_measured, preview_tasks
 from analysis.review.report_html import render_html
 from analysis.review.report_md import render_markdown
 from app import cache
@@ -141,6 +142,14 @@ def show_evidence(p) -> None:  # noqa: ANN001 - analysis.review.Proposal
             st.info("No merge preview was attached to this proposal.")
         elif tasks:
             st.dataframe(pd.DataFrame(rows, index=tasks, columns=metrics), width="stretch")
+        measured = preview_measured(p.preview)
+        if measured is not None:  # whose numbers: the model identity and each data file
+            st.markdown("**Measured**")
+            st.caption(markdown_text(measured.model, limit=None))  # names and paths as typed, never markdown
+            for line in measured.data:
+                st.caption("data: " + markdown_text(line, limit=None))
+            st.dataframe(pd.DataFrame(list(measured.rows), columns=list(measured.header)), hide_index=True,
+                         width="stretch")
         if p.preview is not None:
             with st.expander("Full preview snapshot (JSON)"):
                 st.json(p.preview, expanded=False)
