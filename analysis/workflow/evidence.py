@@ -1,5 +1,5 @@
 """The one evidence record of a merge: what the CLI writes as preview.json, what the app's proposal
-stores, and what the review page and reports read. Plain JSON, no torch import (the review store reads it).
+stores, and what the review page and reports read. Plain JSON (a TypedDict: a dict at run time).
 
 Version 2 (`evidence_version: 2`), keyed by input index:
 
@@ -70,7 +70,7 @@ class Evidence(TypedDict):
     export: EvidenceExport
     extras: dict[str, Any]  # {policy, carried, dropped, kinds}
     method_info: dict[str, Any]
-    measured: NotRequired[dict[str, Any]]  # reserved for measured rows (model and data identity) of a later version
+    measured: NotRequired[dict[str, Any]]  # the measure step's block: {model, data, rows, warnings} (`measure_run`)
 TASK_METRICS = ("core_retention", "interference", "cosine", "conflicts", "core_size")
 METRIC_HELP = {
     "core_retention": "share of the task's core positions whose merged value stays within 25% of its own",
