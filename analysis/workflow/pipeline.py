@@ -11,8 +11,8 @@ Steps (each a library call; the faces only parse, cache and show):
 5. preview the adapter written, with the method's own cores (granularity, p) when it declares them;
 6. assemble the evidence record (`analysis.workflow.evidence`) that preview.json, the app's proposal
    and the review all use;
-7. with a `Measure` request, measure the adapter written, each input and the base on a named model and
-   data (`measure_run`): the evidence's `measured` block.
+7. `measure_run(run, Measure(...))` then measures the adapter written, each input and the base on a named
+   model and data: the evidence's `measured` block.
 Nothing is written until `MergeRun.write` (or `to_zip`), so a cancelled run leaves nothing behind.
 """
 from __future__ import annotations
