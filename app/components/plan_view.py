@@ -157,7 +157,13 @@ def render() -> None:
                "secondary: exact-match retention. Contrasts are A - B over tasks x seeds with 95% bootstrap "
                "intervals. Run one arm from the CLI, the whole table with `make consolidate`:")
     st.code(CONSOLIDATE_CMD, language="bash")
-    if results and results.get("runs"):
+    paired = bool(results and results.get("runs")) and all(
+        isinstance(v, dict) and all(isinstance(r, dict) for r in v.values()) and "strategy" not in v
+        for v in results["runs"].values())  # {arm: {seed: run}}; older files hold {strategy: run}
+    if results and results.get("runs") and not paired:
+        st.info("The stored consolidation results predate the paired-arms protocol (one run per strategy): "
+                "rerun `make consolidate` to fill this table.")
+    elif results and results.get("runs"):
         s = results.get("settings", {})
         label = results.get("label", "")
         note = (f"{label}: {len(s.get('tasks', []))} tasks, seeds {s.get('seeds')}, {s.get('steps')} steps x batch "
