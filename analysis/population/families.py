@@ -1,7 +1,8 @@
 """Families of a population: every adapter, every base separately, a cut the data sets.
 
 1. Neighbour graph. Each distinct content of a base is linked to its K nearest others by sketch cosine (the
-   base's approximate index when it has one or the base is large, brute force otherwise; float32 re-rank).
+   base's approximate index when it has one or the base is large, brute force otherwise; float32 re-rank);
+   K <= (n - 1) / 3, so that in a small base being mutual neighbours still means something.
 2. Noise level. The sketch cosines of random pairs are mostly pairs of unrelated adapters: their mode m and
    the robust spread s of the values below it (related pairs only add an upper shoulder) measure what
    unrelated adapters look like *in this index* (the sketch error depends on k, on the ranks and on the module
@@ -117,23 +118,31 @@ def knn_graph(vectors: np.ndarray, k: int, *, index: AnnIndex | None = None, ids
 
 # ---- 2.-5. one base ------------------------------------------------------------------------------------
 
-def half_sample_mode(x: np.ndarray) -> float:
-    """The mode of a sample by repeated shortest halves (Bickel): the peak of the unrelated pairs even when
-    a third of the pairs are related (they only add an upper shoulder)."""
-    x = np.sort(np.asarray(x, dtype=np.float64))
-    while len(x) > 3:
-        h = (len(x) + 1) // 2
-        widths = x[h - 1:] - x[:len(x) - h + 1]
-        start = int(np.argmin(widths))
-        x = x[start:start + h]
-    return float(x.mean())
+def density_mode(x: np.ndarray) -> float:
+    """The peak of a Gaussian-kernel density of the sample (bandwidth a quarter of its robust spread): the
+    peak of the unrelated pairs even when a third of the pairs are related (they add an upper shoulder)."""
+    x = np.asarray(x, dtype=np.float64)
+    centre = float(np.median(x))
+    h = 0.25 * 1.4826 * float(np.median(np.abs(x - centre))) or 1e-9
+    lo, hi = np.quantile(x, [0.01, 0.99])
+    counts, edges = np.histogram(x, bins=512, range=(lo - 3 * h, hi + 3 * h))
+    step = edges[1] - edges[0]
+    taps = np.arange(-int(4 * h / step) - 1, int(4 * h / step) + 2) * step
+    smooth = np.convolve(counts, np.exp(-0.5 * (taps / h) ** 2), mode="same")
+    peak = int(np.argmax(smooth))
+    if 0 < peak < len(smooth) - 1:  # parabolic refinement between bins
+        a, b, c = smooth[peak - 1:peak + 2]
+        offset = 0.5 * (a - c) / (a - 2 * b + c) if a - 2 * b + c else 0.0
+    else:
+        offset = 0.0
+    return float(edges[peak] + (0.5 + offset) * step)
 
 
 def null_level(sims: np.ndarray) -> tuple[float, float]:
     """(centre, spread) of random-pair similarities: the mode, and 1.4826 x the median distance below it.
 
     Related pairs only ever raise similarities, so the lower side of the peak is chance alone."""
-    centre = half_sample_mode(sims)
+    centre = density_mode(sims)
     below = centre - sims[sims < centre]
     spread = float(1.4826 * np.median(below)) if len(below) else 0.0
     return centre, spread or 1e-12
@@ -224,6 +233,7 @@ def base_families(vectors: np.ndarray, *, k_sketch: int, neighbours: int = DEFAU
         return np.zeros(1, dtype=np.int64), {"adapters": 1, "noise": None, "cut": None, "unresolved": 0}
     rng = np.random.default_rng(seed)
     score = _Scorer(vectors, exact)
+    neighbours = max(1, min(neighbours, (n - 1) // 3))  # a graph sparser than the population: mutual means something
     # 1. the graph (exact: more sketch candidates, re-ranked by the exact cosine)
     if exact is None:
         nbr, sim = knn_graph(vectors, neighbours, index=index, ids=ids)
@@ -281,6 +291,9 @@ def families(pop: Population, *, n_families: int | None = None, threshold: float
         raise AtlasError(f"{pop.root}: the index holds no sketched adapter")
     if n_families is not None and not 1 <= n_families <= len(pop):
         raise AtlasError(f"families: need 1 <= K <= {len(pop)} (adapters in the index), got {n_families}")
+    if n_families is not None and len(pop.bases) > 1:
+        raise AtlasError(f"{pop.root}: --families K cuts one base, and this index holds {len(pop.bases)} (families "
+                         "never mix bases); drop --families to let each base set its own cut")
     labels = np.full(len(pop), -1, dtype=np.int64)
     per_base, warnings, next_label = [], [], 0
     for b, base in enumerate(pop.bases):
@@ -293,9 +306,8 @@ def families(pop: Population, *, n_families: int | None = None, threshold: float
         index = pop.ann.get(base["key"])
         index = index if index is not None and index.kind == "ivf" else None
         stacked = _exact_factors(pop, reps) if exact else None
-        want = None if n_families is None or len(pop.bases) > 1 else n_families
         lab, facts = base_families(pop.vectors[reps], k_sketch=pop.config.k, neighbours=neighbours, sample=sample,
-                                   n_families=want, threshold=threshold, index=index, ids=ids[first],
+                                   n_families=n_families, threshold=threshold, index=index, ids=ids[first],
                                    exact=stacked, seed=seed)
         labels[rows] = lab[inverse.ravel()] + next_label
         next_label += int(lab.max()) + 1

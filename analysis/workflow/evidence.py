@@ -1,5 +1,5 @@
 """The one evidence record of a merge: what the CLI writes as preview.json, what the app's proposal
-stores, and what the review page and reports read. Plain JSON, no torch import (the review store reads it).
+stores, and what the review page and reports read. Plain JSON (a TypedDict: a dict at run time).
 
 Version 2 (`evidence_version: 2`), keyed by input index:
 
@@ -81,7 +81,7 @@ class Evidence(TypedDict):
     export: EvidenceExport
     extras: dict[str, Any]  # {policy, carried, dropped, kinds}
     method_info: dict[str, Any]
-    measured: NotRequired[dict[str, Any]]  # measured rows with the model and data identity (a measure step)
+    measured: NotRequired[dict[str, Any]]  # the measure step's block: {model, data, rows, warnings} (`measure_run`)
     modules: NotRequired[dict[str, Any]]  # {policy, rule, total, shared, not_shared}: modules not every input has
     decision: NotRequired[dict[str, Any]]  # the decision table a proposal froze (analysis.workflow.decision)
 TASK_METRICS = ("core_retention", "interference", "cosine", "conflicts", "core_size")

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import pandas as pd
 import streamlit as st
 
+from analysis.adapters.safe_text import markdown_text
 from analysis.workflow.decision import (
     DEFAULT_BAR,
     DEFAULT_TOLERANCE,
@@ -67,7 +68,7 @@ def show(decision: Decision, *, key: str) -> None:
         st.markdown("**General-text check** (the merged adapter's NLL on generic text vs the base model's)")
         st.dataframe(_frame(TEXT_HEADER, text_rows(decision)), hide_index=True, width="stretch", key=f"{key}_text")
     for note in notes(decision):
-        st.caption(note)
+        st.caption(markdown_text(note, limit=None))  # model names and data paths as typed, never markdown
     table = pd.DataFrame(rows, columns=list(RETENTION_HEADER))
     with st.container(horizontal=True):
         st.download_button("Decision table (CSV)", table.to_csv(index=False), file_name="decision.csv",
