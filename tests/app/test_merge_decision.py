@@ -14,6 +14,7 @@ from helpers.app_env import NAMES, PAGE_SET, page_app
 from helpers.model_folders import page_base_folder, page_task_folder
 from streamlit.testing.v1 import AppTest
 
+from analysis.adapters.safe_text import markdown_text
 from analysis.workflow.decision import RETENTION_HEADER, TEXT_HEADER, Decision, decision_table, retention_rows
 
 
@@ -69,7 +70,7 @@ def test_measure_decide_and_the_proposal_freezes_the_table(app: AppTest, tmp_pat
     assert all(r.own_adapter == r.task for r in library.rows)  # the own adapter is the one named like the task
     text = _table(at, TEXT_HEADER)
     assert list(text["text task"]) == ["general_text", "general_text"] and list(text["tolerance"]) == ["<= +5%"] * 2
-    assert any("Wilson" in c.value for c in at.caption) and any("tiny-page-base" in c.value for c in at.caption)
+    assert any("Wilson" in c.value for c in at.caption) and any(markdown_text("tiny-page-base", limit=None) in c.value for c in at.caption)
 
     at.selectbox(key="merge_export_method").select("isolation").run()
     _ok(at)
