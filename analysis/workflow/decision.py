@@ -310,7 +310,9 @@ def summary_line(decision: Decision, method: str | None = None) -> str:
     passed = sum(r.verdict == "pass" for r in defined)
     unsure = sum(not r.sure for r in defined)
     who = f"{method}: " if method else ""
-    line = f"{who}{passed} of {len(defined)} measured task(s) keep >= {decision.bar:g} of their own adapter's score"
+    one_metric = len({(r.method, r.task) for r in defined}) == len(defined)
+    unit = "task(s)" if one_metric else "task × metric row(s)"  # a task scored by exact match and NLL: two rows
+    line = f"{who}{passed} of {len(defined)} measured {unit} keep >= {decision.bar:g} of their own adapter's score"
     if unsure:
         line += f" ({unsure} unsure: the 95% interval reaches across the bar)"
     if len(rows) > len(defined):

@@ -74,3 +74,15 @@ def test_compare_measure_propose_and_review_in_a_fresh_browser(server_url: str, 
     html = open(got.value.path(), encoding="utf-8").read()
     assert "Measured against the bar" in html and re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", html)
     assert html.index("Measured against the bar") < html.index("<h2>Decision</h2>")
+
+
+def test_a_five_adapter_set_arrives_whole_on_merge(server_url: str, new_page) -> None:
+    """Five adapters handed over (here by a link naming the open set, as Population's "Open in Merge" replaces it)
+    are all selected on Merge: only the server's default set starts with the three that overlap most."""
+    five = ("format_date", "format_date_us", "math_add", "math_max", "text_first_word")
+    page = new_page()
+    page.goto(f"{server_url}/merge?" + "&".join(f"adapter={n}" for n in five), wait_until="domcontentloaded")
+    settle(page)
+    screenshot(page, "decision_handoff_five")
+    order = ", ".join(f"{k + 1}. {n}" for k, n in enumerate(five))
+    assert page.get_by_text(f"Merged in this order: {order}").count() == 1  # all five, none dropped

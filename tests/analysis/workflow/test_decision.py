@@ -51,6 +51,7 @@ def test_retention_interval_verdict_and_prediction() -> None:
     assert decision_table({"m": evidence()}, tolerance=0.04).text[0].verdict == "fail"
     assert d.passed("isolation") is False
     assert decision_table({"m": evidence()}, bar=0.5).passed() is True
+    assert summary_line(d).startswith("1 of 3 measured task × metric row(s) keep >= 0.9")
 
 
 def test_undefined_retention_is_named_not_a_verdict() -> None:
