@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from analysis.commands import options as opt
 from analysis.errors import AtlasError
 
 
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Plan merge groups from core overlap, capacity and the data-free preview; with --data, "
                     "verify every group by real evaluation and split until each task keeps the bar.")
     p.add_argument("paths", nargs="+", metavar="ADAPTER", help="adapter directories (name = task)")
-    p.add_argument("--min-retention", type=float, default=0.9, help="accuracy kept vs the own adapter (default 0.9)")
+    p.add_argument("--min-retention", type=opt.fraction(open_low=True), default=0.9, help="accuracy kept vs the own adapter (default 0.9)")
     p.add_argument("--data", action="append", default=None, metavar="PATH",
                    help="task data (DIR/<task>/eval.jsonl, JSONL files or a YAML mapping): verify by evaluation")
     from analysis.commands.evaluate import add_model_arguments
@@ -36,12 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-screen", action="store_true",
                    help="verify every group by exact match (default: answer NLL first, exact match for the groups "
                         "that pass)")
-    p.add_argument("--limit", type=int, default=32, help="eval rows per task when verifying (default 32)")
-    p.add_argument("--max-trials", type=int, default=20, help="most group merges tried (default 20)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--limit", type=opt.EVAL_LIMIT, default=32, help="eval rows per task when verifying (default 32)")
+    p.add_argument("--max-trials", type=opt.count(10**4), default=20, help="most group merges tried (default 20)")
+    p.add_argument("--threads", type=opt.THREADS, default=1,
                    help="torch threads (default 1: on a shared CPU two threads spin-wait and run far slower)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="stored precision of the merged groups (default fp32; single adapters are copied as they are)")
     p.add_argument("--json", action="store_true", help="print plan.json to stdout")
     p.set_defaults(func=run)
 
@@ -56,13 +59,13 @@ class _Log(logging.Handler):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from analysis.export.outdir import check_out_dir
     from analysis.plan import Planner
     from analysis.plan.export import export_plan
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise AtlasError(f"{out} already exists; pass --force to replace it")
+    check_out_dir(out, inputs=args.paths, force=args.force)  # before any planning (checked again when writing)
     from analysis.commands.evaluate import model_spec
     from analysis.workflow import AdapterSet
 
@@ -103,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
-    data = export_plan(plan, adapters, out, force=args.force)
+    from analysis.threads import bounded_threads
+
+    with bounded_threads():  # this face's torch threads for the merges it writes
+        data = export_plan(plan, adapters, out, force=args.force, dtype=args.dtype)
     if args.json:
         print(json.dumps(data, indent=2, default=float))
         return 0

@@ -24,7 +24,6 @@ from analysis.errors import IncompatibleAdaptersError
 
 log = logging.getLogger(__name__)
 
-CORE_SCORES = ("magnitude", "saliency")
 SALIENCY_PROMPTS = 32  # training prompts per task for the activation norms
 
 Scores = dict[str, dict[int, torch.Tensor]]  # module -> {input index: (n_out,) row score}

@@ -76,15 +76,33 @@ def stage_steps(steps: int, n_stages: int) -> list[int]:
     return [base + (1 if i < rest else 0) for i in range(n_stages)]
 
 
-def batch_stream(encoded: dict[str, list[tuple[list[int], list[int]]]], stages: Sequence[Sequence[str]],
-                 budgets: Sequence[int], batch_size: int, seed: int) -> Iterator[tuple[str, list[tuple[list[int], list[int]]]]]:
-    """(stage label, batch) for every step: stage k draws `budgets[k]` batches from its tasks' pooled rows.
+def split_stages(tasks: Sequence[str], k: int) -> list[list[str]]:
+    """`tasks` in their given order cut into min(k, n) consecutive groups as equal as possible (later groups
+    take the remainder: ten sorted sample tasks in three give format x3, math x3, text x4)."""
+    k = max(1, min(k, len(tasks)))
+    sizes = stage_steps(len(tasks), k)[::-1]
+    out, start = [], 0
+    for n in sizes:
+        out.append(list(tasks[start:start + n]))
+        start += n
+    return out
+
+
+Example = tuple[list[int], list[int]]
+Key = tuple[str, int]  # (task, row index in its train split)
+
+
+def batch_stream(encoded: dict[str, list[Example]], stages: Sequence[Sequence[str]], budgets: Sequence[int],
+                 batch_size: int, seed: int) -> Iterator[tuple[str, list[Example], list[Key]]]:
+    """(stage label, batch, its (task, row) keys) for every step: stage k draws `budgets[k]` batches from its
+    tasks' pooled rows.
 
     One stage holding every task is the mixed multi-task stream; several stages are the sequential schedule.
-    The pool is reshuffled with `seed` whenever it runs out, so the same seed gives the same batches."""
+    The pool is reshuffled with `seed` whenever it runs out, so the same seed gives the same batches to every
+    arm with the same stages (the pairing the bench's contrasts rely on; the keys let a test check it)."""
     rng = random.Random(seed)
     for tasks, n in zip(stages, budgets):
-        pool = [ex for t in tasks for ex in encoded[t]]
+        pool = [(ex, (t, i)) for t in tasks for i, ex in enumerate(encoded[t])]
         order: list[int] = []
         for _ in range(n):
             if len(order) < batch_size:
@@ -92,4 +110,4 @@ def batch_stream(encoded: dict[str, list[tuple[list[int], list[int]]]], stages: 
                 rng.shuffle(perm)
                 order.extend(perm)
             idx, order = order[:batch_size], order[batch_size:]
-            yield "+".join(tasks), [pool[i] for i in idx]
+            yield "+".join(tasks), [pool[i][0] for i in idx], [pool[i][1] for i in idx]
