@@ -104,7 +104,8 @@ def test_cli_json_agrees_with_transformers_and_peft(setup: dict[str, Any], capsy
                                                                              "sha256": weights}]
 
     assert out["data"] == [{"task": "mytask", "file": str(setup["data"].resolve()), "rows": N_ROWS, "n": N_ROWS,
-                            "metric": "both", "sha256": hashlib.sha256(setup["data"].read_bytes()).hexdigest()}]
+                            "metric": "both", "kind": "answer",
+                            "sha256": hashlib.sha256(setup["data"].read_bytes()).hexdigest()}]
     assert out["warnings"] == []  # the adapter names this folder as its base
 
 
