@@ -21,9 +21,18 @@ TASK, LIMIT = "format_date", 6
 
 @pytest.fixture(scope="module")
 def folder(base: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import copy
+
+    from transformers import LlamaForCausalLM
+
     model, tok = base
     out = tmp_path_factory.mktemp("smol") / "smollm2-folder"
-    model.save_pretrained(str(out))
+    config = copy.deepcopy(model.config)  # the de-quantized weights as a plain float32 checkpoint
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
 
