@@ -1,8 +1,8 @@
-"""The merge recipe's contract: the keys every recipe has, in one torch-free family of models.
+"""The merge recipe's contract: the keys every recipe has, in one family of models.
 
 Two readers need recipes. The review store (`analysis.review`) must keep accepting recipes written by older
-or newer versions of the tool, whose methods or parameters this version may not know, and reading the store
-must not import torch: it validates against these models (unknown keys kept as data). A replay
+or newer versions of the tool, whose methods or parameters this version may not know (so it cannot check
+parameters against this version's registry): it validates against these models (unknown keys kept as data). A replay
 (`analysis.export.recipe`) enforces more: its `Recipe`, `RecipeInput` and `RecipeExport` subclass these,
 forbid unknown keys and check the parameters against the method's declaration.
 """

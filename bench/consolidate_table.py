@@ -5,7 +5,8 @@ per seed, the same batch sequence (the record's `batch_digest` shows it) from th
 (LoRA r=8 on SmolLM2-135M), over --seeds seeds. Measured per (arm, seed, task):
 - primary: teacher-forced answer NLL per token (`analysis.evaluation`, the training loss's encoding) on the
   first --rows eval rows of every task (all 64 by default), at the end and at the --curve step counts
-  (learning curves on the first --curve-rows rows, measured on the model with the update installed);
+  (learning curves on the first --curve-rows rows, measured on the model with the update installed, ending
+  at the last step on those same rows);
 - secondary: exact-match accuracy (the `analysis.evaluation` protocol) on the first --em-rows eval rows,
   divided by the task's own adapter's accuracy on the same rows (retention).
 The full fine-tuning arms are measured as trained (the delta export is exact) and, for NLL, also through
@@ -92,7 +93,8 @@ def run_arm(model: Any, tokenizer: Any, adapters: list, arm: str, seed: int, arg
     def checkpoint(step: int, m: Any) -> dict[str, float]:
         return curve_nll.nll({}, tasks)  # the model as it is now: the trained update installed
 
-    res = consolidate(model, tokenizer, adapters, str(DATA), cfg, checkpoints=tuple(args.curve),
+    # the curve ends at the last step too, on the same (first --curve-rows) rows as its other points
+    res = consolidate(model, tokenizer, adapters, str(DATA), cfg, checkpoints=(*args.curve, args.steps),
                       on_checkpoint=checkpoint)
     rec = res.record
     t1 = time.time()
@@ -139,7 +141,7 @@ def contrasts(result: dict) -> list[dict[str, Any]]:
             if seeds and xa is not None and xb is not None:
                 entry[metric] = paired_contrast(xa, xb).as_dict()
         curve = {}
-        for step in result["settings"]["curve"]:
+        for step in [*result["settings"]["curve"], result["settings"]["steps"]]:
             pick = {arm: {s: {"c": r["curve"].get(str(step), {})} for s, r in runs.get(arm, {}).items()}
                     for arm in (a, b)}
             xa, xb = cell_array(pick, a, "c", tasks, seeds), cell_array(pick, b, "c", tasks, seeds)
@@ -189,6 +191,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--tasks", nargs="*", default=None, help="task subset (default: all ten)")
     ap.add_argument("--arms", nargs="*", default=ARM_ORDER, choices=list(ARMS))
     ap.add_argument("--seeds", type=int, default=FULL["seeds"])
+    ap.add_argument("--seed-from", type=int, default=0,
+                    help="run only seeds seed-from..seeds-1 (a second process on a copy of --out; merge with --merge)")
     ap.add_argument("--steps", type=int, default=FULL["steps"])
     ap.add_argument("--curve", type=int, nargs="*", default=FULL["curve"], help="step counts of the learning curve")
     ap.add_argument("--curve-rows", type=int, default=FULL["curve_rows"], help="eval rows per task on the curve")
@@ -202,20 +206,38 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--label", default=None, help="how the run is labelled in the results (default: full/reduced)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--markdown", action="store_true", help="print the stored results as Markdown and exit")
+    ap.add_argument("--merge", default=None, metavar="JSON", help="add the runs of JSON (same settings) to --out and exit")
     ap.add_argument("--recompute", action="store_true",
                     help="recompute the contrasts of the stored results (e.g. after a run stopped early) and exit")
     args = ap.parse_args()
     bad = [n for n in ("seeds", "steps", "curve_rows", "rows", "rank", "export_rank", "threads")
            if getattr(args, n) < 1] + (["em_rows"] if args.em_rows < 0 else [])
+    if not 0 <= args.seed_from < args.seeds:
+        bad.append("seed_from")
     if bad or any(not (0 < c < args.steps) for c in args.curve):
         ap.error(f"out of range: {', '.join(bad) or '--curve (each in 1..steps-1)'}")
     return args
+
+
+def ap_error(message: str) -> None:
+    print(f"consolidate_table: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main() -> None:
     args = parse()
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
+        return
+    if args.merge:  # runs of another results file with the same settings (e.g. seeds run in a second process)
+        stored, other = json.loads(Path(args.out).read_text()), json.loads(Path(args.merge).read_text())
+        if stored["settings"] != other["settings"]:
+            ap_error(f"{args.merge}: other settings than {args.out}")
+        for arm, per in other["runs"].items():
+            for seed, run in per.items():
+                stored["runs"].setdefault(arm, {}).setdefault(seed, run)
+        stored["contrasts"] = contrasts(stored)
+        Path(args.out).write_text(json.dumps(stored, indent=2, default=float) + "\n")
         return
     if args.recompute:
         stored = json.loads(Path(args.out).read_text())
@@ -252,7 +274,7 @@ def main() -> None:
         path.write_text(json.dumps(result, indent=2, default=float) + "\n")
     result.setdefault("runs", {})
     own = result["references"].get("own_accuracy")
-    for seed in range(args.seeds):
+    for seed in range(args.seed_from, args.seeds):
         for arm in args.arms:
             if str(seed) in result["runs"].get(arm, {}):
                 continue

@@ -41,6 +41,7 @@ METHODS = {  # name -> (registered method, parameters)
     "isolation_rows": ("isolation", {"granularity": "rows", "p": 0.1}),
     "tsv": ("tsv", {}),
 }
+MEASURE_VERSION = "analysis.evaluation 1"  # the measuring route: a resumed run reuses only rows measured the same way
 CONFLICTS = [("format_date", "format_date_us"), ("text_first_word", "text_last_word")]
 
 
@@ -93,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     acts = {t: capture_inputs(measurer.model, measurer.tokenizer, modules, measurer.prompts(t, args.prompts))
             for t in names}
     prior = json.loads(Path(args.out).read_text()) if args.reuse and Path(args.out).is_file() else {}
-    same = prior.get("protocol", {}).get("em_rows") == args.em_rows and prior["protocol"].get("nll_rows") == args.nll_rows
+    same = prior.get("protocol", {}).get("measure") == MEASURE_VERSION and (
+        prior["protocol"].get("em_rows"), prior["protocol"].get("nll_rows")) == (args.em_rows, args.nll_rows)
     own = prior["own"] if same else {t: measurer.measure(adapters[t].modules, t) for t in names}
     base = prior["base"] if same else {t: measurer.measure({}, t) for t in names}
-    done = {tr["id"]: tr for tr in prior.get("merges", [])}
+    done = {tr["id"]: tr for tr in prior.get("merges", [])} if same else {}
     merges = []
     specs = merge_specs(names)[:args.max_merges]
     for k, spec in enumerate(specs):
@@ -133,7 +135,7 @@ def _write(path: str, names, own, base, merges, args, seconds: float, measured_o
     summary = {"merges": len(merges), "task_trials": sum(len(m["tasks"]) for m in merges),
                "seconds": round(seconds, 1), "measured_on": measured_on}
     data = {"summary": summary, "adapters": names, "own": own, "base": base,
-            "protocol": {"em_rows": args.em_rows, "nll_rows": args.nll_rows, "prompts": args.prompts,
+            "protocol": {"measure": MEASURE_VERSION, "em_rows": args.em_rows, "nll_rows": args.nll_rows, "prompts": args.prompts,
                          "adapters": str(args.adapters), "data": str(args.data)},
             "merges": merges}
     Path(path).write_text(json.dumps(data, indent=1) + "\n")

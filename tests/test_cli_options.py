@@ -139,3 +139,17 @@ def test_library_thread_caps_follow_the_machine(monkeypatch: pytest.MonkeyPatch)
     with bounded_threads(100000) as cap:
         assert cap <= max_threads() and torch.get_num_threads() <= max_threads()
     assert torch.get_num_threads() == before
+
+
+def test_public_api_is_lazy_and_complete() -> None:
+    """`import analysis` (run first by every `analysis.*` import, so by every CLI command) loads no torch: a
+    refusal of a bad option or URL is not kept waiting for it; every public name still resolves."""
+    import subprocess
+    import sys
+
+    code = ("import sys, analysis; assert 'torch' not in sys.modules, 'torch'; "
+            "names = [n for n in analysis.__all__ if getattr(analysis, n, None) is None]; "
+            "assert not names, names; assert set(analysis.__all__) <= set(dir(analysis)); print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

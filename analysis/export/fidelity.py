@@ -18,6 +18,7 @@ import torch
 
 from analysis.adapters.model import Delta
 from analysis.export.kohya import has_second_encoder, kohya_key
+from analysis.export.layout import module_factors
 from analysis.export.peft import PEFT_PREFIX
 from analysis.export.sd import denoiser_of, split_component
 
@@ -47,14 +48,13 @@ def _errors2(up_w: torch.Tensor, down_w: torch.Tensor, up: torch.Tensor, down: t
     return max(float(((Bs.T @ Bs) * (As @ As.T)).sum()), 0.0), max(n2, 0.0)
 
 
-def storage_fidelity(modules: Mapping[str, Delta], exact: Mapping[str, torch.Tensor], *, fmt: str,
-                     dtype: torch.dtype, dtype_name: str) -> dict[str, Any]:
-    """{dtype, storage_error, worst_storage_module, worst_storage_error, wider_than_dense} of a `fmt` export of
-    `modules` stored in `dtype`, from its tensors rendered in float64 (`exact`): the writers build every factor
-    in float64 and cast it last, so `exact[k].to(dtype)` is the stored tensor bit for bit, and `exact` is the
-    update the file intends. A reader's alpha / rank multiplies both products alike, so it cancels in the
-    relative error. `wider_than_dense`: modules whose factors hold more numbers than their dense dW
-    (r (n_out + n_in) > n_out n_in): at such ranks a LoRA file is larger than `--format delta`, which is exact."""
+def storage_fidelity(modules: Mapping[str, Delta], stored: Mapping[str, torch.Tensor], *, fmt: str,
+                     rank: int | None, dtype_name: str) -> dict[str, Any]:
+    """{dtype, storage_error, worst_storage_module, worst_storage_error, wider_than_dense} of the `stored`
+    tensors of a `fmt` export of `modules` at `rank` (the file's tensors, in its dtype), each module read with
+    its reader's scaling and compared with the update intended (the module's float64 factors at `rank`,
+    formed one module at a time). `wider_than_dense`: modules whose factors hold more numbers than their
+    dense dW (r (n_out + n_in) > n_out n_in): at such ranks a LoRA file is larger than `--format delta`."""
     err2 = tot2 = 0.0
     wider = 0
     worst, worst_err = None, 0.0
@@ -63,12 +63,16 @@ def storage_fidelity(modules: Mapping[str, Delta], exact: Mapping[str, torch.Ten
     for name in sorted(modules):
         if fmt == "delta":
             ref = modules[name].dense(torch.float64)  # (n_out, n_in)
-            e2 = float(((exact[f"{name}.delta"].to(dtype).double() - ref) ** 2).sum())
+            e2 = float(((stored[f"{name}.delta"].double() - ref) ** 2).sum())
             n2 = float((ref**2).sum())
         else:
-            dk, uk, _ = _keys(fmt, name, denoiser, two_encoders)
-            down, up = exact[dk].reshape(exact[dk].shape[0], -1), exact[uk].reshape(exact[uk].shape[0], -1)
-            e2, n2 = _errors2(up.to(dtype).double(), down.to(dtype).double(), up.double(), down.double())
+            f = module_factors(name, modules[name], rank, target=fmt)  # up @ down = the intended dW
+            dk, uk, ak = _keys(fmt, name, denoiser, two_encoders)
+            down = stored[dk].double().reshape(stored[dk].shape[0], -1)  # (r, n_in)
+            up = stored[uk].double().reshape(stored[uk].shape[0], -1)  # (n_out, r)
+            if ak is not None:  # kohya: the reader's alpha / rank
+                up = up * (float(stored[ak]) / down.shape[0])
+            e2, n2 = _errors2(up, down, f.up, f.down)
             wider += int(down.shape[0] * (up.shape[0] + down.shape[1]) > up.shape[0] * down.shape[1])
         module_err = math.sqrt(e2 / n2) if n2 > 0 else 0.0
         if worst is None or module_err > worst_err:

@@ -101,7 +101,8 @@ def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str
     ordered = {"__metadata__": dict(sorted(meta.items())), **header}
     text = json.dumps(ordered, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # keep the data 8-byte aligned, as the library does
-    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+    # one copy of the tensor data, not three (a slice and a concatenation each copied it: 2 GB more at 700 MB)
+    return b"".join((len(text).to_bytes(8, "little"), text, memoryview(raw)[8 + n:]))
 
 
 def _verify(tmp: Path, weights_name: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],

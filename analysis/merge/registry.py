@@ -86,8 +86,8 @@ class ModuleContext:
 # or materialises); deltas are the inputs present at this module with a nonzero weight
 ModuleFn = Callable[[Sequence[Delta], Sequence[float], Mapping[str, ParamValue], ModuleContext], Delta]
 # prepare(adapters, weights, params, cores=None) -> shared state for every module (e.g. isolation's task groups);
-# `cores` = ((granularity, p), analysis.isolation.Cores) precomputed by the caller for every input, which a
-# method whose own cores have those settings may reuse instead of recomputing them
+# `cores` = `analysis.isolation.Cores` the caller computed for every input with this method's own core settings
+# (passed only to a method that declares `cores=True`), reused instead of recomputed
 PrepareFn = Callable[..., Any]
 
 

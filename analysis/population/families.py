@@ -1,7 +1,8 @@
 """Families of a population: every adapter, every base separately, a cut the data sets.
 
 1. Neighbour graph. Each distinct content of a base is linked to its K nearest others by sketch cosine (the
-   base's approximate index when it has one or the base is large, brute force otherwise; float32 re-rank).
+   base's approximate index when it has one or the base is large, brute force otherwise; float32 re-rank);
+   K <= (n - 1) / 3, so that in a small base being mutual neighbours still means something.
 2. Noise level. The sketch cosines of random pairs are mostly pairs of unrelated adapters: their mode m and
    the robust spread s of the values below it (related pairs only add an upper shoulder) measure what
    unrelated adapters look like *in this index* (the sketch error depends on k, on the ranks and on the module
@@ -32,6 +33,7 @@ import numpy as np
 
 from analysis.errors import AtlasError
 from analysis.population.ann import FLAT_MAX, AnnIndex, sha_ids
+from analysis.population.chance import cross_level, null_level
 from analysis.population.query import Population
 
 log = logging.getLogger(__name__)
@@ -117,37 +119,6 @@ def knn_graph(vectors: np.ndarray, k: int, *, index: AnnIndex | None = None, ids
 
 # ---- 2.-5. one base ------------------------------------------------------------------------------------
 
-def half_sample_mode(x: np.ndarray) -> float:
-    """The mode of a sample by repeated shortest halves (Bickel): the peak of the unrelated pairs even when
-    a third of the pairs are related (they only add an upper shoulder)."""
-    x = np.sort(np.asarray(x, dtype=np.float64))
-    while len(x) > 3:
-        h = (len(x) + 1) // 2
-        widths = x[h - 1:] - x[:len(x) - h + 1]
-        start = int(np.argmin(widths))
-        x = x[start:start + h]
-    return float(x.mean())
-
-
-def null_level(sims: np.ndarray) -> tuple[float, float]:
-    """(centre, spread) of random-pair similarities: the mode, and 1.4826 x the median distance below it.
-
-    Related pairs only ever raise similarities, so the lower side of the peak is chance alone."""
-    centre = half_sample_mode(sims)
-    below = centre - sims[sims < centre]
-    spread = float(1.4826 * np.median(below)) if len(below) else 0.0
-    return centre, spread or 1e-12
-
-
-def cross_level(sims: np.ndarray) -> tuple[float, float]:
-    """(centre, spread) of pairs in different families: median, and the larger of the MAD and the spread
-    below the median (a residual related pair can widen the upper side only)."""
-    centre = float(np.median(sims))
-    mad = float(np.median(np.abs(sims - centre)))
-    below = centre - sims[sims < centre]
-    return centre, 1.4826 * max(mad, float(np.median(below)) if len(below) else 0.0) or 1e-12
-
-
 def _random_pairs(n: int, sample: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     i = np.repeat(rng.choice(n, size=min(n, sample), replace=False), PAIRS_PER_ADAPTER)
     j = (i + rng.integers(1, n, size=len(i))) % n  # never i itself
@@ -224,6 +195,7 @@ def base_families(vectors: np.ndarray, *, k_sketch: int, neighbours: int = DEFAU
         return np.zeros(1, dtype=np.int64), {"adapters": 1, "noise": None, "cut": None, "unresolved": 0}
     rng = np.random.default_rng(seed)
     score = _Scorer(vectors, exact)
+    neighbours = max(1, min(neighbours, (n - 1) // 3))  # a graph sparser than the population: mutual means something
     # 1. the graph (exact: more sketch candidates, re-ranked by the exact cosine)
     if exact is None:
         nbr, sim = knn_graph(vectors, neighbours, index=index, ids=ids)
@@ -281,6 +253,9 @@ def families(pop: Population, *, n_families: int | None = None, threshold: float
         raise AtlasError(f"{pop.root}: the index holds no sketched adapter")
     if n_families is not None and not 1 <= n_families <= len(pop):
         raise AtlasError(f"families: need 1 <= K <= {len(pop)} (adapters in the index), got {n_families}")
+    if n_families is not None and len(pop.bases) > 1:
+        raise AtlasError(f"{pop.root}: --families K cuts one base, and this index holds {len(pop.bases)} (families "
+                         "never mix bases); drop --families to let each base set its own cut")
     labels = np.full(len(pop), -1, dtype=np.int64)
     per_base, warnings, next_label = [], [], 0
     for b, base in enumerate(pop.bases):
@@ -293,9 +268,8 @@ def families(pop: Population, *, n_families: int | None = None, threshold: float
         index = pop.ann.get(base["key"])
         index = index if index is not None and index.kind == "ivf" else None
         stacked = _exact_factors(pop, reps) if exact else None
-        want = None if n_families is None or len(pop.bases) > 1 else n_families
         lab, facts = base_families(pop.vectors[reps], k_sketch=pop.config.k, neighbours=neighbours, sample=sample,
-                                   n_families=want, threshold=threshold, index=index, ids=ids[first],
+                                   n_families=n_families, threshold=threshold, index=index, ids=ids[first],
                                    exact=stacked, seed=seed)
         labels[rows] = lab[inverse.ravel()] + next_label
         next_label += int(lab.max()) + 1

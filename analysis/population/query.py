@@ -20,6 +20,7 @@ import numpy as np
 
 from analysis.errors import AtlasError
 from analysis.population.ann import AnnIndex, group_key, load_indexes, sha_ids
+from analysis.population.chance import null_level
 from analysis.population.sketch import SketchConfig, sketch_adapter
 from analysis.population.store import RESCAN, IndexStore, PopulationIndexError, vectors_of
 
@@ -191,7 +192,7 @@ MAX_EXACT_POOL = 1000  # adapters loaded at most for one exact re-rank
 
 
 def noise_level(pop: Population, base: int, *, pairs: int = 20000, seed: int = 0) -> tuple[float, float]:
-    """(centre, spread) of the sketch cosine of random pairs of one base (`families.null_level`).
+    """(centre, spread) of the sketch cosine of random pairs of one base (`chance.null_level`).
 
     Random pairs are mostly unrelated adapters, so this is the sketch's own error plus the exact cosine of
     unrelated updates: what a similarity must exceed to mean anything. Cached per base on the population.
@@ -206,8 +207,6 @@ def noise_level(pop: Population, base: int, *, pairs: int = 20000, seed: int = 0
             i = rng.choice(rows, size=pairs)
             j = rng.choice(rows, size=pairs)
             keep = i != j
-            from analysis.population.families import null_level
-
             cache[base] = null_level(np.einsum("pd,pd->p", pop.vectors[i[keep]], pop.vectors[j[keep]]))
     return cache[base]
 

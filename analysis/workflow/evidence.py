@@ -1,5 +1,5 @@
 """The one evidence record of a merge: what the CLI writes as preview.json, what the app's proposal
-stores, and what the review page and reports read. Plain JSON, no torch import (the review store reads it).
+stores, and what the review page and reports read. Plain JSON (a TypedDict: a dict at run time).
 
 Version 2 (`evidence_version: 2`), keyed by input index:
 
@@ -18,8 +18,11 @@ Version 2 (`evidence_version: 2`), keyed by input index:
                                                             modules not every input has, and the rule applied
     method, parameters, weights, method_info
     measured: (with a measure step) {model: {kind, name, architecture, sha256, revision, ...},
-               data: [{task, file, sha256, rows, n, metric}], rows: [{task, metric, n, merged, base,
+               data: [{task, file, sha256, rows, n, metric, kind}], rows: [{task, metric, n, merged, base, own,
                inputs: [{index, name, value}]}], warnings, protocol}   see `analysis.evaluation.measure`
+    decision: (frozen by a proposal) {bar, tolerance, rows: [{method, task, metric, n, merged, own, base,
+               own_adapter, retention, low, high, predicted, verdict, sure, note}], text: [...], model, data,
+               warnings, interval, nll_retention, methods}          see `analysis.workflow.decision`
 
 Readers also accept the two older shapes: `tasks: {name: {metric: value}}` (review CLI) and
 `per_task: {name: {...}}` (the Merge page before version 2).
@@ -78,9 +81,20 @@ class Evidence(TypedDict):
     export: EvidenceExport
     extras: dict[str, Any]  # {policy, carried, dropped, kinds}
     method_info: dict[str, Any]
-    measured: NotRequired[dict[str, Any]]  # measured rows with the model and data identity (a measure step)
+    measured: NotRequired[dict[str, Any]]  # the measure step's block: {model, data, rows, warnings} (`measure_run`)
     modules: NotRequired[dict[str, Any]]  # {policy, rule, total, shared, not_shared}: modules not every input has
+    decision: NotRequired[dict[str, Any]]  # the decision table a proposal froze (analysis.workflow.decision)
 TASK_METRICS = ("core_retention", "interference", "cosine", "conflicts", "core_size")
+# One vocabulary on every face: the record's keys stay as they are (JSON), people read these labels.
+METRIC_LABELS = {"core_retention": "core kept", "interference": "interference", "cosine": "cosine",
+                 "conflicts": "conflicts", "core_size": "core size"}
+
+
+def metric_label(key: str) -> str:
+    """The on-screen name of a per-task metric key ("core_retention" reads "core kept")."""
+    return METRIC_LABELS.get(key, key.replace("_", " "))
+
+
 METRIC_HELP = {
     "core_retention": "share of the task's core positions whose merged value stays within 25% of its own",
     "interference": "||(dW_merged - dW_t) V_t|| / ||dW_t V_t|| on the task's own inputs (lower is better)",

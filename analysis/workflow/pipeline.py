@@ -11,8 +11,8 @@ Steps (each a library call; the faces only parse, cache and show):
 5. preview the adapter written, with the method's own cores (granularity, p) when it declares them;
 6. assemble the evidence record (`analysis.workflow.evidence`) that preview.json, the app's proposal
    and the review all use;
-7. with a `Measure` request, measure the adapter written, each input and the base on a named model and
-   data (`measure_run`): the evidence's `measured` block.
+7. `measure_run(run, Measure(...))` then measures the adapter written, each input and the base on a named
+   model and data: the evidence's `measured` block.
 Nothing is written until `MergeRun.write` (or `to_zip`), so a cancelled run leaves nothing behind.
 """
 from __future__ import annotations
@@ -354,15 +354,12 @@ def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None,
 
 
 def _storage(modules: Mapping[str, Delta], recipe: Recipe, inputs: Sequence[Adapter]) -> dict[str, Any]:
-    """The stored file's fidelity (`analysis.export.fidelity`): the export rendered as the writer renders it, in
-    float64 (without the extras, which do not touch the modules), then cast as the file is."""
-    import torch
-
+    """The stored file's fidelity (`analysis.export.fidelity`): the export's tensors rendered as the writer renders
+    them, in the export dtype (without the extras, which do not touch the modules), read back per module."""
     from analysis.export.fidelity import storage_fidelity
-    from analysis.export.layout import export_dtype
-    from analysis.export.writer import WRITERS, common_base
+    from analysis.export.writer import render_tensors
 
     bare = [dataclasses.replace(a, extras={}, _sha256=a.sha256) if a.extras else a for a in inputs]
-    exact = WRITERS[recipe.export.format][1](modules, recipe.export.rank, common_base(bare), bare, torch.float64)[0]
-    return storage_fidelity(modules, exact, fmt=recipe.export.format, dtype=export_dtype(recipe.export.dtype),
+    stored = render_tensors(modules, recipe, inputs=bare)[1][0]
+    return storage_fidelity(modules, stored, fmt=recipe.export.format, rank=recipe.export.rank,
                             dtype_name=recipe.export.dtype)

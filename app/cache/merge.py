@@ -1,6 +1,7 @@
 """`app.cache` section: merge (see `app/cache/__init__.py` for the caching rules)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import streamlit as st
@@ -138,25 +139,37 @@ def merge_zip(key: MergeKey, fmt: str, rank: int | None, dtype: str = "fp32") ->
 # bit-exactly after every job, one job at a time) and remembers the base's and each input's scores by sha256.
 
 EvalKey = tuple[str | None, tuple[str, ...], tuple[tuple[str, int, int], ...], str, int | None]
+GENERAL_TEXT = Path(__file__).resolve().parents[2] / "sample_adapters" / "general_text.jsonl"
+
+
+def task_set(data_paths: tuple[str, ...], metric: str) -> Any:
+    """The tasks of `data_paths` (none: the sample tasks) with `metric`; the shipped generic text
+    (`GENERAL_TEXT`, when listed) is always scored by NLL: the general-text check."""
+    from analysis.evaluation import load_data, load_task
+    from analysis.evaluation.tasks import TaskSet
+
+    general = [p for p in data_paths if Path(p) == GENERAL_TEXT]
+    rest = [p for p in data_paths if Path(p) != GENERAL_TEXT]
+    data = load_data(rest or None, metric=metric)
+    extra = tuple(load_task(Path(p).stem, p, "nll") for p in general if Path(p).stem not in data.names)
+    return TaskSet(data.tasks + extra, data.assignments)
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def evaluator(key: EvalKey) -> Any:
     """The Evaluator of `key` = (model path or None for the sample base, data paths, their stamps, metric,
     limit): data validated first, then the model loaded."""
-    from analysis.evaluation import Evaluator, ModelSpec, load_data, load_model
+    from analysis.evaluation import Evaluator, ModelSpec, load_model
 
     model, data_paths, _stamps, metric, limit = key
-    data = load_data(list(data_paths) or None, metric=metric)
+    data = task_set(data_paths, metric)
     return Evaluator(load_model(ModelSpec(model)), data, limit=limit)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def data_tasks(data_paths: tuple[str, ...], stamps: tuple[tuple[str, int, int], ...], metric: str) -> list[str]:
     """Task names of the data (validated; an error names file:line)."""
-    from analysis.evaluation import load_data
-
-    return load_data(list(data_paths) or None, metric=metric).names
+    return task_set(data_paths, metric).names
 
 
 def measured(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tuple[str, ...],
@@ -177,6 +190,28 @@ def measured(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tu
         with bounded_threads(None):
             _remember(mkey, measure_run(run, Measure(ev), ProgressReporter(progress)).evidence["measured"])
     return memo[mkey]
+
+
+def measured_ready(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tuple[str, ...]) -> bool:
+    """Whether the server still holds this measurement (a link then shows it without measuring again)."""
+    return ("measured", key, fmt, rank, ekey, tasks) in _merge_runs()
+
+
+def with_measured(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tuple[str, ...],
+                  decision: Any = None, dtype: str = "fp32") -> Any:
+    """The export run of this merge (stored in `dtype`) with the `measured` block of exactly this measurement
+    (when held; measured on the fp32 export) and the decision table frozen into its evidence: what a proposal
+    stores."""
+    import dataclasses
+
+    run = merge_export(key, fmt, rank, dtype=dtype)
+    extra: dict[str, Any] = {}
+    block = _merge_runs().get(("measured", key, fmt, rank, ekey, tasks))
+    if block is not None:
+        extra["measured"] = block
+        if decision is not None:
+            extra["decision"] = decision
+    return dataclasses.replace(run, evidence={**run.evidence, **extra}) if extra else run
 
 
 def with_last_measured(key: MergeKey, fmt: str, rank: int | None) -> Any:

@@ -157,17 +157,30 @@ def render() -> None:
                "secondary: exact-match retention. Contrasts are A - B over tasks x seeds with 95% bootstrap "
                "intervals. Run one arm from the CLI, the whole table with `make consolidate`:")
     st.code(CONSOLIDATE_CMD, language="bash")
-    if results and results.get("runs"):
+    paired = bool(results and results.get("runs")) and all(
+        isinstance(v, dict) and all(isinstance(r, dict) for r in v.values()) and "strategy" not in v
+        for v in results["runs"].values())  # {arm: {seed: run}}; older files hold {strategy: run}
+    if results and results.get("runs") and not paired:
+        st.info("The stored consolidation results predate the paired-arms protocol (one run per strategy): "
+                "rerun `make consolidate` to fill this table.")
+    elif results and results.get("runs"):
         s = results.get("settings", {})
         label = results.get("label", "")
         note = (f"{label}: {len(s.get('tasks', []))} tasks, seeds {s.get('seeds')}, {s.get('steps')} steps x batch "
                 f"{s.get('batch_size')}, NLL on {s.get('rows')} eval rows, exact match on {s.get('em_rows')} "
                 "(bench/results_consolidate.json).")
         (st.warning if "REDUCED" in label.upper() else st.caption)(note)
-        if results.get("contrasts"):
-            st.dataframe(contrast_rows(results), hide_index=True, width="stretch")
-        st.dataframe(consolidation_rows(results), hide_index=True, width="stretch",
-                     column_config={"mean NLL": st.column_config.NumberColumn(format="%.3f"),
-                                    "mean retention": st.column_config.NumberColumn(format="%.3f")})
+        try:  # a results file of another layout (an older bench) must not break the Merge page
+            contrasts = contrast_rows(results) if results.get("contrasts") else None
+            table = consolidation_rows(results)
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            st.warning(f"bench/results_consolidate.json is not in the layout this page reads ({type(exc).__name__}): "
+                       "rerun `make consolidate`.")
+        else:
+            if contrasts is not None:
+                st.dataframe(contrasts, hide_index=True, width="stretch")
+            st.dataframe(table, hide_index=True, width="stretch",
+                         column_config={"mean NLL": st.column_config.NumberColumn(format="%.3f"),
+                                        "mean retention": st.column_config.NumberColumn(format="%.3f")})
     else:
         st.info("No stored consolidation results yet (`make consolidate`).")

@@ -56,9 +56,13 @@ def test_measured_rows_on_a_server_model_show_whose_numbers_they_are(served: dic
     at.selectbox(key="merge_eval_metric").select("both").run()
     at.button(key="merge_measure").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    captions = " ".join(c.value for c in at.caption)
-    assert f"measured on {served['folder']} (folder, LlamaForCausalLM, sha256" in captions
-    assert f"left: {served['data']}" in captions and "3 of 3 rows" in captions and "n = 3 rows" in captions
+    from analysis.adapters.safe_text import markdown_text
+
+    captions = " ".join(c.value for c in at.caption)  # names and paths are shown literally (markdown-escaped)
+    shown = markdown_text(f"measured on {served['folder']} (folder, LlamaForCausalLM, sha256", limit=None)
+    assert shown in captions
+    assert markdown_text(f"left: {served['data']}", limit=None) in captions
+    assert "3 of 3 rows" in captions and "n = 3 rows" in captions
     table = next(d.value for d in at.dataframe if "model" in d.value.columns)
     assert list(table["model"]) == ["base model", "merge: linear", "adapter: left", "adapter: right"]
     ev = Evaluator(load_model(ModelSpec(str(served["folder"]))), load_data([served["data"]], metric="both"))

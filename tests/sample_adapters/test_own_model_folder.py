@@ -60,3 +60,18 @@ def test_folder_route_equals_sample_route_and_peft(base: tuple[Any, Any], folder
             count += len(a)
     assert math.isclose(m["nll"], total / count, rel_tol=1e-3)
     assert m["correct"] >= LIMIT // 2  # the adapter does its job on its own task
+
+
+def test_gguf_file_route_equals_the_sample_route(base: tuple[Any, Any], samples: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The sample base's .gguf named as --model is loaded as a user's GGUF file: same numbers, its sha256."""
+    from analysis.base_model import base_record, verified_gguf
+
+    common = [str(samples / TASK), "--data", str(samples / "tasks" / TASK / "eval.jsonl"), "--limit", "3",
+              "--metric", "both", "--device", "cpu", "--json"]
+    sample = _run(["evaluate", *common], capsys)
+    gguf = _run(["evaluate", *common, "--model", str(verified_gguf())], capsys)
+    assert gguf["model"]["kind"] == "gguf" and gguf["model"]["sha256"] == base_record()["sha256"]
+    assert sample["model"]["sha256"] == base_record()["sha256"]
+    s, g = sample["results"][TASK][TASK], gguf["results"][TASK][TASK]
+    assert g["correct"] == s["correct"] and g["nll"] == pytest.approx(s["nll"], rel=1e-6)
