@@ -228,6 +228,19 @@ def load_calibrations() -> dict[str, Calibration]:
             for k, v in raw["calibrations"].items()}
 
 
+def track_record(basis: str = "data-free") -> dict[str, Any] | None:
+    """How the shipped estimate did on the merges held back from its fit: rank correlation, mean absolute error,
+    the (predicted, measured) pairs for a scatter, and what they were measured on. None without a calibration."""
+    if not CALIBRATION.is_file():
+        return None
+    raw = json.loads(CALIBRATION.read_text(encoding="utf-8")).get("calibrations", {}).get(basis)
+    if raw is None:
+        return None
+    keys = ("basis", "spearman_heldout", "mae_heldout", "halfwidth", "n_train", "n_heldout", "measured_on",
+            "heldout_points")
+    return {k: raw.get(k) for k in keys}
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One task's predicted retention with its interval, the signal behind it and its track record."""

@@ -48,6 +48,8 @@ def fit(truth: dict[str, Any]) -> dict[str, Any]:
         pred = [cal.predict(s)[0] for s, h in zip(signals, held) if h]
         rec["spearman_heldout_vs_nll_retention"] = spearman(pred, [t["retention_nll"] for (_, t), h in
                                                                      zip(rows, held) if h])
+        rec["heldout_points"] = [[round(p, 4), round(v, 4)] for p, v in  # (predicted, measured): the scatter
+                                 zip(pred, [v for v, h in zip(y, held) if h])]
         out["calibrations"][basis] = rec
         hy = [v for v, h in zip(y, held) if h]
         hs = [s for s, h in zip(signals, held) if h]
