@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -223,7 +223,22 @@ def load_calibrations() -> dict[str, Calibration]:
     if not CALIBRATION.is_file():
         return {}
     raw = json.loads(CALIBRATION.read_text(encoding="utf-8"))
-    return {k: Calibration(**{**v, "weights": tuple(v["weights"])}) for k, v in raw["calibrations"].items()}
+    names = {f.name for f in fields(Calibration)}
+    return {k: Calibration(**{f: (tuple(v[f]) if f == "weights" else v[f]) for f in names})
+            for k, v in raw["calibrations"].items()}
+
+
+def track_record(basis: str = "data-free") -> dict[str, Any] | None:
+    """How the shipped estimate did on the merges held back from its fit: rank correlation, mean absolute error,
+    the (predicted, measured) pairs for a scatter, and what they were measured on. None without a calibration."""
+    if not CALIBRATION.is_file():
+        return None
+    raw = json.loads(CALIBRATION.read_text(encoding="utf-8")).get("calibrations", {}).get(basis)
+    if raw is None:
+        return None
+    keys = ("basis", "spearman_heldout", "mae_heldout", "halfwidth", "n_train", "n_heldout", "measured_on",
+            "heldout_points")
+    return {k: raw.get(k) for k in keys}
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,8 @@ TSV; equal and unequal weights) and every task in it:
   task, never the eval rows).
 Merges are exact (no export truncation): the estimate describes the merge, the export fidelity is its own number.
 
-Then `analysis.predict.calibrate` fits the map from signal to exact-match retention on two thirds of the MERGES
-(all tasks of a merge on one side) and reports rank correlation and mean absolute error on the other third, for
-each basis; the fit is written to analysis/data/retention_calibration.json (what the tool ships) and everything
-to bench/results_retention_truth.json. Prints the summary as JSON.
+Everything goes to bench/results_retention_truth.json (written every 5 merges; `--reuse` resumes a run cut
+short); `bench/retention_fit.py` fits the calibration from it in seconds. Prints the summary as JSON.
 
     python bench/retention_truth.py [--adapters DIR] [--data DIR] [--em-rows 32] [--reuse]
 """
@@ -34,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from analysis.adapters.load import load_adapter  # noqa: E402
-from analysis.predict import CALIBRATION, Signal, calibrate, capture_inputs, spearman, task_signals  # noqa: E402
+from analysis.predict import capture_inputs, task_signals  # noqa: E402
 
 METHODS = {  # name -> (registered method, parameters)
     "linear": ("linear", {}),
@@ -43,21 +41,26 @@ METHODS = {  # name -> (registered method, parameters)
     "isolation_rows": ("isolation", {"granularity": "rows", "p": 0.1}),
     "tsv": ("tsv", {}),
 }
+MEASURE_VERSION = "analysis.evaluation 1"  # the measuring route: a resumed run reuses only rows measured the same way
 CONFLICTS = [("format_date", "format_date_us"), ("text_first_word", "text_last_word")]
 
 
 def merge_specs(names: list[str], seed: int = 0) -> list[dict[str, Any]]:
     """The merges: 6 pairs (the two conflicting ones first), 4 triples, 2 fives and all ten, every method on each
-    (65 merges); plus unequal weights (linear, 0.75/0.25) on 4 pairs: 69 merges, 228 task trials."""
+    (65 merges); plus unequal weights (linear, 0.75/0.25) on 4 pairs: 69 merges, 228 task trials, in an order
+    where every size is spread over the run, so a run cut short is still a spread of sizes and methods."""
     rng = random.Random(seed)
     pairs = [list(p) for p in CONFLICTS if set(p) <= set(names)]
     others = [list(p) for p in combinations(names, 2) if list(p) not in pairs]
     pairs += rng.sample(others, 6 - len(pairs))
-    subsets = pairs + [sorted(rng.sample(names, 3)) for _ in range(4)] + [sorted(rng.sample(names, 5))
-                                                                           for _ in range(2)] + [list(names)]
-    specs = [{"members": s, "method": label, "weights": None} for s in subsets for label in METHODS]
-    specs += [{"members": s, "method": "linear", "weights": [0.75, 0.25]} for s in pairs[:4]]
-    return specs
+    triples = [sorted(rng.sample(names, 3)) for _ in range(4)]
+    fives = [sorted(rng.sample(names, 5)) for _ in range(2)]
+    by_size = [[{"members": s, "method": label, "weights": None} for s in group for label in METHODS]
+               for group in (pairs, triples, fives, [list(names)])]
+    by_size[0] += [{"members": s, "method": "linear", "weights": [0.75, 0.25]} for s in pairs[:4]]
+    # each size's merges spread evenly over the run (item j of n at (j + 0.5) / n): a prefix holds every size
+    keyed = [((j + 0.5) / len(group), k, spec) for k, group in enumerate(by_size) for j, spec in enumerate(group)]
+    return [spec for _, _, spec in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
 
 def spec_id(spec: dict[str, Any]) -> str:
@@ -90,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     modules = sorted(set().union(*(a.modules for a in adapters.values())))
     acts = {t: capture_inputs(measurer.model, measurer.tokenizer, modules, measurer.prompts(t, args.prompts))
             for t in names}
-    own = {t: measurer.measure(adapters[t].modules, t) for t in names}
-    base = {t: measurer.measure({}, t) for t in names}
     prior = json.loads(Path(args.out).read_text()) if args.reuse and Path(args.out).is_file() else {}
-    done = {tr["id"]: tr for tr in prior.get("merges", [])}
+    same = prior.get("protocol", {}).get("measure") == MEASURE_VERSION and (
+        prior["protocol"].get("em_rows"), prior["protocol"].get("nll_rows")) == (args.em_rows, args.nll_rows)
+    own = prior["own"] if same else {t: measurer.measure(adapters[t].modules, t) for t in names}
+    base = prior["base"] if same else {t: measurer.measure({}, t) for t in names}
+    done = {tr["id"]: tr for tr in prior.get("merges", [])} if same else {}
     merges = []
     specs = merge_specs(names)[:args.max_merges]
     for k, spec in enumerate(specs):
@@ -118,38 +123,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{k + 1}/{len(specs)}] {spec['method']} {'+'.join(spec['members'])}: "
               + ", ".join(f"{t['task']} {t['accuracy']:.2f}" for t in tasks), file=sys.stderr, flush=True)
         if (k + 1) % 5 == 0:
-            _write(args.out, names, own, base, merges, args, time.perf_counter() - t0, {})
-    cals = fit(merges, f"{root.name} ({len(names)} adapters), {measurer.identity}, EM on {args.em_rows} rows")
-    summary = _write(args.out, names, own, base, merges, args, time.perf_counter() - t0, cals)
-    if args.max_merges is None:  # a smoke run never replaces the shipped calibration
-        CALIBRATION.parent.mkdir(parents=True, exist_ok=True)
-        CALIBRATION.write_text(json.dumps({"source": "bench/retention_truth.py", "calibrations": cals}, indent=1) + "\n")
+            _write(args.out, names, own, base, merges, args, time.perf_counter() - t0,
+                   f"{root.name} ({len(names)} adapters), {measurer.identity}")
+    summary = _write(args.out, names, own, base, merges, args, time.perf_counter() - t0,
+                     f"{root.name} ({len(names)} adapters), {measurer.identity}")
     print(json.dumps(summary, indent=1))
     return 0
 
 
-def fit(merges: list[dict[str, Any]], measured_on: str) -> dict[str, Any]:
-    """Calibrate each basis on 2/3 of the merges, report on the held-back third (split by merge id)."""
-    rows = [(m, t) for m in merges for t in m["tasks"] if t["retention_em"] is not None]
-    held = [int(m["id"], 16) % 3 == 0 for m, _ in rows]
-    out = {}
-    for basis, key in (("data-free", "data_free"), ("data-light", "data_light")):
-        sig = [Signal(**t[key]) for _, t in rows]
-        cal = calibrate(sig, [t["retention_em"] for _, t in rows], held, basis=basis, measured_on=measured_on)
-        rec = cal.record()
-        hold_nll = [t["retention_nll"] for (_, t), h in zip(rows, held) if h]
-        pred = [cal.predict(s)[0] for s, h in zip(sig, held) if h]
-        rec["spearman_heldout_vs_nll_retention"] = spearman(pred, hold_nll)
-        out[basis] = rec
-    # the old estimate, for the record: max(0, 1 - interference) is not stored per trial; the scale alone is
-    return out
-
-
-def _write(path: str, names, own, base, merges, args, seconds: float, cals: dict) -> dict[str, Any]:
+def _write(path: str, names, own, base, merges, args, seconds: float, measured_on: str) -> dict[str, Any]:
     summary = {"merges": len(merges), "task_trials": sum(len(m["tasks"]) for m in merges),
-               "seconds": round(seconds, 1), "calibration": cals}
+               "seconds": round(seconds, 1), "measured_on": measured_on}
     data = {"summary": summary, "adapters": names, "own": own, "base": base,
-            "protocol": {"em_rows": args.em_rows, "nll_rows": args.nll_rows, "prompts": args.prompts,
+            "protocol": {"measure": MEASURE_VERSION, "em_rows": args.em_rows, "nll_rows": args.nll_rows, "prompts": args.prompts,
                          "adapters": str(args.adapters), "data": str(args.data)},
             "merges": merges}
     Path(path).write_text(json.dumps(data, indent=1) + "\n")

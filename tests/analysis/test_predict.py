@@ -170,3 +170,26 @@ def test_preview_carries_the_same_estimate_as_the_signals(monkeypatch: pytest.Mo
     assert zero["per_input"][1]["predicted_retention"] is None  # a weight-0 input is not meant to survive
     monkeypatch.setattr(predict, "load_calibrations", lambda: {})
     assert preview_merge([a, b], merged, granularity="rows", p=0.1)["per_input"][0]["predicted_retention"] is None
+
+
+def test_calibration_file_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a fit writes is what the tool loads: the map, its interval, its held-back record and scatter."""
+    import json
+
+    import analysis.predict as predict
+
+    cal = Calibration("data-free", (0.1, 1.0, -0.5), 0.2, 0.75, 0.12, 40, 20, "synthetic set")
+    path = tmp_path / "retention_calibration.json"
+    rec = cal.record() | {"heldout_points": [[0.9, 1.0], [0.2, 0.1]], "spearman_heldout_vs_nll_retention": 0.7}
+    path.write_text(json.dumps({"calibrations": {"data-free": rec}}))
+    monkeypatch.setattr(predict, "CALIBRATION", path)
+    predict.load_calibrations.cache_clear()
+    try:
+        assert predict.load_calibrations()["data-free"] == cal
+        record = predict.track_record("data-free")
+        assert record["heldout_points"] == [[0.9, 1.0], [0.2, 0.1]] and record["spearman_heldout"] == 0.75
+        assert predict.track_record("data-light") is None
+        got = predict.estimate(Signal(1.0, 1.0, 1.0), "data-free")
+        assert got is not None and (got.value, got.low, got.high) == pytest.approx(cal.predict(Signal(1.0, 1.0, 1.0)))
+    finally:
+        predict.load_calibrations.cache_clear()
