@@ -250,3 +250,10 @@ def test_run_merge_leaves_torch_threads_to_the_caller(trio, monkeypatch: pytest.
     run = run_merge(trio, "ties", export=ExportSpec(rank=3))
     reexport(run, ExportSpec(rank=2))
     assert set_calls == [] and run.evidence["tasks"]
+
+
+def test_the_estimate_shows_its_value_in_the_preview_table() -> None:
+    v2 = {"tasks": [{"index": 0, "name": "a", "core_retention": 0.5,
+                     "predicted_retention": {"value": 0.8, "low": 0.6, "high": 1.0, "basis": "data-free"}},
+                    {"index": 1, "name": "b", "core_retention": 0.4, "predicted_retention": None}]}
+    assert task_table(v2) == (["a", "b"], ["core_retention", "predicted_retention"], [[0.5, 0.8], [0.4, None]])
