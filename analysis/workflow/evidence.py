@@ -151,7 +151,7 @@ def task_table(evidence: Mapping[str, Any] | None) -> tuple[list[str], list[str]
         tasks = [{"name": str(n), **(v if isinstance(v, Mapping) else {})} for n, v in tasks.items()]
     if not isinstance(tasks, list):
         return [], [], []
-    rows = [{k: _cell(v) for k, v in t.items()} for t in tasks if isinstance(t, Mapping)]
+    rows = [{k: _estimate_value(v) for k, v in t.items()} for t in tasks if isinstance(t, Mapping)]
     metrics = [m for m in TASK_METRICS if any(m in t for t in rows)]
     for t in rows:  # metrics this version does not know, in the order they appear
         metrics += [str(k) for k, v in t.items()
@@ -160,7 +160,7 @@ def task_table(evidence: Mapping[str, Any] | None) -> tuple[list[str], list[str]
     return names, metrics, [[t.get(m) if _scalar(t.get(m)) else None for m in metrics] for t in rows]
 
 
-def _cell(value: Any) -> Any:
+def _estimate_value(value: Any) -> Any:
     """A table cell: an estimate record ({value, low, high, ...}: `predicted_retention`) shows its value."""
     return value.get("value") if isinstance(value, Mapping) and "value" in value else value
 
