@@ -22,7 +22,7 @@ from analysis.workflow.evidence import METRIC_HELP, METRIC_LABELS, export_line, 
 from analysis.workflow.progress import format_eta
 from analysis.workflow.rank import DEFAULT_TARGET_ERROR
 from app import cache
-from app.components import merge_measure, proposal_decision, view
+from app.components import estimate_view, merge_measure, proposal_decision, view
 from app.components.display import show_figure
 
 STARTING_METHODS = ["isolation", "linear", "ties"]
@@ -196,6 +196,7 @@ for method, run in runs.items():
     ev = run.evidence
     for t in ev["tasks"]:
         rows.append({"method": method, "task": t["name"], **{label: t[k] for k, label in COLUMNS.items()},
+                     "predicted retention": estimate_view.cell(t),
                      "export rank": ev["export"]["rank"] or "exact",
                      "export error": ev["export"]["relative_error"]})
 table = pd.DataFrame(rows)
@@ -207,12 +208,16 @@ st.dataframe(table, hide_index=True, width="stretch",
              column_config={**{label: st.column_config.NumberColumn(label, help=METRIC_HELP[k], format="%.3f")
                                for k, label in COLUMNS.items() if k != "conflicts"},
                             "conflicts": st.column_config.NumberColumn(help=METRIC_HELP["conflicts"]),
+                            "predicted retention": st.column_config.TextColumn(
+                                help="expected exact-match accuracy over the task's own adapter, from the weights "
+                                     "alone, with its 90% interval; its track record is under the table"),
                             "export rank": st.column_config.TextColumn(
                                 help="rank of the PEFT adapter written (exact: the merge is low rank as it is)"),
                             "export error": st.column_config.NumberColumn(
                                 help="relative Frobenius error of the written adapter vs the exact merge",
                                 format="%.4f")})
 st.caption(module_line(runs[next(iter(runs))].evidence) or "")
+estimate_view.show_track_record(key="merge_estimate_scatter")
 with st.container(horizontal=True):
     st.download_button("Table (CSV)", table.to_csv(index=False), file_name="merge_comparison.csv",
                        mime="text/csv", key="merge_csv", on_click="ignore")
