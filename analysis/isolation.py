@@ -18,15 +18,23 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from analysis.adapters.model import Adapter, Delta, LowRankDelta
+from analysis.adapters.model import Adapter, Delta, LowRankDelta, adapter_list
 from analysis.errors import RecipeError
+from analysis.progress import Progress
 
 GRANULARITIES = ("entries", "rows", "columns")
+
+
+class CoreSettings(NamedTuple):
+    """How task cores are chosen: the unit (`entries`, `rows`, `columns`) and the top fraction p per module."""
+
+    granularity: str
+    p: float
 
 
 def row_energy(delta: Delta) -> torch.Tensor:
@@ -181,11 +189,27 @@ class CoreOverlap:
 Cores = dict[str, dict[int, Core]]  # module -> {input index: core}
 
 
+@dataclass(frozen=True)
+class CoreChoice:
+    """Which task cores to use, in one value: their settings (None: the isolation method's declared defaults)
+    and, optionally, those cores already computed for the adapters at hand in their order (`task_cores`; the
+    Merge page computes them once for every method it compares). A merge whose method picks cores with the
+    same settings reuses them; a preview measures retention on them."""
+
+    settings: CoreSettings | None = None
+    computed: Cores | None = None
+
+    def for_settings(self, settings: CoreSettings) -> Cores | None:
+        """The computed cores when they were computed with `settings`, else None (compute them afresh)."""
+        return self.computed if self.settings is not None and tuple(self.settings) == tuple(settings) else None
+
+
 def task_cores(adapters: Sequence[Adapter], *, granularity: str = "entries", p: float = 0.01,
-               progress: Callable[[int, int, str], None] | None = None, workers: int = 1) -> Cores:
+               progress: Progress | None = None, workers: int = 1) -> Cores:
     """Every input's core at every module it has, module by module: one dense module (reused buffer) at a time
     per worker. `workers` > 1 splits the modules between that many threads (one torch thread each; the
     Merge page uses one per core), each with its own buffers; the cores are the same."""
+    adapters = adapter_list(adapters)
     modules = sorted(set().union(*(a.modules for a in adapters)))
     out: Cores = {}
     done = [0]
@@ -289,11 +313,13 @@ def pair_counts(cores: Sequence[Core]) -> np.ndarray:
 
 
 def core_overlap(adapters: Sequence[Adapter], *, granularity: str = "entries", p: float = 0.01,
-                 cores: Mapping[str, Mapping[int, Any]] | None = None) -> CoreOverlap:
-    """Jaccard overlap of the tasks' core regions, pooled over the modules they share.
+                 cores: Mapping[str, Mapping[int, Core]] | None = None) -> CoreOverlap:
+    """Jaccard overlap of the tasks' core regions, pooled over the modules they share (`adapters`: an
+    `AdapterSet` or a list of Adapters).
 
     # cores per module; # intersections from the union table (N x U booleans, U <= N k);
     # Jaccard = |C_i & C_j| / |C_i | C_j|. `cores`: the `Core`s already computed, per module and input."""
+    adapters = adapter_list(adapters)
     n = len(adapters)
     sizes = np.zeros(n)
     inter = np.zeros((n, n))

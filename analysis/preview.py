@@ -18,7 +18,7 @@ Measured numbers (exact match, answer NLL on a named model and data) are the wor
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,8 +29,8 @@ from analysis.linalg import singular_values
 from analysis.merge.claims import task_counts
 from analysis.merge.ops import ModuleSpectrum, inner, linear_combination, svd_of, truncate_with_spectrum
 from analysis.merge.structured import gather
+from analysis.progress import Progress
 
-Progress = Callable[[int, int, str], None]
 TOL = 0.25  # core retention: |new - old| <= TOL |old| (implies the sign is kept)
 
 
@@ -175,6 +175,21 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     }
 
 
+def predicted(rows: Sequence[Mapping[str, Any]], n: int, weights: Sequence[float] | None) -> list[dict[str, Any] | None]:
+    """The data-free retention estimate per input (`analysis.predict`), from the inner products the preview already
+    pooled: <M, T>, ||T||^2, ||M||^2 over the input's modules. None for a weight-0 input or without a calibration."""
+    from analysis.predict import Signal, estimate
+
+    out: list[dict[str, Any] | None] = []
+    for i in range(n):
+        mine = [r for r in rows if r["index"] == i]
+        signal = Signal(sum(r["inner"] for r in mine), sum(r["task_norm2"] for r in mine),
+                        sum(r["merged_norm2"] for r in mine))
+        pred = None if weights is not None and weights[i] == 0 else estimate(signal, "data-free")
+        out.append(pred.record() if pred is not None else None)
+    return out
+
+
 def export_summary(spectra: Mapping[str, ModuleSpectrum | None], rank: int | None, needs_rank: bool) -> dict[str, Any]:
     """Pooled and per-module relative error of the written adapter, and every module's spectrum."""
     if needs_rank:
@@ -225,6 +240,8 @@ def preview_merge(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *, ran
         if progress is not None:
             progress(step + 1, len(modules), module)
     per_input = [summarize([r for r in rows if r["index"] == i]) for i in range(len(inputs))]
+    for i, pred in enumerate(predicted(rows, len(inputs), weights)):
+        per_input[i]["predicted_retention"] = pred
     return {"settings": {"granularity": granularity, "p": p, "tol": tol, "rank": rank},
             "per_task": {a.name: per_input[i] for i, a in enumerate(inputs)},
             "per_input": [{"index": i, "name": a.name, **per_input[i]} for i, a in enumerate(inputs)],

@@ -1,14 +1,14 @@
-"""The merge recipe's contract: the keys every recipe has, in one torch-free family of models.
+"""The merge recipe's contract: the keys every recipe has, in one family of models.
 
 Two readers need recipes. The review store (`analysis.review`) must keep accepting recipes written by older
-or newer versions of the tool, whose methods or parameters this version may not know, and reading the store
-must not import torch: it validates against these models (unknown keys kept as data). A replay
+or newer versions of the tool, whose methods or parameters this version may not know (so it cannot check
+parameters against this version's registry): it validates against these models (unknown keys kept as data). A replay
 (`analysis.export.recipe`) enforces more: its `Recipe`, `RecipeInput` and `RecipeExport` subclass these,
 forbid unknown keys and check the parameters against the method's declaration.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -48,15 +48,24 @@ class RecipeContract(BaseModel):
         return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
-def validate_recipe(data: Any, source: str) -> RecipeContract:
-    """Parse a recipe mapping, or raise a one-line `RecipeError` naming the source and the bad key."""
+R = TypeVar("R", bound=RecipeContract)
+
+
+def validated(model: type[R], data: Any, source: str, *, what: str, count_more: bool) -> R:
+    """`data` validated into `model`, or one `RecipeError` line naming the source and the first bad key
+    (`count_more`: and how many other problems there are)."""
     if not isinstance(data, Mapping):
-        raise RecipeError(f"{source}: a merge recipe must be a YAML mapping, got {type(data).__name__}")
+        raise RecipeError(f"{source}: {what} must be a YAML mapping, got {type(data).__name__}")
     try:
-        return RecipeContract.model_validate(dict(data))
+        return model.model_validate(dict(data))
     except ValidationError as exc:
         errors = exc.errors()
         first = errors[0]
         where = ".".join(str(p) for p in first["loc"]) or "recipe"
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        more = f" (and {len(errors) - 1} more problem(s))" if count_more and len(errors) > 1 else ""
         raise RecipeError(f"{source}: recipe key '{where}': {first['msg']}{more}") from None
+
+
+def validate_recipe(data: Any, source: str) -> RecipeContract:
+    """Parse a recipe mapping against the contract (what the review store keeps)."""
+    return validated(RecipeContract, data, source, what="a merge recipe", count_more=True)

@@ -100,7 +100,8 @@ def _accuracy(spec: PlantedSpec, n: int, config: SketchConfig) -> dict:
     import torch
     from sklearn.metrics import adjusted_rand_score
 
-    from analysis.population.query import Population, families
+    from analysis.population.families import families
+    from analysis.population.query import Population
     from analysis.population.sketch import adapter_variance, sketch_adapter, variance_bound
     from analysis.population.synthetic import member
 
@@ -161,7 +162,8 @@ def stage_accuracy(n: int) -> dict:
 # ---- throughput -----------------------------------------------------------------------------------------
 
 def _queries(index: Path) -> dict:
-    from analysis.population.query import families, neighbors, open_population
+    from analysis.population.families import families
+    from analysis.population.query import neighbors, open_population
 
     t0 = time.perf_counter()
     pop = open_population(index)
@@ -208,7 +210,7 @@ def stage_stream(n: int) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="atlas-stream-") as tmp:
         index = Path(tmp) / "idx"
-        store = IndexStore.create_or_open(index, CONFIG)
+        store = IndexStore.for_scan(index, CONFIG)
         batches = (list(range(s, min(n, s + 128))) for s in range(0, n, 128))
         catalog, buffer, done = [], [], 0
         with TreeMonitor() as mem:

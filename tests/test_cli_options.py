@@ -113,3 +113,43 @@ def test_merge_huge_rank_is_refused_before_merging_regression(tmp_path: Path,
     assert code == 2 and "wider than every module" in err and "width 576" in err, err
     assert not (tmp_path / "o").exists()
     assert elapsed < 60  # a guard against the regression (it ran for minutes), not a speed measurement
+
+
+def test_consolidate_rank_wider_than_every_module_is_refused_before_training(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["consolidate", str(SAMPLES / "math_add"), str(SAMPLES / "math_max"), "--data", str(SAMPLES / "tasks"),
+                 "--strategy", "isolation", "--steps", "2", "--rank", "4000", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--rank 4000 is wider than every module" in err and "width 576" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_library_thread_caps_follow_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ADAPTER_ATLAS_THREADS=100000 (or bounded_threads(100000)) would crash torch's pool like --threads did."""
+    import torch
+
+    from analysis.threads import THREADS_PER_CORE, bounded_threads, default_threads, max_threads
+
+    assert THREADS_PER_CORE == opt.THREADS_PER_CORE  # the CLI and the library share one bound
+    monkeypatch.setenv("ADAPTER_ATLAS_THREADS", "100000")
+    assert default_threads() == max_threads()
+    monkeypatch.setenv("ADAPTER_ATLAS_THREADS", "1")
+    assert default_threads() == 1
+    before = torch.get_num_threads()
+    with bounded_threads(100000) as cap:
+        assert cap <= max_threads() and torch.get_num_threads() <= max_threads()
+    assert torch.get_num_threads() == before
+
+
+def test_public_api_is_lazy_and_complete() -> None:
+    """`import analysis` (run first by every `analysis.*` import, so by every CLI command) loads no torch: a
+    refusal of a bad option or URL is not kept waiting for it; every public name still resolves."""
+    import subprocess
+    import sys
+
+    code = ("import sys, analysis; assert 'torch' not in sys.modules, 'torch'; "
+            "names = [n for n in analysis.__all__ if getattr(analysis, n, None) is None]; "
+            "assert not names, names; assert set(analysis.__all__) <= set(dir(analysis)); print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

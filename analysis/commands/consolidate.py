@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="torch threads (default 1: on a shared CPU two threads spin-wait and run far slower)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="stored precision of the written adapter (default fp32); its error is in training.json")
     p.add_argument("--json", action="store_true", help="print training.json to stdout")
     p.set_defaults(func=run)
 
@@ -89,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
         data = load_data([args.data], metric="exact").select([a.name for a in adapters])
     from analysis.evaluation import Evaluator, TaskSet, load_model
+    from analysis.workflow.rank import check_export_rank
 
+    check_export_rank(adapters, args.rank, "--rank")  # a block wider than every module only costs memory
     loaded = load_model(spec)
     evaluator = Evaluator(loaded, data or TaskSet(()), limit=args.limit)
     for w in evaluator.check(adapters):  # every module fits the model, before any training
@@ -108,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     record = run_consolidation(model, tokenizer, adapters, args.data, cfg, args.out, evaluate=evaluate,
                                own_accuracy=own, base=loaded.identity.as_dict(), force=args.force,
-                               progress=progress)
+                               progress=progress, dtype=args.dtype)
     bar.close()
     if args.json:
         print(json.dumps(record, indent=2, default=float))

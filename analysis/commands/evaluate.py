@@ -23,20 +23,21 @@ from analysis.errors import AdapterFormatError, AtlasError
 
 
 def add_model_arguments(p: argparse.ArgumentParser, *, flag: str = "--model") -> None:
-    """--model/--revision/--device/--dtype: the model spec every measuring command accepts."""
+    """--model/--revision/--device/--model-dtype: the model spec every measuring command accepts (`--dtype` is the
+    stored precision of an export, on the commands that write one)."""
     p.add_argument(flag, default=None, metavar="PATH|ID",
                    help="local transformers folder, .gguf file, or a model id already in the local Hugging Face "
                         "cache (never downloaded); default: the sample base")
     p.add_argument("--revision", default=None, help="revision of a cached model id (default: the cached main)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+    p.add_argument("--model-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: float32 on cpu, bfloat16 on cuda, float16 on mps")
 
 
 def model_spec(args: argparse.Namespace, source: str | None) -> Any:
     from analysis.evaluation import ModelSpec
 
-    return ModelSpec(source=source, device=args.device, dtype=args.dtype, revision=args.revision)
+    return ModelSpec(source=source, device=args.device, dtype=args.model_dtype, revision=args.revision)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

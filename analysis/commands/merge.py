@@ -1,4 +1,4 @@
-"""`adapter-atlas merge`: merge adapters with a registered method and export what PEFT (or kohya) loads.
+"""`adapter-atlas merge`: merge adapters with a registered method and export what PEFT, diffusers or kohya load.
 
     adapter-atlas merge A B C --method isolation --out merged/          # dense: automatic export rank
     adapter-atlas merge A B C --method isolation --rank 16 --out merged/
@@ -27,10 +27,11 @@ from analysis.commands import options as opt
 from analysis.errors import RecipeError
 from analysis.export import load_recipe, load_recipe_inputs, recipe_sha256
 from analysis.export.outdir import check_out_dir, recipe_input_paths
-from analysis.export.recipe import EXPORT_FORMATS
+from analysis.export.recipe import EXPORT_DTYPE_NAMES, EXPORT_FORMATS
 from analysis.merge import describe_methods
 from analysis.merge.registry import parse_param_strings
-from analysis.workflow.evidence import METRIC_HELP, export_line, measured_lines
+from analysis.workflow.coverage import MISSING_HELP, MISSING_MODULES
+from analysis.workflow.evidence import METRIC_HELP, export_line, measured_lines, module_line
 from analysis.workflow.rank import DEFAULT_TARGET_ERROR
 
 
@@ -51,7 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--drop-extras", action="store_true",
                    help="drop the inputs' non-LoRA tensors (heads, DoRA magnitudes, biases) instead of refusing "
                         "when they differ")
-    p.add_argument("--format", default="peft", choices=EXPORT_FORMATS, help="export format (default peft)")
+    p.add_argument("--format", default="peft", choices=EXPORT_FORMATS,
+                   help="export format (default peft): peft (PeftModel), diffusers (pipe.load_lora_weights), kohya "
+                        "(A1111/Forge, ComfyUI, sd-scripts; also diffusers), delta (full dW per module)")
+    p.add_argument("--dtype", default="fp32", choices=EXPORT_DTYPE_NAMES,
+                   help="stored precision of the export (default fp32); its storage error is reported")
+    p.add_argument("--missing-modules", default="zero", choices=MISSING_MODULES,
+                   help="modules not every input has: " + "; ".join(f"{k}: {v}" for k, v in MISSING_HELP.items())
+                        + " (default zero)")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (refused if it exists)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument("--allow-different-bases", action="store_true",
@@ -71,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="task data for --eval: JSONL file, DIR/<task>/eval.jsonl, DIR/*.jsonl or a YAML mapping "
                         "(repeatable; default: the sample tasks)")
     g.add_argument("--metric", default="exact", choices=("exact", "nll", "both"), help="--eval metric (default exact)")
-    g.add_argument("--limit", type=int, default=None, metavar="N", help="--eval: first N rows per task")
+    g.add_argument("--limit", type=opt.EVAL_LIMIT, default=None, metavar="N", help="--eval: first N rows per task")
     p.set_defaults(func=run)
 
 
@@ -118,16 +126,17 @@ def list_methods() -> int:
     return 0
 
 
-def _job(args: argparse.Namespace) -> tuple[Any, str, dict, list[float] | None, Any, bool]:
-    """(adapter set, method, parameters, weights, export spec, force) from the arguments or a recipe."""
-    from analysis.workflow import AdapterSet, ExportSpec
+def _job(args: argparse.Namespace) -> tuple[Any, str, dict, list[float] | None, Any, Any]:
+    """(adapter set, method, parameters, weights, export spec, preview) from the arguments or a recipe."""
+    from analysis.workflow import AdapterSet, ExportSpec, preview_from_recipe
 
     if args.recipe:
         if args.paths or args.method:
             raise RecipeError("--recipe replays a recipe: do not also give PATH or --method")
         recipe = load_recipe(args.recipe)
-        adapters = AdapterSet(tuple(load_recipe_inputs(recipe)))
-        return adapters, recipe.method, recipe.parameters, recipe.weights, ExportSpec.from_recipe(recipe), recipe.force
+        adapters = AdapterSet(tuple(load_recipe_inputs(recipe)), allow_different_bases=recipe.force)
+        preview = preview_from_recipe(recipe) if not args.no_preview else False
+        return adapters, recipe.method, recipe.parameters, recipe.weights, ExportSpec.from_recipe(recipe), preview
     if not args.paths or not args.method:
         raise RecipeError("merge needs PATH... and --method (or --recipe FILE, or --list-methods)")
     if args.rank is not None and args.rank < 1:
@@ -135,10 +144,10 @@ def _job(args: argparse.Namespace) -> tuple[Any, str, dict, list[float] | None, 
     if not 0.0 < args.target_error < 1.0:
         raise RecipeError(f"--target-error {args.target_error}: expected a relative error between 0 and 1")
     export = ExportSpec(format=args.format, rank=args.rank, target_error=args.target_error,
-                        extras="drop" if args.drop_extras else "carry")
-    adapters = AdapterSet.from_paths(args.paths)
-    return (adapters, args.method, parse_param_strings(args.param), _weights(args.weights), export,
-            args.allow_different_bases)
+                        extras="drop" if args.drop_extras else "carry", dtype=args.dtype,
+                        missing_modules=args.missing_modules)
+    adapters = AdapterSet.from_paths(args.paths, allow_different_bases=args.allow_different_bases)
+    return adapters, args.method, parse_param_strings(args.param), _weights(args.weights), export, not args.no_preview
 
 
 def _check_extras(adapters: Any, export: Any) -> None:
@@ -158,23 +167,28 @@ def run(args: argparse.Namespace) -> int:
         raise RecipeError("merge needs --out DIR")
     out = Path(args.out)
     check_out_dir(out, inputs=[*args.paths, *recipe_input_paths(args.recipe)], force=args.force)  # before any work
-    from analysis.workflow import ProgressReporter, run_merge
+    from analysis.threads import bounded_threads
+    from analysis.workflow import ProgressReporter, measure_run, run_merge
 
     measure = _measure_data(args)  # data validated before anything is merged or loaded
-    adapters, method, params, weights, export, force = _job(args)
+    adapters, method, params, weights, export, preview = _job(args)
     _check_extras(adapters, export)
     if measure is not None:
         measure = _measure(args, measure, adapters)
     bars = _Bars()
     try:
-        merged = run_merge(adapters, method, params, weights, export, force=force, preview=not args.no_preview,
-                           progress=ProgressReporter(bars), measure=measure)
+        with bounded_threads():  # this face's torch threads (ADAPTER_ATLAS_THREADS, else half the cores)
+            merged = run_merge(adapters, method, params, weights, export, preview=preview,
+                               progress=ProgressReporter(bars))
+            if measure is not None:
+                merged = measure_run(merged, measure, ProgressReporter(bars))
     finally:
         bars.close()
     merged.write(out, force=args.force)
     summary = {"out": str(out), "method": method, "parameters": merged.result.params,
                "weights": merged.result.weights, "format": export.format, "rank": merged.rank,
                "modules": len(merged.result.modules), "recipe_sha256": recipe_sha256(merged.recipe),
+               "module_policy": merged.evidence["modules"],
                **{k: merged.evidence[k] for k in ("inputs", "tasks", "export", "extras", "method_info")}}
     if "measured" in merged.evidence:
         summary["measured"] = merged.evidence["measured"]
@@ -216,6 +230,7 @@ def _readable(summary: dict[str, Any]) -> str:
              export_line(summary) or "",
              *(["the automatic rank stops at the cap: pass --rank R above it (merged again at that rank) or "
                  "--format delta (exact)"] if summary["export"].get("reached") is False else []),
+             module_line({"modules": summary["module_policy"]}) or "",
              f"recipe sha256: {summary['recipe_sha256']}"]
     extras = summary["extras"]
     if extras["carried"] or extras["dropped"]:
@@ -235,3 +250,4 @@ def _readable(summary: dict[str, Any]) -> str:
 
 def _f(value: float | None, width: int) -> str:
     return f"{value:{width}.3f}" if value is not None else f"{'n/a':>{width}}"
+

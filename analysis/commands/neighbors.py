@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=opt.count(), default=10, help="how many neighbours (default 10)")
     p.add_argument("--exact", action="store_true", help="re-rank the top candidates by the exact cosine")
     p.add_argument("--candidates", type=opt.count(10**7), default=None, metavar="N",
-                   help="candidates re-ranked with --exact (default max(3k, k + 10))")
+                   help="candidates re-ranked with --exact (default: all within 4 noise spreads of the k-th, <= 1000)")
     p.add_argument("--json", action="store_true", help="print the neighbours as JSON")
     p.set_defaults(func=run)
 

@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="torch threads (default 1: on a shared CPU two threads spin-wait and run far slower)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="stored precision of the merged groups (default fp32; single adapters are copied as they are)")
     p.add_argument("--json", action="store_true", help="print plan.json to stdout")
     p.set_defaults(func=run)
 
@@ -104,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
-    data = export_plan(plan, adapters, out, force=args.force)
+    from analysis.threads import bounded_threads
+
+    with bounded_threads():  # this face's torch threads for the merges it writes
+        data = export_plan(plan, adapters, out, force=args.force, dtype=args.dtype)
     if args.json:
         print(json.dumps(data, indent=2, default=float))
         return 0

@@ -84,4 +84,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"  unreadable: {_clean(path)}: {_clean(reason)}")
     for path, reason in report.unlisted:
         print(f"  not scanned: {_clean(path)}: {_clean(reason)}")
+    print_bases(report)
     return 0
+
+
+def print_bases(report) -> None:
+    """The bases found (never compared with each other), what left the index, and what was repaired."""
+    if report.removed:
+        print(f"  {report.removed} adapter(s) of the previous scan are gone and left the index")
+    for base in report.bases:
+        print(f"  base {_clean(base['base_model']) or '(none named)'} [layout {base['layout'][:8]}]: "
+              f"{base['adapters']} adapter{'s' if base['adapters'] != 1 else ''}")
+    for line in report.repaired:
+        print(f"  repaired: {_clean(line)}")

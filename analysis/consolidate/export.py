@@ -48,11 +48,15 @@ def recipe_record(adapters: Sequence[Adapter], config: Mapping[str, Any], data_d
 
 def write_peft(out: str | Path, modules: Mapping[str, Delta], inputs: list[Adapter], *,
                texts: Mapping[str, str] | None = None, force: bool = False, base_model: str | None = None,
-               blobs: Mapping[str, bytes] | None = None) -> Path:
+               dtype: str = "fp32", blobs: Mapping[str, bytes] | None = None) -> Path:
     """The PEFT directory (weights + adapter_config.json) plus extra text and binary files, replacing `out` if
-    forced. `base_model`: the model trained on (default: the inputs' common base)."""
+    forced; tensors stored in `dtype` (`export_check` then reports the error of that dtype). `base_model`: the
+    model trained on (default: the inputs' common base)."""
+    from analysis.export.layout import export_dtype
+
     out = prepare_out(out, force)
-    tensors, files = peft_files(modules, rank=None, base_model=base_model or common_base(inputs), inputs=inputs)
+    tensors, files = peft_files(modules, rank=None, base_model=base_model or common_base(inputs), inputs=inputs,
+                                dtype=export_dtype(dtype))
     with staged(out) as tmp:  # the one atomic rule: the previous export or this one, never half of each
         write_durable(tmp / WEIGHTS, safetensors_bytes(tensors, {"format": "pt"}))
         for name, text in {**files, **dict(texts or {})}.items():

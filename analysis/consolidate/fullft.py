@@ -78,13 +78,14 @@ def entry_start(adapters: Sequence[Adapter], p: float, tau: float
 
     The start is the registered `isolation` merge (entries, blend mean: the sample set's measured default);
     the cores are the same ones that merge transplanted (computed once and handed to it)."""
-    from analysis.isolation import task_cores
+    from analysis.isolation import CoreChoice, CoreSettings, task_cores
     from analysis.merge import merge_adapters
     from analysis.merge.ops import materialize
 
     cores = task_cores(adapters, granularity="entries", p=p)
     merged = merge_adapters(adapters, "isolation", params={"p": p, "granularity": "entries", "tau": tau,
-                                                           "blend": "mean"}, cores=(("entries", p), cores))
+                                                           "blend": "mean"},
+                            cores=CoreChoice(CoreSettings("entries", p), cores))
     starts = {m: materialize(d).dense(torch.float32) for m, d in merged.modules.items()}  # (n_out, n_in)
     frozen = {}
     for m, per in cores.items():

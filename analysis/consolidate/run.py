@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 def run_consolidation(model: Any, tokenizer: Any, adapters: Sequence[Adapter], data_dir: str,
                       cfg: ConsolidateConfig, out: str | Path, *, evaluate: Evaluate | None = None,
                       own_accuracy: dict[str, float] | None = None, base: Mapping[str, Any] | None = None,
-                      force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Train, write `out` (PEFT files, recipe.json, training.json) and return the training record.
+                      force: bool = False, progress: Progress | None = None, dtype: str = "fp32") -> dict[str, Any]:
+    """Train, write `out` (PEFT files in `dtype`, recipe.json, training.json) and return the training record.
 
     `base` is the identity of the model trained on (`ModelIdentity.as_dict()`, default the sample base): the
     recipe records it and the written adapter_config.json names it as `base_model_name_or_path`, so PEFT loads
@@ -52,8 +52,8 @@ def run_consolidation(model: Any, tokenizer: Any, adapters: Sequence[Adapter], d
     lora = result.lora if result.lora is not None else result.modules
     blobs = {DELTA_FILE: delta_bytes(result.modules)} if result.lora is not None else None
     write_peft(out, lora, list(adapters), force=force, base_model=record["recipe"]["base"],
-               texts={"recipe.json": json_text(record["recipe"])}, blobs=blobs)
-    record["export"] = export_check(out, lora)
+               texts={"recipe.json": json_text(record["recipe"])}, blobs=blobs, dtype=dtype)
+    record["export"] = {**export_check(out, lora), "dtype": dtype}
     if result.lora is not None:
         record["export"].update(delta=DELTA_FILE, lora_fidelity=record["lora_export"])
     if evaluate is not None:

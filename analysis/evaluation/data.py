@@ -69,10 +69,16 @@ class TaskData:
     def limited(self, limit: int | None) -> tuple[Example, ...]:
         return self.rows[:limit] if limit else self.rows
 
+    @property
+    def kind(self) -> str:
+        """The rows' kind when they share one (`text`: generic text, scored by NLL only), else "mixed"."""
+        kinds = {r.kind for r in self.rows}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
     def record(self, limit: int | None = None) -> dict[str, Any]:
-        """{task, file, sha256, rows, n, metric}: the data line of the evidence (n = rows evaluated)."""
+        """{task, file, sha256, rows, n, metric, kind}: the data line of the evidence (n = rows evaluated)."""
         return {"task": self.name, "file": str(self.path), "sha256": self.sha256, "rows": self.n_rows,
-                "n": len(self.limited(limit)), "metric": self.metric}
+                "n": len(self.limited(limit)), "metric": self.metric, "kind": self.kind}
 
 
 def _depth(value: Any) -> int:

@@ -101,6 +101,10 @@ class Evaluator:
         """Each data file's task, path, sha256, rows, rows evaluated (n) and metric."""
         return self.data.records(self.limit)
 
+    def scored_tokens(self, task: str) -> int:
+        """Answer tokens the NLL of `task` is pooled over (rows after `limit`)."""
+        return sum(len(ids) - skip for ids, skip in self._prepared[task].encoded)
+
     def check(self, adapters: Sequence[Adapter]) -> list[str]:
         """Refuse adapters that do not fit the model (one line); return the base-name warnings."""
         ident = self.identity

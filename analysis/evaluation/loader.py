@@ -79,7 +79,8 @@ def _load(spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
 
         rec = base_record()
         gguf = verified_gguf()
-        model, tokenizer = load_base_model(DTYPES[dtype])
+        # the same cached object as `load_base_model()` (lru_cache keys f() and f(float32) apart)
+        model, tokenizer = load_base_model() if dtype == "float32" else load_base_model(DTYPES[dtype])
         files: tuple[tuple[str, str], ...] = ((gguf.name, rec["sha256"]),)
         ident = ModelIdentity("sample", rec.get("hf_equivalent") or rec["name"],
                               _architecture(model), combined_sha256(list(files)), f"{rec['package']}=={rec['version']}",

@@ -1,16 +1,18 @@
 """The measure step of the merge workflow (merge -> preview -> export -> measure -> evidence).
 
-`Measure(evaluator)` is the one typed request a face passes to `run_merge(..., measure=...)`; its `run`
+`Measure(evaluator)` is the one typed request a face passes to `measure_run(run_merge(...), measure)`; its `run`
 scores the adapter written (after any rank truncation), each input adapter on the tasks the data assigns it,
 and the bare base, and returns the `measured` block of the evidence record:
 
     measured: {model: {kind, name, architecture, sha256, revision, files, device, dtype},
-               data:  [{task, file, sha256, rows, n, metric}],
-               rows:  [{task, metric, n, merged, base, inputs: [{index, name, value}]}],
+               data:  [{task, file, sha256, rows, n, metric, kind}],
+               rows:  [{task, metric, n, merged, base, own, inputs: [{index, name, value}]}],
                warnings: [...], protocol: "..."}
 
 `value`/`merged`/`base` are exact-match accuracy (metric "exact", higher is better) or answer NLL in nats
-per token (metric "nll", lower is better); an input not assigned the task has value None.
+per token (metric "nll", lower is better); an input not assigned the task has value None. `own` is the index
+of the input whose own task this is (the data's mapping, else the adapter's folder name), None when no input
+owns it (e.g. a generic-text task): the denominator of retention (`analysis.workflow.decision`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from analysis.adapters.model import Adapter, Delta
+from analysis.errors import EvaluationDataError
 from analysis.evaluation.evaluator import Evaluator, TaskScore
 
 PROTOCOL = ("exact: greedy decoding of the raw prompt (chat rows: the model's chat template), answer cut at the "
@@ -56,14 +59,28 @@ def _value(scores: Mapping[str, TaskScore], task: str, metric: str) -> float | N
     return s.value(metric) if s is not None else None
 
 
+def owners(tasks: Sequence[str], ev: Evaluator, adapters: Sequence[Adapter]) -> dict[str, int]:
+    """{task: index of the input whose own task it is}; a task no input owns is absent."""
+    out: dict[str, int] = {}
+    for i, a in enumerate(adapters):
+        try:
+            mine = ev.data.own_task(a)
+        except EvaluationDataError:  # an adapter with no task of its own: it owns nothing
+            continue
+        if mine in tasks:
+            out.setdefault(mine, i)
+    return out
+
+
 def measured_rows(tasks: Sequence[str], ev: Evaluator, merged: Mapping[str, TaskScore],
                   base: Mapping[str, TaskScore], adapters: Sequence[Adapter],
                   own: Sequence[Mapping[str, TaskScore]]) -> list[dict[str, Any]]:
     rows = []
+    owner = owners(tasks, ev, adapters)
     for t in tasks:
         for metric in ev.data.get(t).metrics:
             rows.append({"task": t, "metric": metric, "n": merged[t].n, "merged": _value(merged, t, metric),
-                         "base": _value(base, t, metric),
+                         "base": _value(base, t, metric), "own": owner.get(t),
                          "inputs": [{"index": i, "name": a.name, "value": _value(o, t, metric)}
                                     for i, (a, o) in enumerate(zip(adapters, own))]})
     return rows

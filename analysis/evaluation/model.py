@@ -57,7 +57,7 @@ class ModelIdentity:
     kind: str  # sample | folder | gguf | cache
     name: str  # the model id or path, as an adapter's base_model_name_or_path would name it
     architecture: str
-    sha256: str | None  # over the weights files (sorted "file sha256" lines); None for a cache id
+    sha256: str | None  # the weights file's, or over several (`combined_sha256`); None for a cache id
     revision: str | None = None  # the cached snapshot's commit (cache), or the package version (sample)
     files: tuple[tuple[str, str], ...] = ()  # (weights file, sha256)
     device: str = "cpu"
@@ -128,6 +128,10 @@ def file_sha256(path: Path) -> str:
 
 
 def combined_sha256(files: list[tuple[str, str]]) -> str:
+    """One weights file: its own sha256 (what `sha256sum` prints); several: the sha256 of their sorted
+    "name sha256" lines."""
+    if len(files) == 1:
+        return files[0][1]
     return hashlib.sha256("".join(f"{name} {sha}\n" for name, sha in sorted(files)).encode()).hexdigest()
 
 

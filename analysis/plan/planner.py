@@ -7,8 +7,9 @@ Steps (data-free unless an evaluator is given):
 2. # capacity: a group is refused when its total rank exceeds the narrowest module's width (the capacity
    floor of `analysis.capacity` becomes positive: overlap is forced by counting).
 3. # predict: every candidate method (isolation rows and linear mean, both exactly low rank, so the export
-   loses nothing) is merged and previewed; predicted retention of a task = max(0, 1 - interference on its
-   own input subspace). The candidate with the best worst-task prediction is tried first.
+   loses nothing) is merged; predicted retention of a task = the calibrated data-free estimate of
+   `analysis.predict` (the same one the merge preview shows). The candidate with the best worst-task prediction
+   is tried first.
 4. # accept: bottom-up on the dendrogram a node is accepted when both children were and its merge passes:
    without data, every task's predicted retention >= min_retention; with data, every task's MEASURED
    accuracy >= min_retention x its own adapter's accuracy (real evaluation). With an NLL `screen` the
@@ -98,7 +99,19 @@ class Plan:
                 "adapters_out": len(self.groups), "measured": self.own_accuracy is not None,
                 "own_accuracy": self.own_accuracy, "groups": [g.as_dict() for g in self.groups],
                 "jaccard": np.round(self.jaccard, 6).tolist(), "linkage": np.round(self.linkage, 6).tolist(),
-                "trials": [t.as_dict() for t in self.trials], "measured_on": self.measured_on}
+                "trials": [t.as_dict() for t in self.trials], "measured_on": self.measured_on,
+                "estimate": _estimate_record()}
+
+
+def _estimate_record() -> dict[str, Any] | None:
+    """What the predicted numbers are and how well they have predicted so far (the shipped calibration)."""
+    from analysis.predict import load_calibrations
+
+    cal = load_calibrations().get("data-free")
+    if cal is None:
+        return None
+    return {"basis": cal.basis, "spearman_heldout": cal.spearman_heldout, "mae_heldout": cal.mae_heldout,
+            "interval_halfwidth": cal.halfwidth, "n_heldout": cal.n_heldout, "measured_on": cal.measured_on}
 
 
 def default_merge(adapters: Sequence[Adapter], method: str, params: dict[str, Any]) -> dict[str, Delta]:
@@ -108,11 +121,19 @@ def default_merge(adapters: Sequence[Adapter], method: str, params: dict[str, An
 
 
 def predicted_retention(adapters: Sequence[Adapter], merged: Mapping[str, Delta]) -> dict[str, float]:
-    """max(0, 1 - interference) per task, from the data-free preview."""
-    from analysis.preview import preview_merge
+    """The calibrated data-free estimate per task (`analysis.predict`: the task's best-fitting scale inside the
+    merge and what the merge adds that is foreign to it, mapped to expected exact-match retention by the shipped
+    calibration, whose held-back track record plan.json records). The merge preview shows the same estimate."""
+    from analysis.predict import estimate, task_signals
 
-    per = preview_merge(adapters, merged)["per_task"]
-    return {a.name: max(0.0, 1.0 - float(per[a.name]["interference"] or 0.0)) for a in adapters}
+    out = {}
+    for a, signal in zip(adapters, task_signals(adapters, merged)):
+        pred = estimate(signal, "data-free")
+        if pred is None:
+            raise AtlasError("no calibrated retention estimate is shipped (analysis/data/retention_calibration.json): "
+                             "pass --data to decide by evaluation")
+        out[a.name] = pred.value
+    return out
 
 
 def retention(acc: Mapping[str, float], own: Mapping[str, float]) -> dict[str, float]:

@@ -37,20 +37,25 @@ Progress = Callable[[int, int], None]  # (done, total) over the adapters that ne
 
 @dataclass
 class ScanReport:
-    """What a scan did: counts, the failures with their reasons, and the wall time."""
+    """What a scan did: counts, the failures with their reasons, repairs, the bases found, and the wall time."""
 
     total: int = 0  # = sketched + reused + duplicates + len(failed)
     sketched: int = 0
     reused: int = 0
     duplicates: int = 0
+    removed: int = 0  # locations of the previous scan that are gone (or outside the roots) and left the index
     failed: list[tuple[str, str]] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # one line per damaged file found and rebuilt
+    bases: list[dict[str, Any]] = field(default_factory=list)  # {"base_model", "layout", "adapters"}, largest first
+    ann: dict[str, Any] = field(default_factory=dict)  # what the approximate index update did
     seconds: float = 0.0
     unlisted: list[tuple[str, str]] = field(default_factory=list)  # folders under a root that could not be listed
 
     def to_json(self) -> dict[str, Any]:
         return {"total": self.total, "sketched": self.sketched, "reused": self.reused,
-                "duplicates": self.duplicates, "seconds": round(self.seconds, 3),
-                "failed": [{"path": p, "reason": r} for p, r in self.failed],
+                "duplicates": self.duplicates, "removed": self.removed, "seconds": round(self.seconds, 3),
+                "failed": [{"path": p, "reason": r} for p, r in self.failed], "repaired": self.repaired,
+                "bases": self.bases, "ann": self.ann,
                 "unlisted": [{"path": p, "reason": r} for p, r in self.unlisted]}
 
 
@@ -183,37 +188,50 @@ def _client(scheduler: str | None, workers: int | None, processes: bool) -> Any:
     return Client(cluster)
 
 
+CHECKPOINT_S = 60.0  # the catalog is rewritten this often during a long scan (a kill loses at most this much)
+
+
 def scan(
     roots: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, config: SketchConfig = SketchConfig(),
     scheduler: str | None = None, workers: int | None = None, client: Any = None, processes: bool = True,
-    batch_size: int = 32, part_rows: int = 4096, progress: Progress | None = None,
+    batch_size: int = 32, part_rows: int = 4096, progress: Progress | None = None, ann: bool = True,
 ) -> ScanReport:
-    """Scan the roots into the index at `out` (see the module docstring for the scheduler choices)."""
+    """Scan the roots into the index at `out` (see the module docstring for the scheduler choices).
+
+    The index is checked first and whatever cannot be trusted is rebuilt (`IndexStore.for_scan`); a location
+    is reused only when its signature is unchanged *and* its sketch is in a sound part. The catalog is
+    rewritten every CHECKPOINT_S and at the end, always after the parts it refers to, so a scan killed at any
+    point leaves a valid index that the next scan completes. `ann`: bring the approximate index up to date.
+    """
     t0 = time.perf_counter()
-    store = IndexStore.create_or_open(out, config)
+    store = IndexStore.for_scan(out, config)
+    previous = store.read_catalog()
+    known = store.verify_parts()
     report = ScanReport()
     # 1. what is there, and what changed since the last scan
-    previous = store.read_catalog()
-    catalog: list[dict] = []
+    reused: list[dict] = []
     todo: list[tuple[str, str]] = []
     for location in find_adapters(roots, report.unlisted):
         path, sig = str(location), signature(location)
         old = previous.get(path)
-        if old is not None and sig and old["signature"] == sig:
-            catalog.append(old)
+        if old is not None and sig and old["signature"] == sig and (old["error"] or old["sha256"] in known):
+            reused.append(old)
             if old["error"]:  # still unreadable: counted once, as failed (total adds up)
                 report.failed.append((path, old["error"]))
             else:
                 report.reused += 1
         else:
             todo.append((path, sig))
-    report.total = len(catalog) + len(todo)
-    log.info("scan: %d adapters, %d unchanged, %d still unreadable, %d to sketch", report.total, report.reused,
-             len(report.failed), len(todo))
+    report.total = len(reused) + len(todo)
+    seen = {r["path"] for r in reused} | {p for p, _ in todo}
+    report.removed = sum(1 for p in previous if p not in seen)
+    log.info("scan: %d adapters, %d unchanged, %d still unreadable, %d to sketch, %d gone", report.total,
+             report.reused, len(report.failed), len(todo), report.removed)
     # 2. sketch the rest in parallel tasks, streaming rows into part files
-    known = store.known_sha256()
+    pending = {p: previous[p] for p, _ in todo if p in previous and previous[p]["sha256"] in known}
+    fresh: list[dict] = []
     buffer: list[dict] = []
-    done = 0
+    done, last = 0, time.monotonic()
     if progress is not None:
         progress(0, len(todo))
     results = map_batches(sketch_batch, _batches(todo, batch_size), config, scheduler=scheduler,
@@ -221,7 +239,8 @@ def scan(
     for rows in results:
         for row in rows:
             sketch = row.pop("sketch")
-            catalog.append(row)
+            fresh.append(row)
+            pending.pop(row["path"], None)
             if row["error"]:
                 report.failed.append((row["path"], row["error"]))
             elif row["sha256"] in known:
@@ -236,9 +255,33 @@ def scan(
         done += len(rows)
         if progress is not None:
             progress(done, len(todo))
+        if time.monotonic() - last > CHECKPOINT_S:  # parts first, then a catalog that refers only to them
+            store.append_sketches(buffer)
+            buffer = []
+            store.write_catalog(reused + fresh + list(pending.values()))
+            last = time.monotonic()
     store.append_sketches(buffer)
-    # 3. the catalog last, so an interrupted scan leaves the previous one in place
-    store.write_catalog(catalog)
+    # 3. the catalog last, so an interrupted scan leaves a valid index in place
+    store.write_catalog(reused + fresh)
     report.failed.sort()
+    report.bases = bases_of(store)
+    if ann:
+        from analysis.population.ann import sync_index
+
+        report.ann = sync_index(store)
+    report.repaired = list(store.repairs)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def bases_of(store: IndexStore) -> list[dict[str, Any]]:
+    """The bases of the adapters in the catalog: {"base_model", "layout", "adapters"}, most adapters first."""
+    from collections import Counter
+
+    _, shas, errors = store.catalog_columns()
+    live = Counter(s for s, e in zip(shas, errors) if s and not e)
+    table = store.read_sketches(["base_model", "layout"], keep=set(live))
+    counts: Counter = Counter()
+    for sha, base, layout in zip(*(table.column(c).to_pylist() for c in ("sha256", "base_model", "layout"))):
+        counts[(base or "", layout)] += live[sha]
+    return [{"base_model": b, "layout": lay, "adapters": n} for (b, lay), n in counts.most_common()]

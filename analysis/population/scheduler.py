@@ -19,17 +19,19 @@ from dataclasses import dataclass
 from analysis.errors import AtlasError
 
 SCHEMES = ("tcp", "tls", "ws", "wss")
-MAX_HANDSHAKE_BYTES = 1 << 20  # a real handshake is ~200 bytes
+MAX_HANDSHAKE_BYTES = 1 << 20
+DEFAULT_TIMEOUT_S = 5.0  # a real handshake is ~200 bytes
 _ADDRESS = re.compile(r"^(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/?$")
 
 
 def connect_timeout() -> float:
-    """Seconds allowed to reach a scheduler: ADAPTER_ATLAS_SCHEDULER_TIMEOUT_S (default 10)."""
+    """Seconds allowed to reach a scheduler: ADAPTER_ATLAS_SCHEDULER_TIMEOUT_S (default 5: a scheduler sends its
+    handshake within milliseconds of a connection, even a busy one within a second or two)."""
     try:
-        value = float(os.environ.get("ADAPTER_ATLAS_SCHEDULER_TIMEOUT_S", "10"))
+        value = float(os.environ.get("ADAPTER_ATLAS_SCHEDULER_TIMEOUT_S", DEFAULT_TIMEOUT_S))
     except ValueError:
-        return 10.0
-    return value if 0 < value < 3600 else 10.0
+        return DEFAULT_TIMEOUT_S
+    return value if 0 < value < 3600 else DEFAULT_TIMEOUT_S
 
 
 @dataclass(frozen=True)

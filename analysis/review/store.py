@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 import analysis.review.models as m
-from analysis import __version__
+from analysis._version import __version__
 from analysis.errors import ReviewError
 from analysis.recipe_contract import RecipeContract
 

@@ -28,7 +28,7 @@ from analysis.merge.ops import ModuleSpectrum
 DEFAULT_TARGET_ERROR = 0.05
 
 
-def check_export_rank(adapters: Sequence[Adapter], rank: int | None) -> None:
+def check_export_rank(adapters: Sequence[Adapter], rank: int | None, what: str = "export rank") -> None:
     """Refuse (one RecipeError line, before any merge) an export rank wider than every module.
 
     A rank-R factorisation of an (n_out, n_in) module holds nothing beyond min(n_out, n_in), so a rank
@@ -36,14 +36,14 @@ def check_export_rank(adapters: Sequence[Adapter], rank: int | None) -> None:
     if rank is None:
         return
     if int(rank) < 1:
-        raise RecipeError(f"export rank {rank}: expected a positive integer")
+        raise RecipeError(f"{what} {rank}: expected a positive integer")
     width, name, shape = 0, "", (0, 0)
     for adapter in adapters:
         for module, delta in adapter.modules.items():
             if min(delta.shape) > width:
                 width, name, shape = min(delta.shape), module, delta.shape
     if width and int(rank) > width:
-        raise RecipeError(f"export rank {rank} is wider than every module: the widest, {name} "
+        raise RecipeError(f"{what} {rank} is wider than every module: the widest, {name} "
                           f"({shape[0]} x {shape[1]}), has width {width}; choose a rank from 1 to {width}")
 
 

@@ -16,6 +16,31 @@ from app.components.adapter_map import show_adapter_map
 from app.components.sources import FolderRefusedError, configured_roots, confine
 
 MAP_POINTS = 20_000
+FAMILY_WARN = 50
+
+
+def hand_off(paths: list[str], what: str, key: str) -> None:
+    """Buttons that open `paths` on Overlap / Merge: every one the server may open, the others named."""
+    allowed, refused = [], []
+    for p in paths:
+        try:
+            allowed.append(str(confine(p)))
+        except FolderRefusedError:
+            refused.append(p)
+    if refused:
+        st.warning(f"{len(refused)} of {len(paths)} adapters of {what} lie outside the allowed roots and cannot be "
+                   "opened here: " + ", ".join(refused[:3]) + (", ..." if len(refused) > 3 else ""))
+    left, right = st.columns(2)
+    label = f"{len(allowed)} adapter{'s' if len(allowed) != 1 else ''}"
+    if left.button(f"Open {label} in Overlap", disabled=len(allowed) < 2, key=f"{key}_to_overlap",
+                   icon=":material/grid_on:"):
+        view.add_adapters(allowed, replace=True)
+        st.switch_page("app_pages/overlap.py")
+    if right.button(f"Open {label} in Merge", disabled=len(allowed) < 2, key=f"{key}_to_merge",
+                    icon=":material/merge:"):
+        view.add_adapters(allowed, replace=True)
+        st.switch_page("app_pages/merge.py")
+
 
 st.title("Population")
 st.caption("Thousands of adapters at once, from fixed-size sketches (a seeded random projection of each update, "
@@ -52,9 +77,7 @@ right.metric("Sketch", f"{pop.config.k} × {pop.config.k}", help=f"seed {pop.con
              f"{pop.config.k ** 2 * 4 / 1024:.0f} KB per adapter")
 
 # 2. The map, coloured by family
-threshold = st.slider("Family cut (cosine distance)", 0.1, 1.5, 0.6, 0.05, key="population_threshold",
-                      help="Average-linkage families stop merging at this distance (1 - cosine).")
-amap = cache.population_map(folder, stamp, threshold)
+amap = cache.population_map(folder, stamp)
 shown = np.arange(len(pop))
 if len(pop) > MAP_POINTS:  # a browser draws ~20k WebGL points smoothly; beyond, a fixed random sample
     shown = np.sort(np.random.default_rng(0).choice(len(pop), MAP_POINTS, replace=False))
@@ -65,14 +88,38 @@ event = show_adapter_map(amap["coords"][shown], [names[i] for i in shown], amap[
 st.caption(f"{len(amap['sizes'])} families ({amap['method']}). Axes: the top two principal components of the "
            "normalised sketches" + (f"; a fixed random sample of {MAP_POINTS:,} points is drawn" if len(shown) < len(pop)
                                     else "") + ". Click a point to search its neighbours below.")
-with st.expander("Families"):
-    st.dataframe(pd.DataFrame({"family": range(1, len(amap["sizes"]) + 1), "adapters": amap["sizes"]}),
-                 hide_index=True, width="stretch")
+for line in amap["warnings"]:
+    st.warning(line)
+if len(pop.bases) > 1:
+    st.info(f"{len(pop.bases)} bases in this index (base model and module layout): neighbours and families never "
+            "mix them.")
+
+# 3. Families: sizes, cohesion, and a family handed whole to the exact pages
+st.subheader("Families")
+base_names = [f"{b['base_model'] or '(no base named)'} [{b['layout'][:8]}]" for b in pop.bases]
+families_table = pd.DataFrame({"family": range(len(amap["sizes"])), "adapters": amap["sizes"],
+                               "cohesion": amap["cohesion"], "base": [base_names[b] for b in amap["base"]]})
+picked = st.dataframe(families_table, hide_index=True, width="stretch", key="population_families",
+                      on_select="rerun", selection_mode="single-row",
+                      column_config={"cohesion": st.column_config.NumberColumn(
+                          "cohesion", format="%.3f", help="Mean pairwise sketch cosine of the family's members "
+                                                          "(empty for a family of one)")})
+st.caption("Chance level per base (sketch cosine of random pairs, median ± spread) and the cut above it: "
+           + "; ".join(f"{base_names[i]}: {f.get('centre')} ± {f['noise']}, cut {f['cut']}"
+                       for i, f in enumerate(amap["per_base"])) + ". Select a row to open the whole family.")
+selected = list(getattr(getattr(picked, "selection", None), "rows", None) or [])
+if selected:
+    family = int(families_table["family"].iloc[selected[0]])
+    members = [pop.paths[i] for i in np.flatnonzero(amap["labels"] == family)]
+    if len(members) > FAMILY_WARN:
+        st.warning(f"Family {family} has {len(members)} adapters: the exact pages compare every pair "
+                   f"({len(members) * (len(members) - 1) // 2:,} pairs); it is sent whole, expect a wait.")
+    hand_off(members, f"family {family}", "population_family")
 if pop.failed:
     with st.expander(f"Unreadable at scan time ({len(pop.failed)})"):
         st.dataframe(pd.DataFrame(pop.failed, columns=["path", "reason"]), hide_index=True, width="stretch")
 
-# 3. Neighbours of one adapter (picked here or by clicking the map)
+# 4. Neighbours of one adapter (picked here or by clicking the map)
 points = getattr(getattr(event, "selection", None), "points", None) or []
 clicked = points[0].get("customdata", [None])[0] if points and isinstance(points[0], dict) else None
 if clicked in names and clicked != st.session_state.get("population_last_click"):
@@ -98,23 +145,9 @@ st.dataframe(table, hide_index=True, width="stretch",
              column_config={"similarity": st.column_config.NumberColumn("cosine" + (" (exact)" if exact else " (sketch)"),
                                                                         format="%.4f")})
 
-# 4. Hand a selection to the exact pages (only adapters the server may open)
+# 5. Hand a selection to the exact pages (only adapters the server may open)
 st.subheader("Open on the exact pages")
-offered = [query_path] + [r["adapter"] for r in rows]
+offered = list(dict.fromkeys([query_path] + [r["adapter"] for r in rows]))
 chosen = st.multiselect("Adapters to open", offered, default=offered[: min(5, len(offered))],
                         key=f"population_selection_{query_path}", format_func=lambda p: names[pop.position(p)])
-allowed, refused = [], []
-for p in chosen:
-    try:
-        allowed.append(str(confine(p)))
-    except FolderRefusedError:
-        refused.append(p)
-if refused:
-    st.warning(f"{len(refused)} chosen adapter(s) lie outside the allowed roots and cannot be opened here.")
-left, right = st.columns(2)
-if left.button("Open in Overlap", disabled=len(allowed) < 2, key="population_to_overlap", icon=":material/grid_on:"):
-    view.add_adapters(allowed, replace=True)
-    st.switch_page("app_pages/overlap.py")
-if right.button("Open in Merge", disabled=len(allowed) < 2, key="population_to_merge", icon=":material/merge:"):
-    view.add_adapters(allowed, replace=True)
-    st.switch_page("app_pages/merge.py")
+hand_off(chosen, "the chosen adapters", "population")

@@ -1,7 +1,8 @@
 """`app.cache` section: merge (see `app/cache/__init__.py` for the caching rules)."""
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import streamlit as st
 
@@ -11,12 +12,22 @@ from app.cache.adapters import AdapterRef, adapter_set, adapters_of
 # Thin wrappers over `analysis.workflow.run_merge`. A merge is keyed by (refs, method, parameters as
 # sorted items, weights, diagnostic cores (granularity, p), extras policy carry|drop); the refs carry each
 # input's sha256, so a changed file is a new merge. Every torch computation here runs inside
-# `analysis.threads.bounded_threads` (as `run_merge` does), so concurrent sessions do not oversubscribe.
+# `analysis.threads.bounded_threads` (this face sets the threads; the library never does), so concurrent
+# sessions do not oversubscribe.
 # Runs live in a process-wide memo rather than `st.cache_*`, so the page's progress bar (and Streamlit's
 # interruption when Cancel is pressed) can act inside the computation.
 
-MergeKey = tuple[tuple[AdapterRef, ...], str, tuple[tuple[str, Any], ...], tuple[float, ...] | None,
-                 tuple[str, float], str]
+class MergeKey(NamedTuple):
+    """What identifies one merge on the page (hashable: the memo's key)."""
+
+    refs: tuple[AdapterRef, ...]  # the inputs, each with its sha256
+    method: str
+    params: tuple[tuple[str, Any], ...]  # sorted items
+    weights: tuple[float, ...] | None
+    cores: tuple[str, float]  # (granularity, p) of the diagnostic cores
+    extras: str  # carry | drop
+
+
 MAX_RUNS = 48
 
 
@@ -61,15 +72,16 @@ def merge_run(key: MergeKey, progress: Any = None) -> Any:
 def _merge_job(key: MergeKey) -> Any:
     """`job(progress)` running one merge of `key`: its Streamlit-cached inputs (adapter set, cores) are
     resolved now, in the caller's (script) thread, so the job itself runs library code only."""
-    from analysis.workflow import ExportSpec, ProgressReporter, run_merge
+    from analysis.threads import bounded_threads
+    from analysis.workflow import CoreChoice, CoreSettings, ExportSpec, ProgressReporter, run_merge
 
-    refs, method, params, weights, cores, extras = key
-    aset, given = adapter_set(refs), merge_cores(refs, *cores)
+    aset = adapter_set(key.refs)
+    cores = CoreChoice(CoreSettings(*key.cores), merge_cores(key.refs, *key.cores))
 
     def job(progress: Any) -> Any:
-        return run_merge(aset, method, dict(params), list(weights) if weights else None,
-                         ExportSpec(extras=extras), cores_default=cores, cores=given,
-                         progress=ProgressReporter(progress))
+        with bounded_threads(None):  # side by side, `run_side_by_side` has already capped each worker at 1
+            return run_merge(aset, key.method, dict(key.params), list(key.weights) if key.weights else None,
+                             ExportSpec(extras=key.extras), preview=cores, progress=ProgressReporter(progress))
 
     return job
 
@@ -94,28 +106,30 @@ def merge_runs(keys: list[MergeKey], progress: Any = None, poll: Any = None) -> 
     return {key: memo.get(("run", key), done.get(key)) for key in keys}
 
 
-def merge_export(key: MergeKey, fmt: str, rank: int | None, progress: Any = None) -> Any:
-    """The run written as `fmt` at `rank` (None: the run's own choice); only the preview is redone."""
-    from analysis.workflow import ExportSpec, ProgressReporter, reexport
+def merge_export(key: MergeKey, fmt: str, rank: int | None, progress: Any = None, dtype: str = "fp32") -> Any:
+    """The run written as `fmt` at `rank` (None: the run's own choice) in `dtype`; only the preview is redone."""
+    from analysis.threads import bounded_threads
+    from analysis.workflow import CoreChoice, CoreSettings, ExportSpec, ProgressReporter, reexport
 
     run = merge_run(key, progress)
-    if fmt == run.recipe.export.format and rank is None:
+    if fmt == run.recipe.export.format and rank is None and dtype == run.recipe.export.dtype:
         return run
     memo = _merge_runs()
-    if ("export", key, fmt, rank) not in memo:
-        spec = ExportSpec(format=fmt, rank=rank, extras=key[5])
-        _remember(("export", key, fmt, rank), reexport(run, spec, cores_default=key[4],
-                                                       cores=merge_cores(key[0], *key[4]),
-                                                       progress=ProgressReporter(progress)))
-    return memo[("export", key, fmt, rank)]
+    if ("export", key, fmt, rank, dtype) not in memo:
+        spec = ExportSpec(format=fmt, rank=rank, extras=key.extras, dtype=dtype)
+        cores = CoreChoice(CoreSettings(*key.cores), merge_cores(key.refs, *key.cores))
+        with bounded_threads(None):
+            _remember(("export", key, fmt, rank, dtype), reexport(run, spec, preview=cores,
+                                                                  progress=ProgressReporter(progress)))
+    return memo[("export", key, fmt, rank, dtype)]
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def merge_zip(key: MergeKey, fmt: str, rank: int | None) -> tuple[str, bytes, str]:
+def merge_zip(key: MergeKey, fmt: str, rank: int | None, dtype: str = "fp32") -> tuple[str, bytes, str]:
     """(directory name, zip bytes, recipe YAML) of one export, built by the same writer the CLI uses."""
     from analysis.export import recipe_to_yaml
 
-    run = merge_export(key, fmt, rank)
+    run = merge_export(key, fmt, rank, dtype=dtype)
     name, data = run.to_zip()
     return name, data, recipe_to_yaml(run.recipe)
 
@@ -125,25 +139,37 @@ def merge_zip(key: MergeKey, fmt: str, rank: int | None) -> tuple[str, bytes, st
 # bit-exactly after every job, one job at a time) and remembers the base's and each input's scores by sha256.
 
 EvalKey = tuple[str | None, tuple[str, ...], tuple[tuple[str, int, int], ...], str, int | None]
+GENERAL_TEXT = Path(__file__).resolve().parents[2] / "sample_adapters" / "general_text.jsonl"
+
+
+def task_set(data_paths: tuple[str, ...], metric: str) -> Any:
+    """The tasks of `data_paths` (none: the sample tasks) with `metric`; the shipped generic text
+    (`GENERAL_TEXT`, when listed) is always scored by NLL: the general-text check."""
+    from analysis.evaluation import load_data, load_task
+    from analysis.evaluation.tasks import TaskSet
+
+    general = [p for p in data_paths if Path(p) == GENERAL_TEXT]
+    rest = [p for p in data_paths if Path(p) != GENERAL_TEXT]
+    data = load_data(rest or None, metric=metric)
+    extra = tuple(load_task(Path(p).stem, p, "nll") for p in general if Path(p).stem not in data.names)
+    return TaskSet(data.tasks + extra, data.assignments)
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def evaluator(key: EvalKey) -> Any:
     """The Evaluator of `key` = (model path or None for the sample base, data paths, their stamps, metric,
     limit): data validated first, then the model loaded."""
-    from analysis.evaluation import Evaluator, ModelSpec, load_data, load_model
+    from analysis.evaluation import Evaluator, ModelSpec, load_model
 
     model, data_paths, _stamps, metric, limit = key
-    data = load_data(list(data_paths) or None, metric=metric)
+    data = task_set(data_paths, metric)
     return Evaluator(load_model(ModelSpec(model)), data, limit=limit)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def data_tasks(data_paths: tuple[str, ...], stamps: tuple[tuple[str, int, int], ...], metric: str) -> list[str]:
     """Task names of the data (validated; an error names file:line)."""
-    from analysis.evaluation import load_data
-
-    return load_data(list(data_paths) or None, metric=metric).names
+    return task_set(data_paths, metric).names
 
 
 def measured(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tuple[str, ...],
@@ -164,6 +190,28 @@ def measured(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tu
         with bounded_threads(None):
             _remember(mkey, measure_run(run, Measure(ev), ProgressReporter(progress)).evidence["measured"])
     return memo[mkey]
+
+
+def measured_ready(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tuple[str, ...]) -> bool:
+    """Whether the server still holds this measurement (a link then shows it without measuring again)."""
+    return ("measured", key, fmt, rank, ekey, tasks) in _merge_runs()
+
+
+def with_measured(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tuple[str, ...],
+                  decision: Any = None, dtype: str = "fp32") -> Any:
+    """The export run of this merge (stored in `dtype`) with the `measured` block of exactly this measurement
+    (when held; measured on the fp32 export) and the decision table frozen into its evidence: what a proposal
+    stores."""
+    import dataclasses
+
+    run = merge_export(key, fmt, rank, dtype=dtype)
+    extra: dict[str, Any] = {}
+    block = _merge_runs().get(("measured", key, fmt, rank, ekey, tasks))
+    if block is not None:
+        extra["measured"] = block
+        if decision is not None:
+            extra["decision"] = decision
+    return dataclasses.replace(run, evidence={**run.evidence, **extra}) if extra else run
 
 
 def with_last_measured(key: MergeKey, fmt: str, rank: int | None) -> Any:

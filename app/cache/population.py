@@ -13,10 +13,13 @@ import streamlit as st
 # lists are data.
 
 def population_stamp(folder: str) -> tuple[int, int]:
-    """(catalog mtime_ns, number of sketch parts): changes whenever `adapter-atlas scan` rewrites the index."""
+    """(catalog mtime_ns, number of sketch parts): changes whenever `adapter-atlas scan` or `compact` rewrites
+    the index (a few stat calls: the page never rescans or rereads the index per click)."""
     root = Path(folder)
     catalog = root / "catalog.parquet"
-    mtime = catalog.stat().st_mtime_ns if catalog.exists() else 0
+    manifest = root / "ann" / "manifest.json"
+    mtime = max(catalog.stat().st_mtime_ns if catalog.exists() else 0,
+                manifest.stat().st_mtime_ns if manifest.exists() else 0)
     return mtime, len(list((root / "sketches").glob("part-*.parquet")))
 
 
@@ -28,19 +31,30 @@ def population(folder: str, stamp: tuple[int, int]) -> Any:
 
 
 @st.cache_data(show_spinner="Placing adapters and finding families…", max_entries=8)
-def population_map(folder: str, stamp: tuple[int, int], threshold: float) -> dict[str, Any]:
-    """{"coords" (N, 2), "labels" (N,), "sizes", "method"} of the index's adapters."""
-    from analysis.population.query import families, map_2d
+def population_map(folder: str, stamp: tuple[int, int]) -> dict[str, Any]:
+    """{"coords" (N, 2), "labels" (N,), "sizes", "cohesion", "base", "per_base", "warnings", "method"}."""
+    from analysis.population.families import families
+    from analysis.population.query import map_2d
 
     pop = population(folder, stamp)
     if len(pop) == 0:
-        return {"coords": np.zeros((0, 2)), "labels": np.zeros(0, dtype=int), "sizes": [], "method": ""}
-    fam = families(pop, threshold=threshold)
-    return {"coords": map_2d(pop), "labels": fam.labels, "sizes": fam.sizes, "method": fam.method}
+        return {"coords": np.zeros((0, 2)), "labels": np.zeros(0, dtype=int), "sizes": [], "cohesion": [],
+                "base": [], "per_base": [], "warnings": [], "method": ""}
+    fam = families(pop)
+    return {"coords": map_2d(pop), "labels": fam.labels, "sizes": fam.sizes, "cohesion": fam.cohesion,
+            "base": fam.base, "per_base": fam.per_base, "warnings": fam.warnings, "method": fam.method}
 
 
 @st.cache_data(show_spinner="Searching neighbours…", max_entries=256)
 def population_neighbors(folder: str, stamp: tuple[int, int], adapter: str, k: int, exact: bool) -> list[dict]:
     from analysis.population.query import neighbors
+    from app.components.sources import FolderRefusedError, confine
 
-    return neighbors(population(folder, stamp), adapter, k, exact=exact)
+    def under_roots(path: str) -> bool:  # the exact re-rank loads files: only those a visitor may open
+        try:
+            confine(path)
+        except FolderRefusedError:
+            return False
+        return True
+
+    return neighbors(population(folder, stamp), adapter, k, exact=exact, may_load=under_roots)

@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from analysis.errors import AtlasError
 from app.components import figures
 from app.components.display import show_figure
+from app.components.sources import FolderRefusedError, confine
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results_consolidate.json"
@@ -29,11 +31,24 @@ CONSOLIDATE_CMD = ("adapter-atlas consolidate sample_adapters/text_first_word sa
 
 @st.cache_data(show_spinner=False)
 def load_json(path: str, mtime: float) -> dict[str, Any] | None:
-    """The parsed file (cached per path and modification time), or None when it is not valid JSON."""
+    """The parsed file (cached per path and modification time), or None when it is not valid JSON
+    (regular files only, at most MAX_CONFIG_BYTES: a visitor may name a FIFO or a huge file)."""
+    from analysis.adapters.limits import MAX_CONFIG_BYTES, read_regular_file
+
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(bytes(read_regular_file(Path(path), "plan.json", limit=MAX_CONFIG_BYTES)).decode("utf-8"))
+    except (AtlasError, OSError, ValueError, RecursionError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def visitor_plan(text: str) -> dict[str, Any] | None:
+    """The plan.json a visitor named (a file or the plan folder), through the one rule for visitor paths:
+    `sources.confine` (under the roots, links resolved) or one FolderRefusedError line."""
+    path = confine(text)
+    if path.is_dir():
+        path = confine(path / "plan.json")  # a plan.json that is a link out of the roots is refused too
+    return _read(path)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -119,11 +134,21 @@ def render() -> None:
     st.code(PLAN_CMD, language="bash")
     results = _read(RESULTS)
     path = st.text_input("plan.json to show (empty: the sample-set plan of the stored benchmark)", key="plan_json_path")
-    plan = _read(Path(path)) if path.strip() else (_read(PLAN_RESULTS) or {}).get("plan")
-    if path.strip() and plan is None:
-        st.error(f"{path}: not a readable plan.json")
+    refused = None
+    try:
+        plan = visitor_plan(path) if path.strip() else (_read(PLAN_RESULTS) or {}).get("plan")
+    except FolderRefusedError as exc:  # outside the roots: nothing is read
+        plan, refused = None, str(exc)
+    if refused:
+        st.error(refused)
+    elif path.strip() and plan is None:
+        st.error(f"{path[:200]}: not a readable plan.json")
     elif plan:
-        _draw_plan(plan)
+        try:
+            _draw_plan(plan)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # JSON, but not our plan
+            st.error(f"{path.strip()[:200] or 'the stored plan'}: not a plan.json written by `adapter-atlas plan` "
+                     f"({type(exc).__name__}: {str(exc)[:120]})")
     else:
         st.info("No stored plan yet: run `make consolidate` or the command above.")
     st.subheader("Consolidation: does isolating core parameters beat multitask training?")
@@ -132,17 +157,30 @@ def render() -> None:
                "secondary: exact-match retention. Contrasts are A - B over tasks x seeds with 95% bootstrap "
                "intervals. Run one arm from the CLI, the whole table with `make consolidate`:")
     st.code(CONSOLIDATE_CMD, language="bash")
-    if results and results.get("runs"):
+    paired = bool(results and results.get("runs")) and all(
+        isinstance(v, dict) and all(isinstance(r, dict) for r in v.values()) and "strategy" not in v
+        for v in results["runs"].values())  # {arm: {seed: run}}; older files hold {strategy: run}
+    if results and results.get("runs") and not paired:
+        st.info("The stored consolidation results predate the paired-arms protocol (one run per strategy): "
+                "rerun `make consolidate` to fill this table.")
+    elif results and results.get("runs"):
         s = results.get("settings", {})
         label = results.get("label", "")
         note = (f"{label}: {len(s.get('tasks', []))} tasks, seeds {s.get('seeds')}, {s.get('steps')} steps x batch "
                 f"{s.get('batch_size')}, NLL on {s.get('rows')} eval rows, exact match on {s.get('em_rows')} "
                 "(bench/results_consolidate.json).")
         (st.warning if "REDUCED" in label.upper() else st.caption)(note)
-        if results.get("contrasts"):
-            st.dataframe(contrast_rows(results), hide_index=True, width="stretch")
-        st.dataframe(consolidation_rows(results), hide_index=True, width="stretch",
-                     column_config={"mean NLL": st.column_config.NumberColumn(format="%.3f"),
-                                    "mean retention": st.column_config.NumberColumn(format="%.3f")})
+        try:  # a results file of another layout (an older bench) must not break the Merge page
+            contrasts = contrast_rows(results) if results.get("contrasts") else None
+            table = consolidation_rows(results)
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            st.warning(f"bench/results_consolidate.json is not in the layout this page reads ({type(exc).__name__}): "
+                       "rerun `make consolidate`.")
+        else:
+            if contrasts is not None:
+                st.dataframe(contrasts, hide_index=True, width="stretch")
+            st.dataframe(table, hide_index=True, width="stretch",
+                         column_config={"mean NLL": st.column_config.NumberColumn(format="%.3f"),
+                                        "mean retention": st.column_config.NumberColumn(format="%.3f")})
     else:
         st.info("No stored consolidation results yet (`make consolidate`).")

@@ -39,12 +39,26 @@ def _targets(node: ast.AST, here: str, is_package: bool, modules: dict[str, Path
     return [f"{mod}.{a.name}" if f"{mod}.{a.name}" in modules else mod for a in node.names]
 
 
+def _imports(tree: ast.AST) -> list[ast.AST]:
+    """Every import statement, except those under `if TYPE_CHECKING:` (never run)."""
+    out, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.append(node)
+        stack.extend(ast.iter_child_nodes(node))
+    return out
+
+
 def import_graph() -> dict[str, set[str]]:
     modules = _modules()
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for here, path in modules.items():
         is_package = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _imports(ast.parse(path.read_text(), str(path))):
             for target in _targets(node, here, is_package, modules):
                 while target and target not in modules:  # `import analysis.x.y as z`, or a name in a module
                     target = target.rpartition(".")[0]

@@ -60,3 +60,23 @@ def test_merge_cores_and_measuring_run_under_the_thread_cap(one_thread_cap, monk
     assert cache.measured(key, "peft", None, (None, (), (), "exact", 2), ("t",)) == {"rows": []}
     assert seen == {"cores": 1, "measure": 1}
     assert torch.get_num_threads() == 2  # the cap is lifted afterwards
+
+
+def test_a_merge_runs_under_the_face_s_thread_cap(one_thread_cap, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The library leaves torch's threads alone (`run_merge` sets none): this face caps them around it."""
+    import analysis.workflow
+    from app import cache
+
+    seen: dict[str, int] = {}
+
+    def run_merge(*_: Any, **__: Any) -> str:
+        seen["merge"] = torch.get_num_threads()
+        return "run"
+
+    merge_section = importlib.import_module(cache.merge_run.__module__)  # app.cache.merge
+    monkeypatch.setattr(analysis.workflow, "run_merge", run_merge)
+    monkeypatch.setattr(merge_section, "adapter_set", lambda refs: None)
+    monkeypatch.setattr(merge_section, "merge_cores", lambda refs, granularity, p: {})
+    key = cache.MergeKey((("p", "0" * 64, "a"),), "linear", (), None, ("entries", 0.01), "carry")
+    assert merge_section._merge_job(key)(None) == "run"
+    assert seen == {"merge": 1} and torch.get_num_threads() == 2

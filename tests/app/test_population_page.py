@@ -60,3 +60,20 @@ def test_folder_outside_roots_is_refused(monkeypatch: pytest.MonkeyPatch, popula
     at.text_input(key="population_index").set_value(str(tmp_path)).run()
     assert not at.exception
     assert at.error and "outside the allowed roots" in at.error[0].value
+
+
+def test_family_table_sends_every_member_to_overlap(monkeypatch: pytest.MonkeyPatch, population_root: Path) -> None:
+    """A family of 5 (all of it, not the first few): sizes and cohesion shown, every member handed over."""
+    at = _page(monkeypatch, population_root)
+    at.text_input(key="population_index").set_value(str(population_root / "index")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "cohesion" in d.value.columns)
+    assert list(table["adapters"]) == [5, 5, 5]  # 15 adapters, 3 planted families of 5
+    assert all(0.3 < c <= 1.0 for c in table["cohesion"])
+    at.session_state["population_families"] = {"selection": {"rows": [1], "columns": []}}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.button(key="population_family_to_overlap").click().run()
+    sent = at.session_state[view.ADAPTERS]
+    assert len(sent) == 5 and len({Path(p).parent.name for p in sent}) == 1  # one planted family, whole
+    assert not at.exception and not at.error, [e.value for e in at.error]

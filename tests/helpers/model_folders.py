@@ -66,3 +66,30 @@ def model_folder(root: Path, arch: str, seed: int = 0) -> Path:
     tiny_model(arch, seed).save_pretrained(str(out))
     char_tokenizer().save_pretrained(str(out))
     return out
+
+
+def page_base_folder(root: Path, layers: int = 6) -> Path:
+    """A tiny random Llama folder that the committed page fixture adapters fit (tests/fixtures/page_adapters:
+    6 layers, hidden 64, k/v 32 wide), so the Merge page can measure them in seconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      eos_token_id=EOS, pad_token_id=PAD, bos_token_id=None)
+    out = root / "tiny-page-base"
+    LlamaForCausalLM(cfg).eval().save_pretrained(str(out))
+    char_tokenizer().save_pretrained(str(out))
+    return out
+
+
+def page_task_folder(root: Path, names: list[str], rows: int = 8) -> Path:
+    """DIR/<adapter name>/eval.jsonl of short prompt/answer rows: one task per fixture adapter, named like it."""
+    import json
+
+    out = root / "page_tasks"
+    for k, name in enumerate(names):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({"prompt": f"Add {i} and {k}.\nOutput:", "answer": str(i + k)}) for i in range(rows)]
+        (out / name / "eval.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out

@@ -97,11 +97,15 @@ def test_cli_json_agrees_with_transformers_and_peft(setup: dict[str, Any], capsy
     assert res["perplexity"] == pytest.approx(math.exp(res["nll"]))
     # whose numbers: the folder's weights hash and each data file's hash and row count
     assert out["model"]["kind"] == "folder" and out["model"]["name"] == str(setup["folder"].resolve())
-    assert len(out["model"]["sha256"]) == 64 and out["model"]["files"][0]["file"] == "model.safetensors"
     import hashlib
 
+    weights = hashlib.sha256((setup["folder"] / "model.safetensors").read_bytes()).hexdigest()
+    assert out["model"]["sha256"] == weights and out["model"]["files"] == [{"file": "model.safetensors",
+                                                                             "sha256": weights}]
+
     assert out["data"] == [{"task": "mytask", "file": str(setup["data"].resolve()), "rows": N_ROWS, "n": N_ROWS,
-                            "metric": "both", "sha256": hashlib.sha256(setup["data"].read_bytes()).hexdigest()}]
+                            "metric": "both", "kind": "answer",
+                            "sha256": hashlib.sha256(setup["data"].read_bytes()).hexdigest()}]
     assert out["warnings"] == []  # the adapter names this folder as its base
 
 

@@ -11,7 +11,8 @@ import pytest
 from analysis.adapters import load_adapter
 from analysis.cli import main
 from analysis.overlap import aggregate, overlap_table
-from analysis.population.query import exact_cosine, families, neighbors, open_population
+from analysis.population.families import families
+from analysis.population.query import exact_cosine, neighbors, open_population
 from analysis.population.scan import SYNCHRONOUS, scan
 from analysis.population.sketch import SketchConfig
 from analysis.population.synthetic import PlantedSpec, write_population
@@ -109,4 +110,24 @@ def test_families_text_counts_in_singular_and_plural(index, capsys) -> None:
     assert len(lines) == N and all(": 1 adapter: " in x for x in lines)
     assert main(["families", "--index", str(idx), "--families", "2"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  family ")]
-    assert len(lines) == 2 and all(re.search(r": \d+ adapters: ", x) for x in lines)
+    assert len(lines) == 2 and all(re.search(r": \d+ adapters( \(cohesion [-0-9.]+\))?: ", x) for x in lines)
+
+
+def test_exact_rerank_loads_only_what_may_be_loaded(index) -> None:
+    """A server passes `may_load` (its roots): candidates it refuses are never loaded; a refused query is an error."""
+    from analysis.errors import AtlasError
+
+    ads, idx = index
+    pop = open_population(idx)
+    query = str(sorted((ads / "f0001").iterdir())[0].resolve())
+    asked: list[str] = []
+
+    def may_load(path: str) -> bool:
+        asked.append(path)
+        return path == query or Path(path).parent.name != "f0001"  # the query's own family is off limits
+
+    rows = neighbors(pop, query, 5, exact=True, may_load=may_load)
+    assert rows and all(Path(r["adapter"]).parent.name != "f0001" for r in rows)
+    assert len(asked) > 5  # every candidate was asked about before loading
+    with pytest.raises(AtlasError, match="outside what may be loaded"):
+        neighbors(pop, query, 5, exact=True, may_load=lambda p: False)
