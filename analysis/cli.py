@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from analysis import __version__
+from analysis._version import __version__
 from analysis.errors import AtlasError
 
 COMMAND_MODULES = ("inspect", "overlap", "cluster", "evaluate", "merge", "review", "serve", "scan", "neighbors", "families", "compact", "plan",
@@ -44,13 +44,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                parser_class=OneLineErrorParser)
     for name in (only,) if only else COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"analysis.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"analysis.commands.{name}":
-                continue  # command group not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"analysis.commands.{name}").register(sub)
     return parser
 
 

@@ -32,3 +32,11 @@ class ResourceLimitError(AtlasError):
 
 class Cancelled(AtlasError):
     """The user stopped a long computation (a progress callback raised it); nothing was written."""
+
+
+class EvaluationDataError(AtlasError):
+    """A task data file (JSONL, mapping YAML) is unreadable or has a bad row; the message gives file:line."""
+
+
+class ModelLoadError(AtlasError):
+    """A model named for evaluation is not there, is not a model, or would need a download."""

@@ -18,15 +18,23 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from analysis.adapters.model import Adapter, Delta, LowRankDelta
+from analysis.adapters.model import Adapter, Delta, LowRankDelta, adapter_list
 from analysis.errors import RecipeError
+from analysis.progress import Progress
 
 GRANULARITIES = ("entries", "rows", "columns")
+
+
+class CoreSettings(NamedTuple):
+    """How task cores are chosen: the unit (`entries`, `rows`, `columns`) and the top fraction p per module."""
+
+    granularity: str
+    p: float
 
 
 def row_energy(delta: Delta) -> torch.Tensor:
@@ -126,9 +134,9 @@ class Core:
         return out.reshape(self.shape)
 
     @staticmethod
-    def from_mask(mask: torch.Tensor, scores: torch.Tensor | None = None) -> "Core":
+    def from_mask(mask: torch.Tensor, scores: torch.Tensor) -> "Core":
         idx = mask.reshape(-1).nonzero().squeeze(1)  # (k,)
-        val = scores.reshape(-1)[idx].float() if scores is not None else torch.zeros(0)  # (k,) or unknown
+        val = scores.reshape(-1)[idx].float()  # (k,)
         return Core(idx, val, tuple(mask.shape))
 
 
@@ -162,11 +170,6 @@ def task_core(delta: Delta, granularity: str, p: float, buffer: torch.Tensor | N
     return Core.from_mask(top_fraction(score, p), score)
 
 
-def as_core(x: "Core | torch.Tensor") -> Core:
-    """Accept a `Core` or a boolean mask (older callers pass masks)."""
-    return x if isinstance(x, Core) else Core.from_mask(x)
-
-
 def core_mask(delta: Delta, granularity: str, p: float) -> torch.Tensor:
     """The task's core region at this module: (n_out, n_in), (n_out,) or (n_in,) booleans."""
     return top_fraction(importance(delta, granularity), p)
@@ -186,11 +189,27 @@ class CoreOverlap:
 Cores = dict[str, dict[int, Core]]  # module -> {input index: core}
 
 
+@dataclass(frozen=True)
+class CoreChoice:
+    """Which task cores to use, in one value: their settings (None: the isolation method's declared defaults)
+    and, optionally, those cores already computed for the adapters at hand in their order (`task_cores`; the
+    Merge page computes them once for every method it compares). A merge whose method picks cores with the
+    same settings reuses them; a preview measures retention on them."""
+
+    settings: CoreSettings | None = None
+    computed: Cores | None = None
+
+    def for_settings(self, settings: CoreSettings) -> Cores | None:
+        """The computed cores when they were computed with `settings`, else None (compute them afresh)."""
+        return self.computed if self.settings is not None and tuple(self.settings) == tuple(settings) else None
+
+
 def task_cores(adapters: Sequence[Adapter], *, granularity: str = "entries", p: float = 0.01,
-               progress: Callable[[int, int, str], None] | None = None, workers: int = 1) -> Cores:
+               progress: Progress | None = None, workers: int = 1) -> Cores:
     """Every input's core at every module it has, module by module: one dense module (reused buffer) at a time
     per worker. `workers` > 1 splits the modules between that many threads (one torch thread each; the
     Merge page uses one per core), each with its own buffers; the cores are the same."""
+    adapters = adapter_list(adapters)
     modules = sorted(set().union(*(a.modules for a in adapters)))
     out: Cores = {}
     done = [0]
@@ -231,37 +250,57 @@ def task_cores(adapters: Sequence[Adapter], *, granularity: str = "entries", p: 
     return {m: out[m] for m in modules}
 
 
-@dataclass(frozen=True)
-class Claims:
-    """Who claims what at one module: the union of the given cores, and each task's value there."""
+class ClaimRuns:
+    """The cores' claims in position order (K entries) and the distinct positions they cover (U).
 
-    positions: torch.Tensor  # (U,) int64 sorted flat positions claimed by at least one core
-    member: torch.Tensor  # (N, U) bool: task i's core contains the position
-    value: torch.Tensor  # (N, U) float32: task i's core value there (0 where not a member)
+    positions (U,) int64 sorted, each claimed by at least one core; count (U,) claimants per position;
+    starts (U,) first entry of each position; owner (K,) core of each entry; slot (K,) index of each
+    entry's position (computed when asked); value (K,) float32 that core's value there (when asked;
+    None when a core carries no values)."""
+
+    def __init__(self, cores: Sequence[Core]) -> None:
+        self._cores = list(cores)
+        self.n = len(self._cores)
+        idx = [c.index.numpy().astype(np.int64, copy=False) for c in self._cores]
+        cat = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)  # (K,)
+        self._order = np.argsort(cat, kind="stable")  # (K,) merges the N sorted runs
+        ordered = cat[self._order]
+        first = np.empty(ordered.size, dtype=bool)
+        first[:1] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+        self.starts = np.flatnonzero(first)  # (U,)
+        self.positions = ordered[self.starts]  # (U,)
+        self.count = np.diff(self.starts, append=ordered.size)  # (U,)
+        self.owner = np.repeat(np.arange(self.n, dtype=np.int64), [a.size for a in idx])[self._order]  # (K,)
+
+    # computed on first use and kept per instance (not functools.cached_property: on Python 3.11 its lock is
+    # shared by every instance, which would serialise merges running side by side)
+    @property
+    def slot(self) -> np.ndarray:
+        if "_slot" not in self.__dict__:
+            self._slot = np.repeat(np.arange(self.positions.size, dtype=np.int64), self.count)  # (K,)
+        return self._slot
+
+    @property
+    def value(self) -> np.ndarray | None:
+        if "_value" not in self.__dict__:
+            self._value = None if not self.n or any(c.value.numel() != c.index.numel() for c in self._cores) else \
+                np.concatenate([c.value.float().numpy() for c in self._cores])[self._order]  # (K,)
+        return self._value
 
 
-def gather_claims(cores: Sequence[Core]) -> Claims:
-    """Union of the cores, membership and values as (N, U) tables, in O(sum of core sizes)
-    (`analysis.claims` works on the same merged runs without the tables)."""
-    from analysis.claims import claim_runs, shared_tables
-
-    n = len(cores)
-    if n == 0:
-        return Claims(torch.zeros(0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.bool), torch.zeros(0, 0))
-    runs = claim_runs(cores)
-    member, value = shared_tables(runs, np.arange(runs.positions.size))
-    return Claims(torch.from_numpy(runs.positions), member, value)
+def claim_runs(cores: Sequence[Core]) -> ClaimRuns:
+    return ClaimRuns(cores)
 
 
 def pair_counts(cores: Sequence[Core]) -> np.ndarray:
     """(N, N) |C_i & C_j| for one module: each claimed position's set of claimants as a bit code, counted."""
-    from analysis.claims import claim_runs
-
     n = len(cores)
-    if n > 62 or n == 0:
-        m = gather_claims(cores).member.to(torch.float32)  # (N, U)
-        return (m @ m.T).double().numpy()
     runs = claim_runs(cores)
+    if n > 62 or n == 0:  # too many cores for a bit code: the (N, U) membership table
+        member = torch.zeros(n, runs.positions.size)
+        member[torch.from_numpy(runs.owner), torch.from_numpy(runs.slot)] = 1.0
+        return (member @ member.T).double().numpy()
     codes = np.bitwise_or.reduceat(np.left_shift(np.int64(1), runs.owner), runs.starts)  # (U,)
     if n <= 16:  # distinct claimant sets, how many positions each: a bincount over the 2^N codes (linear)
         tally = np.bincount(codes, minlength=1 << n)
@@ -274,11 +313,13 @@ def pair_counts(cores: Sequence[Core]) -> np.ndarray:
 
 
 def core_overlap(adapters: Sequence[Adapter], *, granularity: str = "entries", p: float = 0.01,
-                 cores: Mapping[str, Mapping[int, Any]] | None = None) -> CoreOverlap:
-    """Jaccard overlap of the tasks' core regions, pooled over the modules they share.
+                 cores: Mapping[str, Mapping[int, Core]] | None = None) -> CoreOverlap:
+    """Jaccard overlap of the tasks' core regions, pooled over the modules they share (`adapters`: an
+    `AdapterSet` or a list of Adapters).
 
     # cores per module; # intersections from the union table (N x U booleans, U <= N k);
-    # Jaccard = |C_i & C_j| / |C_i | C_j|. `cores` may hold `Core`s or boolean masks."""
+    # Jaccard = |C_i & C_j| / |C_i | C_j|. `cores`: the `Core`s already computed, per module and input."""
+    adapters = adapter_list(adapters)
     n = len(adapters)
     sizes = np.zeros(n)
     inter = np.zeros((n, n))
@@ -288,7 +329,7 @@ def core_overlap(adapters: Sequence[Adapter], *, granularity: str = "entries", p
         at = cores[module] if cores is not None else {
             i: task_core(a.modules[module], granularity, p) for i, a in enumerate(adapters) if module in a.modules}
         present = sorted(at)
-        counts = pair_counts([as_core(at[i]) for i in present])  # (n_present, n_present)
+        counts = pair_counts([at[i] for i in present])  # (n_present, n_present)
         local = np.zeros((n, n))
         idx = np.asarray(present)
         local[np.ix_(idx, idx)] = counts
@@ -300,74 +341,3 @@ def core_overlap(adapters: Sequence[Adapter], *, granularity: str = "entries", p
     union = sizes[:, None] + sizes[None, :] - inter
     jac = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     return CoreOverlap([a.name for a in adapters], sizes, inter, jac, per_module)
-
-
-def task_groups(jaccard: np.ndarray, tau: float = 0.1) -> np.ndarray:
-    """Group labels (N,): connected components of the graph 'Jaccard >= tau' (the paper's grouping)."""
-    from analysis.clustering import connected_components
-
-    return np.asarray(connected_components(jaccard, tau))
-
-
-def parse_groups(text: str, n: int) -> np.ndarray | None:
-    """'0,0,1' -> array([0, 0, 1]); '' -> None (derive groups from Jaccard instead)."""
-    if not text.strip():
-        return None
-    parts = [t.strip() for t in text.split(",")]
-    if len(parts) != n:
-        raise RecipeError(f"isolation parameter 'groups': {len(parts)} labels given for {n} adapters")
-    index: dict[str, int] = {}
-    return np.array([index.setdefault(t, len(index)) for t in parts])
-
-
-@dataclass(frozen=True)
-class ClaimStats:
-    """How the positions (entries, rows or columns) of one module were assigned."""
-
-    positions: int
-    sole: int  # claimed by exactly one core: transplanted
-    shared_in_group: int  # claimed by several cores of one group: the group's mean
-    conflicts: int  # claimed by cores of different groups: resolved by the conflict policy
-    blended: int  # claimed by no core: blended
-
-
-def coefficient_maps(masks: torch.Tensor, scores: torch.Tensor, groups: Sequence[int], blend: torch.Tensor,
-                     policy: str) -> tuple[torch.Tensor, ClaimStats]:
-    """Per-task coefficient maps M (N, *shape): the merged update is sum_i M_i * dW_i (elementwise,
-    row-wise or column-wise).
-
-    masks (N, *shape) bool: each task's core; scores (N, *shape): its importance there;
-    blend (N,): coefficients for unclaimed positions (mean or SLERP). Policy for conflicts between
-    groups: 'magnitude' (the larger |dW| / energy wins outright: the parameter stays one task's, which
-    is the point of isolation) or 'mean' (average of the claimants)."""
-    N = masks.shape[0]
-    m = masks.to(torch.float32)  # (N, *shape)
-    claims = m.sum(dim=0)  # (*shape)
-    labels = torch.as_tensor(list(groups))
-    if labels.unique().numel() == N:  # every task its own group (the usual case): groups claiming = claims
-        groups_claiming = claims
-    else:
-        groups_claiming = sum((m[labels == g].sum(dim=0) > 0).to(torch.float32) for g in labels.unique())  # (*shape)
-    free = claims == 0
-    sole = claims == 1
-    conflict = groups_claiming >= 2
-    shared = (claims >= 2) & ~conflict
-    view = (N,) + (1,) * (masks.dim() - 1)
-    # blend: positions no core claims
-    M = blend.to(torch.float32).reshape(view) * free  # (N, *shape)
-    # transplant: positions one core claims
-    M = M + m * sole
-    # group mean: positions several cores of one group claim
-    M = M + m * shared / claims.clamp(min=1)
-    # resolve conflicts between groups
-    if policy == "mean":
-        M = M + m * conflict / claims.clamp(min=1)
-    else:
-        # argmax only over the (few) conflicting positions: a full (N, ...) argmax is the slow part
-        where = conflict.nonzero(as_tuple=True)
-        claimed = torch.where(masks[(slice(None), *where)], scores[(slice(None), *where)].to(torch.float32),
-                              torch.tensor(-1.0))  # (N, n_conflicts)
-        winner = torch.argmax(claimed, dim=0)  # (n_conflicts,)
-        M[(winner, *where)] = 1.0
-    stats = ClaimStats(int(claims.numel()), int(sole.sum()), int(shared.sum()), int(conflict.sum()), int(free.sum()))
-    return M, stats

@@ -12,18 +12,21 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
-from analysis.adapters.model import Adapter, Delta
+from analysis.adapters.model import Adapter, Delta, adapter_list
 from analysis.errors import AtlasError, IncompatibleAdaptersError
 from analysis.linalg import block_sums, delta_svd, gram_all_pairs, principal_angles
+from analysis.progress import Progress
+
+if TYPE_CHECKING:
+    from analysis.workflow import AdapterSet
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int, str], None]
 METRICS = ("cosine", "subspace_similarity", "input_subspace_similarity", "energy_overlap", "mean_angle_deg")
 
 
@@ -171,12 +174,14 @@ def module_overlap(deltas: Sequence[Delta], names: Sequence[str], module: str) -
 
 
 def overlap_table(
-    adapters: Sequence[Adapter], *, modules_regex: str | None = None, progress: Progress | None = None
+    adapters: "AdapterSet | Sequence[Adapter]", *, modules_regex: str | None = None, progress: Progress | None = None
 ) -> dict[str, ModuleOverlap]:
     """`ModuleOverlap` for every shared module, in sorted module order.
 
+    `adapters`: an `AdapterSet` or a list of Adapters (`analysis.adapters.adapter_list`).
     `progress(done, total, module)` is called after each module, so a UI bar can reach 100%.
     """
+    adapters = adapter_list(adapters)
     modules = shared_modules(adapters, modules_regex)
     names = [a.name for a in adapters]
     table: dict[str, ModuleOverlap] = {}

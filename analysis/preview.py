@@ -12,25 +12,25 @@ Per task and module, for any method:
 - conflicts: the task's core positions that another task's core also claims;
 - export fidelity: relative Frobenius error of the rank-R re-factoring of the merged module.
 Pooled per task over modules (sums of counts, energy-weighted ratios) so large modules weigh more.
-With the sample set, `real_accuracy` runs `analysis.evaluate.evaluate_deltas` on the merge and on
-each input, so the proxies can be checked against real accuracy.
+Measured numbers (exact match, answer NLL on a named model and data) are the workflow's measure step
+(`analysis.evaluation.Measure`), so the proxies can be checked against them.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
-from analysis.claims import ClaimRuns, claim_runs, task_counts
-from analysis.isolation import Core, as_core, column_energy, row_energy, task_core
+from analysis.isolation import ClaimRuns, Core, claim_runs, column_energy, row_energy, task_core
 from analysis.linalg import singular_values
+from analysis.merge.claims import task_counts
 from analysis.merge.ops import ModuleSpectrum, inner, linear_combination, svd_of, truncate_with_spectrum
 from analysis.merge.structured import gather
+from analysis.progress import Progress
 
-Progress = Callable[[int, int, str], None]
 TOL = 0.25  # core retention: |new - old| <= TOL |old| (implies the sign is kept)
 
 
@@ -133,7 +133,7 @@ def task_geometry(tasks: Sequence[Delta], merged: Delta) -> list[tuple[float, fl
 
 
 def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granularity: str, p: float,
-                tol: float, cores: Mapping[int, Any] | None = None,
+                tol: float, cores: Mapping[int, Core] | None = None,
                 weights: Sequence[float] | None = None, runs: ClaimRuns | None = None) -> list[dict[str, Any]]:
     """One row per input present at `module`, keyed by input index (names may repeat). A weight-0 input
     keeps its row but is left out of the claims: its positions count as conflicts only where two inputs
@@ -143,12 +143,8 @@ def module_rows(inputs: Sequence[Adapter], module: str, merged: Delta, *, granul
     tasks = [inputs[i].modules[module] for i in present]
     at: dict[int, Core] = {}
     if runs is None or granularity != "entries":
-        at = {i: as_core(cores[i]) for i in present} if cores is not None else {
+        at = {i: cores[i] for i in present} if cores is not None else {
             i: task_core(inputs[i].modules[module], granularity, p) for i in present}
-        if granularity == "entries":  # a core given as a bare mask: read the task's values at its positions
-            at = {i: c if c.value.numel() == c.index.numel() else
-                  Core(c.index, gather(tasks[row], c.positions, torch.float32), c.shape)
-                  for row, (i, c) in enumerate(at.items())}
         runs = claim_runs([at[i] for i in present])  # every claim in position order, no (N, U) tables
     live = np.array([weights is None or weights[i] != 0.0 for i in present], dtype=bool)  # (N,)
     merged_at = None
@@ -177,6 +173,21 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
         "conflicts": int(sum(r["conflicts"] for r in rows)),
         "core_size": int(core),
     }
+
+
+def predicted(rows: Sequence[Mapping[str, Any]], n: int, weights: Sequence[float] | None) -> list[dict[str, Any] | None]:
+    """The data-free retention estimate per input (`analysis.predict`), from the inner products the preview already
+    pooled: <M, T>, ||T||^2, ||M||^2 over the input's modules. None for a weight-0 input or without a calibration."""
+    from analysis.predict import Signal, estimate
+
+    out: list[dict[str, Any] | None] = []
+    for i in range(n):
+        mine = [r for r in rows if r["index"] == i]
+        signal = Signal(sum(r["inner"] for r in mine), sum(r["task_norm2"] for r in mine),
+                        sum(r["merged_norm2"] for r in mine))
+        pred = None if weights is not None and weights[i] == 0 else estimate(signal, "data-free")
+        out.append(pred.record() if pred is not None else None)
+    return out
 
 
 def export_summary(spectra: Mapping[str, ModuleSpectrum | None], rank: int | None, needs_rank: bool) -> dict[str, Any]:
@@ -229,30 +240,9 @@ def preview_merge(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *, ran
         if progress is not None:
             progress(step + 1, len(modules), module)
     per_input = [summarize([r for r in rows if r["index"] == i]) for i in range(len(inputs))]
+    for i, pred in enumerate(predicted(rows, len(inputs), weights)):
+        per_input[i]["predicted_retention"] = pred
     return {"settings": {"granularity": granularity, "p": p, "tol": tol, "rank": rank},
             "per_task": {a.name: per_input[i] for i, a in enumerate(inputs)},
             "per_input": [{"index": i, "name": a.name, **per_input[i]} for i, a in enumerate(inputs)],
             "per_module": rows, "export": export_summary(kept, rank, needs_rank)}
-
-
-def real_accuracy(merged: Mapping[str, Delta], inputs: Sequence[Adapter], tasks: Sequence[str], *,
-                  limit: int | None = None, individual: bool = True, model: Any = None, tokenizer: Any = None,
-                  progress: Progress | None = None) -> dict[str, Any]:
-    """Real per-task accuracy of the merge, and (optionally) of each input adapter, on the sample set.
-
-    Calls `analysis.evaluate.evaluate_deltas` on the sample base model (loaded once, cached)."""
-    from analysis.evaluate import evaluate_deltas
-
-    if model is None or tokenizer is None:
-        from analysis.base_model import load_base_model
-
-        model, tokenizer = load_base_model()
-
-    def acc(deltas: Mapping[str, Delta]) -> dict[str, float]:
-        res = evaluate_deltas(model, tokenizer, deltas, list(tasks), limit=limit, progress=progress)
-        return {t: float(r["accuracy"]) for t, r in res.items()}
-
-    out: dict[str, Any] = {"limit": limit, "merged": acc(merged)}
-    if individual:
-        out["individual"] = {a.name: acc(a.modules) for a in inputs}
-    return out

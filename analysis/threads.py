@@ -27,11 +27,20 @@ _open: list[int] = []  # caps of the blocks currently open, in any thread
 _saved: list[int] = []  # the thread count found when the first block opened
 
 
+# torch's pool with 10^5 threads crashes the process (SIGSEGV); a few per core is already past any gain.
+# The CLI's option declaration (analysis/commands/options.py) uses the same factor.
+THREADS_PER_CORE = 4
+
+
+def max_threads() -> int:
+    return max(1, os.cpu_count() or 1) * THREADS_PER_CORE
+
+
 def default_threads() -> int:
-    """A per-request cap: ADAPTER_ATLAS_THREADS if set, else half the cores (at least 1)."""
+    """A per-request cap: ADAPTER_ATLAS_THREADS if set (at most `max_threads()`), else half the cores (at least 1)."""
     env = os.environ.get("ADAPTER_ATLAS_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
-        return int(env)
+        return min(int(env), max_threads())
     return max(1, (os.cpu_count() or 1) // 2)
 
 
@@ -41,7 +50,7 @@ def bounded_threads(n: int | None = None) -> Iterator[int]:
 
     Yields the cap in force. Nesting and concurrent use from several threads are safe: the cap is the
     smallest requested among open blocks, and the original value comes back when the last one closes."""
-    want = max(1, int(n if n is not None else default_threads()))
+    want = min(max(1, int(n if n is not None else default_threads())), max_threads())
     with _lock:
         if not _open:
             _saved[:] = [torch.get_num_threads()]

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from app.components import view, warm_up  # noqa: E402
+from app.components.not_found import show_not_found, unknown_page  # noqa: E402
 
 # (file, title, icon, url path), in the order of the sidebar.
 PAGES = [
@@ -60,7 +61,12 @@ pages = {
 
 
 def forward() -> None:
-    """The root: open the page a `?page=` link names (else Adapters) with the rest of the link."""
+    """The root: open the page a `?page=` link names (else Adapters) with the rest of the link; an unknown
+    path (`/nosuchpage`, which Streamlit hands to this default page) gets a "no such page" with links instead."""
+    missing = unknown_page(st.context.url, st.get_option("server.baseUrlPath") or "", [*pages, "home"])
+    if missing is not None:
+        show_not_found(missing, pages.values())
+        return
     wanted = view.requested_page()
     target = pages.get(wanted or "adapters", pages["adapters"])
     if wanted and wanted not in pages:

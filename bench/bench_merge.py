@@ -164,6 +164,7 @@ def part_pipeline(args: argparse.Namespace) -> dict:
     `MergeRun.write` (the PEFT folder with recipe.yaml and preview.json, atomically)."""
     import tempfile
 
+    from analysis.threads import bounded_threads
     from analysis.workflow import AdapterSet, ExportSpec, ProgressReporter, run_merge
 
     stages: dict[str, float] = {}
@@ -179,8 +180,8 @@ def part_pipeline(args: argparse.Namespace) -> dict:
     t0, c0 = time.perf_counter(), cpu_seconds()
     aset = AdapterSet.from_paths(sorted(Path(args.data).iterdir()))
     stages["read"] = time.perf_counter() - t0
-    run = run_merge(aset, "isolation", export=ExportSpec(rank=EXPORT_RANK), progress=ProgressReporter(on_step),
-                    threads=1)
+    with bounded_threads(1):
+        run = run_merge(aset, "isolation", export=ExportSpec(rank=EXPORT_RANK), progress=ProgressReporter(on_step))
     on_step("write", 0, 1, None, "")  # closes the last stage of the merge
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 import analysis.clustering  # noqa: E402,F401 - imported by the server before any request
 from analysis.adapters.load import load_adapter  # noqa: E402
 from analysis.isolation import task_cores  # noqa: E402
-from analysis.workflow import AdapterSet, ProgressReporter, run_merge  # noqa: E402
+from analysis.threads import bounded_threads  # noqa: E402
+from analysis.workflow import AdapterSet, CoreChoice, CoreSettings, ProgressReporter, run_merge  # noqa: E402
 from analysis.workflow.parallel import default_workers, run_side_by_side  # noqa: E402
 
 METHODS = ("isolation", "linear", "ties", "svd", "tsv")
@@ -65,7 +66,8 @@ def one_at_a_time() -> dict:
     per, runs = {}, {}
     for method in METHODS:
         t = time.perf_counter()
-        runs[method] = run_merge(aset, method, cores_default=CORES, cores=cores, threads=1)
+        with bounded_threads(1):
+            runs[method] = run_merge(aset, method, preview=CoreChoice(CoreSettings(*CORES), cores))
         per[method] = {"seconds": round(time.perf_counter() - t, 3), "export_rank": runs[method].rank}
     return {**setup, "per_method": per, "total_seconds": round(time.perf_counter() - t0, 2),
             "total_cpu_seconds": round(cpu_seconds() - c0, 2)}, runs
@@ -74,7 +76,7 @@ def one_at_a_time() -> dict:
 def side_by_side(workers: int) -> tuple[dict, dict]:
     t0, c0 = time.perf_counter(), cpu_seconds()
     aset, cores, setup = prepare(workers)  # the page computes the shared cores with the same workers
-    jobs = {m: (lambda step, m=m: run_merge(aset, m, cores_default=CORES, cores=cores,
+    jobs = {m: (lambda step, m=m: run_merge(aset, m, preview=CoreChoice(CoreSettings(*CORES), cores),
                                             progress=ProgressReporter(step))) for m in METHODS}
     runs = run_side_by_side(jobs, workers=workers)
     return {**setup, "workers": workers, "total_seconds": round(time.perf_counter() - t0, 2),

@@ -23,8 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.adapters import load_adapter  # noqa: E402
-from analysis.base_model import load_base_model  # noqa: E402
-from analysis.evaluate import evaluate_deltas, list_tasks  # noqa: E402
+from analysis.evaluation import Evaluator, load_data, load_model, sample_task_names  # noqa: E402
 from analysis.merge import merge_adapters  # noqa: E402
 from analysis.preview import preview_merge  # noqa: E402
 
@@ -77,8 +76,8 @@ log = logging.getLogger("sample_merge_table")
 
 
 def accuracy(model: Any, tokenizer: Any, deltas: dict, tasks: list[str], limit: int) -> dict[str, float]:
-    res = evaluate_deltas(model, tokenizer, deltas, tasks, limit=limit)
-    return {t: float(r["accuracy"]) for t, r in res.items()}
+    """Exact match through `analysis.evaluation` on the sample base (`model`, `tokenizer`: kept for the callers)."""
+    return Evaluator(load_model(), load_data(None).select(tasks), limit=limit).accuracy(deltas, tasks)
 
 
 def summarize(merged: dict[str, float], own: dict[str, float]) -> dict[str, Any]:
@@ -124,10 +123,10 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
 
-    tasks = [t for t in list_tasks() if (ROOT / "sample_adapters" / t / "adapter_model.safetensors").is_file()]
+    tasks = [t for t in sample_task_names() if (ROOT / "sample_adapters" / t / "adapter_model.safetensors").is_file()]
     adapters = [load_adapter(ROOT / "sample_adapters" / t, name=t) for t in tasks]
-    model, tokenizer = load_base_model()
-    out: dict[str, Any] = {"limit": args.limit, "tasks": tasks, "protocol": "analysis.evaluate (exact match, "
+    model, tokenizer = load_model().model, load_model().tokenizer
+    out: dict[str, Any] = {"limit": args.limit, "tasks": tasks, "protocol": "analysis.evaluation (exact match, "
                            "greedy, first line), first `limit` eval rows per task", "configs": {}}
     t0 = time.perf_counter()
     out["base"] = accuracy(model, tokenizer, {}, tasks, args.limit)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from sample_adapters.tasks import TASK_NAMES, write_all
+from sample_adapters.tasks import TASK_NAMES, TASKS_DIR, write_all
 from sample_adapters.train import TrainConfig, save_fp16, train_lora
 
 log = logging.getLogger("sample_adapters.build")
@@ -59,10 +59,12 @@ def _tqdm(total: int, desc: str) -> Any:
 
 def train_one(model: Any, tokenizer: Any, task: str) -> dict[str, Any]:
     """Train, save and quickly self-check one adapter; returns its training record."""
-    from analysis.evaluate import evaluate_model, load_task
+    from analysis.consolidate.data import load_rows
+    from analysis.evaluation import load_task
+    from analysis.evaluation.exact import generate_answers, score_predictions
 
     cfg = config_for(task)
-    rows = load_task(task, "train")
+    rows = load_rows(TASKS_DIR, task, "train")
     bar = _tqdm(cfg.steps, f"train {task}")
 
     def on_step(step: int, loss: float) -> None:
@@ -71,7 +73,9 @@ def train_one(model: Any, tokenizer: Any, task: str) -> dict[str, Any]:
 
     pm, stats = train_lora(model, tokenizer, rows, cfg, on_step=on_step)
     bar.close()
-    own = evaluate_model(pm, tokenizer, [task])[task]
+    held_out = load_task(task, TASKS_DIR / task / "eval.jsonl").rows
+    prompts = [r.prompt for r in held_out]
+    own = score_predictions(prompts, [r.answer for r in held_out], generate_answers(pm, tokenizer, prompts))
     stats.update({"task": task, "rank": cfg.rank, "alpha": cfg.alpha, "seed": cfg.seed,
                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "n_train": len(rows),
                   "own_accuracy_peft": own["accuracy"], "torch": torch.__version__,
@@ -118,7 +122,7 @@ def _read_own_peft(adapter_dir: Path) -> tuple[dict[str, Any], str]:
 
 def eval_row(model: Any, tokenizer: Any, name: str, deltas: dict[str, Any], key: str) -> dict[str, Any]:
     """One row of the matrix (accuracy per task), cached under .cache by content key."""
-    from analysis.evaluate import evaluate_deltas
+    from analysis.evaluation import Evaluator, load_data, load_model
 
     cache = CACHE / f"row_{name}.json"
     if cache.is_file():
@@ -128,8 +132,9 @@ def eval_row(model: Any, tokenizer: Any, name: str, deltas: dict[str, Any], key:
     bar = _tqdm(len(TASK_NAMES), f"eval {name}")
     t0 = time.time()
     results = {}
+    evaluator = Evaluator(load_model(), load_data([TASKS_DIR]))  # the sample base: the same cached model
     for task in TASK_NAMES:
-        results[task] = evaluate_deltas(model, tokenizer, deltas, [task])[task]
+        results[task] = evaluator.score(deltas, [task])[task].as_dict()
         bar.update(1)
     bar.close()
     row = {"key": key, "seconds": round(time.time() - t0, 1), "results": results}

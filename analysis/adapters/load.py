@@ -1,11 +1,8 @@
 """`load_adapter`: one entry point that recognises the format of a directory or a weights file.
 
-Recognised, by the tensor names themselves (never by file order or shapes):
-- peft           `<module>.lora_A.weight` / `.lora_B.weight` (+ adapter_config.json when present)
-- diffusers      the same with `unet.` / `text_encoder.` / `transformer.` prefixes, or `...lora.down.weight`
-- diffusers-old  `...attn1.processor.to_q_lora.down.weight`
-- kohya          `lora_unet_*` / `lora_te*_*` with `.lora_down.weight` / `.lora_up.weight` / `.alpha`
-- lycoris        kohya names with `.hada_*` (LoHa) or `.lokr_*` (LoKr) tensors
+Recognised, by the tensor names themselves (never by file order or shapes), through the registry of
+`analysis.adapters.formats` (peft, diffusers, diffusers-old, kohya incl. LyCORIS LoHa/LoKr); an
+adapter_config.json next to the weights means PEFT.
 Each file is read once into memory (regular files only, size-bounded: `limits.py`); the adapter's
 sha256 is computed from those same bytes and the tensors are views of them, so the hash always names
 the numbers in use. Every tensor is then scanned once: NaN/Inf anywhere is refused naming the tensor,
@@ -23,24 +20,11 @@ from typing import Mapping
 
 import torch
 
-from analysis.adapters.diffusers_format import (
-    is_down_up_key,
-    is_old_processor_key,
-    load_diffusers_down_up,
-    load_diffusers_old,
-)
-from analysis.adapters.kohya_format import has_kohya_prefix, load_kohya
+from analysis.adapters import formats
 from analysis.adapters.limits import MAX_CONFIG_BYTES, is_regular_file, read_regular_file
 from analysis.adapters.model import Adapter, LowRankDelta
-from analysis.adapters.names import has_diffusers_prefix
 from analysis.adapters.parsed import Parsed
-from analysis.adapters.peft_format import (
-    PEFT_PREFIX,
-    is_peft_factor,
-    load_diffusers_peft,
-    load_peft,
-    parse_config_json,
-)
+from analysis.adapters.peft_format import load_peft, parse_config_json
 from analysis.adapters.safe_text import plain_text
 from analysis.adapters.safetensors_io import TensorSource, open_weights, scan_values
 from analysis.errors import AdapterFormatError, AtlasError
@@ -50,10 +34,6 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-RECOGNISED = ("PEFT (adapter_config.json + adapter_model.safetensors/.bin, keys '<module>.lora_A.weight'), "
-              "diffusers ('unet.<module>.lora_A.weight', '<module>.lora.down.weight', "
-              "'<block>.processor.to_q_lora.down.weight'), kohya ('lora_unet_<module>.lora_down.weight'), "
-              "LyCORIS LoHa/LoKr ('lora_unet_<module>.hada_w1_a' / '.lokr_w1')")
 
 
 #: Longest error message (characters): a hostile path or key must not yield a page-long line.
@@ -177,55 +157,36 @@ def _resolve_dir(p: Path) -> tuple[Path, Path | None]:
                       and (os.path.lexists(d / CONFIG_NAME) or any(os.path.lexists(d / w) for w in PEFT_WEIGHTS)))
         if subs:
             raise AdapterFormatError(f"{p}: holds several adapters in subfolders ({', '.join(subs)}): pass one folder")
-        raise AdapterFormatError(f"{p}: no adapter files; recognised formats: {RECOGNISED}")
+        raise AdapterFormatError(f"{p}: no adapter files; recognised formats: {formats.recognised()}")
     if len(by_stem) > 1:
         if not any(detect_format(open_weights(f).keys()) != "unknown" for f in by_stem.values()):
             raise AdapterFormatError(f"{p}: no file here is in a recognised adapter format; recognised formats: "
-                                     f"{RECOGNISED}")
+                                     f"{formats.recognised()}")
         names = ", ".join(f.name for f in by_stem.values())
         raise AdapterFormatError(f"{p}: holds several adapters ({names}): pass one file")
     return next(iter(by_stem.values())), None
 
 
 def detect_format(keys: list[str]) -> str:
-    """Format name from the tensor names alone (see module docstring)."""
-    peft_keys = [k for k in keys if is_peft_factor(k)]
-    if peft_keys:
-        if all(has_diffusers_prefix(k) for k in peft_keys):
-            return "diffusers"
-        return "peft"
-    if any(is_down_up_key(k) for k in keys):
-        return "diffusers"
-    if any(is_old_processor_key(k) for k in keys):
-        return "diffusers-old"
-    if any(has_kohya_prefix(k) for k in keys):
-        return "kohya"
-    return "unknown"
+    """Format name from the tensor names alone (`analysis.adapters.formats`), or "unknown"."""
+    fmt = formats.detect(keys)
+    return fmt.name if fmt is not None else "unknown"
 
 
 def _parse(src: TensorSource, config: dict | None, config_path: Path | None) -> Parsed:
-    keys = src.keys()
     if config is not None:
         return load_peft(src, config, config_path)
-    fmt = detect_format(keys)
-    if fmt == "peft":
-        return load_peft(src, None, None)
-    if fmt == "diffusers":
-        if any(is_peft_factor(k) for k in keys):
-            return load_diffusers_peft(src)
-        return load_diffusers_down_up(src)
-    if fmt == "diffusers-old":
-        return load_diffusers_old(src)
-    if fmt == "kohya":
-        return load_kohya(src)
+    fmt = formats.detect(src.keys())
+    if fmt is not None:
+        return fmt.parse(src)
     if src.metadata.get("atlas_format") == "delta":
         raise AdapterFormatError(f"{src.path}: is an Adapter Atlas full-delta export (`merge --format delta`: dense "
                                  "dW per module, to add to the base weights yourself), not a LoRA adapter, so it "
                                  "cannot be read back; to get an adapter, run the merge again with `--format peft` "
                                  "(its recipe.yaml next to it names the inputs, method and parameters)")
-    first = ", ".join(repr(k) for k in sorted(keys)[:2]) or "no tensors"
+    first = ", ".join(repr(k) for k in sorted(src.keys())[:2]) or "no tensors"
     raise AdapterFormatError(f"{src.path}: not a recognised adapter format (keys like {first}); "
-                             f"recognised formats: {RECOGNISED}")
+                             f"recognised formats: {formats.recognised()}")
 
 
-__all__ = ["load_adapter", "detect_format", "PEFT_PREFIX"]
+__all__ = ["load_adapter", "detect_format"]

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Iterable, Mapping, Union
 
 import torch
 
@@ -179,3 +179,14 @@ class Adapter:
         return math.sqrt(sum(d.frobenius_norm() ** 2 for d in self.modules.values()))
 
 
+
+
+def adapter_list(inputs: "Iterable[Adapter] | Any") -> list[Adapter]:
+    """The library's one input type, read the same way by every job: an `AdapterSet` (anything holding its
+    adapters as `.adapters`) or a list of loaded `Adapter`s. Anything else is a TypeError naming it."""
+    items = list(getattr(inputs, "adapters", inputs))
+    bad = next((x for x in items if not isinstance(x, Adapter)), None)
+    if bad is not None:
+        raise TypeError(f"expected an AdapterSet or a list of Adapters (load_adapter), got an item of type "
+                        f"{type(bad).__name__}; paths: AdapterSet.from_paths(paths)")
+    return items

@@ -80,6 +80,29 @@ def _fail(path: Path, what: str) -> AdapterFormatError:
 MAX_TENSORS = 50_000
 #: Largest single dimension accepted in a header: far above any real layer, far below int64 overflow.
 MAX_DIM = 1 << 40
+#: Header bytes allowed per tensor entry (a real one is ~100-250: name, dtype, shape, offsets) and for the
+#: `__metadata__` strings (kohya's training metadata reaches a few MB). Parsing JSON costs ~0.1 s per MB
+#: here and ~15x its size in memory, so the header must be bounded by what its tensor count can explain
+#: *before* it is parsed: a 100 MB header of valid JSON took 86 s and 1.6 GB to refuse.
+MAX_ENTRY_BYTES = 512
+MAX_METADATA_BYTES = 16 << 20
+
+
+def _check_header_budget(path: Path, data: bytes | bytearray, n: int) -> None:
+    """Refuse, in milliseconds, a header larger than its tensors can need (a C-speed count, no parsing).
+
+    Every entry holds the literal `"data_offsets"` once (an escaped copy inside a string does not match), so
+    the count bounds the number of tensors from above; the header may then hold at most that many entries
+    of MAX_ENTRY_BYTES plus MAX_METADATA_BYTES of metadata."""
+    count = data.count(b'"data_offsets"', 8, 8 + n) if n > MAX_METADATA_BYTES else 0  # no copy of the header
+    if count > MAX_TENSORS:
+        raise _fail(path, f"about {count} tensors in one file (at most {MAX_TENSORS}; the largest real adapters "
+                          "hold a few thousand)")
+    budget = count * MAX_ENTRY_BYTES + MAX_METADATA_BYTES
+    if n > budget:
+        raise _fail(path, f"safetensors header of {n} bytes for {count} tensors: at most {budget} expected "
+                          f"({MAX_ENTRY_BYTES} bytes per tensor plus {MAX_METADATA_BYTES >> 20} MiB of metadata); "
+                          "refused before parsing")
 
 
 def _is_int(x: object) -> bool:
@@ -128,6 +151,7 @@ def parse_safetensors_header(path: Path, data: bytes | bytearray) -> tuple[dict[
     if n > MAX_HEADER_BYTES or 8 + n > size:
         raise _fail(path, f"not a safetensors file or truncated: header length {n} does not fit "
                           f"in the file ({size} bytes)")
+    _check_header_budget(path, data, n)
     try:
         header = json.loads(bytes(data[8:8 + n]).decode("utf-8"), object_pairs_hook=unique_keys)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
@@ -151,11 +175,6 @@ def parse_safetensors_header(path: Path, data: bytes | bytearray) -> tuple[dict[
     entries = {k: _parse_entry(path, k, v, data_len) for k, v in header.items()}
     _check_no_overlap(path, entries)
     return entries, dict(metadata), data_start
-
-
-def read_safetensors_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str], int]:
-    """Header of a safetensors file on disk (the whole file is read once, bounded; see `limits`)."""
-    return parse_safetensors_header(path, read_regular_file(path, "weights file"))
 
 
 def _check_no_overlap(path: Path, entries: dict[str, TensorEntry]) -> None:
@@ -287,8 +306,3 @@ def scan_values(src: TensorSource, keys: list[str], *, chunk: int = 1 << 22) -> 
                 peak = max(peak, float(part[finite].abs().max()))
         out[key] = (bad, peak)
     return out
-
-
-def nonfinite_counts(src: TensorSource, keys: list[str], *, chunk: int = 1 << 20) -> dict[str, int]:
-    """Number of NaN/Inf values per tensor (only those with any)."""
-    return {k: n for k, (n, _) in scan_values(src, keys, chunk=chunk).items() if n}

@@ -10,6 +10,7 @@ import json
 import sys
 
 from analysis.clustering import DISTANCE_METRICS, Linkage, adapter_distance
+from analysis.commands import options as opt
 from analysis.commands.overlap import _clean, compute_table, limit_threads, load_named
 
 DEFAULT_THRESHOLD = 0.5
@@ -21,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Hierarchical clustering of adapters on an energy-weighted overlap distance.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="adapter directories or files (two or more)")
     cut = p.add_mutually_exclusive_group()
-    cut.add_argument("--groups", type=int, default=None, metavar="K", help="cut into exactly K groups")
-    cut.add_argument("--threshold", type=float, default=None, metavar="T",
+    cut.add_argument("--groups", type=opt.count(), default=None, metavar="K", help="cut into exactly K groups")
+    cut.add_argument("--threshold", type=opt.fraction(), default=None, metavar="T",
                      help=f"merge clusters closer than distance T in [0, 1] (default {DEFAULT_THRESHOLD})")
     p.add_argument("--metric", default="cosine", choices=DISTANCE_METRICS,
                    help="cosine: 1-|cos|; subspace: 1-phi; energy: 1-mean energy overlap; angle: mean angle/90")

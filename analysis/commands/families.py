@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 
+from analysis.commands import options as opt
 from analysis.commands.overlap import _clean
 from analysis.errors import AtlasError
 from analysis.population.families import DEFAULT_NEIGHBOURS, DEFAULT_SAMPLE, families
@@ -26,12 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the chance level measured on random pairs of the index (each base separately).")
     p.add_argument("--index", required=True, metavar="DIR", help="index directory written by `adapter-atlas scan`")
     cut = p.add_mutually_exclusive_group()
-    cut.add_argument("--families", type=int, default=None, metavar="K", help="exactly K families")
-    cut.add_argument("--threshold", type=float, default=None, metavar="T",
+    cut.add_argument("--families", type=opt.count(), default=None, metavar="K", help="exactly K families")
+    cut.add_argument("--threshold", type=opt.fraction(high=2.0, why="a cosine distance"), default=None, metavar="T",
                      help="cosine distance cut set by hand (default: chance level measured on the index)")
-    p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, metavar="N",
+    p.add_argument("--sample", type=opt.count(10**7, low=2), default=DEFAULT_SAMPLE, metavar="N",
                    help=f"adapters whose random pairs measure the chance level (default {DEFAULT_SAMPLE})")
-    p.add_argument("--neighbours", type=int, default=DEFAULT_NEIGHBOURS, metavar="K",
+    p.add_argument("--neighbours", type=opt.count(1000), default=DEFAULT_NEIGHBOURS, metavar="K",
                    help=f"nearest neighbours per adapter in the graph (default {DEFAULT_NEIGHBOURS})")
     p.add_argument("--exact", action="store_true",
                    help="re-rank the graph by the exact cosine (loads every adapter: thousands, not millions)")

@@ -1,14 +1,17 @@
-"""`adapter-atlas merge`: merge adapters with a registered method and export what PEFT (or kohya) loads.
+"""`adapter-atlas merge`: merge adapters with a registered method and export what PEFT, diffusers or kohya load.
 
     adapter-atlas merge A B C --method isolation --out merged/          # dense: automatic export rank
     adapter-atlas merge A B C --method isolation --rank 16 --out merged/
     adapter-atlas merge --recipe merged/recipe.yaml --out again/      # replay; refuses changed inputs
     adapter-atlas merge --list-methods                                  # methods and declared parameters
+    adapter-atlas merge A B --method linear --out merged/ --eval --model models/my-llama --data tasks.yaml
 
 A thin face over `analysis.workflow.run_merge` (the same pipeline the app and the review use): this
 file parses arguments, draws progress bars (stderr) and prints the summary (stdout, `--json` for
 scripts). Dense results get the smallest export rank whose relative Frobenius error is at most
-`--target-error` (capped at the summed input rank); `--rank` overrides it.
+`--target-error` (capped at the summed input rank); `--rank` overrides it. `--eval` adds the measure step:
+the adapter written, each input and the base scored on --model (default the sample base) and --data
+(default the sample tasks); the rows, the model identity and the data hashes go into preview.json.
 """
 from __future__ import annotations
 
@@ -20,13 +23,15 @@ from typing import Any
 
 from tqdm import tqdm
 
+from analysis.commands import options as opt
 from analysis.errors import RecipeError
 from analysis.export import load_recipe, load_recipe_inputs, recipe_sha256
 from analysis.export.outdir import check_out_dir, recipe_input_paths
-from analysis.export.recipe import EXPORT_FORMATS
+from analysis.export.recipe import EXPORT_DTYPE_NAMES, EXPORT_FORMATS
 from analysis.merge import describe_methods
 from analysis.merge.registry import parse_param_strings
-from analysis.workflow.evidence import METRIC_HELP, export_line
+from analysis.workflow.coverage import MISSING_HELP, MISSING_MODULES
+from analysis.workflow.evidence import METRIC_HELP, export_line, measured_lines, module_line
 from analysis.workflow.rank import DEFAULT_TARGET_ERROR
 
 
@@ -40,14 +45,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default=None, help="merge method (see --list-methods)")
     p.add_argument("--weights", default=None, metavar="W1,W2,...", help="one weight per adapter")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeatable)")
-    p.add_argument("--rank", type=int, default=None, help="re-factor every module to this rank for export")
-    p.add_argument("--target-error", type=float, default=DEFAULT_TARGET_ERROR, metavar="E",
+    p.add_argument("--rank", type=opt.EXPORT_RANK, default=None, help="re-factor every module to this rank for export")
+    p.add_argument("--target-error", type=opt.fraction(open_low=True, open_high=True), default=DEFAULT_TARGET_ERROR, metavar="E",
                    help="automatic export rank: smallest rank with relative Frobenius error <= E "
                         f"(default {DEFAULT_TARGET_ERROR})")
     p.add_argument("--drop-extras", action="store_true",
                    help="drop the inputs' non-LoRA tensors (heads, DoRA magnitudes, biases) instead of refusing "
                         "when they differ")
-    p.add_argument("--format", default="peft", choices=EXPORT_FORMATS, help="export format (default peft)")
+    p.add_argument("--format", default="peft", choices=EXPORT_FORMATS,
+                   help="export format (default peft): peft (PeftModel), diffusers (pipe.load_lora_weights), kohya "
+                        "(A1111/Forge, ComfyUI, sd-scripts; also diffusers), delta (full dW per module)")
+    p.add_argument("--dtype", default="fp32", choices=EXPORT_DTYPE_NAMES,
+                   help="stored precision of the export (default fp32); its storage error is reported")
+    p.add_argument("--missing-modules", default="zero", choices=MISSING_MODULES,
+                   help="modules not every input has: " + "; ".join(f"{k}: {v}" for k, v in MISSING_HELP.items())
+                        + " (default zero)")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (refused if it exists)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument("--allow-different-bases", action="store_true",
@@ -56,6 +68,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-preview", action="store_true", help="skip the data-free preview in preview.json")
     p.add_argument("--json", action="store_true", help="print the summary (with the preview per task) as JSON")
     p.add_argument("--list-methods", action="store_true", help="print the methods and their parameters")
+    g = p.add_argument_group("measuring (--eval)")
+    g.add_argument("--eval", action="store_true",
+                   help="measure the adapter written, each input and the base on --model and --data; the rows go "
+                        "into preview.json next to the data-free preview")
+    from analysis.commands.evaluate import add_model_arguments
+
+    add_model_arguments(g)
+    g.add_argument("--data", action="append", default=None, metavar="PATH",
+                   help="task data for --eval: JSONL file, DIR/<task>/eval.jsonl, DIR/*.jsonl or a YAML mapping "
+                        "(repeatable; default: the sample tasks)")
+    g.add_argument("--metric", default="exact", choices=("exact", "nll", "both"), help="--eval metric (default exact)")
+    g.add_argument("--limit", type=opt.EVAL_LIMIT, default=None, metavar="N", help="--eval: first N rows per task")
     p.set_defaults(func=run)
 
 
@@ -102,16 +126,17 @@ def list_methods() -> int:
     return 0
 
 
-def _job(args: argparse.Namespace) -> tuple[Any, str, dict, list[float] | None, Any, bool]:
-    """(adapter set, method, parameters, weights, export spec, force) from the arguments or a recipe."""
-    from analysis.workflow import AdapterSet, ExportSpec
+def _job(args: argparse.Namespace) -> tuple[Any, str, dict, list[float] | None, Any, Any]:
+    """(adapter set, method, parameters, weights, export spec, preview) from the arguments or a recipe."""
+    from analysis.workflow import AdapterSet, ExportSpec, preview_from_recipe
 
     if args.recipe:
         if args.paths or args.method:
             raise RecipeError("--recipe replays a recipe: do not also give PATH or --method")
         recipe = load_recipe(args.recipe)
-        adapters = AdapterSet(tuple(load_recipe_inputs(recipe)))
-        return adapters, recipe.method, recipe.parameters, recipe.weights, ExportSpec.from_recipe(recipe), recipe.force
+        adapters = AdapterSet(tuple(load_recipe_inputs(recipe)), allow_different_bases=recipe.force)
+        preview = preview_from_recipe(recipe) if not args.no_preview else False
+        return adapters, recipe.method, recipe.parameters, recipe.weights, ExportSpec.from_recipe(recipe), preview
     if not args.paths or not args.method:
         raise RecipeError("merge needs PATH... and --method (or --recipe FILE, or --list-methods)")
     if args.rank is not None and args.rank < 1:
@@ -119,10 +144,10 @@ def _job(args: argparse.Namespace) -> tuple[Any, str, dict, list[float] | None, 
     if not 0.0 < args.target_error < 1.0:
         raise RecipeError(f"--target-error {args.target_error}: expected a relative error between 0 and 1")
     export = ExportSpec(format=args.format, rank=args.rank, target_error=args.target_error,
-                        extras="drop" if args.drop_extras else "carry")
-    adapters = AdapterSet.from_paths(args.paths)
-    return (adapters, args.method, parse_param_strings(args.param), _weights(args.weights), export,
-            args.allow_different_bases)
+                        extras="drop" if args.drop_extras else "carry", dtype=args.dtype,
+                        missing_modules=args.missing_modules)
+    adapters = AdapterSet.from_paths(args.paths, allow_different_bases=args.allow_different_bases)
+    return adapters, args.method, parse_param_strings(args.param), _weights(args.weights), export, not args.no_preview
 
 
 def _check_extras(adapters: Any, export: Any) -> None:
@@ -142,23 +167,58 @@ def run(args: argparse.Namespace) -> int:
         raise RecipeError("merge needs --out DIR")
     out = Path(args.out)
     check_out_dir(out, inputs=[*args.paths, *recipe_input_paths(args.recipe)], force=args.force)  # before any work
-    from analysis.workflow import ProgressReporter, run_merge
+    from analysis.threads import bounded_threads
+    from analysis.workflow import ProgressReporter, measure_run, run_merge
 
-    adapters, method, params, weights, export, force = _job(args)
+    measure = _measure_data(args)  # data validated before anything is merged or loaded
+    adapters, method, params, weights, export, preview = _job(args)
     _check_extras(adapters, export)
+    if measure is not None:
+        measure = _measure(args, measure, adapters)
     bars = _Bars()
     try:
-        merged = run_merge(adapters, method, params, weights, export, force=force, preview=not args.no_preview,
-                           progress=ProgressReporter(bars))
+        with bounded_threads():  # this face's torch threads (ADAPTER_ATLAS_THREADS, else half the cores)
+            merged = run_merge(adapters, method, params, weights, export, preview=preview,
+                               progress=ProgressReporter(bars))
+            if measure is not None:
+                merged = measure_run(merged, measure, ProgressReporter(bars))
     finally:
         bars.close()
     merged.write(out, force=args.force)
     summary = {"out": str(out), "method": method, "parameters": merged.result.params,
                "weights": merged.result.weights, "format": export.format, "rank": merged.rank,
                "modules": len(merged.result.modules), "recipe_sha256": recipe_sha256(merged.recipe),
+               "module_policy": merged.evidence["modules"],
                **{k: merged.evidence[k] for k in ("inputs", "tasks", "export", "extras", "method_info")}}
+    if "measured" in merged.evidence:
+        summary["measured"] = merged.evidence["measured"]
     print(json.dumps(summary, indent=2, default=float) if args.json else _readable(summary))
     return 0
+
+
+def _measure_data(args: argparse.Namespace) -> Any:
+    """The validated task data of --eval (None without --eval); model options without --eval are refused."""
+    if not args.eval:
+        if args.model or args.data:
+            raise RecipeError("--model and --data measure the merge: add --eval")
+        return None
+    if args.limit is not None and args.limit < 1:
+        raise RecipeError(f"--limit must be at least 1, got {args.limit}")
+    from analysis.evaluation import load_data
+
+    return load_data(args.data, metric=args.metric)
+
+
+def _measure(args: argparse.Namespace, data: Any, adapters: Any) -> Any:
+    """The Measure request: the model loaded and every input checked to fit it, before the merge."""
+    from analysis.commands.evaluate import model_spec
+    from analysis.evaluation import Evaluator, Measure, load_model
+
+    print(f"loading the model ({args.model or 'the sample base'})...", file=sys.stderr)
+    evaluator = Evaluator(load_model(model_spec(args, args.model)), data, limit=args.limit)
+    for w in evaluator.check(adapters.adapters):
+        print(f"warning: {w}", file=sys.stderr)
+    return Measure(evaluator)
 
 
 def _readable(summary: dict[str, Any]) -> str:
@@ -170,6 +230,7 @@ def _readable(summary: dict[str, Any]) -> str:
              export_line(summary) or "",
              *(["the automatic rank stops at the cap: pass --rank R above it (merged again at that rank) or "
                  "--format delta (exact)"] if summary["export"].get("reached") is False else []),
+             module_line({"modules": summary["module_policy"]}) or "",
              f"recipe sha256: {summary['recipe_sha256']}"]
     extras = summary["extras"]
     if extras["carried"] or extras["dropped"]:
@@ -182,8 +243,11 @@ def _readable(summary: dict[str, Any]) -> str:
             lines.append(f"{t['name']:<{width}}  {_f(t['core_retention'], 9)}  {_f(t['interference'], 12)}  "
                          f"{_f(t['cosine'], 6)}  {t['conflicts']:9d}")
         lines.append(f"core kept: {METRIC_HELP['core_retention']}; interference: {METRIC_HELP['interference']}")
+    if summary.get("measured"):
+        lines += ["", *measured_lines(summary["measured"])]
     return "\n".join(lines)
 
 
 def _f(value: float | None, width: int) -> str:
     return f"{value:{width}.3f}" if value is not None else f"{'n/a':>{width}}"
+

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from analysis.commands import options as opt
 from analysis.commands.overlap import _clean, limit_threads
 from analysis.errors import AdapterFormatError, AtlasError
 from analysis.population.query import neighbors, open_population
@@ -23,9 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the best candidates by the exact factored cosine.")
     p.add_argument("adapter", metavar="ADAPTER", help="adapter directory or file (scanned or not)")
     p.add_argument("--index", required=True, metavar="DIR", help="index directory written by `adapter-atlas scan`")
-    p.add_argument("-k", type=int, default=10, help="how many neighbours (default 10)")
+    p.add_argument("-k", type=opt.count(), default=10, help="how many neighbours (default 10)")
     p.add_argument("--exact", action="store_true", help="re-rank the top candidates by the exact cosine")
-    p.add_argument("--candidates", type=int, default=None, metavar="N",
+    p.add_argument("--candidates", type=opt.count(10**7), default=None, metavar="N",
                    help="candidates re-ranked with --exact (default: all within 4 noise spreads of the k-th, <= 1000)")
     p.add_argument("--json", action="store_true", help="print the neighbours as JSON")
     p.set_defaults(func=run)

@@ -2,7 +2,12 @@
 
 JSON (stdout): {"adapters": [names], "modules": {module: {norm, cosine, subspace_similarity,
 input_subspace_similarity, principal_angles_deg, mean_angle_deg, energy_overlap, rank, spectra}},
-"aggregate": {metric: N x N}}. Without --json, a readable pair table. Progress goes to stderr.
+"aggregate": {metric: N x N}, "module_policy": {policy, rule, total, shared, not_shared, left_out_energy}}.
+Without --json, a readable pair table. Progress goes to stderr.
+
+Module rule: overlap is compared on the modules every input has (a pair has no overlap where one side is
+absent); the modules some input lacks are named in the summary with each input's share of energy in them
+(`analysis.workflow.coverage`), or refused with `--missing-modules refuse`.
 """
 from __future__ import annotations
 
@@ -64,12 +69,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="adapter directories or files (two or more)")
     p.add_argument("--json", action="store_true", help="print the full per-module tables as JSON")
     p.add_argument("--modules", default=None, metavar="REGEX", help="only modules whose name matches (re.search)")
+    p.add_argument("--missing-modules", default="shared", choices=("shared", "refuse"),
+                   help="modules not every input has: shared: compare on the shared modules and list the others "
+                        "(default); refuse: stop when the inputs do not all have the same modules")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from analysis.workflow.coverage import module_coverage
+
     limit_threads()
     adapters = load_named(args.paths)
+    coverage = module_coverage(adapters, args.missing_modules)  # `refuse`: one line naming them
     table = compute_table(adapters, args.modules)
     names = [a.name for a in adapters]
     agg = {m: aggregate(table, m) for m in METRICS}
@@ -78,12 +89,26 @@ def run(args: argparse.Namespace) -> int:
             "adapters": names,
             "modules": {m: {k: v for k, v in mo.to_json().items() if k != "adapters"} for m, mo in table.items()},
             "aggregate": {m: a.tolist() for m, a in agg.items()},
+            "module_policy": {**coverage.summary(), "rule": OVERLAP_RULE},
         }
         json.dump(payload, sys.stdout)
         sys.stdout.write("\n")
         return 0
     sys.stdout.write(_summary(names, table, agg))
+    sys.stdout.write(_policy(coverage) + "\n")
     return 0
+
+
+OVERLAP_RULE = "compared on the modules every input has; the others are listed, not compared"
+
+
+def _policy(coverage) -> str:  # noqa: ANN001 - analysis.workflow.coverage.Coverage
+    """The module rule in one line, with each input's share of energy in the modules not compared."""
+    if not coverage.missing:
+        return _clean(coverage.line())
+    energy = ", ".join(f"{_clean(n)} {e:.1%}" for n, e in zip(coverage.names, coverage.left_out_energy))
+    return _clean(coverage.line(f"not compared (compared on the {len(coverage.shared)} shared modules; "
+                                f"energy not compared: {energy})"))
 
 
 def _clean(text: str) -> str:

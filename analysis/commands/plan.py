@@ -2,9 +2,13 @@
 
     adapter-atlas plan sample_adapters/{format,math,text}_* --min-retention 0.9 --out plan/                    # data-free
     adapter-atlas plan sample_adapters/{format,math,text}_* --min-retention 0.9 --data sample_adapters/tasks --out plan/
+    adapter-atlas plan my_adapters/* --model models/my-llama --data my_tasks.yaml --out plan/
 
 Writes one PEFT adapter per group into --out and plan.json (groups, tasks, method, parameters, predicted and,
-with --data, measured retention; every tried group with its verdict). Task = adapter directory name.
+with --data, measured retention on --model, default the sample base; every tried group with its verdict;
+`measured_on`: model identity and data files). An adapter's task: a mapping file's (by path or sha256),
+else the task named like its folder. With --data each group is screened by answer NLL first and only groups
+that pass are verified by exact match (--no-screen: exact match for every group).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from analysis.commands import options as opt
 from analysis.errors import AtlasError
 
 
@@ -23,14 +28,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Plan merge groups from core overlap, capacity and the data-free preview; with --data, "
                     "verify every group by real evaluation and split until each task keeps the bar.")
     p.add_argument("paths", nargs="+", metavar="ADAPTER", help="adapter directories (name = task)")
-    p.add_argument("--min-retention", type=float, default=0.9, help="accuracy kept vs the own adapter (default 0.9)")
-    p.add_argument("--data", default=None, metavar="DIR", help="task data DIR/<task>/eval.jsonl: verify by evaluation")
-    p.add_argument("--limit", type=int, default=32, help="eval rows per task when verifying (default 32)")
-    p.add_argument("--max-trials", type=int, default=20, help="most group merges tried (default 20)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--min-retention", type=opt.fraction(open_low=True), default=0.9, help="accuracy kept vs the own adapter (default 0.9)")
+    p.add_argument("--data", action="append", default=None, metavar="PATH",
+                   help="task data (DIR/<task>/eval.jsonl, JSONL files or a YAML mapping): verify by evaluation")
+    from analysis.commands.evaluate import add_model_arguments
+
+    add_model_arguments(p)
+    p.add_argument("--no-screen", action="store_true",
+                   help="verify every group by exact match (default: answer NLL first, exact match for the groups "
+                        "that pass)")
+    p.add_argument("--limit", type=opt.EVAL_LIMIT, default=32, help="eval rows per task when verifying (default 32)")
+    p.add_argument("--max-trials", type=opt.count(10**4), default=20, help="most group merges tried (default 20)")
+    p.add_argument("--threads", type=opt.THREADS, default=1,
                    help="torch threads (default 1: on a shared CPU two threads spin-wait and run far slower)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="stored precision of the merged groups (default fp32; single adapters are copied as they are)")
     p.add_argument("--json", action="store_true", help="print plan.json to stdout")
     p.set_defaults(func=run)
 
@@ -45,41 +59,62 @@ class _Log(logging.Handler):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from analysis.export.outdir import check_out_dir
     from analysis.plan import Planner
     from analysis.plan.export import export_plan
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise AtlasError(f"{out} already exists; pass --force to replace it")
-    if args.data is not None and not Path(args.data).is_dir():
-        raise AtlasError(f"--data {args.data}: no such directory")
+    check_out_dir(out, inputs=args.paths, force=args.force)  # before any planning (checked again when writing)
+    from analysis.commands.evaluate import model_spec
     from analysis.workflow import AdapterSet
 
-    adapters = list(AdapterSet.from_paths(args.paths).adapters)  # the one naming rule: run1/adapter, run2/adapter
-    evaluate = None
-    if args.data is not None:
-        from analysis.base_model import load_base_model
-        from analysis.consolidate.evaluator import TaskEvaluator
+    spec = model_spec(args, args.model)
+    evaluator = evaluate = screen = None
+    if args.data is not None:  # every data file validated, and every adapter given its task, before the model loads
+        from analysis.evaluation import load_data
 
-        model, tokenizer = load_base_model()
-        evaluate = TaskEvaluator(model, tokenizer, args.data, limit=args.limit)
+        data = load_data(args.data, metric="both")
+    adapters = list(AdapterSet.from_paths(args.paths).adapters)  # the one naming rule: run1/adapter, run2/adapter
+    if args.data is not None:
+        from analysis.evaluation import Evaluator, load_model
+        from analysis.plan.measured import plan_measures
+
+        data = data.select(list(dict.fromkeys(data.own_task(a) for a in adapters)))
+        for t in data.tasks:
+            if "exact" not in t.metrics:
+                raise AtlasError(f"{t.path}: plan verifies by exact match: task '{t.name}' needs prompt/answer, "
+                                 "prompt/completion or chat rows (it has text rows only)")
+        print(f"loading the model ({args.model or 'the sample base'})...", file=sys.stderr)
+        evaluator = Evaluator(load_model(spec), data, limit=args.limit)
+        for w in evaluator.check(adapters):
+            print(f"warning: {w}", file=sys.stderr)
+        evaluate, screen = plan_measures(evaluator, adapters)
     handler, logger = _Log(), logging.getLogger("analysis.plan.planner")
     level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # once on stderr, not again through the root handler
     try:
-        plan = Planner(args.min_retention, evaluate=evaluate, max_trials=args.max_trials).plan(adapters)
+        plan = Planner(args.min_retention, evaluate=evaluate, screen=None if args.no_screen else screen,
+                       max_trials=args.max_trials).plan(adapters)
+        if evaluator is not None:
+            from analysis.plan.measured import measured_on
+
+            plan.measured_on = measured_on(evaluator)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
-    data = export_plan(plan, adapters, out, force=args.force)
+    from analysis.threads import bounded_threads
+
+    with bounded_threads():  # this face's torch threads for the merges it writes
+        data = export_plan(plan, adapters, out, force=args.force, dtype=args.dtype)
     if args.json:
         print(json.dumps(data, indent=2, default=float))
         return 0
-    kind = "measured" if plan.own_accuracy is not None else "predicted (data-free)"
+    kind = (f"measured on {evaluator.identity.line()}" if evaluator is not None
+            else "predicted (data-free)")
     print(f"{len(adapters)} adapters -> {data['adapters_out']} at min retention {args.min_retention} ({kind}); "
           f"wrote {out}/plan.json")
     for g in data["groups"]:

@@ -15,8 +15,8 @@ import sys
 
 from tqdm import tqdm
 
+from analysis.commands import options as opt
 from analysis.commands.overlap import _clean
-from analysis.errors import AtlasError
 from analysis.population.scan import SYNCHRONOUS, scan
 from analysis.population.sketch import DEFAULT_K, DEFAULT_SEED, DEFAULT_TOP, SketchConfig
 
@@ -31,13 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="index directory (created, or updated in place)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="a running dask scheduler (tcp://host:8786), or 'synchronous'; default: a local cluster")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=opt.WORKERS, default=None, metavar="N",
                    help="local cluster size (default: one worker per core); ignored with --scheduler")
     p.add_argument("--threads", action="store_true", help="local cluster of threads instead of processes")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"sketch size: k x k per adapter (default {DEFAULT_K})")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="global sketch seed (default 0)")
-    p.add_argument("--top", type=int, default=DEFAULT_TOP, help="top singular values kept per module")
-    p.add_argument("--batch", type=int, default=32, metavar="N", help="adapters per Dask task (default 32)")
+    p.add_argument("--k", type=opt.count(512, why="a k x k sketch per adapter"), default=DEFAULT_K, help=f"sketch size: k x k per adapter (default {DEFAULT_K})")
+    p.add_argument("--seed", type=opt.SEED, default=DEFAULT_SEED, help="global sketch seed (default 0)")
+    p.add_argument("--top", type=opt.count(1024, low=0), default=DEFAULT_TOP, help="top singular values kept per module")
+    p.add_argument("--batch", type=opt.count(10**5), default=32, metavar="N", help="adapters per Dask task (default 32)")
     p.add_argument("--json", action="store_true", help="print the scan report as JSON")
     p.set_defaults(func=run)
 
@@ -53,8 +53,14 @@ def quiet_dask(level: int = logging.WARNING) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers is not None and args.workers < 1:
-        raise AtlasError(f"--workers must be at least 1, got {args.workers}")
+    from analysis.export.outdir import check_out_place
+    from analysis.population.scheduler import parse_scheduler, probe
+    from analysis.population.walk import check_roots
+
+    check_roots(args.roots)
+    check_out_place(args.out)  # before any walking or sketching
+    if args.scheduler not in (None, SYNCHRONOUS):
+        probe(parse_scheduler(args.scheduler))  # one line, within seconds, before the index is touched
     config = SketchConfig(k=args.k, seed=args.seed, top=args.top)
     if not args.verbose:  # dask's own INFO lines (scheduler/worker start and stop) would bury the progress bar
         quiet_dask()
@@ -65,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             bar.refresh()
 
         report = scan(args.roots, args.out, config=config, scheduler=args.scheduler, workers=args.workers,
-                      processes=not args.threads, batch_size=max(1, args.batch), progress=progress)
+                      processes=not args.threads, batch_size=args.batch, progress=progress)
     if args.json:
         json.dump(report.to_json(), sys.stdout)
         sys.stdout.write("\n")
@@ -76,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
           f"({report.seconds:.1f} s, {where})")
     for path, reason in report.failed:
         print(f"  unreadable: {_clean(path)}: {_clean(reason)}")
+    for path, reason in report.unlisted:
+        print(f"  not scanned: {_clean(path)}: {_clean(reason)}")
     print_bases(report)
     return 0
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from analysis.commands import options as opt
 from analysis.errors import AtlasError
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("adapters", nargs="*", metavar="ADAPTER",
                    help="adapter directories or files to open (default: the sample adapters)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    p.add_argument("--port", type=opt.PORT, default=8501, help="port (default 8501)")
     p.add_argument("--root", action="append", default=[], metavar="DIR",
                    help="folder users may open from the browser (repeatable; default: ADAPTER_ATLAS_ROOTS "
                         "or the bundled adapter folders)")

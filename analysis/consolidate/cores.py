@@ -24,7 +24,6 @@ from analysis.errors import IncompatibleAdaptersError
 
 log = logging.getLogger(__name__)
 
-CORE_SCORES = ("magnitude", "saliency")
 SALIENCY_PROMPTS = 32  # training prompts per task for the activation norms
 
 Scores = dict[str, dict[int, torch.Tensor]]  # module -> {input index: (n_out,) row score}
@@ -104,7 +103,7 @@ def row_coefficients(masks: torch.Tensor, scores: torch.Tensor, groups: Sequence
 @torch.no_grad()
 def input_rms(model: Any, tokenizer: Any, adapter: Adapter, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
     """RMS of every input feature (n_in,) at each of the adapter's modules, over the prompts' real tokens."""
-    from analysis.evaluate import applied_deltas
+    from analysis.evaluation.fit import applied_deltas
 
     sums: dict[str, torch.Tensor] = {}
     count = [0]

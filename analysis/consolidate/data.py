@@ -6,7 +6,6 @@ defined here once; the sample-set build script (`sample_adapters/train.py`) impo
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -21,27 +20,19 @@ Row = dict[str, str]
 
 
 def load_rows(data_dir: str | Path, task: str, split: str) -> list[Row]:
-    """Rows `{"prompt", "answer"}` of `DIR/<task>/<split>.jsonl`, or one AtlasError line naming the file."""
+    """Rows `{"prompt", "answer"}` of `DIR/<task>/<split>.jsonl`, fully validated (`analysis.evaluation`'s
+    reader: a bad row is one AtlasError naming file:line), or one line naming the missing file."""
+    from analysis.evaluation.data import read_rows
+
     path = Path(data_dir) / task / f"{split}.jsonl"
     if not path.is_file():
         raise AtlasError(f"{path}: no such task file (expected DIR/<task>/{split}.jsonl, task = adapter directory "
                          "name)")
-    rows: list[Row] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise AtlasError(f"{path}:{lineno}: not a JSON line") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
-                    or not isinstance(row.get("answer"), str):
-                raise AtlasError(f"{path}:{lineno}: expected an object with string 'prompt' and 'answer'")
-            rows.append(row)
-    if not rows:
-        raise AtlasError(f"{path}: no rows")
-    return rows
+    _, rows = read_rows(path)
+    for r in rows:
+        if r.kind != "answer":
+            raise AtlasError(f"{path}:{r.line}: training rows must be prompt/answer objects, found a {r.kind} row")
+    return [{"prompt": r.prompt, "answer": r.answer} for r in rows]
 
 
 def encode_example(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int], list[int]]:
@@ -85,15 +76,33 @@ def stage_steps(steps: int, n_stages: int) -> list[int]:
     return [base + (1 if i < rest else 0) for i in range(n_stages)]
 
 
-def batch_stream(encoded: dict[str, list[tuple[list[int], list[int]]]], stages: Sequence[Sequence[str]],
-                 budgets: Sequence[int], batch_size: int, seed: int) -> Iterator[tuple[str, list[tuple[list[int], list[int]]]]]:
-    """(stage label, batch) for every step: stage k draws `budgets[k]` batches from its tasks' pooled rows.
+def split_stages(tasks: Sequence[str], k: int) -> list[list[str]]:
+    """`tasks` in their given order cut into min(k, n) consecutive groups as equal as possible (later groups
+    take the remainder: ten sorted sample tasks in three give format x3, math x3, text x4)."""
+    k = max(1, min(k, len(tasks)))
+    sizes = stage_steps(len(tasks), k)[::-1]
+    out, start = [], 0
+    for n in sizes:
+        out.append(list(tasks[start:start + n]))
+        start += n
+    return out
+
+
+Example = tuple[list[int], list[int]]
+Key = tuple[str, int]  # (task, row index in its train split)
+
+
+def batch_stream(encoded: dict[str, list[Example]], stages: Sequence[Sequence[str]], budgets: Sequence[int],
+                 batch_size: int, seed: int) -> Iterator[tuple[str, list[Example], list[Key]]]:
+    """(stage label, batch, its (task, row) keys) for every step: stage k draws `budgets[k]` batches from its
+    tasks' pooled rows.
 
     One stage holding every task is the mixed multi-task stream; several stages are the sequential schedule.
-    The pool is reshuffled with `seed` whenever it runs out, so the same seed gives the same batches."""
+    The pool is reshuffled with `seed` whenever it runs out, so the same seed gives the same batches to every
+    arm with the same stages (the pairing the bench's contrasts rely on; the keys let a test check it)."""
     rng = random.Random(seed)
     for tasks, n in zip(stages, budgets):
-        pool = [ex for t in tasks for ex in encoded[t]]
+        pool = [(ex, (t, i)) for t in tasks for i, ex in enumerate(encoded[t])]
         order: list[int] = []
         for _ in range(n):
             if len(order) < batch_size:
@@ -101,4 +110,4 @@ def batch_stream(encoded: dict[str, list[tuple[list[int], list[int]]]], stages: 
                 rng.shuffle(perm)
                 order.extend(perm)
             idx, order = order[:batch_size], order[batch_size:]
-            yield "+".join(tasks), [pool[i] for i in idx]
+            yield "+".join(tasks), [pool[i][0] for i in idx], [pool[i][1] for i in idx]

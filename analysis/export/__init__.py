@@ -1,4 +1,4 @@
-"""Exporters of merge results (PEFT, kohya, full delta) and merge recipes."""
+"""Exporters of merge results (PEFT, diffusers, kohya, full delta) and merge recipes."""
 from analysis.export.recipe import Recipe, build_recipe, load_recipe, load_recipe_inputs, recipe_sha256, recipe_to_yaml
 from analysis.export.writer import export_merge, render_export, zip_directory
 

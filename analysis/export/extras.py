@@ -20,19 +20,17 @@ Inputs whose scaled biases differ are refused like any other extra.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
 from analysis.adapters.model import Adapter
+from analysis.adapters.peft_format import LORA_BIAS, PEFT_PREFIX
 from analysis.adapters.safetensors_io import open_weights
 from analysis.errors import RecipeError
 
 EXTRAS_POLICIES = ("carry", "drop")
-PEFT_PREFIX = "base_model.model."
-LORA_BIAS = re.compile(r"^(?P<module>.+)\.lora_B(?:\.[^.]+)?\.bias$")
 DROP_HINT = "merge with the extras dropped (recipe export.extras: drop)"
 
 
@@ -148,19 +146,3 @@ def _plan(adapters: Sequence[Adapter], policy: str, export_format: str) -> Extra
                           f"a merge cannot blend them; {hint}")
     return ExtrasPlan(policy, carried=first, kinds=kinds)
 
-
-def peft_config_for(plan_kinds: dict[str, str], inputs: Sequence[Adapter]) -> dict[str, Any]:
-    """adapter_config.json keys that make PEFT load the carried extras (heads, DoRA, LoRA biases)."""
-    from analysis.export.peft import common_value
-
-    kinds = set(plan_kinds.values())
-    out: dict[str, Any] = {}
-    if "modules_to_save" in kinds:
-        out["modules_to_save"] = common_value(list(inputs), "modules_to_save")
-    if "dora_magnitude" in kinds:
-        out["use_dora"] = True
-    if "lora_bias" in kinds:
-        out["lora_bias"] = True
-    if "bias" in kinds:
-        out["bias"] = common_value(list(inputs), "bias") or "all"
-    return out

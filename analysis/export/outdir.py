@@ -25,8 +25,9 @@ import shutil
 import socket
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from analysis.errors import RecipeError
 
@@ -58,6 +59,8 @@ def check_out_dir(out: str | os.PathLike[str], *, inputs: Iterable[str | os.Path
                               "(choose another --out)")
     if any(_inside(resolved, fs) for fs in KERNEL_FS):
         raise RecipeError(f"--out {target}: {resolved} is in a kernel filesystem, not a place for files")
+    if resolved.parent.is_dir():  # first: a replacement killed mid-swap puts the previous export back
+        clean_stale(resolved.parent)
     if resolved.exists() or target.is_symlink():
         if not resolved.is_dir():
             raise RecipeError(f"--out {target} exists and is not a directory: refused")
@@ -75,8 +78,32 @@ def check_out_dir(out: str | os.PathLike[str], *, inputs: Iterable[str | os.Path
         os.unlink(probe)
     except OSError as exc:
         raise RecipeError(f"--out {target}: cannot write in {ancestor} ({exc.strerror})") from None
-    if ancestor == resolved.parent:
-        clean_stale(ancestor)
+    return resolved
+
+
+def check_out_place(out: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Refuse (one RecipeError line) a folder that is updated in place (a population index) where no folder can
+    be: an existing non-folder, a path under a file, a kernel filesystem, a parent that refuses a new file."""
+    text = os.fspath(out)
+    if not text.strip() or "\0" in text:
+        raise RecipeError(f"{what} {text!r}: a directory path is needed (no NUL characters)")
+    target = Path(text).expanduser().absolute()
+    resolved = target.resolve()
+    if any(_inside(resolved, fs) for fs in KERNEL_FS):
+        raise RecipeError(f"{what} {target}: {resolved} is in a kernel filesystem, not a place for files")
+    if resolved.exists() and not resolved.is_dir():
+        raise RecipeError(f"{what} {target} exists and is not a directory: refused")
+    ancestor = resolved if resolved.is_dir() else resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RecipeError(f"{what} {target} lies under {ancestor}, which is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".atlas.probe-", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RecipeError(f"{what} {target}: cannot write in {ancestor} ({exc.strerror})") from None
     return resolved
 
 
@@ -257,6 +284,48 @@ def clean_stale(parent: Path, *, now: float | None = None) -> list[Path]:
         removed.append(entry)
         log.info("removed %s, left by a killed export", entry)
     return removed
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A fresh `.<name>.tmp-*` folder beside `out`, marked as ours, to write a whole export into.
+
+    On a clean exit the folder replaces `out` (`publish`); on an error it is removed and `out` is untouched;
+    after a kill -9 the next `check_out_dir` of that parent removes it. So a writer that fills the folder
+    in many steps (a plan: one export per group, then plan.json) leaves the previous export or the new
+    one, never a half of each."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_marker(tmp)
+        yield tmp
+        publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Swap the finished staging folder `tmp` in for `out`: everything fsync'd, the previous `out` parked in
+    `.<name>.old-*/previous` between the two renames (`clean_stale` puts it back if a kill lands there)."""
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
+    for folder, _dirs, files in os.walk(tmp):
+        for name in files:
+            fsync_path(Path(folder) / name)
+        fsync_path(Path(folder))
+    if out.exists() or out.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        write_marker(old)
+        os.replace(out, old / "previous")
+        os.replace(tmp, out)
+        fsync_path(out.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    (out / MARKER).unlink(missing_ok=True)  # kept until now so a kill earlier leaves a folder `clean_stale` knows
+    fsync_path(out)
+    fsync_path(out.parent)
 
 
 def fsync_path(path: Path) -> None:

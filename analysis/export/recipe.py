@@ -13,22 +13,22 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from analysis import __version__
+from analysis._version import __version__
 from analysis.adapters.model import Adapter
 from analysis.errors import AtlasError, RecipeError
 from analysis.merge.registry import METHODS, get_method, params_model
+from analysis.recipe_contract import RecipeContract, RecipeExportContract, RecipeInputContract, validated
 
-EXPORT_FORMATS = ("peft", "kohya", "delta")
+EXPORT_FORMATS = ("peft", "diffusers", "kohya", "delta")
+EXPORT_DTYPE_NAMES = ("fp32", "fp16", "bf16")
+MISSING_MODULES = ("zero", "shared", "refuse")  # see analysis.workflow.coverage
 
 
-class RecipeInput(BaseModel):
+class RecipeInput(RecipeInputContract):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
-    path: str = Field(min_length=1)
     sha256: str = Field(min_length=64, max_length=64)
-    format: str = Field(min_length=1)
 
 
 class RecipePreview(BaseModel):
@@ -40,18 +40,20 @@ class RecipePreview(BaseModel):
     p: float = Field(gt=0.0, le=1.0)
 
 
-class RecipeExport(BaseModel):
+class RecipeExport(RecipeExportContract):
     """How the merge is written. `rank_mode: auto` records that `rank` was chosen as the smallest rank whose
     pooled relative Frobenius error is at most `target_error` (`analysis.workflow.rank`); a replay writes
     that recorded rank (and checks it would choose it again). `extras`: carry or drop the inputs'
-    non-LoRA tensors (`analysis.export.extras`)."""
+    non-LoRA tensors (`analysis.export.extras`). `dtype`: the stored precision (written only when not fp32,
+    so recipes from before it replay byte for byte)."""
 
     model_config = ConfigDict(extra="forbid")
-    format: Literal["peft", "kohya", "delta"] = "peft"
+    format: Literal["peft", "diffusers", "kohya", "delta"] = "peft"
     rank: int | None = Field(default=None, ge=1)
     rank_mode: Literal["exact", "fixed", "auto"] = "exact"
     target_error: float | None = Field(default=None, gt=0.0, lt=1.0)
     extras: Literal["carry", "drop"] = "carry"
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     preview: RecipePreview | None = None  # written only when set, so older recipes replay byte for byte
 
     @model_validator(mode="after")
@@ -63,8 +65,9 @@ class RecipeExport(BaseModel):
         return self
 
 
-class Recipe(BaseModel):
-    """The recipe schema; `parameters` are checked against the method's declared `Param`s."""
+class Recipe(RecipeContract):
+    """The recipe schema a replay enforces (the contract, no unknown keys); `parameters` are checked against the
+    method's declared `Param`s."""
 
     model_config = ConfigDict(extra="forbid")
     atlas_recipe: Literal[1] = 1
@@ -74,6 +77,7 @@ class Recipe(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     weights: list[float] | None = None
     force: bool = False  # merge inputs of different base models anyway
+    missing_modules: Literal["zero", "shared", "refuse"] = "zero"  # written only when not zero (older recipes)
     export: RecipeExport = Field(default_factory=RecipeExport)
 
     @model_validator(mode="after")
@@ -98,9 +102,10 @@ def recipe_json_schema() -> dict[str, Any]:
 def build_recipe(adapters: Sequence[Adapter], method: str, *, parameters: Mapping[str, Any] | None = None,
                  weights: Sequence[float] | None = None, export_format: str = "peft", rank: int | None = None,
                  force: bool = False, rank_mode: str | None = None, target_error: float | None = None,
-                 extras: str = "carry", preview_cores: tuple[str, float] | None = None) -> Recipe:
+                 extras: str = "carry", preview_cores: tuple[str, float] | None = None, dtype: str = "fp32",
+                 missing_modules: str = "zero") -> Recipe:
     """A recipe for merging `adapters`; input paths are stored absolute so a replay finds them from anywhere."""
-    export: dict[str, Any] = {"format": export_format, "rank": rank, "extras": extras}
+    export: dict[str, Any] = {"format": export_format, "rank": rank, "extras": extras, "dtype": dtype}
     if rank_mode is not None:
         export |= {"rank_mode": rank_mode, "target_error": target_error}
     if preview_cores is not None:
@@ -109,19 +114,12 @@ def build_recipe(adapters: Sequence[Adapter], method: str, *, parameters: Mappin
               for a in adapters]
     return parse_recipe({"inputs": [i.model_dump() for i in inputs], "method": method,
                          "parameters": dict(parameters or {}), "weights": list(weights) if weights else None,
-                         "force": force, "export": export}, "recipe")
+                         "force": force, "missing_modules": missing_modules, "export": export}, "recipe")
 
 
 def parse_recipe(data: Any, source: str) -> Recipe:
     """Validate a mapping into a Recipe, or raise one RecipeError line naming the source and key."""
-    if not isinstance(data, Mapping):
-        raise RecipeError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
-    try:
-        return Recipe.model_validate(dict(data))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "recipe"
-        raise RecipeError(f"{source}: recipe key '{where}': {first['msg']}") from None
+    return validated(Recipe, data, source, what="a recipe", count_more=False)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
@@ -129,7 +127,12 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     data = recipe.model_dump(mode="json")
     if data["export"].get("preview") is None:
         data["export"].pop("preview", None)
-    order = ["atlas_recipe", "tool_version", "inputs", "method", "parameters", "weights", "force", "export"]
+    if data["export"].get("dtype") == "fp32":  # the default, left out so older recipes replay to the same bytes
+        data["export"].pop("dtype")
+    order = ["atlas_recipe", "tool_version", "inputs", "method", "parameters", "weights", "force", "missing_modules",
+             "export"]
+    if data.get("missing_modules") == "zero":
+        order.remove("missing_modules")
     return {k: data[k] for k in order}
 
 

@@ -13,13 +13,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 from analysis.adapters.model import Adapter, Delta
 from analysis.errors import IncompatibleAdaptersError
+from analysis.isolation import CoreChoice
 from analysis.merge.ops import ModuleSpectrum, materialize, truncate_with_spectrum, zero_like
 from analysis.merge.registry import MergeResult, ModuleContext, get_method
-from analysis.threads import bounded_threads
+from analysis.progress import Progress
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int, str], None]  # (done, total, module)
 
 
 def check_compatible(adapters: Sequence[Adapter], *, force: bool = False) -> str | None:
@@ -31,7 +30,8 @@ def check_compatible(adapters: Sequence[Adapter], *, force: bool = False) -> str
     bases = {a.base_model for a in adapters if a.base_model}
     if len(bases) > 1 and not force:
         listing = ", ".join(f"{a.name}: {a.base_model}" for a in adapters)
-        raise IncompatibleAdaptersError(f"adapters have different base models ({listing}); pass force to merge anyway")
+        raise IncompatibleAdaptersError(f"adapters have different base models ({listing}); to merge anyway pass "
+                                        "--allow-different-bases (CLI) or force=True (library)")
     shapes: dict[str, tuple[str, tuple[int, int]]] = {}
     for a in adapters:
         for module, delta in a.modules.items():
@@ -46,8 +46,7 @@ def check_compatible(adapters: Sequence[Adapter], *, force: bool = False) -> str
 
 def merge_adapters(adapters: Sequence[Adapter], method: str, *, weights: Sequence[float] | None = None,
                    params: Mapping[str, Any] | None = None, rank: int | None = None, force: bool = False,
-                   progress: Progress | None = None, threads: int | None = None,
-                   cores: tuple[tuple[str, float], Any] | None = None,
+                   progress: Progress | None = None, cores: CoreChoice | None = None,
                    on_module: Callable[[str, Delta, Any, ModuleSpectrum | None], None] | None = None) -> MergeResult:
     """Merge `adapters` with the registered `method`; parameters are validated against its declaration.
 
@@ -55,26 +54,22 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, *, weights: Sequenc
     an input that lacks the module (it casts no sign vote, claims no core, joins no joint basis).
     With `rank`, each module is re-factored to its best rank-`rank` approximation right after it is merged
     (factored SVD when exact, a checked randomised range finder otherwise), and its spectrum is kept in
-    `MergeResult.spectra`, so the fidelity at any smaller rank needs no second run. `threads` caps torch's
-    intra-op threads for the call (`analysis.threads.bounded_threads`). `cores`: ((granularity, p), cores)
-    computed by `analysis.isolation.task_cores` for these adapters in this order; a method whose own core
-    settings are the same reuses them (the Merge page computes them once for every method it compares).
+    `MergeResult.spectra`, so the fidelity at any smaller rank needs no second run. `cores`: cores computed by
+    `analysis.isolation.task_cores` for these adapters in this order, with their settings; a method that
+    declares cores (`MergeMethod.cores`) with the same settings reuses them (the Merge page computes them
+    once for every method it compares). Torch's thread count is the caller's (`analysis.threads`).
     `on_module(module, result, merged, spectrum)` is called once per module while the exact `merged` module
     (e.g. a SparsePlusLowRank with its claims) is still alive: `analysis.workflow` previews a fixed-rank
     export there instead of recomputing the claims afterwards."""
-    if threads is not None:
-        with bounded_threads(threads):
-            return merge_adapters(adapters, method, weights=weights, params=params, rank=rank, force=force,
-                                  progress=progress, cores=cores, on_module=on_module)
     spec = get_method(method)
     check_compatible(adapters, force=force)
     w = spec.resolve_weights(len(adapters), weights)
     p = spec.resolve_params(params)
     shared = None
     if spec.prepare is not None:
-        own_cores = "granularity" in p and "p" in p  # a method with core settings may reuse the caller's cores
-        shared = spec.prepare(adapters, w, p, cores=cores) if cores is not None and own_cores else \
-            spec.prepare(adapters, w, p)
+        settings = spec.core_settings(p)  # a method that picks cores may reuse the caller's of the same settings
+        given = cores.for_settings(settings) if cores is not None and settings is not None else None
+        shared = spec.prepare(adapters, w, p, cores=given) if given is not None else spec.prepare(adapters, w, p)
     modules = sorted(set().union(*(a.modules for a in adapters)))
     out: dict[str, Delta] = {}
     spectra: dict[str, ModuleSpectrum] = {}
@@ -99,7 +94,7 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, *, weights: Sequenc
     if shared is not None and hasattr(shared, "summary"):
         info = shared.summary()
     cores = getattr(shared, "cores", None)
-    settings = (shared.granularity, shared.p) if cores is not None else None
+    settings = spec.core_settings(p) if cores is not None else None
     log.debug("merged %d modules of %d adapters with %s", len(out), len(adapters), method)
     return MergeResult(method=method, params=p, weights=w, modules=out, inputs=list(adapters), info=info,
                        spectra=spectra, cores=cores, core_settings=settings)

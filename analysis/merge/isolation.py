@@ -24,19 +24,8 @@ import numpy as np
 import torch
 
 from analysis.adapters.model import Adapter, Delta, LowRankDelta
-from analysis.claims import claim_runs, merged_values
-from analysis.isolation import (
-    GRANULARITIES,
-    ClaimStats,
-    Core,
-    Cores,
-    coefficient_maps,
-    core_overlap,
-    importance,
-    parse_groups,
-    task_cores,
-    task_groups,
-)
+from analysis.isolation import GRANULARITIES, Core, Cores, claim_runs, core_overlap, importance, task_cores
+from analysis.merge.claims import ClaimStats, coefficient_maps, merged_values, parse_groups, task_groups
 from analysis.merge.ops import dense, gram, like, linear_combination, scaled_factors
 from analysis.merge.registry import ModuleContext, Param, ParamValue, register
 from analysis.merge.slerp import multislerp_coefficients
@@ -86,13 +75,13 @@ class IsolationPlan:
 
 
 def plan_isolation(adapters: Sequence[Adapter], weights: Sequence[float], params: Mapping[str, ParamValue],
-                   cores: tuple[tuple[str, float], Cores] | None = None) -> IsolationPlan:
+                   cores: Cores | None = None) -> IsolationPlan:
     # cores (one dense pass per input and module, kept sparse; reused when the caller computed them with
-    # these settings) and groups over the weighted inputs
+    # these settings: `merge_adapters` hands over only cores of this method's settings) and groups over the
+    # weighted inputs
     granularity, p = str(params["granularity"]), float(params["p"])
-    reuse = cores is not None and (str(cores[0][0]), float(cores[0][1])) == (granularity, p) and \
-        _covers(cores[1], adapters, granularity)
-    own = cores[1] if reuse else task_cores(adapters, granularity=granularity, p=p)  # type: ignore[index]
+    reuse = cores is not None and _covers(cores, adapters, granularity)
+    own = cores if reuse and cores is not None else task_cores(adapters, granularity=granularity, p=p)
     overlap = core_overlap(adapters, granularity=granularity, p=p, cores=own)
     active = np.array([float(w) != 0.0 for w in weights])
     given = parse_groups(str(params["groups"]), len(adapters))
@@ -128,7 +117,7 @@ def blend_coefficients(deltas: Sequence[Delta], weights: Sequence[float], how: s
     return w / w.mean() if float(w.mean()) else torch.ones(n, dtype=torch.float64)
 
 
-@register("isolation", params=PARAMS, default_weight="mean", prepare=plan_isolation,
+@register("isolation", params=PARAMS, default_weight="mean", prepare=plan_isolation, cores=True,
           exact_lowrank=lambda params: params["granularity"] != "entries",
           help="core-parameter isolation (Wang et al. 2025): transplant each task's top-p core, blend the rest")
 def isolation(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],

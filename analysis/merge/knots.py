@@ -17,7 +17,7 @@ import torch
 from analysis.adapters.model import Delta, LowRankDelta
 from analysis.merge.ops import compact, like, scaled_factors, svd_of, zero_like
 from analysis.merge.registry import ModuleContext, Param, ParamValue, register
-from analysis.merge.sparsify import DENSITY, LAMBDA, MAJORITY, disjoint_mean, elect_sign, trim
+from analysis.merge.sparsify import DENSITY, LAMBDA, MAJORITY, ties_merge, trim_rows
 
 
 def lowrank_factors(delta: Delta) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,13 +62,11 @@ def knots(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str
     U, S, Vs = joint_svd(deltas)
     if S.numel() == 0:  # every input is zero here
         return zero_like(deltas[0])
-    stacked = torch.stack([v * float(w) for v, w in zip(Vs, weights)])  # (N, n_in, k)
-    # merge in the shared basis (TIES with the weighting rule of analysis.merge.sparsify)
+    # merge in the shared basis: the TIES of analysis.merge.sparsify (trim, then its one consensus kernel)
     if params["inner"] == "ties":
-        trimmed = torch.stack([trim(v, float(params["density"])) for v in stacked])  # (N, n_in, k)
-        agree = elect_sign(trimmed, str(params["majority_sign"]))  # (N, n_in, k)
-        V = disjoint_mean(trimmed, agree, weights)  # (n_in, k)
+        trimmed = trim_rows(torch.stack(Vs), float(params["density"]))  # (N, n_in, k)
+        V = ties_merge(trimmed, weights, str(params["majority_sign"]), 1.0)  # (n_in, k); lambda on U S below
     else:
-        V = stacked.sum(dim=0)  # (n_in, k)
+        V = torch.stack([v * float(w) for v, w in zip(Vs, weights)]).sum(dim=0)  # (n_in, k)
     merged = like(deltas[0], B=(U * S) * float(params["lambda"]), A=V.T.contiguous())  # (n_out, k), (k, n_in)
     return compact(merged)  # k <= n_out may still exceed n_in: the same update at rank <= min(n_out, n_in)

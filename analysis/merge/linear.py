@@ -16,26 +16,19 @@ from analysis.merge.registry import ModuleContext, Param, ParamValue, register
 LAMBDA = Param("lambda", float, 1.0, "scale applied to the summed task vectors", low=-10.0, high=10.0)
 
 
-@register("linear", help="weighted mean of the updates dW (weights default to 1/N)",
-          default_weight="mean", exact_lowrank=True)
-def linear(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
-           ctx: ModuleContext) -> Delta:
-    # merge
-    return linear_combination(deltas, weights)
-
-
-@register("task_arithmetic", params=[LAMBDA], exact_lowrank=True,
-          help="lambda * sum_i w_i dW_i (Ilharco et al. 2023; weights default to 1)")
-def task_arithmetic(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
-                    ctx: ModuleContext) -> Delta:
-    lam = float(params["lambda"])
+def weighted_sum(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
+                 ctx: ModuleContext) -> Delta:
+    """lambda * sum_i w_i dW_i, factors concatenated (lambda 1 for the methods that declare none)."""
+    lam = float(params.get("lambda", 1.0))
     # merge
     return linear_combination(deltas, [lam * w for w in weights])
 
 
-@register("cat", exact_lowrank=True,
-          help="exact concatenation of the factors [w_i s_i B_i], [A_i]: rank = sum of ranks (PEFT's cat)")
-def cat(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
-        ctx: ModuleContext) -> Delta:
-    # concatenate
-    return linear_combination(deltas, weights)
+# One function, three registrations: the names differ in their defaults and declared parameters only.
+linear = register("linear", help="weighted mean of the updates dW (weights default to 1/N)",
+                  default_weight="mean", exact_lowrank=True)(weighted_sum)
+task_arithmetic = register("task_arithmetic", params=[LAMBDA], exact_lowrank=True,
+                           help="lambda * sum_i w_i dW_i (Ilharco et al. 2023; weights default to 1)")(weighted_sum)
+cat = register("cat", exact_lowrank=True,
+               help="exact concatenation of the factors [w_i s_i B_i], [A_i]: rank = sum of ranks (PEFT's cat)")(
+    weighted_sum)

@@ -185,11 +185,3 @@ def compact(delta: LowRankDelta) -> LowRankDelta:
 def materialize(delta: "Delta | SparsePlusLowRank") -> Delta:
     """A plain Delta: structured results become a DenseDelta (the only time they are formed)."""
     return delta.materialize() if isinstance(delta, SparsePlusLowRank) else delta
-
-
-def relative_truncation_error(S: torch.Tensor, rank: int | None) -> float:
-    """||dW - dW_R||_F / ||dW||_F from the singular values alone."""
-    total = float((S**2).sum())
-    if rank is None or total == 0.0 or rank >= S.shape[0]:
-        return 0.0
-    return math.sqrt(max(float((S[rank:] ** 2).sum()), 0.0) / total)

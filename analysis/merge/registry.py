@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from analysis.adapters.model import Adapter, Delta
 from analysis.errors import RecipeError
+from analysis.isolation import CoreSettings
 
 ParamValue = int | float | bool | str
 
@@ -52,6 +53,8 @@ class Param:
                 out = "" if value is None else str(value)
         except (TypeError, ValueError):
             raise RecipeError(f"{where}: expected {self.type.__name__}, got {value!r}") from None
+        if isinstance(out, float) and not math.isfinite(out):  # NaN passes every comparison below
+            raise RecipeError(f"{where}: {out} is not a finite number")
         if self.low is not None and isinstance(out, (int, float)) and out < self.low:
             raise RecipeError(f"{where}: {out} is below the minimum {self.low}")
         if self.high is not None and isinstance(out, (int, float)) and out > self.high:
@@ -83,8 +86,8 @@ class ModuleContext:
 # or materialises); deltas are the inputs present at this module with a nonzero weight
 ModuleFn = Callable[[Sequence[Delta], Sequence[float], Mapping[str, ParamValue], ModuleContext], Delta]
 # prepare(adapters, weights, params, cores=None) -> shared state for every module (e.g. isolation's task groups);
-# `cores` = ((granularity, p), analysis.isolation.Cores) precomputed by the caller for every input, which a
-# method whose own cores have those settings may reuse instead of recomputing them
+# `cores` = `analysis.isolation.Cores` the caller computed for every input with this method's own core settings
+# (passed only to a method that declares `cores=True`), reused instead of recomputed
 PrepareFn = Callable[..., Any]
 
 
@@ -100,6 +103,13 @@ class MergeMethod:
     # result stays a LowRankDelta, so PEFT export needs no --rank; a function of the parameters when it depends
     exact_lowrank: bool | Callable[[Mapping[str, ParamValue]], bool] = False
     prepare: PrepareFn | None = None
+    # the method picks task cores itself, with its `granularity` and `p` parameters: a preview measures
+    # retention on those cores, and the caller's precomputed cores of the same settings can be reused
+    cores: bool = False
+
+    def core_settings(self, params: Mapping[str, ParamValue]) -> CoreSettings | None:
+        """(granularity, p) of the cores this method uses with these parameters; None when it uses none."""
+        return CoreSettings(str(params["granularity"]), float(params["p"])) if self.cores else None
 
     def is_exact(self, params: Mapping[str, ParamValue]) -> bool:
         """Whether low-rank inputs give a low-rank (exactly exportable) result with these parameters."""
@@ -154,14 +164,18 @@ def register(
     max_inputs: int | None = None,
     exact_lowrank: bool | Callable[[Mapping[str, ParamValue]], bool] = False,
     prepare: PrepareFn | None = None,
+    cores: bool = False,
 ) -> Callable[[ModuleFn], ModuleFn]:
-    """Decorator adding a per-module merge function to `METHODS` under `name`."""
+    """Decorator adding a per-module merge function to `METHODS` under `name`. `cores=True` declares that the
+    method picks task cores with its parameters `granularity` and `p` (which it must then declare)."""
 
     def add(fn: ModuleFn) -> ModuleFn:
         if name in METHODS:
             raise ValueError(f"merge method '{name}' registered twice")
+        if cores and not {"granularity", "p"} <= {p.name for p in params}:
+            raise ValueError(f"merge method '{name}' declares cores but not the parameters granularity and p")
         METHODS[name] = MergeMethod(name, fn, tuple(params), help, default_weight, min_inputs,
-                                    max_inputs, exact_lowrank, prepare)
+                                    max_inputs, exact_lowrank, prepare, cores)
         return fn
 
     return add
@@ -206,6 +220,7 @@ def describe_methods() -> list[dict[str, Any]]:
         {"name": m.name, "help": m.help, "default_weight": m.default_weight, "min_inputs": m.min_inputs,
          "max_inputs": m.max_inputs,
          "exact_lowrank": "depends on parameters" if callable(m.exact_lowrank) else m.exact_lowrank,
+         "cores": m.cores,
          "params": [{"name": p.name, "type": p.type.__name__, "default": p.default, "low": p.low,
                      "high": p.high, "choices": list(p.choices) if p.choices else None, "help": p.help}
                     for p in m.params]}
@@ -228,4 +243,4 @@ class MergeResult:
     spectra: dict[str, Any] = field(default_factory=dict)
     # the method's own cores (`analysis.isolation.Cores`) and their (granularity, p), when it computed them
     cores: Any = None
-    core_settings: tuple[str, float] | None = None
+    core_settings: CoreSettings | None = None

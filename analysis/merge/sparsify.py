@@ -1,4 +1,4 @@
-"""Entry-wise sparsifying merges: TIES, DARE (linear and TIES), magnitude pruning.
+"""Entry-wise sparsifying merges: TIES, DARE (linear and TIES), magnitude pruning: one pipeline.
 
 These act on individual entries of dW, so they densify one module at a time and return a
 DenseDelta (export to PEFT/kohya then needs `--rank`). Each step is a small pure function named
@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from analysis.adapters.model import Delta, LowRankDelta
-from analysis.isolation import top_indices
 from analysis.merge.ops import DENSE_DTYPE, dense, like
 from analysis.merge.registry import ModuleContext, Param, ParamValue, register
 
@@ -44,21 +43,9 @@ SEED = Param("seed", int, 0, "seed of the random drop masks (per module and inpu
 RESCALE = Param("rescale", bool, True, "rescale kept entries by 1/(1-p) to preserve each task vector in expectation")
 
 
-def trim(task: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the int(density * numel) largest-magnitude entries, zero the rest (TIES 'trim', mergekit's k)."""
-    if density >= 1.0:
-        return task
-    k = int(density * task.numel())
-    out = torch.zeros_like(task).reshape(-1)  # (numel,)
-    if k > 0:
-        idx = top_indices(task.abs().reshape(-1), k, ordered=False)  # (k,) linear-time selection
-        out[idx] = task.reshape(-1)[idx]
-    return out.reshape(task.shape)
-
-
 def trim_rows(stacked: torch.Tensor, density: float) -> torch.Tensor:
-    """`trim` of every task at once, in place: stacked (N, ...) float32/64 keeps, per task, its
-    int(density * numel) largest-magnitude entries (the same k as `trim`) and is zeroed elsewhere.
+    """TIES 'trim' of every task at once, in place: stacked (N, ...) float32/64 keeps, per task, its
+    k = int(density * numel) largest-magnitude entries (mergekit's k) and is zeroed elsewhere.
 
     One threshold per task from a linear-time selection (numpy's introselect over the N rows together),
     then one comparison pass; the few tasks with several entries equal to their threshold keep the first
@@ -97,9 +84,9 @@ def stacked_dense(deltas: Sequence[Delta]) -> torch.Tensor:
 
 
 def ties_merge(stacked: torch.Tensor, weights: Sequence[float], majority: str, lam: float) -> torch.Tensor:
-    """Weight, elect sign and take the disjoint mean (mergekit's rule) of trimmed tasks (N, ...), in place:
-    the same numbers as `disjoint_mean(w * stacked, elect_sign(w * stacked)) * lam`, in float passes only
-    (torch's boolean kernels are several times slower than its float ones on these sizes).
+    """The one TIES consensus kernel: weight, elect sign and take the disjoint mean (mergekit's rule) of
+    sparsified tasks (N, ...), in place, in float passes only (torch's boolean kernels are several times
+    slower than its float ones on these sizes). Used by TIES, DARE-TIES and KnOTS-TIES.
 
     With e = +-1 the elected sign, P = max(e * x_i, 0) is |x_i| where task i agrees and 0 elsewhere, so the
     weighted sum of the agreeing entries is e * sum_i P_i and their summed weight is sum_i w_i sign(P_i)."""
@@ -128,80 +115,61 @@ def random_drop(task: torch.Tensor, drop_rate: float, generator: torch.Generator
     return out / (1.0 - drop_rate) if rescale else out
 
 
-def elect_sign(stacked: torch.Tensor, method: str) -> torch.Tensor:
-    """Boolean mask (N, ...) of entries whose sign equals the elected sign (ties at zero go to +)."""
-    votes = stacked.sum(dim=0) if method == "total" else stacked.sign().sum(dim=0)  # (...)
-    elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)  # (...)
-    return stacked * elected > 0  # (N, ...): same sign as elected; a zero entry (sign 0) never agrees
-
-
-def disjoint_mean(stacked: torch.Tensor, agree: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
-    """Weighted mean over the tasks that agree with the elected sign (mergekit's divisor: the sum of the
-    agreeing tasks' weights, 0 -> 1); `stacked` holds the *weighted* task vectors. Without weights every
-    weight is 1 and this is the plain disjoint mean. Entries nobody keeps stay zero."""
-    mask = agree.to(stacked.dtype)  # (N, ...)
-    total = torch.tensordot(torch.ones(stacked.shape[0], dtype=stacked.dtype), stacked * mask, dims=1)  # (...)
-    w = torch.ones(stacked.shape[0], dtype=stacked.dtype) if weights is None else \
-        torch.tensor([float(x) for x in weights], dtype=stacked.dtype)  # (N,)
-    divisor = torch.tensordot(w, mask, dims=1)  # (...) summed weight of the agreeing tasks
-    return total / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-
-
 def drop_generator(seed: int, module: str, index: int) -> torch.Generator:
     """A generator whose stream depends only on (seed, module name, input index), not on call order."""
     return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(module.encode()) * 31 + index) % 2**63)
 
 
-def _weighted(tasks: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    return torch.stack([t * float(w) for t, w in zip(tasks, weights)])  # (N, n_out, n_in)
+# ----------------------------------------------------------------------------- one pipeline, four methods
+# mergekit's generalized task arithmetic: sparsify each task vector -> (optionally) elect a sign per entry
+# -> combine (the disjoint mean of the agreeing entries, or the weighted sum) -> scale by lambda.
+SPARSIFY = ("magnitude", "random")
 
 
-@register("ties", params=[DENSITY, MAJORITY, LAMBDA],
-          help="TIES (Yadav et al. 2023): trim to top density, elect sign on weighted vectors, weighted disjoint "
-               "mean (mergekit's rule); dense result")
-def ties(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
-         ctx: ModuleContext) -> Delta:
-    # trim (every task at once, in place)
-    stacked = trim_rows(stacked_dense(deltas), float(params["density"]))  # (N, n_out, n_in)
-    # weight, elect sign (on the weighted task vectors), disjoint merge (divided by the agreeing tasks' summed weight)
-    merged = ties_merge(stacked, weights, str(params["majority_sign"]), float(params["lambda"]))  # (n_out, n_in)
-    return like(deltas[0], W=merged)
-
-
-@register("magnitude_prune", params=[DENSITY, LAMBDA],
-          help="trim each update to its top density by magnitude, then lambda * weighted sum; dense result")
-def magnitude_prune(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
-                    ctx: ModuleContext) -> Delta:
-    # trim (every task at once, in place)
-    tasks = trim_rows(stacked_dense(deltas), float(params["density"]))  # (N, n_out, n_in)
-    # merge
-    merged = _weighted(list(tasks), weights).sum(dim=0) * float(params["lambda"])  # (n_out, n_in)
-    return like(deltas[0], W=merged)
-
-
-def _dare_tasks(deltas: Sequence[Delta], params: Mapping[str, ParamValue], ctx: ModuleContext) -> list[torch.Tensor]:
+def sparsify(deltas: Sequence[Delta], how: str, params: Mapping[str, ParamValue], ctx: ModuleContext) -> torch.Tensor:
+    """(N, n_out, n_in) sparsified task vectors: top-density by magnitude (TIES' trim, every task at once, in
+    place), or a random drop at rate p rescaled by 1/(1-p) (DARE), seeded per module and input."""
+    if how == "magnitude":
+        return trim_rows(stacked_dense(deltas), float(params["density"]))
     p, seed, rescale = float(params["drop_rate"]), int(params["seed"]), bool(params["rescale"])
-    return [random_drop(dense(d), p, drop_generator(seed, ctx.module, i), rescale=rescale)
-            for d, i in zip(deltas, ctx.indices)]
+    return torch.stack([random_drop(dense(d), p, drop_generator(seed, ctx.module, i), rescale=rescale)
+                        for d, i in zip(deltas, ctx.indices)])
 
 
-@register("dare_linear", params=[DROP, SEED, RESCALE, LAMBDA],
-          help="DARE (Yu et al. 2024): random drop with rate p, rescale by 1/(1-p), lambda * weighted sum; dense")
-def dare_linear(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
-                ctx: ModuleContext) -> Delta:
-    # drop and rescale
-    tasks = _dare_tasks(deltas, params, ctx)
-    # merge
-    merged = _weighted(tasks, weights).sum(dim=0) * float(params["lambda"])  # (n_out, n_in)
-    return like(deltas[0], W=merged)
+def combine(tasks: torch.Tensor, weights: Sequence[float], params: Mapping[str, ParamValue], *,
+            consensus: bool) -> torch.Tensor:
+    """The merged task vector: TIES consensus (`ties_merge`), or lambda * the weighted sum."""
+    if consensus:
+        return ties_merge(tasks, weights, str(params["majority_sign"]), float(params["lambda"]))
+    weighted = torch.stack([t * float(w) for t, w in zip(tasks, weights)])  # (N, n_out, n_in)
+    return weighted.sum(dim=0) * float(params["lambda"])
 
 
-@register("dare_ties", params=[DROP, SEED, RESCALE, MAJORITY, LAMBDA],
-          help="DARE drop and rescale, then TIES sign election and disjoint mean; dense result")
-def dare_ties(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
+def task_arithmetic_pipeline(how: str, *, consensus: bool):  # noqa: ANN201 - a registered merge function
+    """One merge function: `sparsify(how)` -> `combine(consensus)`, returning a dense result."""
+    if how not in SPARSIFY:
+        raise ValueError(f"sparsify '{how}' is not one of {SPARSIFY}")
+
+    def merge(deltas: Sequence[Delta], weights: Sequence[float], params: Mapping[str, ParamValue],
               ctx: ModuleContext) -> Delta:
-    # drop and rescale
-    stacked = torch.stack(_dare_tasks(deltas, params, ctx))  # (N, n_out, n_in)
-    # weight, elect sign (on the weighted task vectors), disjoint merge (divided by the agreeing tasks' summed weight)
-    merged = ties_merge(stacked, weights, str(params["majority_sign"]), float(params["lambda"]))  # (n_out, n_in)
-    return like(deltas[0], W=merged)
+        # sparsify
+        tasks = sparsify(deltas, how, params, ctx)  # (N, n_out, n_in)
+        # elect sign (on the weighted task vectors) and combine, or combine
+        return like(deltas[0], W=combine(tasks, weights, params, consensus=consensus))  # (n_out, n_in)
+
+    return merge
+
+
+ties = register("ties", params=[DENSITY, MAJORITY, LAMBDA],
+                help="TIES (Yadav et al. 2023): trim to top density, elect sign on weighted vectors, weighted "
+                     "disjoint mean (mergekit's rule); dense result")(
+    task_arithmetic_pipeline("magnitude", consensus=True))
+magnitude_prune = register("magnitude_prune", params=[DENSITY, LAMBDA],
+                           help="trim each update to its top density by magnitude, then lambda * weighted sum; "
+                                "dense result")(task_arithmetic_pipeline("magnitude", consensus=False))
+dare_linear = register("dare_linear", params=[DROP, SEED, RESCALE, LAMBDA],
+                       help="DARE (Yu et al. 2024): random drop with rate p, rescale by 1/(1-p), lambda * weighted "
+                            "sum; dense")(task_arithmetic_pipeline("random", consensus=False))
+dare_ties = register("dare_ties", params=[DROP, SEED, RESCALE, MAJORITY, LAMBDA],
+                     help="DARE drop and rescale, then TIES sign election and disjoint mean; dense result")(
+    task_arithmetic_pipeline("random", consensus=True))

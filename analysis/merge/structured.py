@@ -78,13 +78,13 @@ def _stable_order(keys: torch.Tensor, bound: int) -> torch.Tensor:
 class SparsePlusLowRank:
     """dW = `base` (a LowRankDelta or DenseDelta: the blend) except at flat `positions`, where it is `values`.
 
-    `positions` must be sorted and unique (as `analysis.claims.ClaimRuns.positions` are): the sparse parts
+    `positions` must be sorted and unique (as `analysis.isolation.ClaimRuns.positions` are): the sparse parts
     are built from them without re-sorting."""
 
     base: Delta
     positions: torch.Tensor  # (nnz,) int64 sorted flat positions
     values: torch.Tensor  # (nnz,) merged values there (float32: transplanted cores are copied exactly)
-    claims: Any = None  # the `analysis.claims.ClaimRuns` the positions came from (a fused preview reuses them)
+    claims: Any = None  # the `analysis.isolation.ClaimRuns` the positions came from (a fused preview reuses them)
 
     @property
     def shape(self) -> tuple[int, int]:

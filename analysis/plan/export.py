@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from analysis.adapters.model import Adapter
 from analysis.errors import AtlasError
-from analysis.export.outdir import check_out_dir
+from analysis.export.outdir import check_out_dir, staged, write_durable
 from analysis.plan.planner import Plan
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def copy_adapter(adapter: Adapter, dest: Path) -> None:
         shutil.copy2(f, dest / Path(f).name)
 
 
-def write_group(members: list[Adapter], method: str, params: dict[str, Any], dest: Path) -> None:
+def write_group(members: list[Adapter], method: str, params: dict[str, Any], dest: Path, dtype: str = "fp32") -> None:
     """One merged group through the merge workflow (`analysis.workflow.run_merge`: recipe, evidence, atomic
     write; exact rank for these exactly low-rank methods), or the plain merge + export where it is absent."""
     try:
@@ -47,30 +47,29 @@ def write_group(members: list[Adapter], method: str, params: dict[str, Any], des
         from analysis.preview import preview_merge
 
         result = merge_adapters(members, method, params=params)
-        recipe = build_recipe(members, method, parameters=params, export_format="peft")
+        recipe = build_recipe(members, method, parameters=params, export_format="peft", dtype=dtype)
         export_merge(result.modules, recipe, dest, inputs=members, preview=preview_merge(members, result.modules))
         return
-    run_merge(AdapterSet.from_adapters(members), method, params, export=ExportSpec(format="peft")).write(dest)
+    run_merge(AdapterSet.from_adapters(members), method, params, export=ExportSpec(format="peft", dtype=dtype)).write(dest)
 
 
-def export_plan(plan: Plan, adapters: Sequence[Adapter], out: str | Path, *, force: bool = False) -> dict[str, Any]:
-    """Write every group under `out` and `out/plan.json`; returns the plan.json data."""
+def export_plan(plan: Plan, adapters: Sequence[Adapter], out: str | Path, *, force: bool = False,
+                dtype: str = "fp32") -> dict[str, Any]:
+    """Write every group and `plan.json` into a staging folder beside `out`, then swap it in (`staged`): a kill
+    at any point leaves the previous plan, or nothing a rerun would refuse. Returns the plan.json data. Merged
+    groups are written in `dtype` (`--dtype`); a group of one is its input adapter, copied as it is."""
     out = Path(out)
     check_out_dir(out, inputs=[a.path for a in adapters], force=force)  # --force replaces only an earlier export
-    if out.exists():
-        if not force:
-            raise AtlasError(f"{out} already exists; pass --force to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     data = plan.as_dict()
-    for k, (group, record) in enumerate(zip(plan.groups, data["groups"])):
-        dest = out / group_dir_name(k, group.tasks)
-        members = [adapters[i] for i in group.members]  # by input index: names are for people
-        if len(members) == 1:
-            copy_adapter(members[0], dest)
-        else:
-            write_group(members, group.method, group.parameters, dest)
-        record["path"] = dest.name
-        log.info("wrote %s (%s)", dest, group.method)
-    (out / "plan.json").write_text(json.dumps(data, indent=2, default=float) + "\n", encoding="utf-8")
+    with staged(out) as tmp:
+        for k, (group, record) in enumerate(zip(plan.groups, data["groups"])):
+            dest = tmp / group_dir_name(k, group.tasks)
+            members = [adapters[i] for i in group.members]  # by input index: names are for people
+            if len(members) == 1:
+                copy_adapter(members[0], dest)
+            else:
+                write_group(members, group.method, group.parameters, dest, dtype)
+            record["path"] = dest.name
+            log.info("wrote %s (%s)", out / dest.name, group.method)
+        write_durable(tmp / "plan.json", (json.dumps(data, indent=2, default=float) + "\n").encode())
     return data

@@ -7,11 +7,16 @@ Steps (data-free unless an evaluator is given):
 2. # capacity: a group is refused when its total rank exceeds the narrowest module's width (the capacity
    floor of `analysis.capacity` becomes positive: overlap is forced by counting).
 3. # predict: every candidate method (isolation rows and linear mean, both exactly low rank, so the export
-   loses nothing) is merged and previewed; predicted retention of a task = max(0, 1 - interference on its
-   own input subspace). The candidate with the best worst-task prediction is tried first.
+   loses nothing) is merged; predicted retention of a task = the calibrated data-free estimate of
+   `analysis.predict` (the same one the merge preview shows). The candidate with the best worst-task prediction
+   is tried first.
 4. # accept: bottom-up on the dendrogram a node is accepted when both children were and its merge passes:
    without data, every task's predicted retention >= min_retention; with data, every task's MEASURED
-   accuracy >= min_retention x its own adapter's accuracy (real evaluation). A failing node keeps its
+   accuracy >= min_retention x its own adapter's accuracy (real evaluation). With an NLL `screen` the
+   merge is first scored by teacher-forced answer NLL (no generation): a group in which some task keeps
+   less than min_retention of its own adapter's NLL gain over the base model is refused without
+   generating; only groups that pass are verified by exact match (own accuracies are measured lazily, for
+   the tasks of groups that reach this step). A failing node keeps its
    children apart (the split); then a repair pass tries the remaining singletons in pairs, least Jaccard
    first, while trials are left.
 Singletons are the input adapter itself (retention 1 by definition). With data, no returned group has a
@@ -51,17 +56,20 @@ class Trial:
     predicted: dict[str, float]
     measured: dict[str, float] | None = None
     accuracy: dict[str, float] | None = None
+    nll_retention: dict[str, float | None] | None = None
     accepted: bool = False
     reason: str = ""
     members: list[int] = field(default_factory=list)  # input indices, in the order of `tasks`
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("tasks", "members", "method", "parameters", "predicted", "measured",
-                                              "accuracy", "accepted", "reason")}
+                                              "accuracy", "nll_retention", "accepted", "reason")}
 
     def decision(self) -> str:
         """The stderr line of this trial: predicted (and measured) retention per task, then the verdict."""
         text = f"group {'+'.join(self.tasks)} with {self.method}: predicted " + _numbers(self.predicted)
+        if self.nll_retention is not None:
+            text += "; NLL gain kept " + _numbers({t: v for t, v in self.nll_retention.items() if v is not None})
         if self.measured is not None:
             text += "; measured " + _numbers(self.measured)
         verdict = "accepted" if self.accepted else "refused"
@@ -84,13 +92,26 @@ class Plan:
     linkage: np.ndarray
     own_accuracy: dict[str, float] | None
     trials: list[Trial] = field(default_factory=list)
+    measured_on: dict[str, Any] | None = None  # model identity and data files of the measured numbers
 
     def as_dict(self) -> dict[str, Any]:
         return {"min_retention": self.min_retention, "tasks": self.tasks, "adapters_in": len(self.tasks),
                 "adapters_out": len(self.groups), "measured": self.own_accuracy is not None,
                 "own_accuracy": self.own_accuracy, "groups": [g.as_dict() for g in self.groups],
                 "jaccard": np.round(self.jaccard, 6).tolist(), "linkage": np.round(self.linkage, 6).tolist(),
-                "trials": [t.as_dict() for t in self.trials]}
+                "trials": [t.as_dict() for t in self.trials], "measured_on": self.measured_on,
+                "estimate": _estimate_record()}
+
+
+def _estimate_record() -> dict[str, Any] | None:
+    """What the predicted numbers are and how well they have predicted so far (the shipped calibration)."""
+    from analysis.predict import load_calibrations
+
+    cal = load_calibrations().get("data-free")
+    if cal is None:
+        return None
+    return {"basis": cal.basis, "spearman_heldout": cal.spearman_heldout, "mae_heldout": cal.mae_heldout,
+            "interval_halfwidth": cal.halfwidth, "n_heldout": cal.n_heldout, "measured_on": cal.measured_on}
 
 
 def default_merge(adapters: Sequence[Adapter], method: str, params: dict[str, Any]) -> dict[str, Delta]:
@@ -100,11 +121,19 @@ def default_merge(adapters: Sequence[Adapter], method: str, params: dict[str, An
 
 
 def predicted_retention(adapters: Sequence[Adapter], merged: Mapping[str, Delta]) -> dict[str, float]:
-    """max(0, 1 - interference) per task, from the data-free preview."""
-    from analysis.preview import preview_merge
+    """The calibrated data-free estimate per task (`analysis.predict`: the task's best-fitting scale inside the
+    merge and what the merge adds that is foreign to it, mapped to expected exact-match retention by the shipped
+    calibration, whose held-back track record plan.json records). The merge preview shows the same estimate."""
+    from analysis.predict import estimate, task_signals
 
-    per = preview_merge(adapters, merged)["per_task"]
-    return {a.name: max(0.0, 1.0 - float(per[a.name]["interference"] or 0.0)) for a in adapters}
+    out = {}
+    for a, signal in zip(adapters, task_signals(adapters, merged)):
+        pred = estimate(signal, "data-free")
+        if pred is None:
+            raise AtlasError("no calibrated retention estimate is shipped (analysis/data/retention_calibration.json): "
+                             "pass --data to decide by evaluation")
+        out[a.name] = pred.value
+    return out
 
 
 def retention(acc: Mapping[str, float], own: Mapping[str, float]) -> dict[str, float]:
@@ -136,15 +165,43 @@ def capacity_ok(adapters: Sequence[Adapter]) -> bool:
 class Planner:
     """`plan(adapters)` -> Plan. `evaluate(deltas, tasks)` gives real accuracy; without it the plan is data-free."""
 
-    def __init__(self, min_retention: float = 0.9, *, evaluate: Evaluate | None = None, merge: Merge = default_merge,
+    def __init__(self, min_retention: float = 0.9, *, evaluate: Evaluate | None = None, screen: Evaluate | None = None,
+                 merge: Merge = default_merge,
                  predict: Callable[[Sequence[Adapter], Mapping[str, Delta]], dict[str, float]] = predicted_retention,
                  candidates: Sequence[tuple[str, dict[str, Any]]] = tuple(CANDIDATES), max_trials: int = 20) -> None:
         if not 0.0 < min_retention <= 1.0:
             raise AtlasError(f"--min-retention {min_retention}: expected a number in (0, 1]")
         self.min_retention, self.evaluate, self.merge, self.predict = min_retention, evaluate, merge, predict
+        self.screen = screen if evaluate is not None else None  # answer NLL (lower is better) before exact match
         self.candidates, self.max_trials = list(candidates), max_trials
         self.trials: list[Trial] = []
         self.own: dict[str, float] | None = None
+        self.own_nll: dict[str, float] = {}
+        self.base_nll: dict[str, float] = {}
+        self._modules: dict[str, Mapping[str, Delta]] = {}
+
+    def _own(self, names: Sequence[str]) -> dict[str, float]:
+        """Own accuracy of `names`, measured once each (lazily: only for tasks that reach exact match)."""
+        assert self.evaluate is not None and self.own is not None
+        for n in names:
+            if n not in self.own:
+                self.own[n] = self.evaluate(self._modules[n], [n])[n]
+        return {n: self.own[n] for n in names}
+
+    def _screened_out(self, trial: Trial, merged: Mapping[str, Delta]) -> bool:
+        """Score the merge by answer NLL; True (refused, reason set) when a task keeps too little NLL gain."""
+        from analysis.evaluation.retention import nll_retention
+
+        assert self.screen is not None
+        names = trial.tasks
+        ret = nll_retention(self.screen(merged, names), {n: self.own_nll[n] for n in names},
+                            {n: self.base_nll[n] for n in names})
+        trial.nll_retention = {t: (round(v, 4) if v is not None else None) for t, v in ret.items()}
+        low = {t: v for t, v in ret.items() if v is not None and v < self.min_retention}
+        if low:
+            worst = min(low, key=low.get)  # type: ignore[arg-type]
+            trial.reason = f"NLL screen: {worst} keeps {low[worst]:.2f} of its NLL gain"
+        return bool(low)
 
     # ------------------------------------------------------------ one group
     def try_group(self, group: Sequence[Adapter], members: Sequence[int] | None = None) -> Trial | None:
@@ -170,9 +227,11 @@ class Planner:
             if self.evaluate is None:
                 trial.accepted = min(pred.values()) >= self.min_retention
                 trial.reason = "predicted" if trial.accepted else "predicted retention below the bar"
+            elif self.screen is not None and self._screened_out(trial, merged):
+                trial.accepted = False
             else:
                 trial.accuracy = self.evaluate(merged, names)
-                trial.measured = {t: round(v, 4) for t, v in retention(trial.accuracy, self.own or {}).items()}
+                trial.measured = {t: round(v, 4) for t, v in retention(trial.accuracy, self._own(names)).items()}
                 trial.accepted = min(trial.measured.values()) >= self.min_retention
                 worst = min(trial.measured, key=trial.measured.get)  # type: ignore[arg-type]
                 trial.reason = "measured" if trial.accepted else f"{worst} keeps {trial.measured[worst]:.2f}"
@@ -182,8 +241,10 @@ class Planner:
         return None
 
     def singleton(self, a: Adapter, i: int) -> Trial:
-        return Trial([a.name], "none", {}, {a.name: 1.0}, {a.name: 1.0} if self.own is not None else None,
-                     {a.name: self.own[a.name]} if self.own else None, True, "the adapter itself", [i])
+        measured = self.own is not None and a.name in self.own
+        return Trial([a.name], "none", {}, {a.name: 1.0}, measured={a.name: 1.0} if self.own is not None else None,
+                     accuracy={a.name: self.own[a.name]} if measured else None, accepted=True,
+                     reason="the adapter itself", members=[i])
 
     # ------------------------------------------------------------ the partition
     def plan(self, adapters: Sequence[Adapter], *, own_accuracy: Mapping[str, float] | None = None) -> Plan:
@@ -195,10 +256,14 @@ class Planner:
 
             adapters = AdapterSet.from_adapters(adapters).adapters
         names = [a.name for a in adapters]
+        self._modules = {a.name: a.modules for a in adapters}
         if self.evaluate is not None:  # own accuracy, the denominator of every retention
-            given = dict(own_accuracy or {})
-            self.own = {a.name: given[a.name] if a.name in given else self.evaluate(a.modules, [a.name])[a.name]
-                        for a in adapters}
+            self.own = {n: v for n, v in dict(own_accuracy or {}).items() if n in names}
+            if self.screen is None:
+                self._own(names)
+            else:  # the NLL screen's references: the base model and each adapter on its own task
+                self.base_nll = self.screen({}, names)
+                self.own_nll = {a.name: self.screen(a.modules, [a.name])[a.name] for a in adapters}
         jac = row_jaccard(core_rows(row_scores(adapters, "magnitude"), JACCARD_P), len(adapters))
         Z = dendrogram(jac)
         n = len(adapters)
@@ -232,6 +297,7 @@ class Planner:
                 members[node], result[node] = [i, j], trial
                 final = [f for f in final if f not in (i, j)] + [node]
         groups = [result[node] for node in sorted(final, key=lambda f: min(members[f]))]
+        groups = [self.singleton(adapters[g.members[0]], g.members[0]) if len(g.members) == 1 else g for g in groups]
         return Plan(self.min_retention, names, groups, jac, Z, self.own, list(self.trials))
 
     @staticmethod

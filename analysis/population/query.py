@@ -14,12 +14,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from analysis.errors import AtlasError
 from analysis.population.ann import AnnIndex, group_key, load_indexes, sha_ids
+from analysis.population.chance import null_level
 from analysis.population.sketch import SketchConfig, sketch_adapter
 from analysis.population.store import RESCAN, IndexStore, PopulationIndexError, vectors_of
 
@@ -191,7 +192,7 @@ MAX_EXACT_POOL = 1000  # adapters loaded at most for one exact re-rank
 
 
 def noise_level(pop: Population, base: int, *, pairs: int = 20000, seed: int = 0) -> tuple[float, float]:
-    """(centre, spread) of the sketch cosine of random pairs of one base (`families.null_level`).
+    """(centre, spread) of the sketch cosine of random pairs of one base (`chance.null_level`).
 
     Random pairs are mostly unrelated adapters, so this is the sketch's own error plus the exact cosine of
     unrelated updates: what a similarity must exceed to mean anything. Cached per base on the population.
@@ -206,25 +207,26 @@ def noise_level(pop: Population, base: int, *, pairs: int = 20000, seed: int = 0
             i = rng.choice(rows, size=pairs)
             j = rng.choice(rows, size=pairs)
             keep = i != j
-            from analysis.population.families import null_level
-
             cache[base] = null_level(np.einsum("pd,pd->p", pop.vectors[i[keep]], pop.vectors[j[keep]]))
     return cache[base]
 
 
 def neighbors(pop: Population, adapter: str | os.PathLike[str], k: int = 10, *, exact: bool = False,
-              candidates: int | None = None) -> list[dict[str, Any]]:
+              candidates: int | None = None, may_load: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
     """Sketch neighbours; with `exact`, candidates re-ranked by the exact cosine (loading each one).
 
     The exact pool: `candidates` if given, else every adapter whose sketch similarity is within 4 noise
     spreads (`noise_level`) of the k-th best, at least max(3k, k + 10) and at most MAX_EXACT_POOL: where the
     sketch error is the size of the signal the pool widens, so the true k best are in it.
-    Exact rows carry "similarity" (exact cosine) and "sketch_similarity"; unreadable candidates are skipped.
+    Exact rows carry "similarity" (exact cosine) and "sketch_similarity"; unreadable candidates are skipped, and
+    so are those `may_load` refuses (a shared server loads only files under its roots; the query must pass).
     """
     if not exact:
         return sketch_neighbors(pop, adapter, k)
     from analysis.adapters import load_adapter
 
+    if may_load is not None and not may_load(str(adapter)):
+        raise AtlasError(f"{adapter}: the exact re-rank would load it, and it lies outside what may be loaded here")
     pool = sketch_neighbors(pop, adapter, candidates or MAX_EXACT_POOL, pool=candidates or MAX_EXACT_POOL)
     if candidates is None and len(pool) > k:
         _, _, base = query_vector(pop, adapter)
@@ -235,6 +237,9 @@ def neighbors(pop: Population, adapter: str | os.PathLike[str], k: int = 10, *, 
     query = load_adapter(adapter, check_finite=False)
     rows = []
     for hit in pool:
+        if may_load is not None and not may_load(hit["adapter"]):
+            log.info("%s: not loaded for the exact re-rank (outside what may be loaded)", hit["adapter"])
+            continue
         try:
             other = load_adapter(hit["adapter"], check_finite=False)
         except (AtlasError, OSError) as exc:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from analysis.errors import AtlasError
 from analysis.population.sketch import SketchConfig, sketch_adapter
 from analysis.population.store import IndexStore
 from analysis.population.walk import find_adapters, signature
@@ -48,12 +49,14 @@ class ScanReport:
     bases: list[dict[str, Any]] = field(default_factory=list)  # {"base_model", "layout", "adapters"}, largest first
     ann: dict[str, Any] = field(default_factory=dict)  # what the approximate index update did
     seconds: float = 0.0
+    unlisted: list[tuple[str, str]] = field(default_factory=list)  # folders under a root that could not be listed
 
     def to_json(self) -> dict[str, Any]:
         return {"total": self.total, "sketched": self.sketched, "reused": self.reused,
                 "duplicates": self.duplicates, "removed": self.removed, "seconds": round(self.seconds, 3),
                 "failed": [{"path": p, "reason": r} for p, r in self.failed], "repaired": self.repaired,
-                "bases": self.bases, "ann": self.ann}
+                "bases": self.bases, "ann": self.ann,
+                "unlisted": [{"path": p, "reason": r} for p, r in self.unlisted]}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -167,7 +170,16 @@ def _client(scheduler: str | None, workers: int | None, processes: bool) -> Any:
     from distributed import Client, LocalCluster
 
     if scheduler:
-        return Client(scheduler, timeout="30s")
+        from analysis.population.scheduler import connect_timeout, parse_scheduler, probe
+
+        if scheduler.startswith("inproc://"):  # a scheduler in this process (LocalCluster(processes=False))
+            return Client(scheduler, timeout=f"{connect_timeout():g}s")
+        address = parse_scheduler(scheduler)
+        probe(address)  # dask's Client never gives up on a server that accepts and stays silent
+        try:
+            return Client(str(address), timeout=f"{connect_timeout():g}s")
+        except (OSError, ValueError, MemoryError) as exc:
+            raise AtlasError(f"--scheduler {address}: {_one_line(exc)}") from None
     n = workers or os.cpu_count() or 1
     # loopback only; the scheduler's HTTP server (dashboard / health routes) on a free port, never a fixed 8787
     where = {"host": "127.0.0.1"} if processes else {}  # thread workers talk in-process (inproc://)
@@ -199,7 +211,7 @@ def scan(
     # 1. what is there, and what changed since the last scan
     reused: list[dict] = []
     todo: list[tuple[str, str]] = []
-    for location in find_adapters(roots):
+    for location in find_adapters(roots, report.unlisted):
         path, sig = str(location), signature(location)
         old = previous.get(path)
         if old is not None and sig and old["signature"] == sig and (old["error"] or old["sha256"] in known):

@@ -18,23 +18,53 @@ from analysis.adapters.load import CONFIG_NAME, WEIGHT_SUFFIXES
 from analysis.errors import AdapterFormatError
 
 
-def find_adapters(roots: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Every adapter location under the roots, resolved, each once, sorted."""
+def find_adapters(roots: Sequence[str | os.PathLike[str]],
+                  unlisted: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Every adapter location under the roots, resolved, each once, sorted.
+
+    A root must be a folder this process can list or a weights file (a FIFO, a device or an unreadable
+    folder is refused, never scanned as empty); a folder inside a root that cannot be listed is appended
+    to `unlisted` as (path, reason) so the scan reports it instead of skipping it silently."""
     found: set[Path] = set()
+    for path in check_roots(roots):
+        found.update(_walk(path, unlisted))
+    return sorted(found)
+
+
+def check_roots(roots: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The roots resolved, or one AdapterFormatError line for the first that is missing, unreadable or not a
+    folder / weights file (checked before a scan touches its index)."""
+    out = []
     for root in roots:
         path = Path(root).expanduser().resolve()
         if not path.exists():
             raise AdapterFormatError(f"{path}: no such file or directory")
-        found.update(_walk(path))
-    return sorted(found)
+        if path.is_dir():
+            try:
+                with os.scandir(path):
+                    pass
+            except OSError as exc:
+                raise AdapterFormatError(f"{path}: cannot list this folder ({exc.strerror}), nothing to scan") from None
+        elif not path.is_file():
+            raise AdapterFormatError(f"{path}: not a folder or a regular file (a FIFO, socket or device): "
+                                     "nothing to scan")
+        elif path.suffix.lower() not in WEIGHT_SUFFIXES:
+            raise AdapterFormatError(f"{path}: not an adapter weights file ({', '.join(WEIGHT_SUFFIXES)}) nor a folder")
+        out.append(path)
+    return out
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def _walk(root: Path, unlisted: list[tuple[str, str]] | None = None) -> Iterator[Path]:
     if root.is_file():
         if root.suffix.lower() in WEIGHT_SUFFIXES:
             yield root
         return
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def skipped(exc: OSError) -> None:
+        if unlisted is not None:
+            unlisted.append((str(exc.filename), f"cannot list this folder ({exc.strerror})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=skipped):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
         if CONFIG_NAME in filenames:
@@ -42,7 +72,10 @@ def _walk(root: Path) -> Iterator[Path]:
             continue  # its weights belong to the directory adapter
         for name in sorted(filenames):
             if not name.startswith(".") and Path(name).suffix.lower() in WEIGHT_SUFFIXES:
-                yield here / name
+                if (here / name).is_file():
+                    yield here / name
+                elif unlisted is not None:  # reading a FIFO would block the scan forever
+                    unlisted.append((str(here / name), "not a regular file (a FIFO, socket or device)"))
 
 
 def signature(location: Path) -> str:

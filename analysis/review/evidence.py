@@ -16,7 +16,7 @@ import numpy as np
 
 from analysis.errors import AtlasError
 from analysis.review.models import InputRecord, Proposal
-from analysis.workflow.evidence import export_line, task_table
+from analysis.workflow.evidence import data_lines, export_line, measured_table, model_line, task_table
 
 # (metric passed to analysis.overlap.aggregate, heading shown to reviewers)
 OVERLAP_METRICS: tuple[tuple[str, str], ...] = (
@@ -106,6 +106,29 @@ def preview_tasks(preview: Mapping[str, Any] | None) -> tuple[list[str], list[st
 def preview_export(preview: Mapping[str, Any] | None) -> str | None:
     """One line on the exported adapter's rank and fidelity (None for snapshots that do not record it)."""
     return export_line(preview)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The measured rows of a proposal's evidence, with whose model and which data produced them."""
+
+    model: str  # one line: name, kind, architecture, sha256 or revision, device, dtype
+    data: tuple[str, ...]  # one line per data file: task, file, sha256, rows, metric
+    header: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    warnings: tuple[str, ...] = ()
+
+
+def preview_measured(preview: Mapping[str, Any] | None) -> Measured | None:
+    """The evidence's `measured` block for a report, or None when nothing was measured."""
+    measured = preview.get("measured") if isinstance(preview, Mapping) else None
+    header, rows = measured_table(measured)
+    if not header:
+        return None
+    warnings = measured.get("warnings") if isinstance(measured, Mapping) else None
+    return Measured(model_line(measured) or "measured on an unnamed model", tuple(data_lines(measured)),
+                    tuple(header), tuple(tuple(r) for r in rows),
+                    tuple(str(w) for w in warnings or [] if isinstance(w, str)))
 
 
 def heatmap_figure(matrix: np.ndarray, labels: tuple[str, ...], title: str, *, signed: bool | None = None) -> Any:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
-from analysis.errors import RecipeError
+from analysis.recipe_contract import RecipeContract
 
 SCHEMA_VERSION = 1
 
@@ -69,59 +68,6 @@ SQLITE_APPEND_ONLY_TRIGGERS = tuple(
 
 DECISIONS: dict[str, str] = {"approve": "approved", "reject": "rejected", "changes": "changes requested"}
 OPEN = "open"
-
-
-# ----------------------------------------------------------------------------- recipe contract
-class RecipeInput(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1)
-    path: str = Field(min_length=1)
-    sha256: str = Field(min_length=1)
-    format: str = Field(min_length=1)
-
-
-class RecipeExport(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    format: str = Field(min_length=1)
-    rank: int | None = None
-
-
-class Recipe(BaseModel):
-    """The minimal keys of a merge recipe that review relies on; anything else is kept as data.
-
-    Deliberately looser than `analysis.export.recipe.Recipe` (the schema a replay enforces): a review
-    store must keep accepting recipes written by older or newer versions of the tool, whose methods
-    or parameters this version may not know, and reading the store must not import torch.
-    """
-
-    model_config = ConfigDict(extra="allow")
-    atlas_recipe: Literal[1]
-    tool_version: str
-    inputs: list[RecipeInput] = Field(min_length=1)
-    method: str = Field(min_length=1)
-    parameters: dict[str, Any]
-    weights: list[float] | None = None
-    export: RecipeExport
-
-    @field_validator("tool_version", mode="before")
-    @classmethod
-    def _version_as_text(cls, value: Any) -> Any:
-        # YAML reads an unquoted `0.1` as a float; the version is still meaningful as text.
-        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-
-def validate_recipe(data: Any, source: str) -> Recipe:
-    """Parse a recipe mapping, or raise a one-line `RecipeError` naming the source and the bad key."""
-    if not isinstance(data, Mapping):
-        raise RecipeError(f"{source}: a merge recipe must be a YAML mapping, got {type(data).__name__}")
-    try:
-        return Recipe.model_validate(dict(data))
-    except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        where = ".".join(str(p) for p in first["loc"]) or "recipe"
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise RecipeError(f"{source}: recipe key '{where}': {first['msg']}{more}") from None
 
 
 # ----------------------------------------------------------------------------- read-side values
@@ -222,7 +168,7 @@ def derive_status(history: Iterable[Event]) -> str:
     return status
 
 
-def inputs_to_json(recipe: Recipe) -> str:
+def inputs_to_json(recipe: RecipeContract) -> str:
     return json.dumps([{"name": i.name, "path": i.path, "sha256": i.sha256, "format": i.format}
                        for i in recipe.inputs])
 

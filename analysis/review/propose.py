@@ -12,13 +12,16 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
 from analysis.errors import AtlasError, RecipeError
-from analysis.review.models import Recipe, validate_recipe
+from analysis.recipe_contract import RecipeContract, validate_recipe
 from analysis.review.store import ReviewStore
+
+if TYPE_CHECKING:
+    from analysis.workflow.evidence import Evidence
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ def recipe_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def read_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, str, Path]:
+def read_recipe(path: str | os.PathLike[str]) -> tuple[RecipeContract, str, Path]:
     """(validated recipe, its exact text, the file) from a recipe file or merge directory."""
     file = recipe_file(path)
     try:
@@ -94,12 +97,14 @@ def json_safe(value: Any) -> Any:
 
 
 def propose(store: ReviewStore, recipe_path_or_mapping: str | os.PathLike[str] | Mapping[str, Any],
-            title: str, author: str, preview: Mapping[str, Any] | str | os.PathLike[str] | None = None) -> int:
+            title: str, author: str, preview: "Evidence | Mapping[str, Any] | str | os.PathLike[str] | None" = None,
+            ) -> int:
     """Open a proposal for a merge recipe; returns its id.
 
     `recipe_path_or_mapping` is `recipe.yaml`, its directory, or the recipe mapping itself (what the
     app's Merge page holds). With a path and no explicit `preview`, `preview.json` beside the recipe
-    is snapshotted when present. `preview` may also be a path to a preview JSON file.
+    is snapshotted when present. `preview` may also be a path to a preview JSON file. The record is the
+    evidence `run_merge` builds (`analysis.workflow.evidence.Evidence`); older versions are kept as given.
     """
     source_dir: str | None = None
     if isinstance(recipe_path_or_mapping, Mapping):

@@ -10,10 +10,27 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from analysis import __version__
+from analysis._version import __version__
 from analysis.review.escape import html_text as h
-from analysis.review.evidence import OVERLAP_METRICS, InputOverlap, heatmap_figure, preview_export, preview_tasks
+from analysis.review.evidence import (
+    OVERLAP_METRICS,
+    InputOverlap,
+    heatmap_figure,
+    preview_export,
+    preview_measured,
+    preview_tasks,
+)
 from analysis.review.models import DECISIONS, Proposal
+from analysis.workflow.decision import (
+    RETENTION_HEADER,
+    TEXT_HEADER,
+    frozen_decision,
+    notes,
+    retention_rows,
+    summary_line,
+    text_rows,
+)
+from analysis.workflow.evidence import metric_label
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
@@ -97,13 +114,13 @@ def _preview_section(preview: Mapping[str, Any] | None) -> tuple[str, bool]:
     if export:
         parts.append(f"<p>{h(export)}</p>")
     if tasks:
-        parts.append(_table(["task"] + metrics, [[t] + r for t, r in zip(tasks, rows)]))
+        parts.append(_table(["task"] + [metric_label(m) for m in metrics], [[t] + r for t, r in zip(tasks, rows)]))
         numeric = [k for j, k in enumerate(metrics) if k not in ("conflicts", "core_size")  # counts, not shares
                    and all(isinstance(r[j], (int, float)) and not isinstance(r[j], bool) for r in rows)]
         if numeric:
             import plotly.graph_objects as go
 
-            fig = go.Figure([go.Bar(name=h(k), x=[h(t) for t in tasks],
+            fig = go.Figure([go.Bar(name=h(metric_label(k)), x=[h(t) for t in tasks],
                                     y=[r[metrics.index(k)] for r in rows]) for k in numeric])
             fig.update_layout(barmode="group", title="merge preview per task", height=380,
                               margin=dict(l=10, r=10, t=50, b=10))
@@ -112,6 +129,45 @@ def _preview_section(preview: Mapping[str, Any] | None) -> tuple[str, bool]:
     parts.append("<details><summary>full preview snapshot (JSON)</summary>"
                  f"<pre>{h(json.dumps(preview, indent=2, sort_keys=True))}</pre></details>")
     return "\n".join(parts), has_fig
+
+
+def _measured_section(preview: Mapping[str, Any] | None) -> str:
+    measured = preview_measured(preview)
+    if measured is None:
+        return ""
+    data = "".join(f"<li>{h(d)}</li>" for d in measured.data)
+    warn = "".join(f"<p class='note'>warning: {h(w)}</p>" for w in measured.warnings)
+    return (f"<h2>Measured</h2>\n<p>{h(measured.model)}</p>\n<ul>{data}</ul>\n{warn}"
+            + _table(list(measured.header), [list(r) for r in measured.rows])
+            + "<p class='meta'>exact: exact-match accuracy (higher is better); nll: answer NLL in nats per token "
+              "(lower is better)</p>")
+
+
+def _verdict_css(cells: list[str]) -> str:
+    row = "".join(f"<td>{h(c)}</td>" for c in cells[:-1])
+    css = "ok" if cells[-1].startswith("PASS") else "bad" if cells[-1].startswith("FAIL") else "meta"
+    return f"<tr>{row}<td class='{css}'><b>{h(cells[-1])}</b></td></tr>"
+
+
+def decision_section(preview: Mapping[str, Any] | None) -> str:
+    """The decision table (`analysis.workflow.decision`): retention with intervals against the bar, the
+    prediction beside it, the general-text check, and the model and data they were measured on."""
+    decision, frozen = frozen_decision(preview)
+    if decision is None:
+        return ("<p class='note'>Nothing was measured for this proposal: there is no retention to hold against a "
+                "bar. Only the data-free preview below is available.</p>")
+    parts = [f"<p><b>{h(summary_line(decision))}</b></p>"]
+    if not frozen:
+        parts.append(f"<p class='meta'>The author set no bar; shown against the default bar {decision.bar:g}.</p>")
+    head = "".join(f"<th>{h(c)}</th>" for c in RETENTION_HEADER)
+    parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>"
+                 + "".join(_verdict_css(r) for r in retention_rows(decision)) + "</tbody></table>")
+    if decision.text:
+        head = "".join(f"<th>{h(c)}</th>" for c in TEXT_HEADER)
+        parts.append(f"<h3>General-text check</h3><table><thead><tr>{head}</tr></thead><tbody>"
+                     + "".join(_verdict_css(r) for r in text_rows(decision)) + "</tbody></table>")
+    parts.append("<ul class='meta'>" + "".join(f"<li>{h(n)}</li>" for n in notes(decision)) + "</ul>")
+    return "\n".join(parts)
 
 
 def _discussion_section(p: Proposal) -> str:
@@ -151,6 +207,8 @@ def render_html(proposal: Proposal, overlap: InputOverlap | None = None) -> str:
 <p class="meta">{_badge(p.status)} &middot; opened by <b>{h(p.author)}</b> on {h(p.created_at)}
  &middot; last activity {h(p.updated_at)} &middot; method <code>{h(p.method)}</code>
  &middot; recipe sha256 <code>{h(p.recipe_sha256)}</code></p>
+<h2>Measured against the bar</h2>
+{decision_section(p.preview)}
 <h2>Decision</h2>
 {_decision_section(p)}
 <h2>Inputs</h2>
@@ -159,6 +217,7 @@ def render_html(proposal: Proposal, overlap: InputOverlap | None = None) -> str:
 {overlap_html}
 <h2>Merge preview</h2>
 {preview_html}
+{_measured_section(p.preview)}
 <h2>Recipe</h2>
 <pre>{h(p.recipe_text)}</pre>
 <h2>Discussion</h2>

@@ -10,8 +10,18 @@ import json
 from typing import Any
 
 from analysis.review.escape import md_text as t
-from analysis.review.evidence import InputOverlap, preview_export, preview_tasks
+from analysis.review.evidence import InputOverlap, preview_export, preview_measured, preview_tasks
 from analysis.review.models import DECISIONS, Proposal
+from analysis.workflow.decision import (
+    RETENTION_HEADER,
+    TEXT_HEADER,
+    frozen_decision,
+    notes,
+    retention_rows,
+    summary_line,
+    text_rows,
+)
+from analysis.workflow.evidence import metric_label
 
 MAX_PARAM_CHARS = 120
 
@@ -35,6 +45,21 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [_row(header), "|" + "---|" * len(header)] + [_row(r) for r in rows]
 
 
+def decision_lines(preview: Any) -> list[str]:
+    """The decision table (`analysis.workflow.decision`) as Markdown lines."""
+    decision, frozen = frozen_decision(preview)
+    lines = ["### Measured against the bar", ""]
+    if decision is None:
+        return lines + ["_Nothing was measured for this proposal: only the data-free preview is available._", ""]
+    lines += [f"**{t(summary_line(decision))}**", ""]
+    if not frozen:
+        lines += [f"_The author set no bar; shown against the default bar {decision.bar:g}._", ""]
+    lines += _table(list(RETENTION_HEADER), retention_rows(decision)) + [""]
+    if decision.text:
+        lines += ["General-text check:", ""] + _table(list(TEXT_HEADER), text_rows(decision)) + [""]
+    return lines + [f"- {t(n)}" for n in notes(decision)] + [""]
+
+
 def render_markdown(proposal: Proposal, overlap: InputOverlap | None = None) -> str:
     """The summary as Markdown text (GitHub-flavoured)."""
     import yaml
@@ -44,6 +69,7 @@ def render_markdown(proposal: Proposal, overlap: InputOverlap | None = None) -> 
     lines.append(f"**Status:** {t(p.status)} · **method:** {t(p.method)} · **opened by** {t(p.author)} "
                  f"on {p.created_at} · **recipe sha256:** `{p.recipe_sha256}`")
     lines.append("")
+    lines += decision_lines(p.preview)
     latest = p.latest_decision
     if latest is None:
         lines += ["**Decision:** none yet (open).", ""]
@@ -85,10 +111,18 @@ def render_markdown(proposal: Proposal, overlap: InputOverlap | None = None) -> 
     if export:
         lines += [t(export), ""]
     if tasks:
-        lines += _table(["task", *metrics], [[task, *r] for task, r in zip(tasks, trows)]) + [""]
+        lines += _table(["task", *map(metric_label, metrics)], [[task, *r] for task, r in zip(tasks, trows)]) + [""]
     else:
         lines += ["No per-task preview was attached." if p.preview is None
                   else "The preview has no per-task table; see the HTML report.", ""]
+
+    measured = preview_measured(p.preview)
+    if measured is not None:
+        lines += ["### Measured", "", t(measured.model), ""] + [f"- data: {t(d)}" for d in measured.data] + [""]
+        lines += [f"> warning: {t(w)}" for w in measured.warnings] + ([""] if measured.warnings else [])
+        lines += _table(list(measured.header), [list(r) for r in measured.rows]) + [""]
+        lines += ["exact: exact-match accuracy (higher is better); nll: answer NLL in nats per token (lower is "
+                  "better)", ""]
 
     lines += ["### Discussion", ""]
     for e in p.events:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,9 +28,10 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from analysis import __version__
+import analysis.review.models as m
+from analysis._version import __version__
 from analysis.errors import ReviewError
-from analysis.review import models as m
+from analysis.recipe_contract import RecipeContract
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ T = TypeVar("T")
 ENV_VAR = "ADAPTER_ATLAS_DB"
 BUSY_TIMEOUT_MS = 5_000
 MAX_ATTEMPTS = 12
+CONNECT_TIMEOUT_ENV = "ADAPTER_ATLAS_DB_CONNECT_TIMEOUT_S"  # a server that accepts TCP and never answers
+DEFAULT_CONNECT_TIMEOUT_S = 5
 LIMITS = {"title": 300, "author": 200, "text": 100_000}
 SCHEMA_LOCK_KEY = 0x41544C53  # "ATLS": the advisory lock serialising schema creation on PostgreSQL
 MAX_ID = 2**63 - 1  # SQLite INTEGER PRIMARY KEY
@@ -84,6 +88,20 @@ def _driver(url: URL) -> URL:
     return url
 
 
+def connect_timeout() -> int:
+    """Seconds a network store gets to answer a new connection (whole seconds: libpq's unit)."""
+    try:
+        value = int(os.environ.get(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_S))
+    except ValueError:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    return value if 1 <= value <= 600 else DEFAULT_CONNECT_TIMEOUT_S
+
+
+def _masked(url: str) -> str:
+    """A URL as it may be shown: any password between `user:` and `@` replaced by ***."""
+    return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
 def check_id(proposal_id: int, max_id: int = MAX_ID) -> int:
     """An id the backend can look up. Python ints are unbounded; SQLite's INTEGER keys are signed 64-bit,
     PostgreSQL's (and MySQL's) INTEGER 32-bit: a larger id would be a driver error, not "no proposal"."""
@@ -112,14 +130,19 @@ class ReviewStore:
         self.url = resolve_db_url(db)
         try:
             url = _driver(make_url(self.url))
-        except ArgumentError:
-            raise ReviewError(f"review store: '{self.url}' is neither a file path nor a SQLAlchemy URL") from None
+            url.port  # noqa: B018 - parsed lazily: `127.0.0.1:notaport` fails here, not at the first query
+        except (ArgumentError, ValueError) as exc:
+            why = "" if not isinstance(exc, ValueError) else (
+                " (its port is not a number)" if "int()" in str(exc) else f" ({exc})")
+            raise ReviewError(f"review store: '{_masked(self.url)}' is neither a file path nor a valid SQLAlchemy "
+                              f"URL{why}") from None
         self.display_url = url.render_as_string(hide_password=True)
         self.is_sqlite = url.get_backend_name() == "sqlite"
         self.max_id = MAX_ID if self.is_sqlite else MAX_ID_32
         self._busy_timeout_ms = busy_timeout_ms
         try:
-            connect_args = {"timeout": busy_timeout_ms / 1000} if self.is_sqlite else {}
+            connect_args = {"timeout": busy_timeout_ms / 1000} if self.is_sqlite else (
+                {"connect_timeout": connect_timeout()} if url.get_backend_name() == "postgresql" else {})
             self.engine: Engine = create_engine(url, connect_args=connect_args)
         except (ArgumentError, ImportError) as exc:
             raise ReviewError(f"review store {self.display_url}: cannot open ({exc})") from None
@@ -152,7 +175,8 @@ class ReviewStore:
             try:
                 return work()
             except DBAPIError as exc:
-                transient = _is_transient(exc) or (retry_any_db_error and attempt < 3)
+                timed_out = "timeout expired" in str(exc.orig).lower()  # the server never answered: do not wait again
+                transient = _is_transient(exc) or (retry_any_db_error and attempt < 3 and not timed_out)
                 if not transient or attempt == MAX_ATTEMPTS:
                     raise ReviewError(f"review store {self.display_url}: {str(exc.orig).strip()}") from None
                 delay = min(2.0, 0.02 * 2 ** attempt) * (0.5 + random.random())
@@ -210,7 +234,7 @@ class ReviewStore:
         self.close()
 
     # ------------------------------------------------------------------ writes (one transaction each)
-    def create_proposal(self, *, recipe: m.Recipe, recipe_text: str, recipe_sha256: str, title: str,
+    def create_proposal(self, *, recipe: RecipeContract, recipe_text: str, recipe_sha256: str, title: str,
                         author: str, preview: Mapping[str, Any] | None, source_dir: str | None) -> int:
         """Insert a proposal and its `created` event together; returns the new id."""
         title, author = _clean("title", title), _clean("author", author)

@@ -2,32 +2,14 @@
 
 The CLI (`adapter-atlas merge`), the app's Merge page and the review store all call `run_merge` on an
 `AdapterSet`; they add only argument parsing, caching and widgets. Everything is keyed by input index;
-display names are for people. Imports are lazy so `analysis.workflow.evidence` (read by the review
-store, which must not import torch) stays light.
+display names are for people.
 """
-from __future__ import annotations
+from analysis.isolation import CoreChoice, CoreSettings
+from analysis.workflow.adapter_set import AdapterSet, display_names, most_overlapping
+from analysis.workflow.evidence import EVIDENCE_VERSION, Evidence
+from analysis.workflow.pipeline import ExportSpec, MergeRun, measure_run, preview_from_recipe, reexport, run_merge
+from analysis.workflow.progress import Cancelled, ProgressReporter
 
-from typing import Any
-
-_EXPORTS = {
-    "AdapterSet": "analysis.workflow.adapter_set",
-    "display_names": "analysis.workflow.adapter_set",
-    "Cancelled": "analysis.workflow.progress",
-    "ProgressReporter": "analysis.workflow.progress",
-    "ExportSpec": "analysis.workflow.pipeline",
-    "MergeRun": "analysis.workflow.pipeline",
-    "run_merge": "analysis.workflow.pipeline",
-    "reexport": "analysis.workflow.pipeline",
-    "most_overlapping": "analysis.workflow.adapter_set",
-    "EVIDENCE_VERSION": "analysis.workflow.evidence",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'analysis.workflow' has no attribute '{name}'")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__all__ = ["EVIDENCE_VERSION", "AdapterSet", "Cancelled", "CoreChoice", "CoreSettings", "Evidence", "ExportSpec",
+           "MergeRun", "ProgressReporter", "display_names", "measure_run", "most_overlapping", "preview_from_recipe",
+           "reexport", "run_merge"]

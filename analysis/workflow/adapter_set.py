@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
-from analysis.adapters.model import Adapter
+from analysis.adapters.model import Adapter, adapter_list
 from analysis.errors import AdapterFormatError, IncompatibleAdaptersError
 
 
@@ -58,12 +58,29 @@ def _numbered(names: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class AdapterSet:
-    """Adapters in input order (index i is input i everywhere), each renamed to its display name."""
+    """Adapters in input order (index i is input i everywhere), each renamed to its display name.
+
+    `allow_different_bases`: the user accepts inputs trained on different base models (a merge refuses them
+    otherwise; recorded in the recipe as `force`)."""
 
     adapters: tuple[Adapter, ...]
+    allow_different_bases: bool = False
 
     @classmethod
-    def from_paths(cls, paths: Sequence[str | os.PathLike[str]], *, loader=None) -> "AdapterSet":  # noqa: ANN001
+    def of(cls, inputs: "AdapterSet | Sequence[Adapter]") -> "AdapterSet":
+        """The library's one input type, read as every job reads it (`analysis.adapters.adapter_list`): an
+        `AdapterSet` as it is, or a list of loaded Adapters, kept as they are when their names are unique
+        (else renamed to their display names, `from_adapters`)."""
+        if isinstance(inputs, AdapterSet):
+            return inputs
+        items = adapter_list(inputs)
+        if len({a.name for a in items}) == len(items):
+            return cls(tuple(items))
+        return cls.from_adapters(items)
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[str | os.PathLike[str]], *, loader=None,  # noqa: ANN001
+                   allow_different_bases: bool = False) -> "AdapterSet":
         """Load every path (`loader(path, name=)`, default `load_adapter`); a missing path is one error line."""
         if loader is None:
             from analysis.adapters import load_adapter as loader
@@ -71,14 +88,14 @@ class AdapterSet:
             if not Path(p).exists():
                 raise AdapterFormatError(f"{p}: no such file or directory")
         names = display_names(paths)
-        return cls(tuple(loader(Path(p), name=n) for p, n in zip(paths, names)))
+        return cls(tuple(loader(Path(p), name=n) for p, n in zip(paths, names)), allow_different_bases)
 
     @classmethod
-    def from_adapters(cls, adapters: Sequence[Adapter]) -> "AdapterSet":
+    def from_adapters(cls, adapters: Sequence[Adapter], *, allow_different_bases: bool = False) -> "AdapterSet":
         """Loaded adapters (e.g. shared read-only by the app's cache), renamed by copy, never in place."""
         names = display_names([a.path for a in adapters])
         return cls(tuple(a if a.name == n else dataclasses.replace(a, name=n, _sha256=a.sha256)
-                         for a, n in zip(adapters, names)))
+                         for a, n in zip(adapters, names)), allow_different_bases)
 
     def __len__(self) -> int:
         return len(self.adapters)

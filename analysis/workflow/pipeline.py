@@ -10,7 +10,9 @@ Steps (each a library call; the faces only parse, cache and show):
 4. build the recipe (`rank_mode`, `target_error`, extras policy recorded);
 5. preview the adapter written, with the method's own cores (granularity, p) when it declares them;
 6. assemble the evidence record (`analysis.workflow.evidence`) that preview.json, the app's proposal
-   and the review all use.
+   and the review all use;
+7. `measure_run(run, Measure(...))` then measures the adapter written, each input and the base on a named
+   model and data: the evidence's `measured` block.
 Nothing is written until `MergeRun.write` (or `to_zip`), so a cancelled run leaves nothing behind.
 """
 from __future__ import annotations
@@ -27,11 +29,13 @@ from analysis.adapters.model import Adapter, Delta, LowRankDelta
 from analysis.errors import IncompatibleAdaptersError, RecipeError
 from analysis.export.extras import ExtrasPlan, plan_extras
 from analysis.export.recipe import EXPORT_FORMATS, Recipe, build_recipe
+from analysis.isolation import CoreChoice, CoreSettings
 from analysis.merge.registry import MergeResult, get_method
 from analysis.workflow.adapter_set import AdapterSet
-from analysis.workflow.evidence import build_evidence
+from analysis.workflow.coverage import Coverage, module_coverage, restrict
+from analysis.workflow.evidence import Evidence, build_evidence
 from analysis.workflow.progress import ProgressReporter
-from analysis.workflow.rank import DEFAULT_TARGET_ERROR, Spectrum, spectrum
+from analysis.workflow.rank import DEFAULT_TARGET_ERROR, Spectrum, check_export_rank, spectrum
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +51,21 @@ class ExportSpec:
     rank_mode: str | None = None  # None | exact | fixed | auto
     target_error: float = DEFAULT_TARGET_ERROR
     extras: str = "carry"
-    preview_cores: tuple[str, float] | None = None  # (granularity, p) of the preview for methods without cores
+    dtype: str = "fp32"  # stored precision: fp32 | fp16 | bf16
+    missing_modules: str = "zero"  # zero | shared | refuse (`analysis.workflow.coverage`)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "ExportSpec":
         e = recipe.export
-        cores = (e.preview.granularity, float(e.preview.p)) if e.preview is not None else None
-        return cls(format=e.format, rank=e.rank, rank_mode=e.rank_mode, extras=e.extras, preview_cores=cores,
-                   target_error=e.target_error if e.target_error is not None else DEFAULT_TARGET_ERROR)
+        return cls(format=e.format, rank=e.rank, rank_mode=e.rank_mode, extras=e.extras,
+                   target_error=e.target_error if e.target_error is not None else DEFAULT_TARGET_ERROR,
+                   dtype=e.dtype, missing_modules=recipe.missing_modules)
+
+
+def preview_from_recipe(recipe: Recipe) -> CoreChoice:
+    """The preview cores a recipe records (chosen by a face for a method without its own), for its replay."""
+    e = recipe.export.preview
+    return CoreChoice(CoreSettings(e.granularity, float(e.p)) if e is not None else None)
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,7 @@ class MergeRun:
     adapters: AdapterSet
     result: MergeResult
     recipe: Recipe
-    evidence: dict[str, Any]
+    evidence: Evidence
     spectrum: Spectrum | None
     extras: ExtrasPlan
     writer_inputs: tuple[Adapter, ...]
@@ -117,15 +128,16 @@ class MergeRun:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def diagnostic_cores(method: str, params: Mapping[str, Any], default: tuple[str, float] | None) -> tuple[str, float]:
-    """(granularity, p) of the preview's cores: the method's own when it declares them, else `default`, else
+def diagnostic_cores(method: str, params: Mapping[str, Any], default: CoreSettings | None) -> CoreSettings:
+    """(granularity, p) of the preview's cores: the method's own when it declares cores, else `default`, else
     the isolation method's declared defaults (the paper's top 1% of entries)."""
-    if "granularity" in params and "p" in params:
-        return str(params["granularity"]), float(params["p"])
+    own = get_method(method).core_settings(params)
+    if own is not None:
+        return own
     if default is not None:
-        return str(default[0]), float(default[1])
+        return CoreSettings(str(default[0]), float(default[1]))
     iso = get_method("isolation")
-    return str(iso.param("granularity").default), float(iso.param("p").default)
+    return CoreSettings(str(iso.param("granularity").default), float(iso.param("p").default))
 
 
 def _cap(adapters: AdapterSet, weights: Sequence[float] | None = None) -> int:
@@ -170,31 +182,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | None = None,
-              weights: Sequence[float] | None = None, export: ExportSpec | None = None, *, force: bool = False,
-              preview: bool = True, cores_default: tuple[str, float] | None = None, cores: Any = None,
-              progress: ProgressReporter | None = None, threads: int | None = None) -> MergeRun:
+@dataclass(frozen=True)
+class _Run:
+    """What every step of one run needs besides the merge: the preview's cores (None: no preview), the
+    progress reporter, and the preview rows computed while merging (`_fused_preview`)."""
+
+    preview: CoreChoice | None
+    reporter: ProgressReporter
+    fused: Mapping[str, list] = dataclasses.field(default_factory=dict)
+
+
+def _preview_choice(preview: bool | CoreChoice) -> CoreChoice | None:
+    if isinstance(preview, CoreChoice):
+        return preview
+    return CoreChoice() if preview else None
+
+
+def run_merge(adapters: AdapterSet | Sequence[Adapter], method: str,
+              params: Mapping[str, Any] | None = None, weights: Sequence[float] | None = None,
+              export: ExportSpec | None = None, *, preview: bool | CoreChoice = True,
+              progress: ProgressReporter | None = None) -> MergeRun:
     """Merge `adapters` with `method` and prepare the export, its recipe and its evidence (nothing written).
 
-    `cores_default`: (granularity, p) of the preview for methods without their own; `cores`: precomputed
-    `analysis.isolation.task_cores` for those settings (the app caches them across methods). The whole
-    request runs in one bounded torch thread pool (`analysis.threads.bounded_threads(threads)`), so a
-    shared server's concurrent merges do not oversubscribe its cores."""
-    from analysis.threads import bounded_threads
-
-    with bounded_threads(threads):
-        return _run_merge(adapters, method, params, weights, export, force=force, preview=preview,
-                          cores_default=cores_default, cores=cores, progress=progress)
-
-
-def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | None,
-               weights: Sequence[float] | None, export: ExportSpec | None, *, force: bool, preview: bool,
-               cores_default: tuple[str, float] | None, cores: Any, progress: ProgressReporter | None) -> MergeRun:
+    `adapters`: an `AdapterSet` or a list of Adapters (`AdapterSet.of`). `preview`: False for none; True for
+    the method's own cores, else the isolation defaults; a `CoreChoice` names the cores for a method that
+    declares none (recorded in the recipe) and may carry them computed (the app caches them across
+    methods). Torch's thread count is the caller's: faces run this inside `analysis.threads.bounded_threads`."""
     from analysis.merge import merge_adapters
 
+    adapters = AdapterSet.of(adapters)
     export = export or ExportSpec()
-    cores_default = cores_default or export.preview_cores
-    reporter = progress or ProgressReporter()
+    run = _Run(_preview_choice(preview), progress or ProgressReporter(), {})
     if export.format not in EXPORT_FORMATS:
         raise RecipeError(f"export format '{export.format}' is not one of {', '.join(EXPORT_FORMATS)}")
     if len(adapters) == 0:
@@ -203,43 +221,55 @@ def _run_merge(adapters: AdapterSet, method: str, params: Mapping[str, Any] | No
     spec = get_method(method)
     w = spec.resolve_weights(len(adapters), weights) if weights is not None else None
     resolved = spec.resolve_params(params)
+    check_export_rank(adapters.adapters, export.rank if export.format != "delta" else None)
     if len(adapters) > 1:
         adapters.require_shared()
-    reporter.check()
+    coverage = module_coverage(adapters.adapters, export.missing_modules)  # `refuse` stops here, naming them
+    merge_inputs = restrict(adapters.adapters, coverage) if coverage.policy == "shared" else adapters.adapters
+    run.reporter.check()
     # 2. merge; an export that needs re-factoring is re-factored at the cap module by module as it merges
     cap = max(_cap(adapters, w), export.rank or 0)
     refactor = export.format != "delta" and (export.rank is not None or export.rank_mode in ("auto", "fixed")
                                              or not spec.is_exact(resolved))
-    given = ((str(cores_default[0]), float(cores_default[1])), cores) if (
-        cores is not None and cores_default is not None) else None  # the caller's cores, reused when they fit
-    fused: dict[str, list] = {}
-    hook = _fused_preview(adapters, export, resolved, w, fused) if preview and refactor else None
-    result = merge_adapters(list(adapters.adapters), method, weights=w, params=resolved, force=force,
-                            rank=cap if refactor else None, progress=reporter.stage("merge"), cores=given,
-                            on_module=hook)
+    given = run.preview if run.preview is not None and run.preview.computed is not None else None
+    hook = _fused_preview(adapters, export, spec.core_settings(resolved), w, run.fused) if (
+        run.preview is not None and refactor) else None
+    result = merge_adapters(list(merge_inputs), method, weights=w, params=resolved,
+                            force=adapters.allow_different_bases, rank=cap if refactor else None,
+                            progress=run.reporter.stage("merge"), cores=given, on_module=hook)
     spec_of = None
     if export.format != "delta":
         kept = getattr(result, "spectra", None) or {}
         if refactor and set(kept) == set(result.modules):
             spec_of = Spectrum(dict(kept), cap)
         else:
-            spec_of = spectrum(result.modules, cap, progress=reporter.stage("export rank"))
-    return _export(adapters, result, spec_of, export, force=force, preview=preview, cores_default=cores_default,
-                   cores=cores, reporter=reporter, refactored=cap if refactor else None, precomputed=fused)
+            spec_of = spectrum(result.modules, cap, progress=run.reporter.stage("export rank"))
+    return _export(adapters, result, spec_of, export, run, refactored=cap if refactor else None,
+                   coverage=coverage)
 
 
-def _fused_preview(adapters: AdapterSet, export: ExportSpec, params: Mapping[str, Any], weights: Sequence[float] | None,
-                   into: dict[str, list]) -> Any:
+def measure_run(run: MergeRun, measure: Any, progress: ProgressReporter | None = None) -> MergeRun:
+    """The measure step (merge -> preview -> export -> measure -> evidence): `run` with `evidence["measured"]`
+    filled by `measure` (an `analysis.evaluation.Measure`: model x data) on the adapter written (at the export's
+    rank, as the writer writes it), each input and the bare base; the inputs are checked to fit the model first.
+    The CLI, the Merge page and a proposal get the same measured rows from this one call."""
+    reporter = progress or ProgressReporter()
+    measured = measure.run(run.adapters.adapters, run.written_modules(), progress=reporter.stage("measure"))
+    return dataclasses.replace(run, evidence={**run.evidence, "measured": measured})
+
+
+def _fused_preview(adapters: AdapterSet, export: ExportSpec, cores: CoreSettings | None,
+                   weights: Sequence[float] | None, into: dict[str, list]) -> Any:
     """A merge hook that previews each module as it is merged, when that is the same preview: a fixed export
     rank (so the module written is known while merging), the method's own entry cores (the isolation merge
     hands over the claims it built: no second pass over them), every input contributing."""
     from analysis.preview import TOL, export_view, module_rows
 
     fixed = export.format != "delta" and export.rank is not None and export.rank_mode in (None, "fixed")
-    if not fixed or params.get("granularity") != "entries" or "p" not in params or (
+    if not fixed or cores is None or cores.granularity != "entries" or (
             weights is not None and any(float(x) == 0.0 for x in weights)):
         return None
-    inputs, p = list(adapters.adapters), float(params["p"])
+    inputs, p = list(adapters.adapters), float(cores.p)
 
     def hook(module: str, result: Any, merged: Any, spectrum: Any) -> None:
         runs = getattr(merged, "claims", None)
@@ -252,78 +282,84 @@ def _fused_preview(adapters: AdapterSet, export: ExportSpec, params: Mapping[str
     return hook
 
 
-def reexport(run: MergeRun, export: ExportSpec, *, preview: bool = True, cores_default: tuple[str, float] | None = None,
-             cores: Any = None, progress: ProgressReporter | None = None) -> MergeRun:
+def reexport(run: MergeRun, export: ExportSpec, *, preview: bool | CoreChoice = True,
+             progress: ProgressReporter | None = None) -> MergeRun:
     """The same merge written another way (format, rank, extras) without a second merge when the merge
     kept what is needed; the preview is redone because it describes the adapter written at the new rank.
     A merge re-factored at the cap is merged again for a delta export or a rank above the cap."""
-    from analysis.threads import bounded_threads
-
-    with bounded_threads(None):
-        return _reexport(run, export, preview=preview, cores_default=cores_default, cores=cores, progress=progress)
-
-
-def _reexport(run: MergeRun, export: ExportSpec, *, preview: bool, cores_default: tuple[str, float] | None,
-              cores: Any, progress: ProgressReporter | None) -> MergeRun:
-    reporter = progress or ProgressReporter()
-    cores_default = cores_default or export.preview_cores
+    ctx = _Run(_preview_choice(preview), progress or ProgressReporter(), {})
     cut = run.refactored
-    if cut is not None and (export.format == "delta" or (export.rank or 0) > cut):
+    check_export_rank(run.adapters.adapters, export.rank if export.format != "delta" else None)
+    if export.missing_modules != run.recipe.missing_modules or (
+            cut is not None and (export.format == "delta" or (export.rank or 0) > cut)):
         return run_merge(run.adapters, run.result.method, run.result.params, run.result.weights, export,
-                         force=run.recipe.force, preview=preview, cores_default=cores_default, cores=cores,
-                         progress=reporter)
+                         preview=preview, progress=ctx.reporter)
     spec_of = run.spectrum
     if export.format != "delta" and (spec_of is None or (export.rank or 0) > spec_of.cap):
         spec_of = spectrum(run.result.modules, max(_cap(run.adapters, run.result.weights), export.rank or 0),
-                           progress=reporter.stage("export rank"))
-    return _export(run.adapters, run.result, spec_of, export, force=run.recipe.force, preview=preview,
-                   cores_default=cores_default, cores=cores, reporter=reporter, refactored=cut)
+                           progress=ctx.reporter.stage("export rank"))
+    return _export(run.adapters, run.result, spec_of, export, ctx, refactored=cut)
 
 
-def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None, export: ExportSpec, *, force: bool,
-            preview: bool, cores_default: tuple[str, float] | None, cores: Any, reporter: ProgressReporter,
-            refactored: int | None, precomputed: Mapping[str, list] | None = None) -> MergeRun:
+def _export(adapters: AdapterSet, result: MergeResult, spec_of: Spectrum | None, export: ExportSpec, run: _Run, *,
+            refactored: int | None, coverage: Coverage | None = None) -> MergeRun:
     """Steps 3-6: export rank, recipe, preview of the adapter written, evidence."""
     from analysis.preview import preview_merge
+
+    coverage = coverage or module_coverage(adapters.adapters, export.missing_modules)
 
     extras = plan_extras(adapters.adapters, export.extras, export_format=export.format, strict=False)
     writer_inputs = adapters.adapters if extras.policy == "carry" else tuple(
         dataclasses.replace(a, extras={}, _sha256=a.sha256) for a in adapters.adapters)
     # 3. export rank
+    method = get_method(result.method)
     exact = all(isinstance(d, LowRankDelta) for d in result.modules.values()) and (
-        refactored is None or get_method(result.method).is_exact(result.params))
+        refactored is None or method.is_exact(result.params))
     mode, rank, reached = _rank_choice(export, exact, spec_of)
     # 4. recipe (with the preview's cores when a face chose them for a method without its own)
-    own_cores = "granularity" in result.params and "p" in result.params
-    recorded = None if (own_cores or not preview or cores_default is None) else (
-        str(cores_default[0]), float(cores_default[1]))
+    chosen = run.preview.settings if run.preview is not None else None
+    recorded = chosen if method.core_settings(result.params) is None else None
     recipe = build_recipe(list(adapters.adapters), result.method, parameters=result.params,
                           weights=result.weights,
-                          export_format=export.format, rank=rank, force=force, rank_mode=mode,
-                          target_error=export.target_error if mode == "auto" else None, extras=extras.policy,
-                          preview_cores=recorded)
+                          export_format=export.format, rank=rank, force=adapters.allow_different_bases,
+                          rank_mode=mode, target_error=export.target_error if mode == "auto" else None,
+                          extras=extras.policy, preview_cores=recorded,
+                          dtype=export.dtype, missing_modules=coverage.policy)
     # 5. preview of the adapter written
     pv = None
-    if preview:
-        granularity, p = diagnostic_cores(result.method, result.params, cores_default)
-        if cores_default is None or (granularity, p) != (str(cores_default[0]), float(cores_default[1])):
-            cores = None  # precomputed masks are for other settings than this method's own
-        own = getattr(result, "cores", None)  # the masks the method itself used, when it kept them
-        if own is not None and getattr(result, "core_settings", None) == (granularity, p):
+    if run.preview is not None:
+        settings = diagnostic_cores(result.method, result.params, chosen)
+        cores = run.preview.for_settings(settings)  # the caller's cores, when computed with these settings
+        own = getattr(result, "cores", None)  # the cores the method itself used, when it kept them
+        if own is not None and result.core_settings == settings:
             cores = own
-        pv = preview_merge(list(adapters.adapters), result.modules, rank=rank, granularity=granularity, p=p,
-                           cores=cores, progress=reporter.stage("preview"),
+        pv = preview_merge(list(adapters.adapters), result.modules, rank=rank, granularity=settings.granularity,
+                           p=settings.p, cores=cores, progress=run.reporter.stage("preview"),
                            spectra=dict(spec_of.modules) if spec_of is not None else None,
-                           weights=result.weights, precomputed=precomputed if rank == export.rank else None)
+                           weights=result.weights, precomputed=run.fused if rank == export.rank else None)
     # 6. evidence
     fidelity = spec_of.fidelity(rank) if (spec_of is not None and rank is not None) else \
         {"relative_error": 0.0, "worst_module": None, "worst_module_error": 0.0}
     export_info = {"format": export.format, "rank": rank, "rank_mode": mode,
                    "target_error": export.target_error if mode == "auto" else None, "reached": reached,
-                   "cap": spec_of.cap if spec_of is not None else None, **fidelity}
-    evidence = build_evidence(names=adapters.names, sha256s=adapters.sha256s, method=result.method,
-                              parameters=result.params, weights=result.weights, preview=pv, export=export_info,
-                              extras=extras.summary(), method_info=_plain(result.info))
-    reporter.step("done", 1, 1)
+                   "cap": spec_of.cap if spec_of is not None else None, **fidelity,
+                   **_storage(result.modules, recipe, adapters.adapters)}
+    evidence = build_evidence(inputs=list(zip(adapters.names, adapters.sha256s)),
+                              merge=dataclasses.replace(result, info=_plain(result.info)), preview=pv,
+                              export=export_info, extras=extras.summary())
+    evidence["modules"] = coverage.summary()
+    run.reporter.step("done", 1, 1)
     return MergeRun(adapters=adapters, result=result, recipe=recipe, evidence=evidence, spectrum=spec_of,
                     extras=extras, writer_inputs=tuple(writer_inputs), refactored=refactored)
+
+
+def _storage(modules: Mapping[str, Delta], recipe: Recipe, inputs: Sequence[Adapter]) -> dict[str, Any]:
+    """The stored file's fidelity (`analysis.export.fidelity`): the export's tensors rendered as the writer renders
+    them, in the export dtype (without the extras, which do not touch the modules), read back per module."""
+    from analysis.export.fidelity import storage_fidelity
+    from analysis.export.writer import render_tensors
+
+    bare = [dataclasses.replace(a, extras={}, _sha256=a.sha256) if a.extras else a for a in inputs]
+    stored = render_tensors(modules, recipe, inputs=bare)[1][0]
+    return storage_fidelity(modules, stored, fmt=recipe.export.format, rank=recipe.export.rank,
+                            dtype_name=recipe.export.dtype)

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from analysis.errors import Cancelled
+from analysis.progress import Progress
 
-__all__ = ["Cancelled", "ProgressFn", "ProgressReporter", "format_eta"]
+__all__ = ["Cancelled", "Progress", "ProgressFn", "ProgressReporter", "format_eta"]
 
 # callback(stage, done, total, eta_seconds or None, label)
 ProgressFn = Callable[[str, int, int, "float | None", str], None]
@@ -41,7 +42,7 @@ class ProgressReporter:
         if self.cancel_requested is not None and self.cancel_requested():
             raise Cancelled("cancelled by the user: nothing was written")
 
-    def stage(self, stage: str) -> Callable[[int, int, str], None]:
+    def stage(self, stage: str) -> Progress:
         """A `(done, total, label)` callback for library functions that take one (merge, preview)."""
         self._started.pop(stage, None)
         self.step(stage, 0, 1)

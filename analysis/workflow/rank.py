@@ -16,15 +16,35 @@ smaller rank, and truncating the rank-cap factors again at R is the rank-R answe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from analysis.adapters.model import Delta, LowRankDelta
+from analysis.adapters.model import Adapter, Delta, LowRankDelta
+from analysis.errors import RecipeError
 from analysis.linalg import singular_values
 from analysis.merge.ops import ModuleSpectrum
 
 DEFAULT_TARGET_ERROR = 0.05
+
+
+def check_export_rank(adapters: Sequence[Adapter], rank: int | None, what: str = "export rank") -> None:
+    """Refuse (one RecipeError line, before any merge) an export rank wider than every module.
+
+    A rank-R factorisation of an (n_out, n_in) module holds nothing beyond min(n_out, n_in), so a rank
+    above the widest module's width only asks for memory (a rank of 10^9 once grew past 6.9 GB)."""
+    if rank is None:
+        return
+    if int(rank) < 1:
+        raise RecipeError(f"{what} {rank}: expected a positive integer")
+    width, name, shape = 0, "", (0, 0)
+    for adapter in adapters:
+        for module, delta in adapter.modules.items():
+            if min(delta.shape) > width:
+                width, name, shape = min(delta.shape), module, delta.shape
+    if width and int(rank) > width:
+        raise RecipeError(f"{what} {rank} is wider than every module: the widest, {name} "
+                          f"({shape[0]} x {shape[1]}), has width {width}; choose a rank from 1 to {width}")
 
 
 @dataclass(frozen=True)

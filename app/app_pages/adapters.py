@@ -10,8 +10,16 @@ from app.components import figures, pickers, view
 from app.components.display import show_figure
 
 st.title("Adapters")
+st.markdown("**Adapter Atlas helps you decide whether, and how, to merge LoRA adapters of one base model.** It shows "
+            "where their updates collide (Overlap, Subspaces, Clusters, Capacity), compares merge methods on the "
+            "weights alone, measures the merged adapter on your model and data against a bar you set, and hands "
+            "the result to a reviewer (Merge, Review).")
 st.caption("Every format is read into one factored model: dW = scale · B · A per module. "
-           "Pick the adapters to compare; the other pages work on this set.")
+           "Pick the adapters below; every other page works on this set.")
+with st.container(horizontal=True):
+    st.page_link("app_pages/overlap.py", label="Next: Overlap — which adapters collide, and where",
+                 icon=":material/grid_on:")
+    st.page_link("app_pages/merge.py", label="Then: Merge — compare, measure, decide", icon=":material/merge:")
 
 # 1. Where the adapters come from
 sample_tab, upload_tab, folder_tab = st.tabs(["Sample set", "Upload", "Server folder"])

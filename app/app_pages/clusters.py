@@ -67,6 +67,11 @@ rows = [{"group": groups[x] + 1, "adapter": names[x], "group size": groups.count
 st.dataframe(pd.DataFrame(rows).style.apply(
     lambda col: [f"color: {figures.group_colour(g - 1)}; font-weight: 600" for g in col], subset=["group"]),
     hide_index=True, width="stretch")
+st.caption("**What a group means for merging.** Adapters in one group write into shared directions: merged "
+           "together they interfere most, so a merge within a group needs isolation of each task's core (or lower "
+           "weights) and a measurement before it is trusted. Adapters in different groups are close to orthogonal "
+           "and usually merge with little interference. Take one group, or one adapter from each group, to the "
+           "Merge page and measure both against your bar.")
 
 # 4. The distance matrix behind it, in dendrogram order
 order = fit["order"]

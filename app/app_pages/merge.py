@@ -1,4 +1,5 @@
-"""Merge: pick adapters and methods, compare what each merge keeps of every task, export one, propose it.
+"""Merge, top to bottom as the work goes: choose adapters and methods -> compare them data-free -> measure them
+on a model and data -> decide (export one, propose it for review with the decision table frozen in).
 
 Every number here comes from `analysis.workflow.run_merge` (through `app.cache`), the pipeline the CLI
 and the review use, so the page, `adapter-atlas merge` and a review report agree.
@@ -6,6 +7,7 @@ and the review use, so the page, `adapter-atlas merge` and a review report agree
 from __future__ import annotations
 
 import json
+import shlex
 import time
 
 import pandas as pd
@@ -13,41 +15,52 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.errors import AtlasError
+from analysis.export.recipe import EXPORT_FORMATS
 from analysis.merge import METHODS, get_method
 from analysis.merge.registry import Param
-from analysis.workflow.evidence import METRIC_HELP, export_line
+from analysis.workflow.evidence import METRIC_HELP, METRIC_LABELS, export_line, module_line
 from analysis.workflow.progress import format_eta
 from analysis.workflow.rank import DEFAULT_TARGET_ERROR
 from app import cache
-from app.components import view
+from app.components import estimate_view, merge_measure, proposal_decision, view
 from app.components.display import show_figure
 
 STARTING_METHODS = ["isolation", "linear", "ties"]
-CORE_PARAMS = ("granularity", "p")  # one set of core controls: isolation's cores are the preview's cores
-COLUMNS = {"core_retention": "core kept", "interference": "interference", "cosine": "cosine",
-           "conflicts": "conflicts"}
+CORE_PARAMS = ("granularity", "p")  # one set of core controls: a method's own cores are the preview's cores
+COLUMNS = {k: METRIC_LABELS[k] for k in ("core_retention", "interference", "cosine", "conflicts")}
 STAGES = {"merge": (0.0, 0.45), "export rank": (0.45, 0.6), "preview": (0.6, 1.0), "done": (1.0, 1.0)}
 
 st.title("Merge")
 st.caption("Isolation merging (Wang, Liang & Peng 2025) keeps each task's core, the top p of its parameters by "
-           "|dW|, and blends the rest. Compare it with classic merges on data-free diagnostics and real accuracy, "
-           "then export the one you want and propose it for review.")
+           "|dW|, and blends the rest. **1** choose adapters and methods, **2** compare the merges data-free, "
+           "**3** measure them on your model and data against a bar, **4** export the one that passes and propose "
+           "it: the proposal carries the measured table to the reviewer.")
 
 refs, _ = view.adapter_set(minimum=2)
 names = [ref[2] for ref in refs]
 
-# 1. Adapters: start with the two or three that collide most
-st.subheader("1 · Adapters")
-if "merge_inputs" not in st.session_state and not view.linked("merge") and len(refs) > 3:
+# 1. Choose: the whole open set (as handed over), or on the server's default set the three that collide most
+st.subheader("1 · Choose adapters and methods")
+open_set = list(st.session_state.get(view.ADAPTERS, []))
+handed = st.session_state.get("merge_seen_set") not in (None, open_set)  # the set changed on another page
+st.session_state["merge_seen_set"] = open_set
+if handed and "merge_inputs" in st.session_state and not view.linked("merge"):
+    lost = [n for n in st.session_state["merge_inputs"] if n not in names]
+    st.session_state["merge_inputs"] = list(names)  # a new set arrives whole
+    st.caption(f"The open set changed on another page: all {len(names)} of its adapters are selected."
+               + (f" No longer open, so dropped: {', '.join(lost)}." if lost else ""))
+start = list(range(len(refs)))
+if "merge_inputs" not in st.session_state and not view.linked("merge") and len(refs) > 3 and view.is_default_set():
     from analysis.workflow import most_overlapping
 
     view.overlap_table(refs)
     start = most_overlapping(cache.aggregated(refs, "subspace_similarity", None, None), 3)
-else:
-    start = list(range(len(refs)))
+    st.caption(f"The server's default set is open ({len(refs)} adapters): starting with the {len(start)} whose "
+               "updates overlap most, where a merge matters. Add the others below.")
 chosen = view.choose_many("Adapters to merge", names, "merge_inputs", param="merge",
                           default=[names[i] for i in start],
-                          help="Starts with the adapters whose updates overlap most: where a merge matters.")
+                          help="Every adapter of the open set (Adapters page) can be merged; on the server's default "
+                               "set the page starts with the three that overlap most.")
 chosen_refs = tuple(ref for ref in refs if ref[2] in chosen)  # the set's order is the merge's order
 if len(chosen_refs) < 2:
     st.info("Pick at least two adapters.")
@@ -84,7 +97,6 @@ def control(method: str, param: Param) -> object:
     return st.text_input(label, value=str(param.default), help=param.help, key=key)
 
 
-st.subheader("2 · Methods")
 methods = view.choose_many("Methods to compare", sorted(METHODS), "merge_methods", param="method",
                            default=[m for m in STARTING_METHODS if m in METHODS])
 for m in methods:
@@ -100,8 +112,8 @@ core_p = float(b.number_input("Core fraction p", min_value=0.0001, max_value=1.0
 params: dict[str, dict[str, object]] = {}
 for m in methods:
     spec = get_method(m)
-    own = [p for p in spec.params if not (m == "isolation" and p.name in CORE_PARAMS)]
-    params[m] = {"granularity": granularity, "p": core_p} if m == "isolation" else {}
+    own = [p for p in spec.params if not (spec.cores and p.name in CORE_PARAMS)]
+    params[m] = {"granularity": granularity, "p": core_p} if spec.cores else {}
     if own:
         with st.expander(f"{m} settings"):
             params[m].update({p.name: control(m, p) for p in own})
@@ -112,12 +124,12 @@ for m in sorted(set(methods) - set(usable)):
 
 
 def merge_key(method: str) -> cache.MergeKey:
-    return (chosen_refs, method, tuple(sorted(params[method].items())), weights, (str(granularity), core_p),
-            "drop" if drop_extras else "carry")
+    return cache.MergeKey(chosen_refs, method, tuple(sorted(params[method].items())), weights,
+                          (str(granularity), core_p), "drop" if drop_extras else "carry")
 
 
-# 3. Compare, with progress (ETA) and a cancel button
-st.subheader("3 · Compare")
+# 2. Compare, data-free, with progress (ETA) and a cancel button; results the server holds show without a click
+st.subheader("2 · Compare (data-free)")
 go_col, stop_col = st.columns([1, 1])
 if go_col.button("Compare methods", type="primary", key="merge_compare"):
     st.session_state["merge_compared"] = True
@@ -126,19 +138,22 @@ if stop_col.button("Cancel", key="merge_cancel",
                         "for the next Compare."):
     st.session_state["merge_compared"] = False
     st.info("Comparison cancelled.")
+keys = {method: merge_key(method) for method in usable}
+if "merge_compared" not in st.session_state and usable and all(cache.merge_ready(k) for k in keys.values()):
+    st.session_state["merge_compared"] = True  # a link to results the server still holds shows them
 if not st.session_state.get("merge_compared") or not usable:
-    st.info("Choose adapters and methods, then press **Compare methods**. Results are kept for later visits.")
+    st.info("Choose adapters and methods, then press **Compare methods**. Finished results stay on the server "
+            "for a while: this page's link shows them again without recomputing.")
     st.stop()
 
 runs: dict[str, object] = {}
-keys = {method: merge_key(method) for method in usable}
 status: dict[str, tuple[str, int, int, float | None]] = {}  # method -> (stage, done, total, eta), from the workers
 todo = [k for k in keys.values() if not cache.merge_ready(k)]  # the merges this run computes
 bar = None if not todo else st.progress(0.0, text="Merging…")
 
 
 def on_progress(key: cache.MergeKey, stage: str, done: int, total: int, eta: float | None, label: str) -> None:
-    status[key[1]] = (stage, done, total, eta)  # bookkeeping only: widgets belong to the script's thread
+    status[key.method] = (stage, done, total, eta)  # bookkeeping only: widgets belong to the script's thread
 
 
 def redraw() -> None:
@@ -163,9 +178,9 @@ def redraw() -> None:
 started = time.monotonic()
 for key, value in cache.merge_runs(list(keys.values()), on_progress, redraw).items():
     if isinstance(value, AtlasError):
-        st.error(f"{key[1]}: {value}")
+        st.error(f"{key.method}: {value}")
     else:
-        runs[key[1]] = value
+        runs[key.method] = value
 if bar is not None:
     bar.empty()
     from analysis.workflow.parallel import default_workers
@@ -181,6 +196,7 @@ for method, run in runs.items():
     ev = run.evidence
     for t in ev["tasks"]:
         rows.append({"method": method, "task": t["name"], **{label: t[k] for k, label in COLUMNS.items()},
+                     "predicted retention": estimate_view.cell(t),
                      "export rank": ev["export"]["rank"] or "exact",
                      "export error": ev["export"]["relative_error"]})
 table = pd.DataFrame(rows)
@@ -192,94 +208,23 @@ st.dataframe(table, hide_index=True, width="stretch",
              column_config={**{label: st.column_config.NumberColumn(label, help=METRIC_HELP[k], format="%.3f")
                                for k, label in COLUMNS.items() if k != "conflicts"},
                             "conflicts": st.column_config.NumberColumn(help=METRIC_HELP["conflicts"]),
+                            "predicted retention": st.column_config.TextColumn(
+                                help="expected exact-match accuracy over the task's own adapter, from the weights "
+                                     "alone, with its 90% interval; its track record is under the table"),
                             "export rank": st.column_config.TextColumn(
                                 help="rank of the PEFT adapter written (exact: the merge is low rank as it is)"),
                             "export error": st.column_config.NumberColumn(
                                 help="relative Frobenius error of the written adapter vs the exact merge",
                                 format="%.4f")})
+st.caption(module_line(runs[next(iter(runs))].evidence) or "")
+estimate_view.show_track_record(key="merge_estimate_scatter")
 with st.container(horizontal=True):
     st.download_button("Table (CSV)", table.to_csv(index=False), file_name="merge_comparison.csv",
                        mime="text/csv", key="merge_csv", on_click="ignore")
     st.download_button("Evidence (JSON)", json.dumps({m: r.evidence for m, r in runs.items()}, indent=1, default=float),
                        file_name="merge_evidence.json", mime="application/json", key="merge_json", on_click="ignore")
 
-# 4. Export, next to the result: changing the rank reads the fidelity from the stored spectrum
-st.subheader("4 · Export")
-e1, e2, e3 = st.columns(3)
-export_method = e1.selectbox("Method to export", list(runs), key="merge_export_method")
-fmt = e2.selectbox("Format", ["peft", "kohya", "delta"], key="merge_format",
-                   help="peft: a directory PeftModel.from_pretrained loads; kohya: SD-style LoRA file; "
-                        "delta: full dW per module (holds any result exactly).")
-run = runs[export_method]
-auto_rank = run.rank
-widest = run.max_rank  # the pipeline supports any rank up to the module width (above the cap: merged again)
-cap = min(run.spectrum.cap, widest) if run.spectrum is not None else widest  # summed input rank (weight > 0)
-if run.evidence["export"]["rank_mode"] == "exact":
-    widest = cap  # an exactly low-rank merge is never wider than the cap: higher ranks add nothing
-ranks = sorted({r for r in (4, 8, 16, 32, 64, 128, 256, 512) if r <= widest} | {cap})
-rank_text = view.choose("Rank", ["automatic"] + [str(r) for r in ranks], "merge_rank", widget=e3.selectbox,
-                         help=f"automatic: exact when the merge is low rank, else the smallest rank whose relative "
-                              f"error is at most {DEFAULT_TARGET_ERROR}, never above the cap ({cap}, the summed "
-                              f"rank of the inputs with non-zero weight). Ranks above the cap merge the inputs "
-                              f"again at that rank (slower; larger adapter).",
-                         disabled=fmt == "delta")
-rank = None if rank_text == "automatic" or fmt == "delta" else int(rank_text)
-shown = rank if rank is not None else auto_rank
-above_cap = fmt != "delta" and rank is not None and run.spectrum is not None and rank > run.spectrum.cap
-fid = run.fidelity(min(shown, run.spectrum.cap) if above_cap else shown)
-m1, m2 = st.columns(2)
-m1.metric("Rank written", "exact" if shown is None or fmt == "delta" else shown)
-m2.metric("Relative error", "after Build export" if above_cap else
-          f"{(0.0 if fmt == 'delta' else fid['relative_error']):.4f}",
-          help="||dW_written − dW_merge||_F / ||dW_merge||_F over all modules")
-if rank is None:
-    st.caption(export_line(run.evidence) or "")
-ex = run.evidence["export"]
-if fmt != "delta" and rank is None and ex.get("rank_mode") == "auto" and ex.get("reached") is False:
-    st.warning(f"The automatic rank did not reach its target (relative error ≤ {ex.get('target_error')}): it stops at "
-               f"the cap, rank {ex.get('cap')}, with error {ex.get('relative_error', 0.0):.4f}. Pick a higher rank "
-               "(the inputs are merged again at it) or the delta format (exact).")
-refused = run.evidence["extras"].get("refused")
-if refused and fmt == "peft":
-    st.warning(f"This export would be refused: {refused}. Turn on **Drop extras** (section 1) to export without "
-               "them; the comparison above does not depend on it.")
-if st.button("Build export", key="merge_build", type="primary"):
-    st.session_state["merge_built"] = (export_method, fmt, rank)
-if st.session_state.get("merge_built") == (export_method, fmt, rank):
-    try:
-        with st.spinner("Writing the export and previewing the adapter written…"):
-            name, data, recipe_yaml = cache.merge_zip(merge_key(export_method), fmt, rank)
-            built = cache.merge_export(merge_key(export_method), fmt, rank)
-    except AtlasError as exc:
-        st.error(str(exc))
-        st.stop()
-    with st.container(horizontal=True):
-        st.download_button("Download export (zip)", data, file_name=f"{name}.zip", mime="application/zip",
-                           key="merge_zip", on_click="ignore", type="primary")
-        st.download_button("Recipe (YAML)", recipe_yaml, file_name="recipe.yaml", mime="text/yaml",
-                           key="merge_recipe", on_click="ignore")
-    st.caption(export_line(built.evidence) or "")
-    with st.expander("Recipe"):
-        st.code(recipe_yaml, language="yaml")
-    with st.form("merge_propose_form"):
-        title = st.text_input("Proposal title", value=f"Merge {', '.join(order)} with {export_method}",
-                              key="merge_prop_title")
-        author = st.text_input("Author", key="merge_prop_author", value=view.author())
-        submitted = st.form_submit_button("Propose this merge")
-    if submitted:
-        from analysis.review.propose import propose_merge
-        from analysis.review.store import resolve_db_url
-
-        try:
-            if not author.strip():
-                raise AtlasError("a proposal needs an author")
-            st.session_state[view.AUTHOR] = author.strip()  # the Review page signs with the same name
-            pid = propose_merge(cache.review_store(resolve_db_url()), built, title, author)
-            st.success(f"Proposal #{pid} opened: see the Review page.")
-        except AtlasError as exc:
-            st.error(str(exc))
-
-# 5. Charts: one metric per task and method; isolation's groups and core overlap, in the merge's order
+# Charts: one metric per task and method; isolation's groups and core overlap, in the merge's order
 metric = st.radio("Chart", [k for k in COLUMNS if k != "conflicts"], horizontal=True, key="merge_chart",
                   format_func=lambda k: COLUMNS[k])
 fig = go.Figure([go.Bar(name=m, x=[t["name"] for t in r.evidence["tasks"]],
@@ -308,59 +253,109 @@ if info:
                       xaxis_title="adapter", yaxis_title="adapter")
     show_figure(jac, name="isolation_jaccard", key="merge_jaccard")
 
-# 6. Real accuracy on the sample set, against the base model
-st.subheader("5 · Real accuracy (sample set)")
-tasks = cache.sample_tasks()
-if not tasks:
-    st.caption("The sample set's tasks are not on disk here: real accuracy is unavailable.")
-else:
-    t1, t2 = st.columns([3, 1])
-    picked = t1.multiselect("Tasks", tasks, default=[t for t in order if t in tasks] or tasks[:3], key="merge_tasks")
-    limit = int(t2.number_input("Examples per task", min_value=1, max_value=10_000, value=32, key="merge_limit"))
-    if st.button("Measure real accuracy", key="merge_measure"):
-        st.session_state["merge_measured"] = True
-    if st.session_state.get("merge_measured") and picked:
-        def written(m: str) -> tuple[str, str, int | None]:
-            """(method, format, rank) of the adapter written: the Export section's choice for its method,
-            else the method's own automatic export."""
-            return (m, fmt, rank) if m == export_method else (m, "peft", None)
+# 3. Measure: every merge as written, each input and the base, on a model and data the visitor picks
+st.subheader("3 · Measure (your model and data)")
+measurement = merge_measure.render(runs, merge_key, order)
 
-        def label(m: str) -> str:
-            _, f, r = written(m)
-            r = r if r is not None else runs[m].rank
-            return f"merge: {m} (written: {'exact' if f == 'delta' or r is None else f'rank {r}'})"
+# 4. Decide: export one merge (changing the rank reads the fidelity from the stored spectrum) and propose it
+st.subheader("4 · Decide: export and propose")
+if measurement is None or not measurement.blocks:
+    st.warning("Nothing is measured yet (section 3): a proposal made now carries only the data-free comparison, "
+               "and its reviewer sees that no retention was measured.")
+e1, e2, e3, e4 = st.columns(4)
+export_method = e1.selectbox("Method to export", list(runs), key="merge_export_method")
+fmt = e2.selectbox("Format", list(EXPORT_FORMATS), key="merge_format",
+                   help="peft: a directory PeftModel.from_pretrained loads; diffusers: pipe.load_lora_weights; "
+                        "kohya: SD-style LoRA file (A1111/Forge, ComfyUI); delta: full dW per module (exact).")
+dtype = e4.selectbox("Dtype", ["fp32", "fp16", "bf16"], key="merge_dtype",
+                     help="stored precision; the storage error of the file written is shown after Build export")
+run = runs[export_method]
+auto_rank = run.rank
+widest = run.max_rank  # the pipeline supports any rank up to the module width (above the cap: merged again)
+cap = min(run.spectrum.cap, widest) if run.spectrum is not None else widest  # summed input rank (weight > 0)
+if run.evidence["export"]["rank_mode"] == "exact":
+    widest = cap  # an exactly low-rank merge is never wider than the cap: higher ranks add nothing
+ranks = sorted({r for r in (4, 8, 16, 32, 64, 128, 256, 512) if r <= widest} | {cap})
+rank_text = view.choose("Rank", ["automatic"] + [str(r) for r in ranks], "merge_rank", widget=e3.selectbox,
+                         help=f"automatic: exact when the merge is low rank, else the smallest rank whose relative "
+                              f"error is at most {DEFAULT_TARGET_ERROR}, never above the cap ({cap}, the summed "
+                              f"rank of the inputs with non-zero weight). Ranks above the cap merge the inputs "
+                              f"again at that rank (slower; larger adapter).",
+                         disabled=fmt == "delta")
+rank = None if rank_text == "automatic" or fmt == "delta" else int(rank_text)
+shown = rank if rank is not None else auto_rank
+above_cap = fmt != "delta" and rank is not None and run.spectrum is not None and rank > run.spectrum.cap
+fid = run.fidelity(min(shown, run.spectrum.cap) if above_cap else shown)
+m1, m2 = st.columns(2)
+m1.metric("Rank written", "exact" if shown is None or fmt == "delta" else shown)
+m2.metric("Relative error", "after Build export" if above_cap else
+          f"{(0.0 if fmt == 'delta' else fid['relative_error']):.4f}",
+          help="||dW_written − dW_merge||_F / ||dW_merge||_F over all modules")
+is_built = st.session_state.get("merge_built") == (export_method, fmt, rank, dtype)
+if rank is None and not is_built:  # once built, the line under the downloads says it
+    st.caption(export_line(run.evidence) or "")
+ex = run.evidence["export"]
+if fmt != "delta" and rank is None and ex.get("rank_mode") == "auto" and ex.get("reached") is False:
+    st.warning(f"The automatic rank did not reach its target (relative error ≤ {ex.get('target_error')}): it stops at "
+               f"the cap, rank {ex.get('cap')}, with error {ex.get('relative_error', 0.0):.4f}. Pick a higher rank "
+               "(the inputs are merged again at it) or the delta format (exact).")
+refused = run.evidence["extras"].get("refused")
+if refused and fmt == "peft":
+    st.warning(f"This export would be refused: {refused}. Turn on **Drop extras** (section 1) to export without "
+               "them; the comparison above does not depend on it.")
+carried = proposal_decision.render(export_method, fmt, rank, merge_key, measurement, dtype)
+if st.button("Build export", key="merge_build"):
+    st.session_state["merge_built"] = (export_method, fmt, rank, dtype)
+    st.rerun()  # the summary line above is then left to the built export's line below: printed once
+if is_built:
+    try:
+        with st.spinner("Writing the export and previewing the adapter written…"):
+            name, data, recipe_yaml = cache.merge_zip(merge_key(export_method), fmt, rank, dtype)
+            built = cache.merge_export(merge_key(export_method), fmt, rank, dtype=dtype)
+    except AtlasError as exc:
+        st.error(str(exc))
+        st.stop()
+    with st.container(horizontal=True):
+        st.download_button("Download export (zip)", data, file_name=f"{name}.zip", mime="application/zip",
+                           key="merge_zip", on_click="ignore", type="primary")
+        st.download_button("Recipe (YAML)", recipe_yaml, file_name="recipe.yaml", mime="text/yaml",
+                           key="merge_recipe", on_click="ignore")
+    st.caption(export_line(built.evidence) or "")
+    with st.expander("Recipe"):
+        st.code(recipe_yaml, language="yaml")
+with st.form("merge_propose_form"):
+    title = st.text_input("Proposal title", value=f"Merge {', '.join(order)} with {export_method}",
+                          key="merge_prop_title")
+    author = st.text_input("Author", key="merge_prop_author", value=view.author())
+    submitted = st.form_submit_button("Propose this merge", type="primary")
+if submitted:
+    from analysis.review.propose import propose_merge
+    from analysis.review.store import resolve_db_url
 
-        jobs = [("base model", "base", None)] + [(label(m), "merge", written(m)) for m in runs] + [
-            (f"adapter: {r[2]}", "adapter", r) for r in chosen_refs]
-        bar = st.progress(0.0, text="Evaluating…")
-        acc_rows = []
-        try:
-            for i, (name, kind, item) in enumerate(jobs):
-                row: dict[str, object] = {"model": name}
-                ns = set()
-                for task in picked:
-                    bar.progress(i / len(jobs), text=f"{name} on {task}…")
-                    res = (cache.base_accuracy(task, limit) if kind == "base"
-                           else cache.merged_accuracy(merge_key(item[0]), item[1], item[2], task, limit)
-                           if kind == "merge" else cache.adapter_accuracy(item, task, limit))
-                    row[task] = res["accuracy"]
-                    ns.add(int(res["n"]))
-                row["n per task"] = "/".join(str(n) for n in sorted(ns))
-                acc_rows.append(row)
-            bar.empty()
-            acc = pd.DataFrame(acc_rows)
-            st.dataframe(acc, hide_index=True, width="stretch",
-                         column_config={t: st.column_config.NumberColumn(format="%.3f") for t in picked})
-            st.caption("Exact-match accuracy on each task's held-out examples; n = examples evaluated per task. "
-                       "A merge row evaluates the adapter written (at the rank shown), not the exact merge.")
-            st.download_button("Accuracy (CSV)", acc.to_csv(index=False), file_name="merge_accuracy.csv",
-                               mime="text/csv", key="merge_acc_csv", on_click="ignore")
-        except AtlasError as exc:
-            st.error(str(exc))
-
+    try:
+        if not author.strip():
+            raise AtlasError("a proposal needs an author")
+        st.session_state[view.AUTHOR] = author.strip()  # the Review page signs with the same name
+        proposed = proposal_decision.proposed(export_method, fmt, rank, merge_key, measurement, dtype)
+        pid = propose_merge(cache.review_store(resolve_db_url()), proposed, title, author)
+        st.success(f"Proposal #{pid} opened" + (" with its measured decision table" if carried else
+                                                  " without measured rows") + ".")
+        st.page_link("app_pages/review.py", label=f"Open proposal #{pid} on the Review page",
+                     icon=":material/rate_review:", query_params={"proposal": str(pid)})
+    except AtlasError as exc:
+        st.error(str(exc))
 
 # --- Plan and consolidation (issue 11; the section lives in app/components/plan_view.py) ---------------------
 from app.components import plan_view  # noqa: E402
 
 st.divider()
+st.subheader("Plan your selection", anchor=False)
+from app.components import plan_selection  # noqa: E402
+
+plan_selection.render(chosen_refs, measurement.bar if measurement else 0.9)
+st.caption("With task data the CLI verifies every group by real accuracy (minutes):")
+st.code("adapter-atlas plan " + " ".join(shlex.quote(str(ref[0])) for ref in chosen_refs)
+        + f" --min-retention {measurement.bar if measurement else 0.9:g} --data DATA --out plan/", language="bash")
+st.info("**Stored example, not your selection.** Below: the benchmark plan of all ten sample adapters "
+        "(bench/results_consolidate.json) unless you name a plan.json.", icon=":material/inventory_2:")
 plan_view.render()

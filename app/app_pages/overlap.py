@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from app import cache
@@ -57,6 +58,27 @@ st.caption(f"**Click a cell to open that pair below.** Colours span the off-diag
            "each adapter against itself."
            + (" Energy overlap is asymmetric: row i, column j is the share of i's update inside j's column space."
               if metric == "energy_overlap" else ""))
+
+# Where they collide most by this metric: the pairs, then the (module, pair) cells against random subspaces
+with st.expander(f"Most colliding pairs and modules · {spec.label}", expanded=True):
+    pair_rows, cell_rows = cache.ranked(refs, metric)
+    fmt = "%.1f" if metric == "mean_angle_deg" else "%.3f"
+    left, right = st.columns([2, 3])
+    number = st.column_config.NumberColumn(format=fmt, width="small", help=spec.help)
+    left.dataframe(pd.DataFrame([{"pair": f"{c['a']} ↔ {c['b']}" if metric != "energy_overlap"
+                                  else f"{c['a']} in {c['b']}", "value": c["value"]} for c in pair_rows[:10]]),
+                   hide_index=True, width="stretch", column_config={"value": number})
+    right.dataframe(pd.DataFrame([{"module": view.module_token(c["module"]), "pair": f"{c['a']} ↔ {c['b']}",
+                                   "value": c["value"], "random subspaces": c["random"]} for c in cell_rows]),
+                    hide_index=True, width="stretch",
+                    column_config={"value": number, "random subspaces": st.column_config.NumberColumn(
+                        format=fmt, width="small", help="The value random subspaces of the same ranks give: "
+                                                        "max(r_i, r_j)/d for subspace similarity, r_j/d for energy "
+                                                        "overlap, 0 for cosine. Far above it is learned structure.")})
+    st.caption("Left: pairs over the whole model (energy-weighted); right: the single modules where a pair collides "
+               "most. The ranking depends on the metric: subspace similarity asks whether two updates write into "
+               "the same directions, cosine whether they write the same thing"
+               + (" (ranked by |cosine|)." if metric == "cosine" else "."))
 
 # 3. The map: every adapter placed by its distances, coloured by its group
 distance = DISTANCE_OF_METRIC.get(metric, "cosine")

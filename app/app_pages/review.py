@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -17,8 +18,9 @@ from analysis.review.escape import md_lines, md_text
 from analysis.review.evidence import OVERLAP_METRICS, heatmap_figure, preview_tasks
 from analysis.review.report_html import render_html
 from analysis.review.report_md import render_markdown
+from analysis.workflow.evidence import METRIC_HELP, metric_label
 from app import cache
-from app.components import view
+from app.components import decision_view, view
 from app.components.display import show_figure
 from app.components.sources import confine
 
@@ -41,6 +43,8 @@ view.show_refused()
 st.session_state.setdefault(AUTHOR, view.author())
 for key in st.session_state.pop(CLEAR, []):
     st.session_state[key] = ""
+if st.session_state.pop("review_reset_verdict", False):
+    st.session_state["review_decision"] = None
 if message := st.session_state.pop(FLASH, None):
     st.success(message)
 
@@ -110,7 +114,7 @@ def show_list() -> None:
             author = st.text_input("Your name", key="review_propose_author", placeholder="required")
             if st.form_submit_button("Propose"):
                 try:
-                    pid = propose(store, confine(path), title, author)  # only files under the roots
+                    pid = propose(store, visitor_recipe(path), title, author)  # only files under the roots
                 except AtlasError as exc:
                     st.error(str(exc))
                 else:
@@ -120,6 +124,18 @@ def show_list() -> None:
                     st.rerun()
 
 
+def visitor_recipe(text: str) -> Path:
+    """The recipe file a visitor named, and the preview.json that `propose` reads beside it, both through
+    `sources.confine`: a folder under the roots whose recipe.yaml or preview.json links outside is refused."""
+    recipe = confine(text)
+    if recipe.is_dir():
+        recipe = confine(recipe / "recipe.yaml")
+    preview = recipe.parent / "preview.json"
+    if preview.exists() or preview.is_symlink():
+        confine(preview)
+    return recipe
+
+
 def show_evidence(p) -> None:  # noqa: ANN001 - analysis.review.Proposal
     tab_preview, tab_overlap, tab_recipe = st.tabs(["Merge preview", "Overlap of the inputs", "Recipe"])
     with tab_preview:
@@ -127,7 +143,11 @@ def show_evidence(p) -> None:  # noqa: ANN001 - analysis.review.Proposal
         if p.preview is None:
             st.info("No merge preview was attached to this proposal.")
         elif tasks:
-            st.dataframe(pd.DataFrame(rows, index=tasks, columns=metrics), width="stretch")
+            st.dataframe(pd.DataFrame(rows, index=tasks, columns=[metric_label(m) for m in metrics]), width="stretch",
+                         column_config={metric_label(m): st.column_config.NumberColumn(help=METRIC_HELP[m])
+                                        for m in metrics if m in METRIC_HELP})
+            st.caption("Data-free: what the merge keeps of each input's weights, true of the weights only; the "
+                       "measured retention above is what decides.")
         if p.preview is not None:
             with st.expander("Full preview snapshot (JSON)"):
                 st.json(p.preview, expanded=False)
@@ -198,17 +218,21 @@ def show_forms(p) -> None:  # noqa: ANN001
     with right, st.form("review_decision_form", clear_on_submit=False):
         st.markdown("**Decision**")
         decision = st.radio("Decision", list(DECISION_LABELS), format_func=DECISION_LABELS.get, horizontal=True,
-                            label_visibility="collapsed", key="review_decision")
+                            label_visibility="collapsed", key="review_decision", index=None,
+                            help="No verdict is pre-selected: read the table above first.")
         rationale = st.text_area("Rationale", key="review_rationale")
         if st.form_submit_button("Record decision"):
             try:
                 _need_name()
+                if decision is None:
+                    raise AtlasError("choose a verdict (Approve, Request changes or Reject) first; your text is kept")
                 store.add_decision(p.id, author=st.session_state[AUTHOR], decision=decision, rationale=rationale)
             except AtlasError as exc:
                 st.error(str(exc))
             else:
                 _signed(st.session_state[AUTHOR])
                 st.session_state[CLEAR] = ["review_rationale"]
+                st.session_state["review_reset_verdict"] = True  # the next proposal starts with none chosen
                 st.session_state[FLASH] = f"Decision recorded: {DECISIONS[decision]}."
                 st.rerun()
 
@@ -233,6 +257,8 @@ def show_proposal(pid: int) -> None:
     latest = p.latest_decision
     st.markdown(f"Opened by **{md_text(p.author)}** on {_when(p.created_at)}; "
                 + (f"latest decision by **{md_text(latest.author)}**." if latest else "no decision yet."))
+    st.subheader("Measured against the bar", anchor=False)
+    decision_view.show_frozen(p.preview, key=f"review_decision_{p.id}")
     show_evidence(p)
     show_history(p)
     show_forms(p)

@@ -42,8 +42,12 @@ if st.session_state.get("subspaces_for_pair") != (name_a, name_b):
     if not view.linked("mods"):
         st.session_state["subspaces_modules"] = [m for m in modules if parsed[m][0] == parsed[hot][0]][:8]
 hot_module = cache.most_colliding(refs, i, j) if i != j else modules[0]
-st.caption(f"This pair collides most at **{hot_module}** (subspace similarity "
-           f"{table[hot_module].subspace_similarity[i, j]:.3f}); the page opens there.")
+hot_cosine = cache.most_colliding(refs, i, j, "cosine") if i != j else modules[0]
+st.caption(f"By subspace similarity (same output directions) this pair collides most at **{hot_module}** "
+           f"({table[hot_module].subspace_similarity[i, j]:.3f}); the page opens there. By cosine (same update) "
+           + ("it is the same module." if hot_cosine == hot_module else
+              f"it is **{hot_cosine}** ({table[hot_cosine].cosine[i, j]:.3f}).")
+           + " The Overlap page ranks every pair and module per metric.")
 
 # 2. Principal-angle spectra, one curve per module
 st.subheader("Principal angles per module")
@@ -70,6 +74,14 @@ with right:
                        horizontal=True,
                        help="output: column spaces (what the updates write); input: row spaces (what they read)")
 grid = cache.phi_grid(refs[i], refs[j], module, side)
+from analysis.collisions import random_expectation  # noqa: E402
+
+d = table[module].shape[0 if side == "output" else 1]
+chance = random_expectation(table[module], "subspace_similarity" if side == "output" else "input_subspace_similarity",
+                            i, j)
+st.caption(f"Baseline: for random r-dimensional subspaces of R^d, phi is about r/d at full rank; here d = {d}"
+           + (f", so chance gives about {chance:.3f} at full rank and max(k, l)/d at (k, l). "
+              "Values far above that are shared directions the adapters learned." if chance else "."))
 show_figure(figures.phi_grid(grid, name_i=name_a, name_j=name_b, title=f"phi(k, l) · {module} · {side} space"),
             name=f"phi_{name_a}_{name_b}_{module}_{side}", key="subspaces_phi",
             matrix=(grid, [f"k={k + 1}" for k in range(grid.shape[0])], [f"l={l + 1}" for l in range(grid.shape[1])]),

@@ -40,21 +40,25 @@ from app.cache.clustering import (  # noqa: F401
     linkage,
 )
 from app.cache.merge import (  # noqa: F401
+    GENERAL_TEXT,
     MAX_RUNS,
+    EvalKey,
     MergeKey,
-    _accuracy,
     _merge_runs,
     _remember,
-    adapter_accuracy,
-    base_accuracy,
+    data_tasks,
+    evaluator,
+    measured,
+    measured_ready,
     merge_cores,
     merge_export,
     merge_ready,
     merge_run,
     merge_runs,
     merge_zip,
-    merged_accuracy,
-    sample_tasks,
+    task_set,
+    with_last_measured,
+    with_measured,
 )
 from app.cache.overlap import (  # noqa: F401
     _whole_tables,
@@ -66,6 +70,7 @@ from app.cache.overlap import (  # noqa: F401
     overlap_table,
     pair_matrix,
     phi_grid,
+    ranked,
     shared_modules,
 )
 from app.cache.population import (  # noqa: F401

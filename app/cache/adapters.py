@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import streamlit as st
 
 from analysis.adapters.model import Adapter
 from analysis.errors import AtlasError
+from analysis.progress import Progress as ProgressFn
 
 AdapterRef = tuple[str, str, str]  # (path, Adapter.sha256, display name)
-Progress = Callable[[int, int, str], None] | None
+Progress = ProgressFn | None  # the library's one progress type (analysis.progress), or none
 
 # --- adapters ------------------------------------------------------------------------------------
 # An adapter is named and hashed by `analysis.workflow.AdapterSet`: the display name is the shortest

@@ -1,22 +1,33 @@
 """`app.cache` section: merge (see `app/cache/__init__.py` for the caching rules)."""
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import streamlit as st
 
-from app.cache.adapters import AdapterRef, adapter_set, adapters_of, load_adapter
+from app.cache.adapters import AdapterRef, adapter_set, adapters_of
 
 # --- merge ---------------------------------------------------------------------------------------
 # Thin wrappers over `analysis.workflow.run_merge`. A merge is keyed by (refs, method, parameters as
 # sorted items, weights, diagnostic cores (granularity, p), extras policy carry|drop); the refs carry each
 # input's sha256, so a changed file is a new merge. Every torch computation here runs inside
-# `analysis.threads.bounded_threads` (as `run_merge` does), so concurrent sessions do not oversubscribe.
+# `analysis.threads.bounded_threads` (this face sets the threads; the library never does), so concurrent
+# sessions do not oversubscribe.
 # Runs live in a process-wide memo rather than `st.cache_*`, so the page's progress bar (and Streamlit's
 # interruption when Cancel is pressed) can act inside the computation.
 
-MergeKey = tuple[tuple[AdapterRef, ...], str, tuple[tuple[str, Any], ...], tuple[float, ...] | None,
-                 tuple[str, float], str]
+class MergeKey(NamedTuple):
+    """What identifies one merge on the page (hashable: the memo's key)."""
+
+    refs: tuple[AdapterRef, ...]  # the inputs, each with its sha256
+    method: str
+    params: tuple[tuple[str, Any], ...]  # sorted items
+    weights: tuple[float, ...] | None
+    cores: tuple[str, float]  # (granularity, p) of the diagnostic cores
+    extras: str  # carry | drop
+
+
 MAX_RUNS = 48
 
 
@@ -61,15 +72,16 @@ def merge_run(key: MergeKey, progress: Any = None) -> Any:
 def _merge_job(key: MergeKey) -> Any:
     """`job(progress)` running one merge of `key`: its Streamlit-cached inputs (adapter set, cores) are
     resolved now, in the caller's (script) thread, so the job itself runs library code only."""
-    from analysis.workflow import ExportSpec, ProgressReporter, run_merge
+    from analysis.threads import bounded_threads
+    from analysis.workflow import CoreChoice, CoreSettings, ExportSpec, ProgressReporter, run_merge
 
-    refs, method, params, weights, cores, extras = key
-    aset, given = adapter_set(refs), merge_cores(refs, *cores)
+    aset = adapter_set(key.refs)
+    cores = CoreChoice(CoreSettings(*key.cores), merge_cores(key.refs, *key.cores))
 
     def job(progress: Any) -> Any:
-        return run_merge(aset, method, dict(params), list(weights) if weights else None,
-                         ExportSpec(extras=extras), cores_default=cores, cores=given,
-                         progress=ProgressReporter(progress))
+        with bounded_threads(None):  # side by side, `run_side_by_side` has already capped each worker at 1
+            return run_merge(aset, key.method, dict(key.params), list(key.weights) if key.weights else None,
+                             ExportSpec(extras=key.extras), preview=cores, progress=ProgressReporter(progress))
 
     return job
 
@@ -94,65 +106,119 @@ def merge_runs(keys: list[MergeKey], progress: Any = None, poll: Any = None) -> 
     return {key: memo.get(("run", key), done.get(key)) for key in keys}
 
 
-def merge_export(key: MergeKey, fmt: str, rank: int | None, progress: Any = None) -> Any:
-    """The run written as `fmt` at `rank` (None: the run's own choice); only the preview is redone."""
-    from analysis.workflow import ExportSpec, ProgressReporter, reexport
+def merge_export(key: MergeKey, fmt: str, rank: int | None, progress: Any = None, dtype: str = "fp32") -> Any:
+    """The run written as `fmt` at `rank` (None: the run's own choice) in `dtype`; only the preview is redone."""
+    from analysis.threads import bounded_threads
+    from analysis.workflow import CoreChoice, CoreSettings, ExportSpec, ProgressReporter, reexport
 
     run = merge_run(key, progress)
-    if fmt == run.recipe.export.format and rank is None:
+    if fmt == run.recipe.export.format and rank is None and dtype == run.recipe.export.dtype:
         return run
     memo = _merge_runs()
-    if ("export", key, fmt, rank) not in memo:
-        spec = ExportSpec(format=fmt, rank=rank, extras=key[5])
-        _remember(("export", key, fmt, rank), reexport(run, spec, cores_default=key[4],
-                                                       cores=merge_cores(key[0], *key[4]),
-                                                       progress=ProgressReporter(progress)))
-    return memo[("export", key, fmt, rank)]
+    if ("export", key, fmt, rank, dtype) not in memo:
+        spec = ExportSpec(format=fmt, rank=rank, extras=key.extras, dtype=dtype)
+        cores = CoreChoice(CoreSettings(*key.cores), merge_cores(key.refs, *key.cores))
+        with bounded_threads(None):
+            _remember(("export", key, fmt, rank, dtype), reexport(run, spec, preview=cores,
+                                                                  progress=ProgressReporter(progress)))
+    return memo[("export", key, fmt, rank, dtype)]
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def merge_zip(key: MergeKey, fmt: str, rank: int | None) -> tuple[str, bytes, str]:
+def merge_zip(key: MergeKey, fmt: str, rank: int | None, dtype: str = "fp32") -> tuple[str, bytes, str]:
     """(directory name, zip bytes, recipe YAML) of one export, built by the same writer the CLI uses."""
     from analysis.export import recipe_to_yaml
 
-    run = merge_export(key, fmt, rank)
+    run = merge_export(key, fmt, rank, dtype=dtype)
     name, data = run.to_zip()
     return name, data, recipe_to_yaml(run.recipe)
 
 
-@st.cache_data(show_spinner=False)
-def sample_tasks() -> list[str]:
-    """Sample-set tasks with an eval split on disk (empty when the sample set is absent)."""
-    from analysis.evaluate import list_tasks
+# --- measuring (the workflow's measure step on the adapter written) ---------------------------------
+# One Evaluator per (model, data, metric, limit), shared read-only: it holds the loaded model (restored
+# bit-exactly after every job, one job at a time) and remembers the base's and each input's scores by sha256.
 
-    return list_tasks()
-
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def merged_accuracy(key: MergeKey, fmt: str, rank: int | None, task: str, limit: int | None) -> dict[str, float]:
-    """{accuracy, n} on one sample task (exact match, the evaluator's fixed protocol) of the adapter written
-    for this merge as `fmt` at `rank` (None: the run's own rank), not of the merge kept at the cap."""
-    return _accuracy(merge_export(key, fmt, rank).written_modules(), task, limit)
+EvalKey = tuple[str | None, tuple[str, ...], tuple[tuple[str, int, int], ...], str, int | None]
+GENERAL_TEXT = Path(__file__).resolve().parents[2] / "sample_adapters" / "general_text.jsonl"
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def adapter_accuracy(ref: AdapterRef, task: str, limit: int | None) -> dict[str, float]:
-    """{accuracy, n} of one input adapter on one sample task."""
-    return _accuracy(load_adapter(*ref).modules, task, limit)
+def task_set(data_paths: tuple[str, ...], metric: str) -> Any:
+    """The tasks of `data_paths` (none: the sample tasks) with `metric`; the shipped generic text
+    (`GENERAL_TEXT`, when listed) is always scored by NLL: the general-text check."""
+    from analysis.evaluation import load_data, load_task
+    from analysis.evaluation.tasks import TaskSet
+
+    general = [p for p in data_paths if Path(p) == GENERAL_TEXT]
+    rest = [p for p in data_paths if Path(p) != GENERAL_TEXT]
+    data = load_data(rest or None, metric=metric)
+    extra = tuple(load_task(Path(p).stem, p, "nll") for p in general if Path(p).stem not in data.names)
+    return TaskSet(data.tasks + extra, data.assignments)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def base_accuracy(task: str, limit: int | None) -> dict[str, float]:
-    """{accuracy, n} of the base model alone: the floor every row is read against."""
-    return _accuracy({}, task, limit)
+@st.cache_resource(show_spinner=False, max_entries=2)
+def evaluator(key: EvalKey) -> Any:
+    """The Evaluator of `key` = (model path or None for the sample base, data paths, their stamps, metric,
+    limit): data validated first, then the model loaded."""
+    from analysis.evaluation import Evaluator, ModelSpec, load_model
+
+    model, data_paths, _stamps, metric, limit = key
+    data = task_set(data_paths, metric)
+    return Evaluator(load_model(ModelSpec(model)), data, limit=limit)
 
 
-def _accuracy(deltas: Any, task: str, limit: int | None) -> dict[str, float]:
-    from analysis.base_model import load_base_model
-    from analysis.evaluate import evaluate_deltas
+@st.cache_data(show_spinner=False, max_entries=16)
+def data_tasks(data_paths: tuple[str, ...], stamps: tuple[tuple[str, int, int], ...], metric: str) -> list[str]:
+    """Task names of the data (validated; an error names file:line)."""
+    return task_set(data_paths, metric).names
+
+
+def measured(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tuple[str, ...],
+             progress: Any = None) -> dict[str, Any]:
+    """The evidence's `measured` block of the adapter written for this merge (as `fmt` at `rank`), each
+    input and the base, on `tasks` of the evaluator's data. Memoized with the merge runs."""
+    from analysis.evaluation import Evaluator, Measure
     from analysis.threads import bounded_threads
+    from analysis.workflow import ProgressReporter, measure_run
 
-    with bounded_threads(None):
-        model, tokenizer = load_base_model()
-        res = evaluate_deltas(model, tokenizer, deltas, [task], limit=limit)[task]
-    return {"accuracy": float(res["accuracy"]), "n": int(res["n"])}
+    memo = _merge_runs()
+    mkey = ("measured", key, fmt, rank, ekey, tasks)
+    if mkey not in memo:
+        run = merge_export(key, fmt, rank)
+        full = evaluator(ekey)
+        ev = Evaluator(full.loaded, full.data.select(list(tasks)), limit=full.limit, batch_size=full.batch_size)
+        ev.share_memo(full)  # the base and the inputs are scored once across merges
+        with bounded_threads(None):
+            _remember(mkey, measure_run(run, Measure(ev), ProgressReporter(progress)).evidence["measured"])
+    return memo[mkey]
+
+
+def measured_ready(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tuple[str, ...]) -> bool:
+    """Whether the server still holds this measurement (a link then shows it without measuring again)."""
+    return ("measured", key, fmt, rank, ekey, tasks) in _merge_runs()
+
+
+def with_measured(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tuple[str, ...],
+                  decision: Any = None, dtype: str = "fp32") -> Any:
+    """The export run of this merge (stored in `dtype`) with the `measured` block of exactly this measurement
+    (when held; measured on the fp32 export) and the decision table frozen into its evidence: what a proposal
+    stores."""
+    import dataclasses
+
+    run = merge_export(key, fmt, rank, dtype=dtype)
+    extra: dict[str, Any] = {}
+    block = _merge_runs().get(("measured", key, fmt, rank, ekey, tasks))
+    if block is not None:
+        extra["measured"] = block
+        if decision is not None:
+            extra["decision"] = decision
+    return dataclasses.replace(run, evidence={**run.evidence, **extra}) if extra else run
+
+
+def with_last_measured(key: MergeKey, fmt: str, rank: int | None) -> Any:
+    """The export run of this merge with the most recent `measured` block of the same adapter written (as
+    the Measured section computed it), so a proposal stores the measured rows it was shown; else as is."""
+    import dataclasses
+
+    run = merge_export(key, fmt, rank)
+    blocks = [v for k, v in _merge_runs().items() if isinstance(k, tuple) and k[:4] == ("measured", key, fmt, rank)]
+    return dataclasses.replace(run, evidence={**run.evidence, "measured": blocks[-1]}) if blocks else run

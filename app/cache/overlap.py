@@ -115,3 +115,16 @@ def phi_grid(ref_i: AdapterRef, ref_j: AdapterRef, module: str, side: str = "out
     if side == "input":
         return subspace_similarity_grid(v_i, v_j)  # (r_i, r_j)
     return subspace_similarity_grid(u_i, u_j)  # (r_i, r_j)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def ranked(refs: tuple[AdapterRef, ...], metric: str, top: int = 10) -> tuple[list[dict], list[dict]]:
+    """(every pair aggregated over modules, the `top` (module, pair) cells) by `metric`, most colliding first,
+    each cell with what random subspaces of its ranks give (`analysis.collisions`)."""
+    from dataclasses import asdict
+
+    from analysis.collisions import ranked_collisions, ranked_pairs
+
+    table = overlap_table(refs)
+    return ([asdict(c) for c in ranked_pairs(table, metric)],
+            [asdict(c) for c in ranked_collisions(table, metric, top)])

@@ -48,5 +48,13 @@ def population_map(folder: str, stamp: tuple[int, int]) -> dict[str, Any]:
 @st.cache_data(show_spinner="Searching neighbours…", max_entries=256)
 def population_neighbors(folder: str, stamp: tuple[int, int], adapter: str, k: int, exact: bool) -> list[dict]:
     from analysis.population.query import neighbors
+    from app.components.sources import FolderRefusedError, confine
 
-    return neighbors(population(folder, stamp), adapter, k, exact=exact)
+    def under_roots(path: str) -> bool:  # the exact re-rank loads files: only those a visitor may open
+        try:
+            confine(path)
+        except FolderRefusedError:
+            return False
+        return True
+
+    return neighbors(population(folder, stamp), adapter, k, exact=exact, may_load=under_roots)

@@ -19,6 +19,15 @@ def review_store(url: str) -> Any:
 @st.cache_data(show_spinner="Loading the inputs and computing their overlap…", max_entries=16)
 def review_overlap(url: str, proposal_id: int, recipe_sha256: str) -> Any:
     """`InputOverlap` of a proposal's inputs; the recipe hash is in the key, the proposal never changes."""
-    from analysis.review.evidence import input_overlap
+    from analysis.review.evidence import InputOverlap, input_overlap, resolve_input
+    from app.components.sources import FolderRefusedError, confine
 
-    return input_overlap(review_store(url).get(proposal_id))
+    proposal = review_store(url).get(proposal_id)
+    for record in proposal.inputs:  # a recipe may name any path: the app loads only those under the roots
+        found = resolve_input(record, proposal.source_dir)
+        if found is not None:
+            try:
+                confine(found)
+            except FolderRefusedError as exc:
+                return InputOverlap(False, f"input '{record.name}' is not loaded here: {exc}")
+    return input_overlap(proposal)

@@ -38,7 +38,9 @@ def sample_block() -> None:
     defaults = [str(p) for p in default_adapter_paths()]
     st.caption("The adapters `adapter-atlas serve` opens with: " + (", ".join(f"`{Path(p).name}`" for p in defaults)
                                                                    or "none found"))
-    if st.button("Open the sample set", key="adapters_open_samples", disabled=not defaults):
+    is_open = view.is_default_set()
+    if st.button("Open the sample set", key="adapters_open_samples", disabled=not defaults or is_open,
+                 help="It is the open set now." if is_open else "Replaces the open set with the sample set."):
         view.add_adapters(defaults, replace=True)
 
 

@@ -25,7 +25,6 @@ from app.components.uploads import (  # noqa: F401 - re-exported for the pickers
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_REAL = REPO_ROOT.parent / "shared" / "real_adapters"
 ENV_ROOTS = "ADAPTER_ATLAS_ROOTS"
 ENV_ADAPTERS = "ADAPTER_ATLAS_ADAPTERS"
 

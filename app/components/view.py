@@ -101,6 +101,11 @@ def _adapters_from_url(tokens: list[str]) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
+def is_default_set() -> bool:
+    """Whether the open set is exactly the server's default set (nobody chose it yet)."""
+    return list(st.session_state.get(ADAPTERS, [])) == [str(p) for p in default_adapter_paths()]
+
+
 def _adapters_param() -> list[str]:
     """Tokens for the open set; none while it is exactly the server's default set."""
     current = list(st.session_state.get(ADAPTERS, []))

@@ -1,4 +1,4 @@
-"""The Merge page in Streamlit's AppTest on the gemma-3-270m trio.
+"""The Merge page in Streamlit's AppTest on the committed fixture trio (tests/helpers/app_env.py).
 
 One merge, three faces: the numbers the page shows, what `adapter-atlas merge` prints for the same merge,
 and the review report of the proposal the page opens must be the same numbers.
@@ -12,15 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.app_env import GEMMA, NAMES, REPO, gemma_app, needs_gemma
+from helpers.app_env import NAMES, PAGE_SET, REPO, page_app
 from streamlit.testing.v1 import AppTest
-
-pytestmark = needs_gemma
 
 
 @pytest.fixture()
 def app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AppTest:
-    return gemma_app(monkeypatch, timeout=900, ADAPTER_ATLAS_DB=str(tmp_path / "review.db"), OMP_NUM_THREADS="1")
+    return page_app(monkeypatch, timeout=900, ADAPTER_ATLAS_DB=str(tmp_path / "review.db"), OMP_NUM_THREADS="1")
 
 
 def _ok(at: AppTest) -> None:
@@ -46,7 +44,7 @@ def test_page_cli_and_review_report_show_the_same_numbers(app: AppTest, tmp_path
     page = {row["task"]: row for _, row in table[table["method"] == "isolation"].iterrows()}
     # the CLI on the same inputs and settings
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-m", "analysis.cli", "merge", *(str(GEMMA / n) for n in NAMES),
+    res = subprocess.run([sys.executable, "-m", "analysis.cli", "merge", *(str(PAGE_SET / n) for n in NAMES),
                           "--method", "isolation", "--param", "granularity=rows", "--out", str(tmp_path / "cli"),
                           "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
@@ -62,6 +60,7 @@ def test_page_cli_and_review_report_show_the_same_numbers(app: AppTest, tmp_path
     at.button(key="merge_build").click().run()
     _ok(at)
     assert any(b.proto.label == "Download export (zip)" for b in at.get("download_button"))
+    assert sum(c.value.startswith("export: ") for c in at.caption) == 1  # the export summary prints once
     at.text_input(key="merge_prop_author").input("ana")
     at.button(key="FormSubmitter:merge_propose_form-Propose this merge").click().run()
     _ok(at)
@@ -97,7 +96,7 @@ def test_export_rank_change_reads_fidelity_without_recomputing(app: AppTest) -> 
     assert [k for k in cache._merge_runs() if k[0] == "run"] == runs  # no new merge, no new preview
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Rank written"] == "4"
-    run = next(cache._merge_runs()[k] for k in runs if k[1][1] == "ties")
+    run = next(cache._merge_runs()[k] for k in runs if k[1].method == "ties")
     assert float(metrics["Relative error"]) == pytest.approx(run.fidelity(4)["relative_error"], abs=1e-4)
     assert not any("--rank" in str(el.value) for el in [*at.caption, *at.warning, *at.info])
 
@@ -139,7 +138,11 @@ def test_page_starts_small_on_the_sample_set(monkeypatch: pytest.MonkeyPatch, tm
     assert at.multiselect(key="merge_methods").value == ["isolation", "linear", "ties"]
     lines = [m.value for m in at.markdown if m.value.startswith("- **")]
     assert len(lines) == 3 and all(": " in line and len(line.splitlines()) == 1 for line in lines)
-    assert at.selectbox(key="merge_core_unit") is not None and at.number_input(key="merge_core_p") is not None
+    from analysis.merge.registry import get_method
+
+    iso = get_method("isolation")  # the shared core controls start at the isolation method's declared defaults
+    assert at.selectbox(key="merge_core_unit").value == iso.param("granularity").default
+    assert at.number_input(key="merge_core_p").value == pytest.approx(float(iso.param("p").default))
     assert not any(k.startswith("merge_isolation_") and k.endswith(("_p", "_granularity")) for k in at.session_state)
 
 
@@ -158,9 +161,8 @@ def test_weight_zero_input_drop_extras_and_the_proposal_author(app: AppTest) -> 
     from app import cache
     from app.components import view
 
-    keys = [k[1] for k in cache._merge_runs() if k[0] == "run" and k[1][1] == "isolation"]
-    key = next(k for k in keys if k[3] == (1.0, 1.0, 0.0))
-    assert key[5] == "drop"
+    keys = [k[1] for k in cache._merge_runs() if k[0] == "run" and k[1].method == "isolation"]
+    key = next(k for k in keys if k.weights == (1.0, 1.0, 0.0) and k.extras == "drop")  # the toggle: a new merge
     groups = cache._merge_runs()[("run", key)].evidence["method_info"]["groups"]
     assert groups[2] == -1
     metrics = {m.label: m.value for m in at.metric}
@@ -175,3 +177,39 @@ def test_weight_zero_input_drop_extras_and_the_proposal_author(app: AppTest) -> 
     _ok(at)
     assert any("Proposal #" in s.value for s in at.success)
     assert at.session_state[view.AUTHOR] == "bea"
+
+
+def test_a_handed_over_set_arrives_whole(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Population (or Adapters) replaces the open set with five adapters: Merge selects all five, not the three that
+    overlap most (that start is for the server's default set only); a second hand-off replaces the selection
+    and names what is no longer open."""
+    from app.components import view
+
+    sample = sorted(p for p in (REPO / "sample_adapters").iterdir() if (p / "adapter_config.json").is_file())
+    monkeypatch.setenv("ADAPTER_ATLAS_ADAPTERS", os.pathsep.join(map(str, sample)))
+    monkeypatch.setenv("ADAPTER_ATLAS_ROOTS", str(REPO / "sample_adapters"))
+    monkeypatch.setenv("ADAPTER_ATLAS_DB", str(tmp_path / "review.db"))
+    at = AppTest.from_file(str(REPO / "app" / "streamlit_app.py"), default_timeout=600)
+    at.session_state[view.ADAPTERS] = [str(p) for p in sample[:5]]  # what view.add_adapters(replace=True) leaves
+    at = at.run().switch_page("app_pages/merge.py").run()
+    _ok(at)
+    assert at.multiselect(key="merge_inputs").value == [p.name for p in sample[:5]]
+    at.session_state[view.ADAPTERS] = [str(p) for p in sample[3:7]]  # a second hand-off
+    at = at.run()
+    _ok(at)
+    assert at.multiselect(key="merge_inputs").value == [p.name for p in sample[3:7]]
+    note = next(c.value for c in at.caption if c.value.startswith("The open set changed"))
+    assert all(p.name in note for p in sample[:3]) and sample[4].name not in note.split("dropped:")[-1]
+
+
+def test_a_link_restores_the_results_the_server_holds(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Merge link opened in a fresh session shows the comparison the server still holds, not only the form."""
+    at = _compare(app, ["linear"])
+    link = {k: at.query_params[k] for k in at.query_params}
+    fresh = AppTest.from_file(str(REPO / "app" / "streamlit_app.py"), default_timeout=600)
+    for k, v in link.items():
+        fresh.query_params[k] = v
+    fresh = fresh.run().switch_page("app_pages/merge.py").run()
+    _ok(fresh)
+    assert fresh.dataframe and list(fresh.dataframe[0].value["method"].unique()) == ["linear"]
+    assert not any("press **Compare methods**" in i.value for i in fresh.info)

@@ -1,4 +1,4 @@
-"""Every atlas page in Streamlit's AppTest, on the three real gemma-3-270m adapters.
+"""Every atlas page in Streamlit's AppTest, on the three committed fixture adapters (tests/helpers/app_env.py).
 
 The numbers on screen are checked against the library computed directly (a second route), and the
 failure paths (bad upload, refused folder, adapters from a URL) must end in an error box, never an
@@ -16,24 +16,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.app_env import APP, GEMMA, NAMES, REPO, gemma_app, needs_gemma
+from helpers.app_env import APP, LAYERS, NAMES, OTHER_BASE, PAGE_SET, RANK, WIDTH, page_app
 from streamlit.testing.v1 import AppTest
 
 from analysis.adapters import load_adapter
 from analysis.clustering import Linkage, adapter_distance
 from analysis.overlap import aggregate, overlap_table
 
-pytestmark = needs_gemma
-
 
 @pytest.fixture()
 def app(monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    return gemma_app(monkeypatch)
+    return page_app(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def table():
-    return overlap_table([load_adapter(GEMMA / n, name=n) for n in NAMES])
+    return overlap_table([load_adapter(PAGE_SET / n, name=n) for n in NAMES])
 
 
 def _charts(at: AppTest) -> list[dict]:
@@ -62,13 +60,13 @@ def test_adapters_page_inventory(app: AppTest) -> None:
     _ok(at)
     inventory = at.dataframe[0].value
     assert list(inventory["adapter"]) == NAMES
-    assert list(inventory["modules"]) == [72, 72, 72] and set(inventory["ranks"]) == {"4"}
-    norms = [load_adapter(GEMMA / n).total_norm() for n in NAMES]
+    assert list(inventory["modules"]) == [4 * LAYERS] * 3 and set(inventory["ranks"]) == {str(RANK)}
+    norms = [load_adapter(PAGE_SET / n).total_norm() for n in NAMES]
     np.testing.assert_allclose(inventory["total norm"], norms, rtol=1e-9)
     module = at.selectbox(key="atlas_module").value
     spectrum = _arr(_charts(at)[0]["data"][0]["y"])
-    delta = load_adapter(GEMMA / "adapter").modules[module]
-    dense_sv = np.linalg.svd(delta.dense(dtype=torch.float64).numpy(), compute_uv=False)[:4]
+    delta = load_adapter(PAGE_SET / "adapter").modules[module]
+    dense_sv = np.linalg.svd(delta.dense(dtype=torch.float64).numpy(), compute_uv=False)[:RANK]
     np.testing.assert_allclose(spectrum, dense_sv, rtol=1e-8)  # factored SVD on screen == dense SVD
 
 
@@ -89,7 +87,7 @@ def test_overlap_heatmap_matches_library(app: AppTest, table) -> None:
     assert any("Click a cell" in c.value for c in at.caption)
     # one module instead of the aggregate
     at.radio(key="overlap_scope").set_value("module").run()
-    module = "model.layers.5.self_attn.v_proj"
+    module = "model.layers.4.self_attn.v_proj"
     at.selectbox(key="atlas_module").select(module).run()
     _ok(at)
     heat = _charts(at)[0]["data"][0]
@@ -104,12 +102,12 @@ def test_overlap_pair_layer_by_type(app: AppTest, table) -> None:
     pair = at.selectbox(key="overlap_pair").value
     i, j = pair
     layered = _charts(at)[2]["data"][0]  # after the set's heatmap and the adapter map
-    z = _z(layered)  # (18 layers, 4 types)
+    z = _z(layered)  # (layers, 4 types)
     assert (layered["zmin"], layered["zmax"]) == pytest.approx((z.min(), z.max()))  # the pair's own range
-    assert z.shape == (18, 4)
+    assert z.shape == (LAYERS, 4)
     types = list(layered["x"])
-    module = f"model.layers.7.{types[2]}"
-    assert z[7, 2] == pytest.approx(table[module].mean_angle_deg[i, j])
+    module = f"model.layers.3.{types[2]}"
+    assert z[3, 2] == pytest.approx(table[module].mean_angle_deg[i, j])
 
 
 def test_subspaces_page(app: AppTest, table) -> None:
@@ -122,8 +120,8 @@ def test_subspaces_page(app: AppTest, table) -> None:
     i, j = NAMES.index(a), NAMES.index(b)
     # the page opens on the module where this pair collides most
     assert module == max(table, key=lambda m: table[m].subspace_similarity[i, j])
-    grid = _z(phi["data"][0])  # (4, 4)
-    assert grid.shape == (4, 4)
+    grid = _z(phi["data"][0])  # (r, r)
+    assert grid.shape == (RANK, RANK)
     # phi at full ranks is the table's subspace similarity
     assert grid[-1, -1] == pytest.approx(table[module].subspace_similarity[NAMES.index(a), NAMES.index(b)], abs=1e-9)
 
@@ -153,8 +151,8 @@ def test_capacity_page(app: AppTest) -> None:
     at.selectbox(key="capacity_type").select("self_attn.q_proj").run()
     rows = at.dataframe[0].value
     q = rows[rows["type"] == "self_attn.q_proj"]
-    assert list(q["layer"]) == list(range(18))  # numbers in model order, so a sort goes 0, 1, 2, ..., 10
-    assert (q["union rank"] == 12).all() and (q["more fit"] == (1024 - 12) // 4).all()
+    assert list(q["layer"]) == list(range(LAYERS))  # numbers in model order, so a sort goes 0, 1, 2, ..., 10
+    assert (q["union rank"] == 3 * RANK).all() and (q["more fit"] == (WIDTH - 3 * RANK) // RANK).all()
     np.testing.assert_allclose(_arr(_charts(at)[0]["data"][0]["y"]), q["overlap"], atol=1e-12)
 
 
@@ -169,8 +167,8 @@ def test_server_folder_refused_shows_error(app: AppTest) -> None:
 
 def test_server_folder_inside_root_opens(app: AppTest) -> None:
     at = app.run()
-    at.multiselect(key="atlas_adapters").set_value([str(GEMMA / "adapter")]).run()
-    at.text_input(key="adapters_folder").input(str(GEMMA / "adapter_seed123")).run()
+    at.multiselect(key="atlas_adapters").set_value([str(PAGE_SET / "adapter")]).run()
+    at.text_input(key="adapters_folder").input(str(PAGE_SET / "adapter_seed123")).run()
     at.button(key="adapters_open_folder").click().run()
     _ok(at)
     assert list(at.dataframe[0].value["adapter"]) == ["adapter", "adapter_seed123"]
@@ -188,10 +186,10 @@ def test_bad_upload_shows_error_and_app_keeps_working(app: AppTest) -> None:
 
 def test_zip_upload_joins_the_set(app: AppTest, tmp_path: Path) -> None:
     at = app.run()
-    at.multiselect(key="atlas_adapters").set_value([str(GEMMA / "adapter")]).run()
+    at.multiselect(key="atlas_adapters").set_value([str(PAGE_SET / "adapter")]).run()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        for p in (GEMMA / "adapter_seed123").iterdir():
+        for p in (PAGE_SET / "adapter_seed123").iterdir():
             zf.write(p, f"seed/{p.name}")
     at.file_uploader(key="adapters_upload_files").set_value(("seed.zip", buf.getvalue(), "application/zip")).run()
     _ok(at)
@@ -200,7 +198,7 @@ def test_zip_upload_joins_the_set(app: AppTest, tmp_path: Path) -> None:
 
 def test_url_restores_view_and_ignores_foreign_paths(app: AppTest) -> None:
     app.query_params = {"page": "overlap", "metric": "energy_overlap",
-                        "adapter": [str(GEMMA / "adapter"), str(GEMMA / "adapter_seed123"), "/etc"]}
+                        "adapter": [str(PAGE_SET / "adapter"), str(PAGE_SET / "adapter_seed123"), "/etc"]}
     at = app.run()
     _ok(at)
     assert at.title[0].value == "Overlap"
@@ -215,10 +213,10 @@ def test_link_with_short_names_restores_every_control(app: AppTest) -> None:
     at = app.run().switch_page("app_pages/overlap.py").run()
     at.selectbox(key="atlas_metric").select("energy_overlap").run()
     at.radio(key="overlap_scope").set_value("module").run()
-    at.selectbox(key="atlas_module").select("model.layers.5.self_attn.v_proj").run()
+    at.selectbox(key="atlas_module").select("model.layers.4.self_attn.v_proj").run()
     _ok(at)
     link = {k: at.query_params[k] for k in at.query_params}
-    assert link["module"] in (["5.self_attn.v_proj"], "5.self_attn.v_proj")
+    assert link["module"] in (["4.self_attn.v_proj"], "4.self_attn.v_proj")
     assert "adapter" not in link  # the default set travels as nothing
     assert all("/" not in str(v) for v in link.values())
     fresh = AppTest.from_file(APP, default_timeout=300)  # a new session, same server settings
@@ -227,14 +225,14 @@ def test_link_with_short_names_restores_every_control(app: AppTest) -> None:
     _ok(fresh)
     assert fresh.title[0].value == "Overlap"
     assert fresh.radio(key="overlap_scope").value == "module"
-    assert fresh.selectbox(key="atlas_module").value == "model.layers.5.self_attn.v_proj"
+    assert fresh.selectbox(key="atlas_module").value == "model.layers.4.self_attn.v_proj"
     assert fresh.selectbox(key="overlap_pair").value == at.selectbox(key="overlap_pair").value
     assert _charts(fresh)[0]["layout"]["title"]["text"] == _charts(at)[0]["layout"]["title"]["text"]
 
 
 def test_adapters_travel_relative_to_the_root(app: AppTest) -> None:
     at = app.run()
-    at.multiselect(key="atlas_adapters").set_value([str(GEMMA / "adapter_seed123"), str(GEMMA / "adapter")]).run()
+    at.multiselect(key="atlas_adapters").set_value([str(PAGE_SET / "adapter_seed123"), str(PAGE_SET / "adapter")]).run()
     _ok(at)
     assert at.query_params["adapter"] == ["adapter_seed123", "adapter"]
     fresh = AppTest.from_file(APP, default_timeout=300)  # a new session, same server settings
@@ -248,14 +246,13 @@ def test_adapters_travel_relative_to_the_root(app: AppTest) -> None:
 
 def test_pages_need_two_adapters(app: AppTest) -> None:
     at = app.run()
-    at.multiselect(key="atlas_adapters").set_value([str(GEMMA / "adapter")]).run()
+    at.multiselect(key="atlas_adapters").set_value([str(PAGE_SET / "adapter")]).run()
     at.switch_page("app_pages/overlap.py").run()
     assert not at.exception and any("at least 2" in i.value for i in at.info)
 
 
 def test_adapters_of_different_bases_get_an_error_box(monkeypatch: pytest.MonkeyPatch) -> None:
-    other = REPO.parent / "shared" / "real_adapters" / "tashu014-lora-imdb-distilbert"
-    monkeypatch.setenv("ADAPTER_ATLAS_ADAPTERS", os.pathsep.join([str(GEMMA / "adapter"), str(other)]))
+    monkeypatch.setenv("ADAPTER_ATLAS_ADAPTERS", os.pathsep.join([str(PAGE_SET / "adapter"), str(OTHER_BASE)]))
     at = AppTest.from_file(APP, default_timeout=300).run()
     _ok(at)
     assert "distilbert-base-uncased" in at.warning[0].value.replace("\\", "")  # the inventory warns: two bases
@@ -267,10 +264,10 @@ def test_adapters_of_different_bases_get_an_error_box(monkeypatch: pytest.Monkey
 
 def test_folder_upload_joins_the_set(app: AppTest) -> None:
     at = app.run()
-    at.multiselect(key="atlas_adapters").set_value([str(GEMMA / "adapter")]).run()
+    at.multiselect(key="atlas_adapters").set_value([str(PAGE_SET / "adapter")]).run()
     files = [(f"adapter_curriculum_stage1/{p.name}", p.read_bytes(), "application/octet-stream")
-             for p in sorted((GEMMA / "adapter_curriculum_stage1").iterdir())]
+             for p in sorted((PAGE_SET / "adapter_curriculum_stage1").iterdir())]
     at.file_uploader(key="adapters_upload_dir").set_value(files).run()
     _ok(at)
     assert list(at.dataframe[0].value["adapter"]) == ["adapter", "adapter_curriculum_stage1"]
-    assert at.dataframe[0].value["sha256"][1] == load_adapter(GEMMA / "adapter_curriculum_stage1").sha256[:12]
+    assert at.dataframe[0].value["sha256"][1] == load_adapter(PAGE_SET / "adapter_curriculum_stage1").sha256[:12]

@@ -122,3 +122,37 @@ def test_forms_keep_text_on_a_refusal_and_take_the_merge_author(db: Path) -> Non
     other.query_params["proposal"] = str(pid)
     other.run()
     assert other.text_input(key="review_author").value == "erin"
+
+
+def test_the_decision_table_comes_first_and_no_verdict_is_chosen(db: Path) -> None:
+    """A proposal with measured rows shows retention, interval, bar and verdict above the forms; the decision
+    radio starts empty, and recording without a verdict is refused with the rationale kept."""
+    from helpers.evidence import evidence
+
+    from analysis.workflow.decision import decision_table, retention_rows
+
+    frozen = {**evidence(), "decision": decision_table({"isolation": evidence()}, bar=0.85).to_dict()}
+    with ReviewStore(db) as store:
+        pid = propose(store, _recipe(), "measured", "ann", preview=frozen)
+        bare = propose(store, _recipe(), "not measured", "ann", preview={"tasks": {"sst2": {"core_intact": 0.9}}})
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["proposal"] = str(pid)
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value  # the first table of the proposal is the decision table
+    expected = retention_rows(decision_table({"isolation": evidence()}, bar=0.85))
+    assert table.values.tolist() == expected
+    assert list(table["bar"].unique()) == [">= 0.85"] and "PASS (unsure)" in list(table["verdict"])
+    assert any("Wilson" in c.value for c in at.caption)
+    assert at.radio(key="review_decision").value is None
+    at.text_input(key="review_author").input("cy")
+    at.text_area(key="review_rationale").input("looks fine")
+    at.button(key="FormSubmitter:review_decision_form-Record decision").click().run()
+    assert any("choose a verdict" in e.value for e in at.error)
+    assert at.text_area(key="review_rationale").value == "looks fine"
+    with ReviewStore(db) as store:
+        assert not store.get(pid).decisions
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["proposal"] = str(bare)
+    at.run()
+    assert any("Nothing was measured" in w.value for w in at.warning)

@@ -76,6 +76,23 @@ def test_root_forwards_to_adapters_and_page_links(server_url: str, page, review_
     assert page.get_by_role("heading", name=f"#{pid}").count() >= 1
 
 
+def test_unknown_page_says_so_with_links(server_url: str, page) -> None:
+    """`/nosuchpage` used to show Adapters silently: now a "No such page" heading naming the path, and a link to
+    every page (besides the sidebar's) that opens it."""
+    page.goto(f"{server_url}/nosuchpage", wait_until="domcontentloaded")
+    page.get_by_role("heading", name="No such page").wait_for(timeout=120_000)
+    page.get_by_text("There is no page at").wait_for(timeout=60_000)
+    assert "/nosuchpage" in page.locator("body").inner_text()
+    assert page.get_by_role("heading", name="Adapters").count() == 0  # Adapters is not run in its place
+    close = page.get_by_role("button", name="Close")  # Streamlit's own "Page not found" notice, if shown
+    if close.count():
+        close.first.click()
+    for title in ("Adapters", "Overlap", "Merge", "Review", "Population"):
+        assert page.get_by_role("link", name=title).count() >= 2, title  # the sidebar's and this page's
+    page.get_by_role("link", name="Overlap").last.click()
+    page.wait_for_url("**/overlap*", timeout=60_000)
+
+
 def test_hover_names_both_adapters_and_click_opens_the_pair(server_url: str, page) -> None:
     page.goto(f"{server_url}/overlap", wait_until="domcontentloaded")
     settle(page, 3)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-PEFT_PREFIX = "base_model.model."
+from analysis.adapters.peft_format import PEFT_PREFIX
 
 
 def tiny_llama(seed: int = 0, *, hidden: int = 64, layers: int = 2, vocab: int = 128) -> nn.Module:

@@ -12,10 +12,20 @@ import pytest
 import torch
 
 from analysis.adapters import load_adapter
-from analysis.evaluate import evaluate_deltas, generate_answers, load_task
+from analysis.evaluation import Evaluator, load_data, load_model
+from analysis.evaluation.exact import generate_answers
+from analysis.evaluation.fit import applied_deltas
 
 pytestmark = pytest.mark.slow
 LIMIT = 8
+
+
+def evaluate_deltas(model: Any, tok: Any, deltas: Any, tasks: list[str], limit: int) -> dict[str, Any]:
+    """The sample base (the same cached model as `model`) through the one Evaluator."""
+    loaded = load_model()
+    assert loaded.model is model and loaded.tokenizer is tok
+    ev = Evaluator(loaded, load_data(None).select(tasks), limit=limit)
+    return {t: s.as_dict() for t, s in ev.score(deltas).items()}
 
 
 def _attn_snapshot(model: Any) -> dict[str, torch.Tensor]:
@@ -38,13 +48,11 @@ def test_evaluator_agrees_with_peft(base: tuple[Any, Any], samples: Path, task: 
     assert ours["n"] == LIMIT and len(ours["examples"]) == LIMIT
     ours_pred = {e["prompt"]: e["prediction"] for e in ours["examples"]}
 
-    rows = load_task(task)[:LIMIT]
-    prompts = [r["prompt"] for r in rows]
+    rows = load_data(None).get(task).rows[:LIMIT]
+    prompts = [r.prompt for r in rows]
     snap = _attn_snapshot(model)
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
-        from analysis.evaluate import applied_deltas
-
         with applied_deltas(model, adapter.modules):
             logits_ours = model(**enc).logits[:, -1]  # (b, vocab)
         pm = PeftModel.from_pretrained(model, str(samples / task))
@@ -58,7 +66,7 @@ def test_evaluator_agrees_with_peft(base: tuple[Any, Any], samples: Path, task: 
     torch.testing.assert_close(logits_ours, logits_peft, atol=2e-3, rtol=1e-3)
     assert ours_pred == peft_pred
     # and the adapter does its job on these examples (the bar on the full split is >= 0.8)
-    assert sum(peft_pred[r["prompt"]] == r["answer"] for r in rows) >= LIMIT // 2
+    assert sum(peft_pred[r.prompt] == r.answer for r in rows) >= LIMIT // 2
 
 
 def test_weights_restored_bitwise_after_evaluation(base: tuple[Any, Any], samples: Path) -> None:

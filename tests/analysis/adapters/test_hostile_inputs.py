@@ -213,6 +213,46 @@ def test_tensor_count_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     refused(raw_safetensors(tmp_path / "many.safetensors", header, bytes(16)), "4 tensors in one file (at most 3")
 
 
+
+def _entry(i: int) -> str:
+    return f'"m{i}.lora_A.weight":{{"dtype":"F32","shape":[1],"data_offsets":[{4 * i},{4 * i + 4}]}}'
+
+
+@pytest.mark.parametrize("kind", ["entries", "metadata", "shape"])
+def test_huge_valid_header_is_refused_before_parsing(tmp_path: Path, kind: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ~100 MB header of valid JSON took 86 s and 1.6 GB to refuse: now its size is checked against what its
+    tensor count can need before any parsing (json.loads must not run)."""
+    from analysis.adapters import safetensors_io
+
+    if kind == "entries":  # 1.1 million well-formed entries
+        blob = ("{" + ",".join(_entry(i) for i in range(1_100_000)) + "}").encode()
+        expect = "tensors in one file (at most 50000"
+    elif kind == "metadata":  # one 100 MB metadata string and one tensor
+        blob = ('{"__metadata__":{"k":"' + "x" * 100_000_000 + '"},' + _entry(0) + "}").encode()
+        expect = "for 1 tensors: at most"
+    else:  # one tensor whose shape lists 20 million numbers
+        blob = ('{"m.lora_A.weight":{"dtype":"F32","shape":[' + ",".join(["1"] * 20_000_000)
+                + '],"data_offsets":[0,4]}}').encode()
+        expect = "refused before parsing"
+    path = raw_safetensors(tmp_path / "big.safetensors", blob, bytes(8))
+
+    def no_parse(*_a: object, **_k: object) -> None:
+        raise AssertionError("the header was parsed")
+
+    monkeypatch.setattr(safetensors_io.json, "loads", no_parse)
+    refused(path, "big.safetensors", expect)
+
+
+def test_header_with_real_sized_metadata_still_loads(tmp_path: Path) -> None:
+    """The budget leaves room for real metadata (kohya writes MBs of training metadata)."""
+    d = tmp_path / "adapter"
+    d.mkdir()
+    save_file(lora(), d / "adapter_model.safetensors", metadata={"ss_tag_frequency": "t" * (4 << 20)})
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    assert len(load_adapter(d).modules) == 1
+
+
 # --- NaN/Inf and overflow: refused at load, naming the tensor or module ----------------------------------
 
 def test_nonfinite_alpha_tensor_and_overflowing_module(tmp_path: Path) -> None:

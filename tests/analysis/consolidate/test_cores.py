@@ -60,7 +60,7 @@ def test_input_rms_matches_a_direct_forward(adapters):
     name = "model.layers.0.self_attn.q_proj"
     seen = []
     hook = model.get_submodule(name).register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
-    from analysis.evaluate import applied_deltas
+    from analysis.evaluation.fit import applied_deltas
 
     with applied_deltas(model, adapters[0].modules), torch.no_grad():
         for p in prompts:

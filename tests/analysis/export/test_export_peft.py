@@ -118,6 +118,7 @@ def test_zip_holds_the_export_and_kohya_delta_formats_reload(trio, tmp_path):  #
             got = tensors[f"{m}.delta"].double()
         else:
             key = "lora_unet_" + m.replace(".", "_")
-            got = tensors[f"{key}.lora_up.weight"].double() @ tensors[f"{key}.lora_down.weight"].double()
-            assert float(tensors[f"{key}.alpha"]) == tensors[f"{key}.lora_down.weight"].shape[0]
+            alpha, r = float(tensors[f"{key}.alpha"]), tensors[f"{key}.lora_down.weight"].shape[0]
+            got = tensors[f"{key}.lora_up.weight"].double() @ tensors[f"{key}.lora_down.weight"].double() * alpha / r
+            assert len({float(v) for k, v in tensors.items() if k.endswith(".alpha")}) == 1  # one uniform alpha
         assert rel(got, res.modules[m].dense(torch.float64)) < 1e-5

@@ -15,6 +15,9 @@ from merge_factories import peft_adapter, peft_delta_weights  # noqa: E402
 REPO = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
+# each test starts several `adapter-atlas merge` processes (torch imported every time): 10-110 s on 2 cores
+pytestmark = pytest.mark.slow
+
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "analysis.cli", "merge", *args], cwd=REPO, env=ENV,
@@ -73,7 +76,7 @@ def test_refusals_are_one_line_and_leave_nothing(inputs, tmp_path):  # noqa: ANN
     paths = [str(a.path) for a in inputs]
     for args, needle in [
         (("--method", "nope"), "unknown merge method 'nope'; valid:"),
-        (("--method", "ties", "--format", "peft", "--rank", "0"), "--rank 0: expected a positive integer"),
+        (("--method", "ties", "--format", "peft", "--rank", "0"), "--rank: 0 is out of range"),
         (("--method", "linear", "--weights", "0,0,0"), "every weight is 0"),
         (("--method", "linear", "--weights", "1,inf,1"), "weight 2 is inf"),
         (("--method", "linear", "--weights", "1,nan,1"), "weight 2 is nan"),

@@ -7,8 +7,9 @@ import torch
 from merge_factories import random_adapter
 
 from analysis.adapters.model import DenseDelta, LowRankDelta
-from analysis.isolation import column_energy, core_mask, core_overlap, parse_groups, row_energy
+from analysis.isolation import column_energy, core_mask, core_overlap, row_energy
 from analysis.merge import merge_adapters
+from analysis.merge.claims import parse_groups
 
 SHAPES = {"m0": (40, 30), "m1": (24, 30)}
 
@@ -151,9 +152,9 @@ def test_lambda_is_linear_in_the_non_core_part_entries():
 @pytest.mark.parametrize("groups", [[0, 1, 2, 3], [0, 0, 1, 1]])
 @pytest.mark.parametrize("policy", ["magnitude", "mean"])
 def test_claim_runs_give_the_dense_maps_values_and_counts(groups: list[int], policy: str) -> None:
-    """analysis.claims on K merged claims against dense (N, numel) masks through coefficient_maps."""
-    from analysis.claims import claim_runs, merged_values, task_counts
-    from analysis.isolation import Core, coefficient_maps
+    """analysis.merge.claims on K merged claims against dense (N, numel) masks through coefficient_maps."""
+    from analysis.isolation import Core, claim_runs
+    from analysis.merge.claims import coefficient_maps, merged_values, task_counts
 
     g = torch.Generator().manual_seed(4)
     numel, n = 400, 4

@@ -12,12 +12,40 @@ from analysis.errors import IncompatibleAdaptersError, RecipeError
 from analysis.merge import METHODS, get_method, merge_adapters
 from analysis.merge.registry import parse_param_strings
 from analysis.merge.slerp import multislerp_coefficients, slerp_coefficients
-from analysis.merge.sparsify import disjoint_mean, elect_sign, trim
 
 IDENTITY_PARAMS = {
     "ties": {"density": 1.0}, "magnitude_prune": {"density": 1.0}, "dare_linear": {"drop_rate": 0.0},
     "dare_ties": {"drop_rate": 0.0}, "knots": {"inner": "linear"},
 }
+
+
+# The TIES steps one at a time, as the paper states them (a second route to the library's one fused kernel,
+# `analysis.merge.sparsify.trim_rows` + `ties_merge`): trim one task by top-k, elect a sign per entry, weighted
+# mean of the agreeing entries (mergekit's divisor: the agreeing tasks' summed weight, 0 -> 1).
+def trim(task: torch.Tensor, density: float) -> torch.Tensor:
+    if density >= 1.0:
+        return task
+    k = int(density * task.numel())
+    out = torch.zeros_like(task).reshape(-1)
+    if k > 0:
+        idx = torch.topk(task.abs().reshape(-1), k).indices
+        out[idx] = task.reshape(-1)[idx]
+    return out.reshape(task.shape)
+
+
+def elect_sign(stacked: torch.Tensor, method: str) -> torch.Tensor:
+    votes = stacked.sum(dim=0) if method == "total" else stacked.sign().sum(dim=0)
+    elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)
+    return stacked * elected > 0
+
+
+def disjoint_mean(stacked: torch.Tensor, agree: torch.Tensor, weights: list[float] | None = None) -> torch.Tensor:
+    mask = agree.to(stacked.dtype)
+    total = (stacked * mask).sum(dim=0)
+    w = torch.ones(stacked.shape[0], dtype=stacked.dtype) if weights is None else \
+        torch.tensor([float(x) for x in weights], dtype=stacked.dtype)
+    divisor = torch.tensordot(w, mask, dims=1)
+    return total / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
 
 
 def dense(result, module):  # noqa: ANN001, ANN201
@@ -238,7 +266,7 @@ def test_trim_rows_keeps_each_tasks_top_k_like_trim_and_exactly_k_under_ties():
 
 def test_isolation_reuses_cores_given_with_its_own_settings_and_ignores_others(monkeypatch):  # noqa: ANN001
     import analysis.merge.isolation as iso_merge
-    from analysis.isolation import task_cores
+    from analysis.isolation import CoreChoice, CoreSettings, task_cores
 
     ads = [random_adapter(f"t{i}", rank=3, shapes={"m0": (24, 20), "m1": (24, 20)}, seed=i) for i in range(3)]
     own = merge_adapters(ads, "isolation", params={"p": 0.05})
@@ -246,23 +274,23 @@ def test_isolation_reuses_cores_given_with_its_own_settings_and_ignores_others(m
     calls = []
     real = iso_merge.task_cores
     monkeypatch.setattr(iso_merge, "task_cores", lambda *a, **k: calls.append(1) or real(*a, **k))
-    reused = merge_adapters(ads, "isolation", params={"p": 0.05}, cores=(("entries", 0.05), cores))
+    reused = merge_adapters(ads, "isolation", params={"p": 0.05}, cores=CoreChoice(CoreSettings("entries", 0.05), cores))
     assert calls == [] and reused.cores is cores
     for m in own.modules:
         assert torch.equal(reused.modules[m].dense(torch.float64), own.modules[m].dense(torch.float64))
-    merge_adapters(ads, "isolation", params={"p": 0.05}, cores=(("entries", 0.01), cores))  # other settings
-    merge_adapters(ads[:2], "isolation", params={"p": 0.05}, cores=(("entries", 0.05), {}))  # not covering
+    merge_adapters(ads, "isolation", params={"p": 0.05}, cores=CoreChoice(CoreSettings("entries", 0.01), cores))  # other settings
+    merge_adapters(ads[:2], "isolation", params={"p": 0.05}, cores=CoreChoice(CoreSettings("entries", 0.05), {}))  # not covering
     masks = {m: {i: c.mask() for i, c in at.items()} for m, at in cores.items()}  # bare masks carry no values
-    merge_adapters(ads, "isolation", params={"p": 0.05}, cores=(("entries", 0.05), masks))
+    merge_adapters(ads, "isolation", params={"p": 0.05}, cores=CoreChoice(CoreSettings("entries", 0.05), masks))
     assert calls == [1, 1, 1]
 
 
 def test_a_method_without_core_settings_never_receives_the_callers_cores(monkeypatch):  # noqa: ANN001
-    """merge_adapters(cores=...) is passed by the Merge page for every method: a `prepare` that takes no
-    cores (a method without granularity/p) must still work."""
+    """merge_adapters(cores=...) is passed by the Merge page for every method: a `prepare` of a method that
+    declares no cores (`MergeMethod.cores` False) must still work."""
     import dataclasses
 
-    from analysis.isolation import task_cores
+    from analysis.isolation import CoreChoice, CoreSettings, task_cores
     from analysis.merge.registry import METHODS
 
     seen = []
@@ -270,7 +298,7 @@ def test_a_method_without_core_settings_never_receives_the_callers_cores(monkeyp
     probe = dataclasses.replace(linear, name="probe", prepare=lambda ads, w, p: seen.append(len(ads)) or None)
     monkeypatch.setitem(METHODS, "probe", probe)
     ads = [random_adapter(f"t{i}", rank=2, seed=i) for i in range(2)]
-    res = merge_adapters(ads, "probe", cores=(("entries", 0.05), task_cores(ads, p=0.05)))
+    res = merge_adapters(ads, "probe", cores=CoreChoice(CoreSettings("entries", 0.05), task_cores(ads, p=0.05)))
     assert seen == [2] and set(res.modules) == set(ads[0].modules)
 
 
@@ -287,3 +315,14 @@ def test_fused_ties_merge_equals_the_step_by_step_rule(weights: list[float], maj
     want = disjoint_mean(weighted, elect_sign(weighted, majority), weights) * 0.8
     got = ties_merge(tasks.clone(), weights, majority, 0.8)
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_core_support_is_declared_by_the_method_not_guessed_from_parameter_names():
+    from analysis.merge.registry import register
+
+    assert get_method("isolation").cores and not get_method("ties").cores
+    assert get_method("isolation").core_settings({"granularity": "rows", "p": 0.1}) == ("rows", 0.1)
+    assert get_method("ties").core_settings({"granularity": "rows", "p": 0.1}) is None  # names alone mean nothing
+    with pytest.raises(ValueError, match="granularity and p"):
+        register("bad_cores", help="declares cores without their parameters", cores=True)(lambda *a: None)
+    assert "bad_cores" not in METHODS

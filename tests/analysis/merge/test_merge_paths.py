@@ -197,7 +197,8 @@ def test_batched_svds_equal_one_at_a_time():
 
 
 def test_claims_union_and_pair_counts_match_the_masks():
-    from analysis.isolation import gather_claims, pair_counts
+    from analysis.isolation import pair_counts
+    from analysis.merge.claims import gather_claims
 
     ads = trio()
     cores = task_cores(ads, granularity="entries", p=0.2)

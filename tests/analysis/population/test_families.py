@@ -11,7 +11,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from analysis.cli import main
 from analysis.population.ann import unit_rows
-from analysis.population.families import density_mode, families, null_level
+from analysis.population.chance import density_mode, null_level
+from analysis.population.families import families
 from analysis.population.query import Population, open_population
 from analysis.population.scan import SYNCHRONOUS, scan
 from analysis.population.sketch import SketchConfig

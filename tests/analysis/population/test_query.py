@@ -111,3 +111,23 @@ def test_families_text_counts_in_singular_and_plural(index, capsys) -> None:
     assert main(["families", "--index", str(idx), "--families", "2"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  family ")]
     assert len(lines) == 2 and all(re.search(r": \d+ adapters( \(cohesion [-0-9.]+\))?: ", x) for x in lines)
+
+
+def test_exact_rerank_loads_only_what_may_be_loaded(index) -> None:
+    """A server passes `may_load` (its roots): candidates it refuses are never loaded; a refused query is an error."""
+    from analysis.errors import AtlasError
+
+    ads, idx = index
+    pop = open_population(idx)
+    query = str(sorted((ads / "f0001").iterdir())[0].resolve())
+    asked: list[str] = []
+
+    def may_load(path: str) -> bool:
+        asked.append(path)
+        return path == query or Path(path).parent.name != "f0001"  # the query's own family is off limits
+
+    rows = neighbors(pop, query, 5, exact=True, may_load=may_load)
+    assert rows and all(Path(r["adapter"]).parent.name != "f0001" for r in rows)
+    assert len(asked) > 5  # every candidate was asked about before loading
+    with pytest.raises(AtlasError, match="outside what may be loaded"):
+        neighbors(pop, query, 5, exact=True, may_load=lambda p: False)

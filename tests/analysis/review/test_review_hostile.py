@@ -136,3 +136,39 @@ def test_report_out_checked_before_the_overlap_work(tmp_path: Path, capsys: pyte
         code, _, err = _cli(capsys, "review", "export", str(pid), "--format", "md", "--out", str(out), "--db", db)
         assert code == 2 and needle in err and "\n" not in err, err
     assert a_file.read_text() == "x"
+
+
+def test_postgres_server_that_never_answers_does_not_hang(capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loopback listener that accepts TCP and stays silent: `review list` gives up after the connect timeout
+    (once, not once per retry) with one line that hides the password."""
+    import socket
+    import threading
+    import time
+
+    pytest.importorskip("psycopg")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    monkeypatch.setenv("ADAPTER_ATLAS_DB_CONNECT_TIMEOUT_S", "1")
+    t0 = time.monotonic()
+    try:
+        code, _out, err = _cli(capsys, "review", "list", "--db",
+                               f"postgresql://u:secret@127.0.0.1:{server.getsockname()[1]}/x")
+    finally:
+        server.close()
+    assert code == 2 and "timeout" in err and len(err.splitlines()) == 1, err
+    assert "secret" not in err
+    assert time.monotonic() - t0 < 15  # it hung forever before
+
+
+@pytest.mark.parametrize("url, expect", [
+    ("postgresql://u:pw@127.0.0.1:notaport/x", "its port is not a number"),
+    ("postgresql://u:pw@127.0.0.1:99999999/x", "invalid port number"),
+])
+def test_postgres_url_with_a_bad_port_is_one_line(url: str, expect: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = _cli(capsys, "review", "list", "--db", url)
+    assert code == 2 and expect in err and len(err.splitlines()) == 1, err
+    assert ":pw@" not in err

@@ -13,7 +13,17 @@ from workflow_factories import peft_adapter, peft_delta_weights
 
 from analysis.errors import AtlasError, RecipeError
 from analysis.merge.ops import truncate
-from analysis.workflow import AdapterSet, Cancelled, ExportSpec, ProgressReporter, reexport, run_merge
+from analysis.workflow import (
+    AdapterSet,
+    Cancelled,
+    CoreChoice,
+    CoreSettings,
+    ExportSpec,
+    ProgressReporter,
+    preview_from_recipe,
+    reexport,
+    run_merge,
+)
 from analysis.workflow.evidence import task_table
 
 
@@ -64,7 +74,7 @@ def test_fixed_rank_overrides_and_reexport_reuses_the_merge(trio) -> None:  # no
 def test_preview_uses_the_methods_own_cores(trio) -> None:  # noqa: ANN001
     run = run_merge(trio, "isolation", {"granularity": "rows", "p": 0.25})
     assert run.evidence["settings"]["granularity"] == "rows" and run.evidence["settings"]["p"] == 0.25
-    other = run_merge(trio, "linear", cores_default=("columns", 0.5))
+    other = run_merge(trio, "linear", preview=CoreChoice(CoreSettings("columns", 0.5)))
     assert other.evidence["settings"]["granularity"] == "columns" and other.evidence["settings"]["p"] == 0.5
 
 
@@ -160,17 +170,17 @@ def test_preview_cores_chosen_by_a_face_are_recorded_and_replayed(trio) -> None:
     from analysis.export import recipe_to_yaml
     from analysis.export.recipe import parse_recipe
 
-    app = run_merge(trio, "ties", cores_default=("rows", 0.05))
+    app = run_merge(trio, "ties", preview=CoreChoice(CoreSettings("rows", 0.05)))
     assert app.recipe.export.preview is not None and app.recipe.export.preview.granularity == "rows"
     replay_recipe = parse_recipe(yaml.safe_load(recipe_to_yaml(app.recipe)), "recipe")
     replay = run_merge(trio, replay_recipe.method, replay_recipe.parameters, replay_recipe.weights,
-                       ExportSpec.from_recipe(replay_recipe))
+                       ExportSpec.from_recipe(replay_recipe), preview=preview_from_recipe(replay_recipe))
     assert replay.evidence["tasks"] == app.evidence["tasks"]
     assert recipe_to_yaml(replay.recipe) == recipe_to_yaml(app.recipe)
     plain = run_merge(trio, "ties")
     assert plain.evidence["tasks"] != app.evidence["tasks"]  # the settings matter, so recording them matters
     assert "preview" not in recipe_to_yaml(plain.recipe)
-    iso = run_merge(trio, "isolation", {"granularity": "rows", "p": 0.05}, cores_default=("rows", 0.05))
+    iso = run_merge(trio, "isolation", {"granularity": "rows", "p": 0.05}, preview=CoreChoice(CoreSettings("rows", 0.05)))
     assert iso.recipe.export.preview is None  # isolation's own parameters already say which cores
 
 
@@ -190,11 +200,11 @@ def test_written_modules_are_what_peft_loads_not_the_merge_kept_at_the_cap(trio,
 
 def test_weight_zero_cores_add_no_conflicts_to_the_others(trio) -> None:  # noqa: ANN001
     """Task 1's conflicts with task 3 at weight 0 equal those of the merge of tasks 1 and 2 alone (two routes)."""
-    zero = run_merge(trio, "linear", weights=(1, 1, 0), cores_default=("entries", 0.05))
-    pair = run_merge(AdapterSet(trio.adapters[:2]), "linear", weights=(1, 1), cores_default=("entries", 0.05))
+    zero = run_merge(trio, "linear", weights=(1, 1, 0), preview=CoreChoice(CoreSettings("entries", 0.05)))
+    pair = run_merge(AdapterSet(trio.adapters[:2]), "linear", weights=(1, 1), preview=CoreChoice(CoreSettings("entries", 0.05)))
     assert [t["conflicts"] for t in zero.evidence["tasks"][:2]] == [t["conflicts"] for t in pair.evidence["tasks"]]
     assert len(zero.evidence["tasks"]) == 3  # the weight-0 input keeps its row
-    full = run_merge(trio, "linear", weights=(1, 1, 1), cores_default=("entries", 0.05))
+    full = run_merge(trio, "linear", weights=(1, 1, 1), preview=CoreChoice(CoreSettings("entries", 0.05)))
     assert full.evidence["tasks"][0]["conflicts"] > zero.evidence["tasks"][0]["conflicts"]
 
 
@@ -227,5 +237,23 @@ def test_a_fixed_rank_isolation_preview_made_while_merging_equals_the_one_made_a
     monkeypatch.undo()
     monkeypatch.setattr(preview_mod, "module_rows", counting)
     run_merge(trio, "isolation", weights=[1.0, 0.0, 1.0], params={"p": 0.05}, export=ExportSpec(rank=3))
+    assert calls == [False] * n_modules  # every module previewed, none of them while merging
+    calls.clear()
     run_merge(trio, "isolation", params={"p": 0.05})
-    assert True not in calls
+    assert calls == [False] * n_modules
+
+
+def test_run_merge_leaves_torch_threads_to_the_caller(trio, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A library call changes no global state: the faces (or `analysis.threads.bounded_threads`) set threads."""
+    set_calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", set_calls.append)
+    run = run_merge(trio, "ties", export=ExportSpec(rank=3))
+    reexport(run, ExportSpec(rank=2))
+    assert set_calls == [] and run.evidence["tasks"]
+
+
+def test_the_estimate_shows_its_value_in_the_preview_table() -> None:
+    v2 = {"tasks": [{"index": 0, "name": "a", "core_retention": 0.5,
+                     "predicted_retention": {"value": 0.8, "low": 0.6, "high": 1.0, "basis": "data-free"}},
+                    {"index": 1, "name": "b", "core_retention": 0.4, "predicted_retention": None}]}
+    assert task_table(v2) == (["a", "b"], ["core_retention", "predicted_retention"], [[0.5, 0.8], [0.4, None]])

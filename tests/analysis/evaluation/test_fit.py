@@ -1,4 +1,4 @@
-"""The evaluator's parts that need no real base model: patching deltas, restoring, scoring, task files.
+"""The evaluator's parts that need no real base model: patching deltas, restoring, scoring.
 
 The patched forward pass is checked against PEFT's own LoRA forward on a tiny Llama (two routes to
 the same logits). The real-model tests live in tests/sample_adapters/.
@@ -13,8 +13,10 @@ from helpers.tiny import save_peft_adapter, tiny_gpt2, tiny_llama
 
 from analysis.adapters import load_adapter
 from analysis.adapters.model import DenseDelta, LowRankDelta
-from analysis.errors import AtlasError, IncompatibleAdaptersError
-from analysis.evaluate import applied_deltas, clean_completion, list_tasks, load_task, score_rows
+from analysis.errors import IncompatibleAdaptersError
+from analysis.evaluation import sample_task_names
+from analysis.evaluation.exact import clean_completion, score_predictions
+from analysis.evaluation.fit import applied_deltas
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -94,18 +96,13 @@ def test_clean_completion_cuts_at_first_newline_and_strips() -> None:
     assert clean_completion("\nfoo") == ""
 
 
-def test_score_rows_counts_exact_matches_and_lists_mistakes_first() -> None:
-    rows = [{"prompt": f"p{i}", "answer": a} for i, a in enumerate(["1", "2", "3", "4"])]
-    res = score_rows(rows, ["1", "2 ", "3", "four"], n_examples=2)
+def test_score_predictions_counts_exact_matches_and_lists_mistakes_first() -> None:
+    expected = ["1", "2", "3", "4"]
+    res = score_predictions([f"p{i}" for i in range(4)], expected, ["1", "2 ", "3", "four"], n_examples=2)
     assert res["n"] == 4 and res["correct"] == 2 and res["accuracy"] == 0.5
     assert [e["correct"] for e in res["examples"]] == [False, False]
     assert res["examples"][0]["prediction"] == "2 "
 
 
-def test_tasks_on_disk_load_and_unknown_task_is_one_clear_error() -> None:
-    tasks = list_tasks()
-    assert len(tasks) >= 8
-    rows = load_task(tasks[0], "eval")
-    assert len(rows) >= 64 and {"prompt", "answer"} <= set(rows[0])
-    with pytest.raises(AtlasError, match="no_such_task.*known tasks"):
-        load_task("no_such_task")
+def test_sample_tasks_are_on_disk() -> None:
+    assert len(sample_task_names()) >= 8

@@ -1,0 +1,80 @@
+"""Fit the retention estimate on measured merges and say how well it predicts (seconds; `make bench`).
+
+Reads the ground truth of `bench/retention_truth.py` (bench/results_retention_truth.json), fits
+`analysis.predict.calibrate` for each basis (data-free: weights; data-light: module inputs on unlabeled prompts) on
+two thirds of the MERGES (every task of a merge on the same side: a merge's tasks share its geometry) and reports
+on the held-back third: rank correlation (Spearman) and mean absolute error against measured exact-match retention,
+the rank correlation against the NLL-based retention, and, for comparison on the same held-back trials, the rank
+correlation of simpler signals (the cosine between the merged update and the task's own, the best-fitting scale
+alone). With --write the fit becomes analysis/data/retention_calibration.json, what the tool ships.
+
+    python bench/retention_fit.py [--truth bench/results_retention_truth.json] [--write]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from analysis.predict import CALIBRATION, Signal, calibrate, spearman  # noqa: E402
+
+BASES = (("data-free", "data_free"), ("data-light", "data_light"))
+
+
+def heldout(merge_id: str) -> bool:
+    """A fixed third of the merges, by id (a hash of the merge's spec): never chosen by looking at results."""
+    return int(merge_id, 16) % 3 == 0
+
+
+def fit(truth: dict[str, Any]) -> dict[str, Any]:
+    rows = [(m, t) for m in truth["merges"] for t in m["tasks"] if t["retention_em"] is not None]
+    held = [heldout(m["id"]) for m, _ in rows]
+    measured_on = (f"{truth['summary'].get('measured_on', 'sample set')}; exact match on "
+                   f"{truth['protocol']['em_rows']} rows; {len(truth['merges'])} merges, {len(rows)} task trials")
+    y = [t["retention_em"] for _, t in rows]
+    out: dict[str, Any] = {"calibrations": {}, "baselines": {}, "n_merges": len(truth["merges"]),
+                           "n_trials": len(rows), "n_heldout": sum(held)}
+    for basis, key in BASES:
+        signals = [Signal(**t[key]) for _, t in rows]
+        cal = calibrate(signals, y, held, basis=basis, measured_on=measured_on)
+        rec = cal.record()
+        pred = [cal.predict(s)[0] for s, h in zip(signals, held) if h]
+        rec["spearman_heldout_vs_nll_retention"] = spearman(pred, [t["retention_nll"] for (_, t), h in
+                                                                     zip(rows, held) if h])
+        rec["heldout_points"] = [[round(p, 4), round(v, 4)] for p, v in  # (predicted, measured): the scatter
+                                 zip(pred, [v for v, h in zip(y, held) if h])]
+        out["calibrations"][basis] = rec
+        hy = [v for v, h in zip(y, held) if h]
+        hs = [s for s, h in zip(signals, held) if h]
+        cos = [s.inner / math.sqrt(s.task2 * s.merged2) if s.task2 * s.merged2 > 0 else 0.0 for s in hs]
+        out["baselines"][basis] = {"spearman_heldout_cosine": spearman(cos, hy),
+                                   "spearman_heldout_scale": spearman([s.scale for s in hs], hy)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--truth", default=str(REPO / "bench" / "results_retention_truth.json"))
+    ap.add_argument("--write", action="store_true", help="ship the fit as analysis/data/retention_calibration.json")
+    args = ap.parse_args(argv)
+    raw = Path(args.truth).read_bytes()
+    result = fit(json.loads(raw))
+    result["truth"] = {"file": str(Path(args.truth).relative_to(REPO)) if Path(args.truth).is_relative_to(REPO)
+                       else args.truth, "sha256": hashlib.sha256(raw).hexdigest()}
+    if args.write:
+        CALIBRATION.parent.mkdir(parents=True, exist_ok=True)
+        CALIBRATION.write_text(json.dumps({"source": "bench/retention_fit.py", "truth": result["truth"],
+                                           "calibrations": result["calibrations"]}, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
