@@ -49,7 +49,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_population.py
 	$(PY) bench/bench_population_index.py
 	OMP_NUM_THREADS=2 $(PY) bench/bench_population_index.py --stage stream --n 1000000
-	OMP_NUM_THREADS=2 $(PY) bench/bench_evaluate.py --exact-tasks 2
+	OMP_NUM_THREADS=1 $(PY) bench/bench_evaluate.py --threads 1 --exact-tasks 2
 
 samples: $(STAMP)
 	$(PY) -m sample_adapters.build
