@@ -51,7 +51,7 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) bench/bench_population_index.py --stage stream --n 1000000
 	$(PY) bench/isolation_headroom.py
 	$(PY) bench/retention_fit.py
-	OMP_NUM_THREADS=2 $(PY) bench/bench_evaluate.py --exact-tasks 2
+	OMP_NUM_THREADS=1 $(PY) bench/bench_evaluate.py --threads 1 --exact-tasks 2
 
 # The retention estimate's ground truth: 69 merges of the sample set, every task measured (exact match + answer NLL);
 # ~30-40 min on 2 quiet cores; resumable (--reuse). `make bench` then refits from the stored results in seconds.

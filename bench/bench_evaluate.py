@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: two spin-wait on a shared CPU)")
     ap.add_argument("--rows", type=int, default=64, help="rows per task (the sample eval split has 64)")
     ap.add_argument("--exact-tasks", type=int, default=10, help="tasks timed by exact match (default all ten)")
     ap.add_argument("--batch-size", type=int, default=32)
