@@ -61,8 +61,10 @@ def test_measure_decide_and_the_proposal_freezes_the_table(app: AppTest, tmp_pat
     from app import cache
 
     held = {k[1][1]: v for k, v in cache._merge_runs().items() if k[0] == "measured" and k[2:4] == ("peft", None)}
+    runs = {k[1].method: v for k, v in cache._merge_runs().items() if k[0] == "run"}
     assert set(held) == {"isolation", "linear"}
-    library = decision_table({m: {"measured": b} for m, b in held.items()}, bar=0.8)
+    library = decision_table({m: {"measured": b, "tasks": runs[m].evidence["tasks"]} for m, b in held.items()},
+                             bar=0.8)  # the preview's tasks carry the predicted retention
     page = _table(at, RETENTION_HEADER)
     assert sorted(page.values.tolist()) == sorted(retention_rows(library))
     assert set(page["bar"]) == {">= 0.8"} and set(page["method"]) == {"isolation", "linear"}
