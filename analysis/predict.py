@@ -146,6 +146,46 @@ def capture_inputs(model: Any, tokenizer: Any, modules: Sequence[str], prompts: 
     return out
 
 
+# ------------------------------------------------------------------ outputs (data-light, no labels)
+
+def own_answers(model: Any, tokenizer: Any, own: Mapping[str, Delta], prompts: Sequence[str]) -> list[str]:
+    """The task's own adapter's greedy answers to unlabeled prompts (the evaluation protocol's generation)."""
+    from analysis.evaluation import applied_deltas
+    from analysis.evaluation.exact import generate_answers
+
+    with applied_deltas(model, own):
+        return generate_answers(model, tokenizer, prompts)
+
+
+def agreement(model: Any, tokenizer: Any, deltas: Mapping[str, Delta], prompts: Sequence[str],
+              answers: Sequence[str], *, batch_size: int = 16) -> float:
+    """Share of prompts on which base + `deltas` would greedily write `answers[i]` (then a newline): every answer
+    token is the argmax after the prompt and the answer's earlier tokens. One teacher-forced pass, no generation:
+    if the argmax matches at every step, greedy decoding reproduces the answer exactly."""
+    from analysis.evaluation import applied_deltas
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    hits = 0
+    with applied_deltas(model, deltas), torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            seqs = []
+            for prompt, answer in zip(prompts[start:start + batch_size], answers[start:start + batch_size]):
+                p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                a = tokenizer(" " + answer + "\n", add_special_tokens=False)["input_ids"]
+                seqs.append((p, a))
+            width = max(len(p) + len(a) for p, a in seqs)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (b, t) right padded
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for i, (p, a) in enumerate(seqs):
+                ids[i, :len(p) + len(a)] = torch.tensor(p + a)
+                mask[i, :len(p) + len(a)] = 1
+            pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)  # (b, t)
+            for i, (p, a) in enumerate(seqs):
+                got = pred[i, len(p) - 1:len(p) + len(a) - 1]  # position k predicts token k + 1
+                hits += int(torch.equal(got, torch.tensor(a)))
+    return hits / max(1, len(prompts))
+
+
 # ------------------------------------------------------------------ calibration
 
 def features(signal: Signal) -> np.ndarray:

@@ -6,7 +6,8 @@ two thirds of the MERGES (every task of a merge on the same side: a merge's task
 on the held-back third: rank correlation (Spearman) and mean absolute error against measured exact-match retention,
 the rank correlation against the NLL-based retention, and, for comparison on the same held-back trials, the rank
 correlation of simpler signals (the cosine between the merged update and the task's own, the best-fitting scale
-alone). With --write the fit becomes analysis/data/retention_calibration.json, what the tool ships.
+alone), and the data-light agreement on outputs (`bench/retention_outputs.py`: does the merge reproduce the own
+adapter's greedy answers on unlabeled prompts; no fit, the agreement is the estimate). With --write the fit becomes analysis/data/retention_calibration.json, what the tool ships.
 
     python bench/retention_fit.py [--truth bench/results_retention_truth.json] [--write]
 """
@@ -56,6 +57,16 @@ def fit(truth: dict[str, Any]) -> dict[str, Any]:
         cos = [s.inner / math.sqrt(s.task2 * s.merged2) if s.task2 * s.merged2 > 0 else 0.0 for s in hs]
         out["baselines"][basis] = {"spearman_heldout_cosine": spearman(cos, hy),
                                    "spearman_heldout_scale": spearman([s.scale for s in hs], hy)}
+    if rows and all("output_agreement" in t for _, t in rows):  # data-light from outputs: the agreement itself
+        est = [min(1.0, t["output_agreement"] / t["own_agreement"]) if t["own_agreement"] else 0.0 for _, t in rows]
+        he = [e for e, h in zip(est, held) if h]
+        hy = [v for v, h in zip(y, held) if h]
+        out["outputs"] = {"basis": "data-light (outputs)", "spearman_heldout": spearman(he, hy),
+                          "mae_heldout": float(sum(abs(a - b) for a, b in zip(he, hy)) / max(1, len(he))),
+                          "spearman_all": spearman(est, y), "n_heldout": len(he),
+                          "spearman_heldout_vs_nll_retention": spearman(he, [t["retention_nll"] for (_, t), h in
+                                                                              zip(rows, held) if h]),
+                          "heldout_points": [[round(a, 4), round(b, 4)] for a, b in zip(he, hy)]}
     return out
 
 

@@ -193,3 +193,35 @@ def test_calibration_file_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert got is not None and (got.value, got.low, got.high) == pytest.approx(cal.predict(Signal(1.0, 1.0, 1.0)))
     finally:
         predict.load_calibrations.cache_clear()
+
+
+def test_agreement_is_greedy_reproduction_in_one_pass() -> None:
+    """A model that always writes the next character of a fixed text: it greedily reproduces exactly the answers
+    that continue that text, whatever the batch padding; a changed answer (any token) does not count."""
+    from analysis.predict import agreement
+
+    succ = {}  # character id -> the id the model writes after it
+
+    class Tok:
+        pad_token_id = 0
+        eos_token_id = 0
+
+        def __call__(self, s: str, add_special_tokens: bool = False) -> dict:
+            return {"input_ids": [ord(c) for c in s]}
+
+    for piece in ("abcdef ghij\n", "klmn "):  # every prompt ending in f or n is answered "ghij"
+        for a, b in zip(piece, piece[1:]):
+            succ[ord(a)] = ord(b)
+
+    class Model(torch.nn.Module):
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
+            nxt = input_ids.clone().apply_(lambda i: succ.get(i, 1))  # (b, t)
+            logits = torch.nn.functional.one_hot(nxt, 128).float()  # (b, t, V)
+            return type("Out", (), {"logits": logits})()
+
+    model = Model()
+    prompts, answers = ["abcdef", "cdef", "klmn"], ["ghij", "ghij", "ghij"]  # lengths differ: padding in a batch
+    assert agreement(model, Tok(), {}, prompts, answers, batch_size=2) == 1.0
+    assert agreement(model, Tok(), {}, prompts, ["ghij", "ghiX", "ghij"]) == pytest.approx(2 / 3)
+    assert agreement(model, Tok(), {}, prompts, ["ghi", "ghij", "ghijk"]) == pytest.approx(1 / 3)  # stops too early
+    # or too late
