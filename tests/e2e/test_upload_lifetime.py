@@ -69,7 +69,7 @@ def test_upload_area_lives_and_dies_with_the_session(tmp_path: Path, browser) ->
         with urllib.request.urlopen(f"{url}/_stcore/health", timeout=10) as r:  # the server still serves
             assert r.status == 200
         page.get_by_role("tab", name="Sample set").click()  # and the first visitor's session still answers
-        page.get_by_text("Open the sample set").wait_for(timeout=60_000)
+        page.get_by_role("button", name="Open the sample set").first.wait_for(timeout=60_000)
         other.close()
         ctx.close()
         deadline = time.monotonic() + 90
