@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) bench/isolation_headroom.py
 	$(PY) bench/retention_fit.py
 	$(PY) bench/retention_fit.py --truth bench/results_retention_truth_shared_seed.json
+	$(PY) bench/shared_seed_geometry.py
 	OMP_NUM_THREADS=1 $(PY) bench/bench_evaluate.py --threads 1 --exact-tasks 2
 
 # The retention estimate's ground truth: 69 merges of the sample set, every task measured (exact match + answer NLL);

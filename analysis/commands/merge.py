@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(repeatable; default: the sample tasks)")
     g.add_argument("--metric", default="exact", choices=("exact", "nll", "both"), help="--eval metric (default exact)")
     g.add_argument("--limit", type=opt.EVAL_LIMIT, default=None, metavar="N", help="--eval: first N rows per task")
-    g.add_argument("--prompts", action="append", default=None, metavar="PATH",
+    g.add_argument("--prompts", action="extend", nargs="+", default=None, metavar="PATH",
                    help="unlabeled prompts per task (the forms of --data; answers are not read): each task's "
                         "predicted retention becomes the data-light estimate on --model (does the merge reproduce "
                         "the own adapter's answers), with its track record; without --eval nothing is scored")

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-retention", type=opt.fraction(open_low=True), default=0.9, help="accuracy kept vs the own adapter (default 0.9)")
     p.add_argument("--data", action="append", default=None, metavar="PATH",
                    help="task data (DIR/<task>/eval.jsonl, JSONL files or a YAML mapping): verify by evaluation")
-    p.add_argument("--prompts", action="append", default=None, metavar="PATH",
+    p.add_argument("--prompts", action="extend", nargs="+", default=None, metavar="PATH",
                    help="unlabeled prompts per task (the forms of --data; answers are not read): decide from the "
                         "data-light estimate on --model instead of the data-free one (--data still verifies)")
     from analysis.commands.evaluate import add_model_arguments
@@ -42,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="verify every group by exact match (default: answer NLL first, exact match for the groups "
                         "that pass)")
     p.add_argument("--limit", type=opt.EVAL_LIMIT, default=32, help="eval rows per task when verifying (default 32)")
-    p.add_argument("--max-trials", type=opt.count(10**4), default=20, help="most group merges tried (default 20)")
+    p.add_argument("--max-trials", type=opt.count(10**4), default=None,
+                   help="most group merges tried (default 20 with --data, each verified by evaluation; 100 without: "
+                        "a prediction costs seconds)")
     p.add_argument("--threads", type=opt.THREADS, default=1,
                    help="torch threads (default 1: on a shared CPU two threads spin-wait and run far slower)")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
         predict = forecast_predictor(forecast) if forecast is not None else predicted_retention
         plan = Planner(args.min_retention, evaluate=evaluate, screen=None if args.no_screen else screen,
-                       predict=predict, max_trials=args.max_trials).plan(adapters)
+                       predict=predict, max_trials=args.max_trials or (20 if args.data else 100)).plan(adapters)
         if forecast is not None:
             plan.estimate_basis = "outputs"
             plan.estimate_on = {"model": forecast.loaded.identity.line(), "prompts": forecast.data.records(forecast.n)}

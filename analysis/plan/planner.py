@@ -42,6 +42,8 @@ CANDIDATES: list[tuple[str, dict[str, Any]]] = [
     # the best pair configuration of bench/results_sample_merge.json (0.985 on format_date + text_uppercase)
     ("isolation", {"granularity": "rows", "p": 0.1, "blend": "mean"}),
     ("linear", {}),
+    # every input at full strength (the factors side by side): the means above halve each task's scale
+    ("cat", {}),
 ]
 JACCARD_P = 0.1  # core rows per task and module for the ordering (as the isolation candidate)
 
