@@ -38,9 +38,17 @@ test: $(STAMP) system lint
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e and not slow"
 
-# Consolidating the ten sample adapters (every strategy at one budget + the planner): ~45-60 min on 2 shared cores.
+# Consolidating the ten sample adapters (issue 23's protocol: 8 arms x 3 seeds x 40 steps): two one-thread processes
+# side by side (LoRA arms | full fine-tuning arms), then joined; resumable. See sample_adapters/README.md for its time.
+LORA_ARMS = multitask merge-then-tune isolation isolation-random sequential sequential-isolation
 consolidate: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) bench/consolidate_table.py
+	OMP_NUM_THREADS=1 $(PY) bench/consolidate_table.py --label "full protocol" --out bench/.consolidate_lora.json \
+		--arms $(LORA_ARMS) & \
+	OMP_NUM_THREADS=1 $(PY) bench/consolidate_table.py --label "full protocol" --out bench/.consolidate_full.json \
+		--arms full-merge-then-tune full-isolation; wait
+	cp bench/.consolidate_lora.json bench/results_consolidate.json
+	$(PY) bench/consolidate_table.py --out bench/results_consolidate.json --merge bench/.consolidate_full.json
+	$(PY) bench/consolidate_table.py --out bench/results_consolidate.json --markdown
 
 bench: $(STAMP)
 	$(PY) bench/bench_overlap.py

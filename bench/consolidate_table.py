@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results_consolidate.json"
 DATA = ROOT / "sample_adapters" / "tasks"
 ARM_ORDER = ["multitask", "merge-then-tune", "isolation", "isolation-random", "sequential", "sequential-isolation",
-             "full-multitask", "full-merge-then-tune", "full-isolation"]
+             "full-merge-then-tune", "full-isolation"]  # full-multitask: --arms full-multitask (not in the hour)
 # (name, A, B, what it asks): A - B, paired by task and seed
 CONTRASTS = [
     ("freezing vs not (LoRA)", "isolation", "merge-then-tune", "does freezing the cores help, same start?"),
@@ -56,8 +56,8 @@ CONTRASTS = [
 ]
 # The full protocol, chosen from step times measured on this machine: a LoRA step of 8 sequences ~2.5 s and a full
 # fine-tuning step ~4.5 s on one thread, NLL of 640 eval rows ~80 s, exact match of 160 rows ~40 s. 6 LoRA arms x 3
-# seeds and 3 full fine-tuning arms x 3 seeds, run as two one-thread processes side by side (LoRA arms | results.json
-# rebuild then the full arms; `--arms`, `--out`, then `--merge`), is about one hour on the 2 cores. 60 steps or 32
+# seeds and 2 full fine-tuning arms x 3 seeds, run as two one-thread processes side by side (`make consolidate`: LoRA
+# arms | full arms, each with its own --out, then --merge) was planned at about one hour on the 2 cores. 60 steps or 32
 # exact-match rows would not fit it. 40 steps leave a fresh LoRA short of trained (the curve shows how far), so the
 # start-vs-fresh contrast measures learning speed; the freezing contrasts compare arms with the same start and budget.
 FULL = {"steps": 40, "seeds": 3, "curve": [10, 20], "curve_rows": 16, "rows": 64, "em_rows": 16}

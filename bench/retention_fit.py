@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth", default=str(REPO / "bench" / "results_retention_truth.json"))
     ap.add_argument("--write", action="store_true", help="ship the fit as analysis/data/retention_calibration.json")
     args = ap.parse_args(argv)
+    if not Path(args.truth).is_file():  # that set's ground truth has not been measured: say so, fit nothing
+        print(json.dumps({"truth": args.truth, "status": "not measured yet: make retention-truth (or shared-seed)"}))
+        return 0
     raw = Path(args.truth).read_bytes()
     result = fit(json.loads(raw))
     result["truth"] = {"file": str(Path(args.truth).relative_to(REPO)) if Path(args.truth).is_relative_to(REPO)

@@ -79,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results_retention_truth.json"))
     ap.add_argument("--reuse", action="store_true", help="keep trials already in --out (resume)")
     ap.add_argument("--max-merges", type=int, default=None, help="stop after this many merges (a smoke run)")
+    ap.add_argument("--shard", default="0/1", metavar="K/N",
+                    help="measure only merges k with k %% N == K (run N processes side by side, then --merge)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="add the merges of these results files (same protocol) to --out and exit")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge_files(args.out, args.merge)
+    shard, shards = (int(x) for x in args.shard.split("/"))
     torch.set_num_threads(args.threads)
     from retention_measure import Measurer  # beside this file
 
@@ -116,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     merges = []
     specs = merge_specs(names)[:args.max_merges]
     for k, spec in enumerate(specs):
+        if k % shards != shard:
+            continue
         sid = spec_id(spec)
         if sid in done and all("output_estimate" in t for t in done[sid]["tasks"]):
             merges.append(done[sid])
@@ -146,6 +155,29 @@ def main(argv: list[str] | None = None) -> int:
     summary = _write(args.out, names, own, base, merges, args, time.perf_counter() - t0,
                      f"{root.name} ({len(names)} adapters), {measurer.identity}")
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def merge_files(out: str, others: list[str]) -> int:
+    """Merges of `others` (shards of one protocol) added to `out`, in the specs' order; the protocol must match."""
+    stored = json.loads(Path(out).read_text()) if Path(out).is_file() else None
+    for other in others:
+        data = json.loads(Path(other).read_text())
+        if stored is None:
+            stored = data
+            continue
+        if {k: v for k, v in data["protocol"].items()} != stored["protocol"]:
+            raise SystemExit(f"{other}: another protocol than {out}")
+        have = {m["id"] for m in stored["merges"]}
+        stored["merges"] += [m for m in data["merges"] if m["id"] not in have]
+        stored["summary"]["seconds"] = round(stored["summary"]["seconds"] + data["summary"]["seconds"], 1)
+    assert stored is not None
+    order = {spec_id(s): k for k, s in enumerate(merge_specs(stored["adapters"]))}
+    stored["merges"].sort(key=lambda m: order.get(m["id"], len(order)))
+    stored["summary"].update({"merges": len(stored["merges"]),
+                              "task_trials": sum(len(m["tasks"]) for m in stored["merges"])})
+    Path(out).write_text(json.dumps(stored, indent=1) + "\n")
+    print(json.dumps(stored["summary"], indent=1))
     return 0
 
 

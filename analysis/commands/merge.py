@@ -281,9 +281,10 @@ def _readable(summary: dict[str, Any]) -> str:
         width = max(len(t["name"]) for t in tasks)
         lines += ["", f"{'task':<{width}}  predicted retention  core kept  interference  cosine  conflicts"]
         for t in tasks:
+            conflicts = t.get("conflicts")
             lines.append(f"{t['name']:<{width}}  {_predicted(t.get('predicted_retention')):>19}  "
-                         f"{_f(t['core_retention'], 9)}  {_f(t['interference'], 12)}  "
-                         f"{_f(t['cosine'], 6)}  {t['conflicts']:9d}")
+                         f"{_f(t.get('core_retention'), 9)}  {_f(t.get('interference'), 12)}  "
+                         f"{_f(t.get('cosine'), 6)}  {conflicts if conflicts is not None else 'n/a':>9}")
         lines.append(f"core kept: {METRIC_HELP['core_retention']}; interference: {METRIC_HELP['interference']}")
         lines += _track_lines(tasks)
     if summary.get("measured"):

@@ -262,8 +262,10 @@ def forecast_run(run: MergeRun, forecast: Any, progress: ProgressReporter | None
     preds = forecast.run(inputs, run.written_modules(), weights=run.result.weights)
     tick(1, 1, "")
     tasks = run.evidence.get("tasks")
-    if not tasks:
-        return run
+    if not tasks:  # no preview (--no-preview): the estimate still reaches the record, one row per input
+        rows_only = [{"index": i, "name": name, "predicted_retention": p.record() if p is not None else None}
+                     for i, (name, p) in enumerate(zip(run.adapters.names, preds))]
+        return dataclasses.replace(run, evidence={**run.evidence, "tasks": rows_only})
     rows = []
     for row in tasks:
         pred = preds[row["index"]] if row.get("index") is not None and row["index"] < len(preds) else None

@@ -109,6 +109,10 @@ def test_merge_prompts_carries_the_data_light_estimate(job: dict[str, Any], caps
                  "--prompts", str(job["prompts"]), "--model", str(job["folder"]), "--device", "cpu"])
     text = capsys.readouterr().out
     assert code == 0 and "predicted retention (data-light (outputs); 90% interval)" in text and "Spearman" in text
+    code = main(["merge", *map(str, job["paths"]), "--method", "linear", "--out", str(job["root"] / "m3"), "--json",
+                 "--no-preview", "--prompts", str(job["prompts"]), "--model", str(job["folder"]), "--device", "cpu"])
+    bare = json.loads(capsys.readouterr().out)["tasks"]  # no preview: the estimate still reaches the record
+    assert code == 0 and [t["predicted_retention"]["basis"] for t in bare] == ["data-light (outputs)"] * 2
 
 
 def test_merge_prompt_errors_are_one_line(job: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
