@@ -380,6 +380,7 @@ def main() -> None:
     parser.add_argument("--reuse", type=Path, help="stream: rerun only the query phase from a --keep directory")
     parser.add_argument("--gate", type=Path, help="stream: wait for GATE.go before the timed queries "
                         "(GATE.ready when loaded, GATE.done after); see bench/quiet_queries.sh")
+    parser.add_argument("--label", default=None, help="conditions of the run, saved with the record")
     args = parser.parse_args()
     if args.stage:
         n = args.n or dict(PLAN).get(args.stage, 1_000_000)
@@ -387,6 +388,8 @@ def main() -> None:
         if extra and args.stage != "stream":
             parser.error("--keep, --reuse and --gate apply to --stage stream only")
         result = STAGES[args.stage](n, **extra)
+        if args.label:
+            result["conditions"] = args.label
         print(json.dumps(result))
         if args.write:
             _save({f"{args.stage}_{n}": result})
