@@ -17,6 +17,9 @@ Each stage runs in its own process; peak memory = RSS of the stage's process tre
 
     python bench/bench_population_index.py --write            # all stages but stream 10^6
     python bench/bench_population_index.py --stage stream --n 1000000
+    python bench/bench_population_index.py --stage stream --n 1000000 --keep /tmp/pop1m/kept   # + save (5 GB)
+    python bench/bench_population_index.py --stage stream --n 1000000 --reuse /tmp/pop1m/kept  # queries only
+    bench/quiet_queries.sh /tmp/pop1m/kept /tmp/bgjobs.pids      # queries only, listed jobs paused around them
 """
 from __future__ import annotations
 
