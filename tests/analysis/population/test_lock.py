@@ -134,3 +134,37 @@ def test_two_scans_at_once_one_writes_the_other_is_refused_readers_read(tmp_path
     scan([ads], fresh, config=CONFIG, scheduler=SYNCHRONOUS)
     assert open_population(idx).paths == open_population(fresh).paths
     assert IndexStore.open(idx).read_catalog().keys() == IndexStore.open(fresh).read_catalog().keys()
+
+
+def test_a_reader_overtaken_by_compact_or_a_new_faiss_file_reads_again(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The races the writer's publication order leaves: `compact` removes the parts a reader has just listed,
+    a scan replaces the faiss file the reader's manifest names. Each is read again, never reported as damage."""
+    from analysis.population import ann as ann_module
+    from analysis.population import store as store_module
+
+    ads, idx = tmp_path / "ads", tmp_path / "idx"
+    write_population(SPEC, ads, 6)
+    scan([ads], idx, config=CONFIG, scheduler=SYNCHRONOUS, part_rows=2)
+    expected = open_population(idx)
+    read_part, load = store_module.IndexStore.read_part, ann_module.AnnIndex.load
+    writes: list[str] = []
+
+    def read_part_overtaken(self, part, columns=None):
+        if not writes:  # the reader listed the parts; a compaction now replaces them all
+            writes.append("compact")
+            assert main(["compact", "--index", str(idx)]) == 0
+        return read_part(self, part, columns)
+
+    def load_overtaken(folder, entry, d):
+        if len(writes) == 1:  # the reader read the manifest; a rebuild now publishes a new file, removes this one
+            writes.append("rebuild")
+            ann_module.sync_index(IndexStore.open(idx), rebuild=True)
+        return load(folder, entry, d)
+
+    monkeypatch.setattr(store_module.IndexStore, "read_part", read_part_overtaken)
+    monkeypatch.setattr(ann_module.AnnIndex, "load", staticmethod(load_overtaken))
+    pop = open_population(idx)
+    assert writes == ["compact", "rebuild"]
+    assert pop.paths == expected.paths and pop.vectors.tobytes() == expected.vectors.tobytes()
+    assert [len(i) for i in pop.ann.values()] == [len(i) for i in expected.ann.values()]
