@@ -5,6 +5,8 @@ query's exact re-rank pool (`query.noise_level`), which is why they live apart f
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -45,3 +47,21 @@ def cross_level(sims: np.ndarray) -> tuple[float, float]:
     mad = float(np.median(np.abs(sims - centre)))
     below = centre - sims[sims < centre]
     return centre, 1.4826 * max(mad, float(np.median(below)) if len(below) else 0.0) or 1e-12
+
+
+def tail_cut(sims: np.ndarray, centre: float, spread: float, z: float, p: float, tail: float = 0.05) -> float:
+    """The level chance exceeds with probability p, from the *lower* side of a chance sample.
+
+    Unrelated cosines are symmetric about their centre (flipping the sign of one update flips the cosine),
+    and their lower side holds no related pairs, so it shows the tail's shape: where it is heavier than a
+    Gaussian (few small modules: a cosine is a sum of few products of Gaussians, with exponential tails), an
+    exponential fitted to the lowest `tail` of the sample extrapolates it to p. Never below the Gaussian
+    level centre + spread z."""
+    dist = np.sort(centre - np.asarray(sims, dtype=np.float64))[::-1]  # distances below the centre, largest first
+    count = int(tail * len(dist))
+    gauss = centre + spread * z
+    if count < 20 or dist[count] <= 0:
+        return gauss
+    u = dist[count]
+    beta = float(np.mean(dist[:count] - u))  # exponential scale of the exceedances over u
+    return max(gauss, centre + u + beta * math.log(count / len(dist) / p))
