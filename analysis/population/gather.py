@@ -1,25 +1,26 @@
-"""Aggregated evidence: join groups whose *centroids* are related beyond chance (step 3b of `families`).
+"""Aggregated evidence: adapters join the family whose *centroid* they fit beyond chance (step 3b of `families`).
 
 The graph cut tests one edge at a time, so a family whose members are each only 2-3 noise spreads apart
 (within-family cosine 0.1 where unrelated pairs spread 0.04) falls apart into small pieces and adapters left
 alone, although the family is plain when its members are taken together: the cosine of an adapter with the
 unit centroid of m members of cohesion c is about c / sqrt(c + (1 - c) / m), which grows towards sqrt(c)
-(0.33 for c = 0.11, 8 spreads) as the piece grows.
+(0.33 for c = 0.11: 8 spreads) as the family grows.
 
-So, after the cut, for every pair of groups (family or lone adapter, at least one a family of >= 2) joined by
-an edge of the neighbour graph, the centroid cosine
+So, after the cut, every adapter is compared with the centroids of the families (groups of >= 2) that its
+graph neighbours belong to, and of its own family (leaving itself out):
 
-    T(A, B) = sum_{a in A, b in B} s(a, b) / (|S_A| |S_B|),   |S_A|^2 = sum_{a, a' in A} s(a, a')
+    T(i, F) = sum_{j in F, j != i} s(i, j) / |S_F - u_i|,   |S_F|^2 = sum_{j, j' in F} s(j, j')
 
-(S_A: the sum of A's unit vectors; s: the sketch or exact cosine) is compared with its chance level, measured
-per family on the cosines of random adapters outside it with its centroid (density mode and the spread below
-it, `chance.null_level`: mostly unrelated adapters), at the level chance exceeds with probability
-alpha / (every pair of groups with a family: the graph only chooses which to compute): the Gaussian quantile
-or, where the pooled sample's lower tail is heavier, its exponential extrapolation (`chance.tail_cut`); a
-family-family pair must pass the stricter of the two levels. Pairs beyond it are joined, strongest first: a lone
-adapter joins one family (its best), a family merges with at most one other family per round (so no group ties
-two others together in one step); centroids are recomputed and the test repeated until nothing joins. With sketches, S_A is a vector sum; with exact cosines the sums are
-over pairs (all of them, or `pairs_cap` sampled where a product of sizes exceeds it).
+(S_F: the sum of F's unit vectors; s: the sketch cosine, or the exact cosine over pairs). Chance is measured per
+family, on the cosines of random adapters outside it with its centroid (density mode and the spread below it,
+`chance.null_level`; a small family's centroid keeps more sketch noise than a large one's); the level is the
+one chance exceeds with probability alpha / (adapters x families: the graph only chooses which pairs to
+compute, any could have been the one chosen), Gaussian or, where the pooled lower tail is heavier, its
+exponential extrapolation (`chance.tail_cut`). An adapter goes to the family it fits best (in spreads above
+that family's centre) when it passes the level there; a lone adapter that passes nowhere stays alone, and a
+member never leaves its family but for a better one. Centroids are recomputed and the step repeated until no
+adapter moves: pieces of one family flow into its largest piece, while two distinct families never merge
+wholesale (each member keeps choosing the centroid it fits best).
 """
 from __future__ import annotations
 
@@ -35,149 +36,117 @@ log = logging.getLogger(__name__)
 Score = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (P,) similarity of index pairs
 
 
-def _groups(labels: np.ndarray) -> list[np.ndarray]:
-    order = np.argsort(labels, kind="stable")
-    bounds = np.flatnonzero(np.diff(labels[order])) + 1
-    return np.split(order, bounds)
+class _Centroids:
+    """Sums of the unit vectors of each family: as vectors (sketch) or through pair similarities (exact)."""
 
-
-class _Links:
-    """Centroid cosines between groups: from vector sums (sketch) or from sampled pair sums (exact)."""
-
-    def __init__(self, groups: list[np.ndarray], score: Score, vectors: np.ndarray | None,
-                 rng: np.random.Generator, pairs_cap: int) -> None:
-        self.groups, self.score, self.rng, self.cap = groups, score, rng, pairs_cap
-        self.sums = None
+    def __init__(self, members: list[np.ndarray], score: Score, vectors: np.ndarray | None,
+                 rng: np.random.Generator, cap: int) -> None:
+        self.members, self.score, self.vectors, self.rng, self.cap = members, score, vectors, rng, cap
         if vectors is not None:
-            self.sums = np.stack([vectors[g].sum(axis=0, dtype=np.float64) for g in groups])  # (G, d)
-            self.norms = np.linalg.norm(self.sums, axis=1)  # (G,)
+            self.sums = np.stack([vectors[m].sum(axis=0, dtype=np.float64) for m in members])  # (F, d)
+            self.sq = np.einsum("fd,fd->f", self.sums, self.sums)  # (F,) |S_F|^2
         else:
-            self.norms = np.sqrt(np.maximum([self._pair_sum(g, g) for g in groups], 1e-12))
+            self.sq = np.asarray([self._within(m) for m in members])
 
-    def _pair_sum(self, a: np.ndarray, b: np.ndarray) -> float:
-        """sum_{i in a, j in b} s(i, j) (s(i, i) = 1), sampled above `cap` pairs."""
-        same = a is b
-        if len(a) * len(b) <= self.cap:
-            i, j = np.repeat(a, len(b)), np.tile(b, len(a))
-        else:
-            i, j = self.rng.choice(a, self.cap), self.rng.choice(b, self.cap)
-        s = self.score(i, j)
-        if same:
-            s = np.where(i == j, 1.0, s)
-            if len(a) * len(b) > self.cap:  # the diagonal is known: estimate the off-diagonal mean only
-                off = i != j
-                mean = float(s[off].mean()) if off.any() else 0.0
-                return len(a) + len(a) * (len(a) - 1) * mean
-        return float(s.sum()) * (len(a) * len(b) / len(s))
+    def _sample(self, m: np.ndarray) -> tuple[np.ndarray, float]:
+        """Members to sum over (all, or `cap` sampled) and the factor that scales their sum to all of them."""
+        if len(m) <= self.cap:
+            return m, 1.0
+        return self.rng.choice(m, self.cap, replace=False), len(m) / self.cap
 
-    def to_adapters(self, x: np.ndarray, y: np.ndarray, vectors: np.ndarray | None) -> np.ndarray:
-        """(P,) cosine of adapter y[p] with the centroid of group x[p] (y outside it)."""
-        if self.sums is not None:
-            dots = np.einsum("pd,pd->p", self.sums[x], vectors[y])
-        else:
-            dots = np.asarray([self._pair_sum(self.groups[a], np.asarray([b])) for a, b in zip(x, y)])
-        return dots / self.norms[x]
+    def _within(self, m: np.ndarray) -> float:
+        a, _ = self._sample(m)
+        i, j = np.repeat(a, len(a)), np.tile(a, len(a))
+        off = i != j
+        mean = float(self.score(i[off], j[off]).mean()) if off.any() else 0.0
+        return len(m) + len(m) * (len(m) - 1) * mean
 
-    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """(P,) T for group index pairs x, y."""
-        if self.sums is not None:
-            dots = np.einsum("pd,pd->p", self.sums[x], self.sums[y])
-        else:
-            dots = np.asarray([self._pair_sum(self.groups[a], self.groups[b]) for a, b in zip(x, y)])
-        return dots / (self.norms[x] * self.norms[y])
+    def dots(self, i: np.ndarray, f: np.ndarray) -> np.ndarray:
+        """(P,) sum_{j in F_f} s(i, j) with s(i, i) = 1, for adapter/family index pairs."""
+        if self.vectors is not None:
+            return np.einsum("pd,pd->p", self.vectors[i], self.sums[f])
+        parts = [self._sample(self.members[g]) for g in f]
+        lengths = np.asarray([len(p[0]) for p in parts])
+        left = np.repeat(i, lengths)
+        right = np.concatenate([p[0] for p in parts])
+        s = np.where(left == right, 1.0, self.score(left, right))
+        sums = np.add.reduceat(s, np.concatenate([[0], np.cumsum(lengths)[:-1]]))
+        return sums * np.asarray([p[1] for p in parts])
 
-
-def _join(pairs: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """(G,) root group of every group after joining `pairs` (G', 2) in order, with the rules of one round."""
-    root = np.arange(len(sizes))
-    lone_done = np.zeros(len(sizes), dtype=bool)  # a lone adapter that joined this round
-    family_done = np.zeros(len(sizes), dtype=bool)  # a family that merged with another family this round
-
-    def find(g: int) -> int:
-        while root[g] != g:
-            g = root[g]
-        return g
-
-    for g, h in pairs:
-        if sizes[g] == 1 and sizes[h] == 1:
-            continue
-        if sizes[g] > 1 and sizes[h] > 1:
-            if family_done[g] or family_done[h]:
-                continue
-            family_done[g] = family_done[h] = True
-        else:
-            lone = g if sizes[g] == 1 else h
-            if lone_done[lone]:
-                continue
-            lone_done[lone] = True
-        root[find(h)] = find(g)
-    return np.asarray([find(g) for g in range(len(sizes))])
+    def fit(self, i: np.ndarray, f: np.ndarray, inside: np.ndarray) -> np.ndarray:
+        """(P,) T(i, F): cosine of adapter i with F's unit centroid, i left out where `inside`."""
+        d = self.dots(i, f)
+        sq = self.sq[f] - np.where(inside, 2.0 * d - 1.0, 0.0)
+        return (d - inside) / np.sqrt(np.maximum(sq, 1e-12))
 
 
-def _chance_cuts(links: _Links, labels: np.ndarray, families: np.ndarray, vectors: np.ndarray | None,
-                 rng: np.random.Generator, z: float, p: float, per_family: int) -> np.ndarray:
-    """(G,) the level a link to a family must pass (-inf for lone adapters: they are tested through families).
-
-    Per family: the cosines of `per_family` random adapters outside it with its centroid give its centre and
-    spread (a small family's centroid keeps more sketch noise than a large one's, so one pooled spread would
-    be too lenient for small families); the tail's shape (Gaussian, or heavier) from all of them pooled."""
-    x = np.repeat(families, per_family)
-    y = rng.integers(0, len(labels), len(x))
-    keep = labels[y] != x
-    null = links.to_adapters(x[keep], y[keep], vectors)
-    centre = np.zeros(len(links.groups))
-    spread = np.ones(len(links.groups))
-    for f in families:
-        centre[f], spread[f] = null_level(null[x[keep] == f])
-    standard = (null - centre[x[keep]]) / spread[x[keep]]
-    z_eff = tail_cut(standard, 0.0, 1.0, z, p)  # >= z
-    level = np.full(len(links.groups), -np.inf)
-    level[families] = centre[families] + spread[families] * z_eff
-    return level
+def _levels(cent: _Centroids, labels: np.ndarray, family_of_group: np.ndarray, rng: np.random.Generator,
+            p: float, z: float, per_family: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centre (F,), spread (F,)) of chance per family, and z_eff (>= z) in `spread`s for probability p."""
+    n_fam = len(cent.members)
+    f = np.repeat(np.arange(n_fam), per_family)
+    y = rng.integers(0, len(labels), len(f))
+    keep = family_of_group[labels[y]] != f
+    f, y = f[keep], y[keep]
+    null = cent.fit(y, f, np.zeros(len(f), dtype=bool))
+    centre, spread = np.zeros(n_fam), np.ones(n_fam)
+    for g in range(n_fam):
+        centre[g], spread[g] = null_level(null[f == g])
+    z_eff = tail_cut((null - centre[f]) / spread[f], 0.0, 1.0, z, p)
+    return np.stack([centre, spread]), np.asarray(z_eff)
 
 
 def gather(labels: np.ndarray, nbr: np.ndarray, score: Score, *, vectors: np.ndarray | None, z_of: Callable,
-           alpha: float, rng: np.random.Generator, null_per_family: int = 128, pairs_cap: int = 4096,
-           rounds: int = 64) -> tuple[np.ndarray, dict[str, Any]]:
-    """(labels, facts): groups joined while a graph-linked pair's centroid cosine is beyond chance.
+           alpha: float, rng: np.random.Generator, per_family: int = 128, cap: int = 512,
+           rounds: int = 32) -> tuple[np.ndarray, dict[str, Any]]:
+    """(labels, facts): adapters moved to the family whose centroid they fit beyond chance, until none moves.
 
-    `vectors`: unit sketch rows (sums taken directly), or None to use `score` over pairs (exact cosines).
+    `vectors`: unit sketch rows (centroids as vector sums), or None to use `score` over pairs (exact cosines;
+    families beyond `cap` members are summed over `cap` sampled ones).
     """
-    facts: dict[str, Any] = {"joined": 0, "rounds": 0}
     n = len(labels)
+    facts: dict[str, Any] = {"attached": 0, "moved": 0, "rounds": 0}
     rows = np.repeat(np.arange(n), nbr.shape[1])
-    cols = nbr.ravel()
-    ok = cols >= 0
-    rows, cols = rows[ok], cols[ok]
+    valid = nbr.ravel() >= 0
+    rows, cols = rows[valid], nbr.ravel()[valid]
     for _ in range(rounds):
         _, labels = np.unique(labels, return_inverse=True)
         labels = labels.ravel()
-        groups = _groups(labels)
         sizes = np.bincount(labels)
-        # candidate pairs: groups joined by a graph edge, at least one a family (lone pairs are the cut's)
-        a, b = labels[rows], labels[cols]
-        cand = (a != b) & ((sizes[a] > 1) | (sizes[b] > 1))
-        if not cand.any():
+        fam_groups = np.flatnonzero(sizes > 1)
+        if len(fam_groups) == 0:
             break
-        pairs = np.unique(np.sort(np.stack([a[cand], b[cand]], 1), axis=1), axis=0)  # (P, 2)
-        families = np.flatnonzero(sizes > 1)
-        links = _Links(groups, score, vectors, rng, pairs_cap)
-        # the graph only picks which pairs to compute; any (family, group) pair could have been the one joined,
-        # so the multiple-test count is all of them, not the few computed
-        tests = len(families) * (len(groups) - 1) - len(families) * (len(families) - 1) // 2
-        p = alpha / max(tests, 1)
-        level = _chance_cuts(links, labels, families, vectors, rng, z_of(p), p, null_per_family)
-        cut = np.maximum(level[pairs[:, 0]], level[pairs[:, 1]])  # (P,) the stricter family's level
-        t = links(pairs[:, 0], pairs[:, 1])
-        above = np.flatnonzero(t > cut)
+        family_of_group = np.full(len(sizes), -1)
+        family_of_group[fam_groups] = np.arange(len(fam_groups))
+        order = np.argsort(labels, kind="stable")
+        members = np.split(order, np.cumsum(sizes)[:-1])
+        cent = _Centroids([members[g] for g in fam_groups], score, vectors, rng, cap)
+        p = alpha / (n * len(fam_groups))
+        (centre, spread), z_eff = _levels(cent, labels, family_of_group, rng, p, z_of(p), per_family)
+        # candidates: the families of each adapter's graph neighbours, and its own
+        own = family_of_group[labels]
+        cand_i = np.concatenate([rows, np.flatnonzero(own >= 0)])
+        cand_f = np.concatenate([family_of_group[labels[cols]], own[own >= 0]])
+        ok = cand_f >= 0
+        pairs = np.unique(np.stack([cand_i[ok], cand_f[ok]], 1), axis=0)  # (P, 2) adapter, family
+        i, f = pairs[:, 0], pairs[:, 1]
+        fit = cent.fit(i, f, own[i] == f)
+        margin = (fit - centre[f]) / spread[f]  # in spreads above the family's chance centre
+        passes = margin > z_eff
+        # each adapter: its best passing family; members without one stay where they are
+        top = np.lexsort((-margin, i))  # by adapter, best margin first
+        first = top[np.r_[True, i[top][1:] != i[top][:-1]]]
+        good = first[passes[first]]
+        best = np.full(n, -1)
+        best[i[good]] = f[good]
+        move = (best >= 0) & (best != own)
         facts["rounds"] += 1
-        facts["median_cut"] = round(float(np.median(level[families])), 4)
-        log.debug("gather round %d: %d pairs, %d beyond their level", facts["rounds"], len(pairs), len(above))
-        if len(above) == 0:
+        facts["level_spreads"] = round(float(z_eff), 2)
+        if not move.any():
             break
-        # strongest first: a lone adapter joins one family (its best), a family merges with one other family
-        # per round; so no group ties two others together in one step
-        merged = _join(pairs[above[np.argsort(-t[above], kind="stable")]], sizes)
-        facts["joined"] += int(len(groups) - len(np.unique(merged)))
-        labels = merged[labels]
+        facts["attached"] += int((move & (own < 0)).sum())
+        facts["moved"] += int((move & (own >= 0)).sum())
+        labels = labels.copy()
+        labels[move] = fam_groups[best[move]]
+        log.debug("gather round %d: %d adapters moved", facts["rounds"], int(move.sum()))
     return labels, facts
