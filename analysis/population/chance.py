@@ -5,8 +5,6 @@ query's exact re-rank pool (`query.noise_level`), which is why they live apart f
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 
@@ -49,19 +47,17 @@ def cross_level(sims: np.ndarray) -> tuple[float, float]:
     return centre, 1.4826 * max(mad, float(np.median(below)) if len(below) else 0.0) or 1e-12
 
 
-def tail_cut(sims: np.ndarray, centre: float, spread: float, z: float, p: float, tail: float = 0.05) -> float:
-    """The level chance exceeds with probability p, from the *lower* side of a chance sample.
+def tail_cut(sims: np.ndarray, centre: float, spread: float, z: float, q: float = 0.01) -> float:
+    """The level centre + spread * z, widened where the chance sample's tail is heavier than a Gaussian's.
 
-    Unrelated cosines are symmetric about their centre (flipping the sign of one update flips the cosine),
-    and their lower side holds no related pairs, so it shows the tail's shape: where it is heavier than a
-    Gaussian (few small modules: a cosine is a sum of few products of Gaussians, with exponential tails), an
-    exponential fitted to the lowest `tail` of the sample extrapolates it to p. Never below the Gaussian
-    level centre + spread z."""
-    dist = np.sort(centre - np.asarray(sims, dtype=np.float64))[::-1]  # distances below the centre, largest first
-    count = int(tail * len(dist))
-    gauss = centre + spread * z
-    if count < 20 or dist[count] <= 0:
-        return gauss
-    u = dist[count]
-    beta = float(np.mean(dist[:count] - u))  # exponential scale of the exceedances over u
-    return max(gauss, centre + u + beta * math.log(count / len(dist) / p))
+    Unrelated cosines are symmetric about their centre (flipping the sign of one update flips the cosine), and
+    their lower side holds no related pairs, so it shows the tail's weight: where its q-quantile lies r times
+    further below the centre than a Gaussian's would (few small modules: a cosine is a sum of few products of
+    Gaussians), z is taken r times larger. Never below the Gaussian level."""
+    from scipy.stats import norm
+
+    sims = np.asarray(sims, dtype=np.float64)
+    if len(sims) * q < 10 or spread <= 0:
+        return centre + spread * z
+    ratio = (centre - float(np.quantile(sims, q))) / (spread * float(norm.isf(q)))
+    return centre + spread * z * max(1.0, ratio)

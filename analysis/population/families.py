@@ -234,7 +234,7 @@ def base_families(vectors: np.ndarray, *, k_sketch: int, neighbours: int = DEFAU
     gathered: dict[str, Any] = {}
     if threshold is None and n_families is None:
         labels, gathered = gather(labels, nbr, score, vectors=vectors if exact is None else None, z_of=_z,
-                                  alpha=ALPHA, rng=rng)
+                                  alpha=ALPHA, rng=rng, floor=spread)
     # 5. resolution: adapters left alone whose K best are, together, beyond what chance gives (p < 0.001)
     counts = np.bincount(labels)
     alone = counts[labels] == 1

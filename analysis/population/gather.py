@@ -11,13 +11,15 @@ graph neighbours belong to, and of its own family (leaving itself out):
 
     T(i, F) = sum_{j in F, j != i} s(i, j) / |S_F - u_i|,   |S_F|^2 = sum_{j, j' in F} s(j, j')
 
-(S_F: the sum of F's unit vectors; s: the sketch cosine, or the exact cosine over pairs). Chance is measured per
-family, on the cosines of random adapters outside it with its centroid (density mode and the spread below it,
-`chance.null_level`; a small family's centroid keeps more sketch noise than a large one's); the level is the
-one chance exceeds with probability alpha / (adapters x families: the graph only chooses which pairs to
-compute, any could have been the one chosen), Gaussian or, where the pooled lower tail is heavier, its
-exponential extrapolation (`chance.tail_cut`). An adapter goes to the family it fits best (in spreads above
-that family's centre) when it passes the level there; a lone adapter that passes nowhere stays alone, and a
+(S_F: the sum of F's unit vectors; s: the sketch cosine, or the exact cosine over pairs). Chance is measured
+per family, on the cosines with its centroid of one random adapter from each of (up to 512) other groups
+(density mode and the spread below it, `chance.null_level`; a small family's centroid keeps more sketch noise
+than a large one's); the level is the one chance exceeds with probability alpha / (adapters x families: the graph only chooses which pairs to
+compute, any could have been the one chosen): the Gaussian quantile, widened where the pooled lower tail is
+heavier than a Gaussian's (`chance.tail_cut`); a family's centre is never taken below 0 (the expected
+cosine of unrelated updates), its spread never below the pooled one nor below the spread of one pair (a tight
+family's centroid is as noisy as one of its members). An adapter goes to the family whose centroid it fits
+best (largest T) when it passes the level there; a lone adapter that passes nowhere stays alone, and a
 member never leaves its family but for a better one. Centroids are recomputed and the step repeated until no
 adapter moves: pieces of one family flow into its largest piece, while two distinct families never merge
 wholesale (each member keeps choosing the centroid it fits best).
@@ -80,29 +82,43 @@ class _Centroids:
         return (d - inside) / np.sqrt(np.maximum(sq, 1e-12))
 
 
-def _levels(cent: _Centroids, labels: np.ndarray, family_of_group: np.ndarray, rng: np.random.Generator,
-            p: float, z: float, per_family: int) -> tuple[np.ndarray, np.ndarray]:
-    """(centre (F,), spread (F,)) of chance per family, and z_eff (>= z) in `spread`s for probability p."""
+def _levels(cent: _Centroids, groups: list[np.ndarray], family_of_group: np.ndarray, rng: np.random.Generator,
+            z: float, per_family: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """(centre (F,), spread (F,)) of chance per family, and z_eff (>= z) in `spread`s for probability p.
+
+    The sample: one random adapter from each of up to `per_family` other groups (members of one family are
+    near copies of each other; drawn many times they would make a spike the mode would settle on)."""
     n_fam = len(cent.members)
-    f = np.repeat(np.arange(n_fam), per_family)
-    y = rng.integers(0, len(labels), len(f))
-    keep = family_of_group[labels[y]] != f
-    f, y = f[keep], y[keep]
+    picks = np.asarray([g[rng.integers(len(g))] for g in groups])  # (G,) one adapter per group
+    others = np.flatnonzero(family_of_group >= 0)
+    f_parts, y_parts = [], []
+    for fam, g in enumerate(others):
+        choose = np.delete(np.arange(len(groups)), g)
+        if len(choose) > per_family:
+            choose = rng.choice(choose, per_family, replace=False)
+        f_parts.append(np.full(len(choose), fam))
+        y_parts.append(picks[choose])
+    f, y = np.concatenate(f_parts), np.concatenate(y_parts)
     null = cent.fit(y, f, np.zeros(len(f), dtype=bool))
+    _, pooled = null_level(null)
     centre, spread = np.zeros(n_fam), np.ones(n_fam)
     for g in range(n_fam):
         centre[g], spread[g] = null_level(null[f == g])
-    z_eff = tail_cut((null - centre[f]) / spread[f], 0.0, 1.0, z, p)
+    z_eff = tail_cut((null - centre[f]) / spread[f], 0.0, 1.0, z)  # the tail's weight, in each family's units
+    spread = np.maximum(spread, max(pooled, floor))  # never more lenient than all families pooled or than a pair
+    centre = np.maximum(centre, 0.0)  # unrelated updates have expected cosine 0: a lower mode is sampling noise
     return np.stack([centre, spread]), np.asarray(z_eff)
 
 
 def gather(labels: np.ndarray, nbr: np.ndarray, score: Score, *, vectors: np.ndarray | None, z_of: Callable,
-           alpha: float, rng: np.random.Generator, per_family: int = 128, cap: int = 512,
+           alpha: float, rng: np.random.Generator, floor: float = 0.0, per_family: int = 512, cap: int = 512,
            rounds: int = 32) -> tuple[np.ndarray, dict[str, Any]]:
     """(labels, facts): adapters moved to the family whose centroid they fit beyond chance, until none moves.
 
     `vectors`: unit sketch rows (centroids as vector sums), or None to use `score` over pairs (exact cosines;
-    families beyond `cap` members are summed over `cap` sampled ones).
+    families beyond `cap` members are summed over `cap` sampled ones). `floor`: the chance spread of one pair,
+    below which no family's spread is taken (for unrelated isotropic updates the centroid cosine spreads as a
+    pair does; sketch noise averages a little in a centroid, so this errs on the strict side).
     """
     n = len(labels)
     facts: dict[str, Any] = {"attached": 0, "moved": 0, "rounds": 0}
@@ -122,7 +138,7 @@ def gather(labels: np.ndarray, nbr: np.ndarray, score: Score, *, vectors: np.nda
         members = np.split(order, np.cumsum(sizes)[:-1])
         cent = _Centroids([members[g] for g in fam_groups], score, vectors, rng, cap)
         p = alpha / (n * len(fam_groups))
-        (centre, spread), z_eff = _levels(cent, labels, family_of_group, rng, p, z_of(p), per_family)
+        (centre, spread), z_eff = _levels(cent, members, family_of_group, rng, z_of(p), per_family, floor)
         # candidates: the families of each adapter's graph neighbours, and its own
         own = family_of_group[labels]
         cand_i = np.concatenate([rows, np.flatnonzero(own >= 0)])
@@ -131,10 +147,9 @@ def gather(labels: np.ndarray, nbr: np.ndarray, score: Score, *, vectors: np.nda
         pairs = np.unique(np.stack([cand_i[ok], cand_f[ok]], 1), axis=0)  # (P, 2) adapter, family
         i, f = pairs[:, 0], pairs[:, 1]
         fit = cent.fit(i, f, own[i] == f)
-        margin = (fit - centre[f]) / spread[f]  # in spreads above the family's chance centre
-        passes = margin > z_eff
-        # each adapter: its best passing family; members without one stay where they are
-        top = np.lexsort((-margin, i))  # by adapter, best margin first
+        passes = fit > centre[f] + spread[f] * z_eff
+        # each adapter: the centroid it fits best, if that one passes; members without one stay where they are
+        top = np.lexsort((-fit, i))  # by adapter, best fit first
         first = top[np.r_[True, i[top][1:] != i[top][:-1]]]
         good = first[passes[first]]
         best = np.full(n, -1)
