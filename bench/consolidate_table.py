@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results_consolidate.json"
 DATA = ROOT / "sample_adapters" / "tasks"
 ARM_ORDER = ["multitask", "merge-then-tune", "isolation", "isolation-random", "sequential", "sequential-isolation",
-             "full-merge-then-tune", "full-isolation"]
+             "full-multitask", "full-merge-then-tune", "full-isolation"]
 # (name, A, B, what it asks): A - B, paired by task and seed
 CONTRASTS = [
     ("freezing vs not (LoRA)", "isolation", "merge-then-tune", "does freezing the cores help, same start?"),
@@ -54,12 +54,13 @@ CONTRASTS = [
     ("freezing vs not (full fine-tuning)", "full-isolation", "full-merge-then-tune", "the paper's setting"),
     ("full isolation vs full multitask", "full-isolation", "full-multitask", "the paper's main claim, full FT"),
 ]
-# The full protocol, chosen from step times measured on this machine (README, "What the sample set can test"):
-# a LoRA step of 8 sequences 4.4-6.0 s, a full fine-tuning step ~11 s, NLL of 640 eval rows 154 s, exact match
-# of 320 rows ~130 s, one thread at load ~6 (7 jobs sharing 2 cores): 8 arms x 3 seeds x (60 steps + curve +
-# final NLL + exact match) is ~5.5 h at that load, roughly 1.5 h on an idle machine with two threads
-# (extrapolated, not measured). It does not fit one hour here; fewer steps or seeds would not answer anything.
-FULL = {"steps": 60, "seeds": 3, "curve": [15, 30], "curve_rows": 16, "rows": 64, "em_rows": 32}
+# The full protocol, chosen from step times measured on this machine: a LoRA step of 8 sequences ~2.5 s and a full
+# fine-tuning step ~4.5 s on one thread, NLL of 640 eval rows ~80 s, exact match of 160 rows ~40 s. 6 LoRA arms x 3
+# seeds and 3 full fine-tuning arms x 3 seeds, run as two one-thread processes side by side (LoRA arms | results.json
+# rebuild then the full arms; `--arms`, `--out`, then `--merge`), is about one hour on the 2 cores. 60 steps or 32
+# exact-match rows would not fit it. 40 steps leave a fresh LoRA short of trained (the curve shows how far), so the
+# start-vs-fresh contrast measures learning speed; the freezing contrasts compare arms with the same start and budget.
+FULL = {"steps": 40, "seeds": 3, "curve": [10, 20], "curve_rows": 16, "rows": 64, "em_rows": 16}
 
 log = logging.getLogger("consolidate_table")
 

@@ -7,7 +7,8 @@ on the held-back third: rank correlation (Spearman) and mean absolute error agai
 the rank correlation against the NLL-based retention, and, for comparison on the same held-back trials, the rank
 correlation of simpler signals (the cosine between the merged update and the task's own, the best-fitting scale
 alone), and the data-light agreement on outputs (`bench/retention_outputs.py`: does the merge reproduce the own
-adapter's greedy answers on unlabeled prompts; no fit, the agreement is the estimate). With --write the fit becomes analysis/data/retention_calibration.json, what the tool ships.
+adapter's greedy answers on unlabeled prompts; no fit, the agreement is the estimate, its interval the held-back
+90% quantile of the error, shipped as the `outputs` calibration the faces' data-light estimate uses). With --write the fit becomes analysis/data/retention_calibration.json, what the tool ships.
 
     python bench/retention_fit.py [--truth bench/results_retention_truth.json] [--write]
 """
@@ -24,7 +25,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from analysis.predict import CALIBRATION, Signal, calibrate, spearman  # noqa: E402
+import numpy as np  # noqa: E402
+
+from analysis.predict import CALIBRATION, OUTPUTS, Signal, calibrate, spearman  # noqa: E402
 
 BASES = (("data-free", "data_free"), ("data-light", "data_light"))
 
@@ -58,15 +61,20 @@ def fit(truth: dict[str, Any]) -> dict[str, Any]:
         out["baselines"][basis] = {"spearman_heldout_cosine": spearman(cos, hy),
                                    "spearman_heldout_scale": spearman([s.scale for s in hs], hy)}
     if rows and all("output_agreement" in t for _, t in rows):  # data-light from outputs: the agreement itself
-        est = [min(1.0, t["output_agreement"] / t["own_agreement"]) if t["own_agreement"] else 0.0 for _, t in rows]
+        est = [t["output_estimate"] if t.get("output_estimate") is not None else  # as Forecast computes it
+               (min(1.0, t["output_agreement"] / t["own_agreement"]) if t["own_agreement"] else 0.0)  # older runs
+               for _, t in rows]
         he = [e for e, h in zip(est, held) if h]
         hy = [v for v, h in zip(y, held) if h]
-        out["outputs"] = {"basis": "data-light (outputs)", "spearman_heldout": spearman(he, hy),
-                          "mae_heldout": float(sum(abs(a - b) for a, b in zip(he, hy)) / max(1, len(he))),
-                          "spearman_all": spearman(est, y), "n_heldout": len(he),
-                          "spearman_heldout_vs_nll_retention": spearman(he, [t["retention_nll"] for (_, t), h in
-                                                                              zip(rows, held) if h]),
-                          "heldout_points": [[round(a, 4), round(b, 4)] for a, b in zip(he, hy)]}
+        err = [abs(a - b) for a, b in zip(he, hy)]
+        out["calibrations"][OUTPUTS] = {
+            "basis": "data-light (outputs)", "weights": [], "n_train": 0, "n_heldout": len(he),
+            "halfwidth": float(np.quantile(err, 0.9)) if err else 1.0,  # 90% split-conformal, as for the others
+            "spearman_heldout": spearman(he, hy), "mae_heldout": float(np.mean(err)) if err else float("nan"),
+            "measured_on": measured_on + f"; {truth['protocol'].get('output_prompts', 16)} unlabeled train prompts per task",
+            "spearman_all": spearman(est, y),
+            "spearman_heldout_vs_nll_retention": spearman(he, [t["retention_nll"] for (_, t), h in zip(rows, held) if h]),
+            "heldout_points": [[round(a, 4), round(b, 4)] for a, b in zip(he, hy)]}
     return out
 
 

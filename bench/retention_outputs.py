@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.merge import merge_adapters
 
     truth = json.loads(Path(args.truth).read_text())
-    root, data = Path(truth["protocol"]["adapters"]), truth["protocol"]["data"]
+    root, data = REPO / truth["protocol"]["adapters"], str(REPO / truth["protocol"]["data"])
     adapters = {d.name: load_adapter(d, name=d.name) for d in sorted(p.parent for p in root.glob("*/adapter_config.json"))}
     loaded = load_model(ModelSpec())
     model, tok = loaded.model, loaded.tokenizer

@@ -5,8 +5,9 @@ TSV; equal and unequal weights) and every task in it:
 - measured: exact-match accuracy of the merged update on the task's eval rows and the teacher-forced answer NLL,
   next to the task's own adapter and the base; retention = merged / own (exact match) and the share of the own
   adapter's NLL gain the merge keeps, (NLL_base - NLL_merged) / (NLL_base - NLL_own);
-- predicted signals: data-free (weights) and data-light (each module's inputs on 16 unlabeled TRAIN prompts of the
-  task, never the eval rows).
+- predicted signals: data-free (weights), data-light on inputs (each module's inputs on 16 unlabeled TRAIN prompts
+  of the task, never the eval rows) and data-light on outputs (`analysis.predict.agreement`: the share of those
+  prompts on which the merge greedily writes what the task's own adapter writes).
 Merges are exact (no export truncation): the estimate describes the merge, the export fidelity is its own number.
 
 Everything goes to bench/results_retention_truth.json (written every 5 merges; `--reuse` resumes a run cut
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from analysis.adapters.load import load_adapter  # noqa: E402
-from analysis.predict import capture_inputs, task_signals  # noqa: E402
+from analysis.predict import agreement_hits, capture_inputs, outputs_value, own_answers, task_signals  # noqa: E402
 
 METHODS = {  # name -> (registered method, parameters)
     "linear": ("linear", {}),
@@ -93,6 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     modules = sorted(set().union(*(a.modules for a in adapters.values())))
     acts = {t: capture_inputs(measurer.model, measurer.tokenizer, modules, measurer.prompts(t, args.prompts))
             for t in names}
+    prompts = {t: measurer.prompts(t, args.prompts) for t in names}
+    answers = {t: own_answers(measurer.model, measurer.tokenizer, adapters[t].modules, prompts[t]) for t in names}
+
+    def hits(deltas: Any, task: str) -> list[bool]:
+        return agreement_hits(measurer.model, measurer.tokenizer, deltas, prompts[task], answers[task])
+
+    own_hits = {t: hits(adapters[t].modules, t) for t in names}
+
+    def outputs(deltas: Any, task: str) -> dict[str, Any]:
+        """The faces' data-light estimate (`analysis.predict.Forecast`): agreement given the own adapter's."""
+        got = hits(deltas, task)
+        return {"output_estimate": outputs_value(own_hits[task], got), "output_agreement": sum(got) / len(got),
+                "own_agreement": sum(own_hits[task]) / len(got)}
     prior = json.loads(Path(args.out).read_text()) if args.reuse and Path(args.out).is_file() else {}
     same = prior.get("protocol", {}).get("measure") == MEASURE_VERSION and (
         prior["protocol"].get("em_rows"), prior["protocol"].get("nll_rows")) == (args.em_rows, args.nll_rows)
@@ -103,13 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     specs = merge_specs(names)[:args.max_merges]
     for k, spec in enumerate(specs):
         sid = spec_id(spec)
-        if sid in done:
+        if sid in done and all("output_estimate" in t for t in done[sid]["tasks"]):
             merges.append(done[sid])
             continue
         members = [adapters[n] for n in spec["members"]]
         method, params = METHODS[spec["method"]]
         tm = time.perf_counter()
         merged = merge_adapters(members, method, weights=spec["weights"], params=params).modules
+        if sid in done:  # measured before the output agreement was part of the run: add only that
+            merges.append({**done[sid], "tasks": [{**t, **outputs(merged, t["task"])} for t in done[sid]["tasks"]]})
+            continue
         free = task_signals(members, merged)
         light = task_signals(members, merged, activations=[acts[n] for n in spec["members"]])
         tasks = []
@@ -118,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             tasks.append({"task": n, "accuracy": m["accuracy"], "nll": m["nll"],
                           "retention_em": m["accuracy"] / own[n]["accuracy"] if own[n]["accuracy"] > 0 else None,
                           "retention_nll": (base[n]["nll"] - m["nll"]) / (base[n]["nll"] - own[n]["nll"]),
-                          "data_free": free[i].__dict__, "data_light": light[i].__dict__})
+                          "data_free": free[i].__dict__, "data_light": light[i].__dict__,
+                          **outputs(merged, n)})
         merges.append({"id": sid, **spec, "seconds": round(time.perf_counter() - tm, 1), "tasks": tasks})
         print(f"[{k + 1}/{len(specs)}] {spec['method']} {'+'.join(spec['members'])}: "
               + ", ".join(f"{t['task']} {t['accuracy']:.2f}" for t in tasks), file=sys.stderr, flush=True)
@@ -131,12 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _rel(path: str) -> str:
+    """Repo-relative where possible: the results file names what it measured without this machine's paths."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
+
 def _write(path: str, names, own, base, merges, args, seconds: float, measured_on: str) -> dict[str, Any]:
     summary = {"merges": len(merges), "task_trials": sum(len(m["tasks"]) for m in merges),
                "seconds": round(seconds, 1), "measured_on": measured_on}
     data = {"summary": summary, "adapters": names, "own": own, "base": base,
-            "protocol": {"measure": MEASURE_VERSION, "em_rows": args.em_rows, "nll_rows": args.nll_rows, "prompts": args.prompts,
-                         "adapters": str(args.adapters), "data": str(args.data)},
+            "protocol": {"measure": MEASURE_VERSION, "em_rows": args.em_rows, "nll_rows": args.nll_rows, "prompts": args.prompts, "output_prompts": args.prompts,
+                         "adapters": _rel(args.adapters), "data": _rel(args.data)},
             "merges": merges}
     Path(path).write_text(json.dumps(data, indent=1) + "\n")
     return summary

@@ -80,6 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(repeatable; default: the sample tasks)")
     g.add_argument("--metric", default="exact", choices=("exact", "nll", "both"), help="--eval metric (default exact)")
     g.add_argument("--limit", type=opt.EVAL_LIMIT, default=None, metavar="N", help="--eval: first N rows per task")
+    g.add_argument("--prompts", action="extend", nargs="+", default=None, metavar="PATH",
+                   help="unlabeled prompts per task (the forms of --data; answers are not read): each task's "
+                        "predicted retention becomes the data-light estimate on --model (does the merge reproduce "
+                        "the own adapter's answers), with its track record; without --eval nothing is scored")
     p.set_defaults(func=run)
 
 
@@ -168,18 +172,23 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out_dir(out, inputs=[*args.paths, *recipe_input_paths(args.recipe)], force=args.force)  # before any work
     from analysis.threads import bounded_threads
-    from analysis.workflow import ProgressReporter, measure_run, run_merge
+    from analysis.workflow import ProgressReporter, forecast_run, measure_run, run_merge
 
     measure = _measure_data(args)  # data validated before anything is merged or loaded
+    prompts = _prompts(args)
     adapters, method, params, weights, export, preview = _job(args)
     _check_extras(adapters, export)
+    loaded = _load_model(args, adapters) if measure is not None or prompts is not None else None
     if measure is not None:
-        measure = _measure(args, measure, adapters)
+        measure = _measure(loaded, measure, args.limit)
+    forecast = _forecast(loaded, prompts, adapters) if prompts is not None else None
     bars = _Bars()
     try:
         with bounded_threads():  # this face's torch threads (ADAPTER_ATLAS_THREADS, else half the cores)
             merged = run_merge(adapters, method, params, weights, export, preview=preview,
                                progress=ProgressReporter(bars))
+            if forecast is not None:
+                merged = forecast_run(merged, forecast, ProgressReporter(bars))
             if measure is not None:
                 merged = measure_run(merged, measure, ProgressReporter(bars))
     finally:
@@ -199,8 +208,10 @@ def run(args: argparse.Namespace) -> int:
 def _measure_data(args: argparse.Namespace) -> Any:
     """The validated task data of --eval (None without --eval); model options without --eval are refused."""
     if not args.eval:
-        if args.model or args.data:
-            raise RecipeError("--model and --data measure the merge: add --eval")
+        if args.data:
+            raise RecipeError("--data measures the merge: add --eval (or give unlabeled --prompts for the estimate)")
+        if args.model and not args.prompts:
+            raise RecipeError("--model measures the merge (--eval) or estimates it from --prompts: add one")
         return None
     if args.limit is not None and args.limit < 1:
         raise RecipeError(f"--limit must be at least 1, got {args.limit}")
@@ -209,16 +220,46 @@ def _measure_data(args: argparse.Namespace) -> Any:
     return load_data(args.data, metric=args.metric)
 
 
-def _measure(args: argparse.Namespace, data: Any, adapters: Any) -> Any:
-    """The Measure request: the model loaded and every input checked to fit it, before the merge."""
+def _prompts(args: argparse.Namespace) -> Any:
+    """The validated unlabeled prompts of --prompts (None without), read before any model loads."""
+    if not args.prompts:
+        return None
+    from analysis.evaluation import load_prompts
+
+    return load_prompts(args.prompts)
+
+
+def _load_model(args: argparse.Namespace, adapters: Any) -> Any:
+    """The model of --eval / --prompts, loaded once, every input checked to fit it (one line), before the merge."""
     from analysis.commands.evaluate import model_spec
-    from analysis.evaluation import Evaluator, Measure, load_model
+    from analysis.evaluation import check_fit, load_model
 
     print(f"loading the model ({args.model or 'the sample base'})...", file=sys.stderr)
-    evaluator = Evaluator(load_model(model_spec(args, args.model)), data, limit=args.limit)
-    for w in evaluator.check(adapters.adapters):
+    loaded = load_model(model_spec(args, args.model))
+    for w in check_fit(loaded.model, adapters.adapters, model_name=loaded.identity.name,
+                       aliases=loaded.identity.aliases):
         print(f"warning: {w}", file=sys.stderr)
-    return Measure(evaluator)
+    return loaded
+
+
+def _measure(loaded: Any, data: Any, limit: int | None) -> Any:
+    """The Measure request on the loaded model."""
+    from analysis.evaluation import Evaluator, Measure
+
+    return Measure(Evaluator(loaded, data, limit=limit))
+
+
+def _forecast(loaded: Any, prompts: Any, adapters: Any) -> Any:
+    """The Forecast request; an input the prompts give no task of its own keeps the data-free estimate (said once)."""
+    from analysis.errors import EvaluationDataError
+    from analysis.predict import Forecast
+
+    for a in adapters.adapters:
+        try:
+            prompts.own_task(a)
+        except EvaluationDataError as exc:
+            print(f"note: {exc}; its estimate stays data-free", file=sys.stderr)
+    return Forecast(loaded, prompts)
 
 
 def _readable(summary: dict[str, Any]) -> str:
@@ -238,14 +279,32 @@ def _readable(summary: dict[str, Any]) -> str:
     tasks = summary.get("tasks")
     if tasks:
         width = max(len(t["name"]) for t in tasks)
-        lines += ["", f"{'task':<{width}}  core kept  interference  cosine  conflicts"]
+        lines += ["", f"{'task':<{width}}  predicted retention  core kept  interference  cosine  conflicts"]
         for t in tasks:
-            lines.append(f"{t['name']:<{width}}  {_f(t['core_retention'], 9)}  {_f(t['interference'], 12)}  "
+            lines.append(f"{t['name']:<{width}}  {_predicted(t.get('predicted_retention')):>19}  "
+                         f"{_f(t['core_retention'], 9)}  {_f(t['interference'], 12)}  "
                          f"{_f(t['cosine'], 6)}  {t['conflicts']:9d}")
         lines.append(f"core kept: {METRIC_HELP['core_retention']}; interference: {METRIC_HELP['interference']}")
+        lines += _track_lines(tasks)
     if summary.get("measured"):
         lines += ["", *measured_lines(summary["measured"])]
     return "\n".join(lines)
+
+
+def _predicted(pred: dict[str, Any] | None) -> str:
+    return f"{pred['value']:.2f} [{pred['low']:.2f}, {pred['high']:.2f}]" if pred else "n/a"
+
+
+def _track_lines(tasks: list[dict[str, Any]]) -> list[str]:
+    """One line per estimate basis shown: what it is and how well it has predicted so far (held-back merges)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for t in tasks:
+        pred = t.get("predicted_retention")
+        if pred:
+            seen.setdefault(pred["basis"], pred)
+    return [f"predicted retention ({basis}; 90% interval): expected accuracy kept vs the own adapter; on held-back "
+            f"merges it ranked outcomes at Spearman {p['spearman_heldout']:.2f}, mean error {p['mae_heldout']:.2f} "
+            f"(measured on {p['measured_on']})" for basis, p in seen.items()]
 
 
 def _f(value: float | None, width: int) -> str:

@@ -2,6 +2,7 @@
 
     adapter-atlas plan sample_adapters/{format,math,text}_* --min-retention 0.9 --out plan/                    # data-free
     adapter-atlas plan sample_adapters/{format,math,text}_* --min-retention 0.9 --data sample_adapters/tasks --out plan/
+    adapter-atlas plan sample_adapters/{format,math,text}_* --prompts sample_adapters/tasks --out plan/        # data-light
     adapter-atlas plan my_adapters/* --model models/my-llama --data my_tasks.yaml --out plan/
 
 Writes one PEFT adapter per group into --out and plan.json (groups, tasks, method, parameters, predicted and,
@@ -31,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-retention", type=opt.fraction(open_low=True), default=0.9, help="accuracy kept vs the own adapter (default 0.9)")
     p.add_argument("--data", action="append", default=None, metavar="PATH",
                    help="task data (DIR/<task>/eval.jsonl, JSONL files or a YAML mapping): verify by evaluation")
+    p.add_argument("--prompts", action="extend", nargs="+", default=None, metavar="PATH",
+                   help="unlabeled prompts per task (the forms of --data; answers are not read): decide from the "
+                        "data-light estimate on --model instead of the data-free one (--data still verifies)")
     from analysis.commands.evaluate import add_model_arguments
 
     add_model_arguments(p)
@@ -38,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="verify every group by exact match (default: answer NLL first, exact match for the groups "
                         "that pass)")
     p.add_argument("--limit", type=opt.EVAL_LIMIT, default=32, help="eval rows per task when verifying (default 32)")
-    p.add_argument("--max-trials", type=opt.count(10**4), default=20, help="most group merges tried (default 20)")
+    p.add_argument("--max-trials", type=opt.count(10**4), default=None,
+                   help="most group merges tried (default 20 with --data, each verified by evaluation; 100 without: "
+                        "a prediction costs seconds)")
     p.add_argument("--threads", type=opt.THREADS, default=1,
                    help="torch threads (default 1: on a shared CPU two threads spin-wait and run far slower)")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -70,12 +76,26 @@ def run(args: argparse.Namespace) -> int:
     from analysis.workflow import AdapterSet
 
     spec = model_spec(args, args.model)
-    evaluator = evaluate = screen = None
+    evaluator = evaluate = screen = forecast = loaded = None
     if args.data is not None:  # every data file validated, and every adapter given its task, before the model loads
         from analysis.evaluation import load_data
 
         data = load_data(args.data, metric="both")
+    if args.prompts is not None:
+        from analysis.evaluation import load_prompts
+
+        prompts = load_prompts(args.prompts)
     adapters = list(AdapterSet.from_paths(args.paths).adapters)  # the one naming rule: run1/adapter, run2/adapter
+    if args.prompts is not None:
+        from analysis.evaluation import check_fit, load_model
+        from analysis.predict import Forecast
+
+        for a in adapters:
+            prompts.own_task(a)  # every adapter has prompts of its own, or one line naming it
+        print(f"loading the model ({args.model or 'the sample base'})...", file=sys.stderr)
+        loaded = load_model(spec)
+        check_fit(loaded.model, adapters, model_name=loaded.identity.name, aliases=loaded.identity.aliases)
+        forecast = Forecast(loaded, prompts)
     if args.data is not None:
         from analysis.evaluation import Evaluator, load_model
         from analysis.plan.measured import plan_measures
@@ -85,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
             if "exact" not in t.metrics:
                 raise AtlasError(f"{t.path}: plan verifies by exact match: task '{t.name}' needs prompt/answer, "
                                  "prompt/completion or chat rows (it has text rows only)")
-        print(f"loading the model ({args.model or 'the sample base'})...", file=sys.stderr)
-        evaluator = Evaluator(load_model(spec), data, limit=args.limit)
+        if loaded is None:
+            print(f"loading the model ({args.model or 'the sample base'})...", file=sys.stderr)
+        evaluator = Evaluator(loaded or load_model(spec), data, limit=args.limit)
         for w in evaluator.check(adapters):
             print(f"warning: {w}", file=sys.stderr)
         evaluate, screen = plan_measures(evaluator, adapters)
@@ -96,8 +117,14 @@ def run(args: argparse.Namespace) -> int:
     logger.setLevel(logging.INFO)
     logger.propagate = False  # once on stderr, not again through the root handler
     try:
+        from analysis.plan.planner import forecast_predictor, predicted_retention
+
+        predict = forecast_predictor(forecast) if forecast is not None else predicted_retention
         plan = Planner(args.min_retention, evaluate=evaluate, screen=None if args.no_screen else screen,
-                       max_trials=args.max_trials).plan(adapters)
+                       predict=predict, max_trials=args.max_trials or (20 if args.data else 100)).plan(adapters)
+        if forecast is not None:
+            plan.estimate_basis = "outputs"
+            plan.estimate_on = {"model": forecast.loaded.identity.line(), "prompts": forecast.data.records(forecast.n)}
         if evaluator is not None:
             from analysis.plan.measured import measured_on
 
@@ -114,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, default=float))
         return 0
     kind = (f"measured on {evaluator.identity.line()}" if evaluator is not None
-            else "predicted (data-free)")
+            else "predicted (data-light, from prompts)" if forecast is not None else "predicted (data-free)")
     print(f"{len(adapters)} adapters -> {data['adapters_out']} at min retention {args.min_retention} ({kind}); "
           f"wrote {out}/plan.json")
     for g in data["groups"]:

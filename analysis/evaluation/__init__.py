@@ -20,8 +20,8 @@ from analysis.evaluation.loader import load_model
 from analysis.evaluation.measure import Measure
 from analysis.evaluation.model import LoadedModel, ModelIdentity, ModelSpec
 from analysis.evaluation.retention import nll_retention, retention
-from analysis.evaluation.tasks import SAMPLE_TASKS_DIR, TaskSet, load_data, sample_task_names
+from analysis.evaluation.tasks import SAMPLE_TASKS_DIR, TaskSet, load_data, load_prompts, sample_task_names
 
 __all__ = ["METRICS", "SAMPLE_TASKS_DIR", "Evaluator", "Example", "LoadedModel", "Measure", "Metric",
            "ModelIdentity", "ModelSpec", "TaskData", "TaskScore", "TaskSet", "applied_deltas", "check_fit",
-           "load_data", "load_model", "load_task", "nll_retention", "read_rows", "retention", "sample_task_names"]
+           "load_data", "load_model", "load_prompts", "load_task", "nll_retention", "read_rows", "retention", "sample_task_names"]

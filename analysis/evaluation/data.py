@@ -7,7 +7,9 @@ A task is a name, a JSONL file and a metric. Rows may be
 - `{"messages": [...]}`       a chat, rendered with the model's chat template; the last turn must be the
                                assistant's and is the answer;
 - `{"text"}`                  plain text, loss only (e.g. a general-text check that a merge leaves the
-                               base model's general ability intact).
+                               base model's general ability intact);
+- `{"prompt"}`                a prompt alone, unlabeled: only for the data-light retention estimate
+                               (`--prompts`, `analysis.predict.Forecast`), never scored.
 A bad row is refused with `file:line` and the reason, and nothing is evaluated on half a file: the whole
 file is parsed and checked here, before any caller loads a model.
 """
@@ -22,9 +24,9 @@ from typing import Any, Literal, Sequence
 
 from analysis.errors import EvaluationDataError
 
-Metric = Literal["exact", "nll", "both"]
-METRICS: tuple[str, ...] = ("exact", "nll", "both")
-RowKind = Literal["answer", "completion", "chat", "text"]
+Metric = Literal["exact", "nll", "both", "prompts"]
+METRICS: tuple[str, ...] = ("exact", "nll", "both")  # what a user scores with; "prompts" is the estimate's input
+RowKind = Literal["answer", "completion", "chat", "text", "prompt"]
 MAX_FILE_BYTES = 256 * 1024 * 1024  # one task file; far above any eval split
 MAX_LINE_CHARS = 1_000_000
 MAX_DEPTH = 8  # {"messages": [{"role", "content"}]} is depth 3
@@ -44,6 +46,11 @@ class Example:
 
     @property
     def has_answer(self) -> bool:
+        return self.kind not in ("text", "prompt")
+
+    @property
+    def has_prompt(self) -> bool:
+        """A prompt the model can continue (every kind but plain text)."""
         return self.kind != "text"
 
 
@@ -63,7 +70,9 @@ class TaskData:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        """The metrics this task is scored with: ("exact",), ("nll",) or both."""
+        """The metrics this task is scored with: ("exact",), ("nll",), both, or none (prompts only)."""
+        if self.metric == "prompts":
+            return ()
         return ("exact", "nll") if self.metric == "both" else (self.metric,)
 
     def limited(self, limit: int | None) -> tuple[Example, ...]:
@@ -134,13 +143,18 @@ def parse_row(row: Any, where: str) -> Example:
         if not ex.answer:
             raise EvaluationDataError(f"{where}: 'completion' is empty")
         return ex
+    if "prompt" in row:
+        ex = Example(0, "prompt", prompt=_text(row, "prompt", where))
+        if not ex.prompt.strip():
+            raise EvaluationDataError(f"{where}: 'prompt' is empty")
+        return ex
     if "text" in row:
         ex = Example(0, "text", text=_text(row, "text", where))
         if not ex.text.strip():
             raise EvaluationDataError(f"{where}: 'text' is empty")
         return ex
     keys = ", ".join(sorted(str(k)[:40] for k in row)[:6]) or "none"
-    raise EvaluationDataError(f"{where}: expected keys prompt+answer, prompt+completion, messages or text; "
+    raise EvaluationDataError(f"{where}: expected keys prompt+answer, prompt+completion, messages, text or prompt; "
                               f"found {keys}")
 
 
@@ -186,8 +200,18 @@ def resolve_metric(rows: Sequence[Example], metric: str, path: Path) -> Metric:
 
     `both` on a file of text rows only is NLL (nothing to generate); any other mix of text rows with
     exact match is refused at the first text row."""
+    if metric == "prompts":  # the data-light estimate: every row must give a prompt (answers are not read)
+        bare = [r for r in rows if not r.has_prompt]
+        if bare:
+            raise EvaluationDataError(f"{path}:{bare[0].line}: a {{\"text\"}} row has no prompt; the data-light "
+                                      "estimate needs prompt, prompt/answer, prompt/completion or messages rows")
+        return "prompts"
     if metric not in METRICS:
         raise EvaluationDataError(f"{path}: metric '{metric}' is not one of {', '.join(METRICS)}")
+    unlabeled = [r for r in rows if r.kind == "prompt"]
+    if unlabeled:
+        raise EvaluationDataError(f"{path}:{unlabeled[0].line}: a {{\"prompt\"}} row has no answer to score; "
+                                  "prompt-only rows serve the data-light estimate (--prompts), not evaluation")
     text_rows = [r for r in rows if not r.has_answer]
     if metric == "both" and len(text_rows) == len(rows):
         return "nll"

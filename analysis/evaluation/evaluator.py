@@ -31,7 +31,8 @@ _MODEL_LOCKS: dict[int, threading.Lock] = {}  # one job at a time per loaded mod
 _LOCKS_GUARD = threading.Lock()
 
 
-def _model_lock(model: Any) -> threading.Lock:
+def model_lock(model: Any) -> threading.Lock:
+    """The lock every job that applies deltas to `model` in place holds (the app serves several visitors)."""
     with _LOCKS_GUARD:
         return _MODEL_LOCKS.setdefault(id(model), threading.Lock())
 Progress = Callable[[int, int, str], None]  # (done, total, label)
@@ -159,7 +160,7 @@ class Evaluator:
         fresh: dict[str, TaskScore] = {}
         if todo:
             self.calls += 1
-            with _model_lock(self.loaded.model), applied_deltas(self.loaded.model, deltas):
+            with model_lock(self.loaded.model), applied_deltas(self.loaded.model, deltas):
                 for n in todo:
                     fresh[n] = self._score_task(n, plan[n], progress)
                     log.info("%s: %s", n, fresh[n].as_dict() | {"examples": "..."})

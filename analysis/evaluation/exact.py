@@ -52,8 +52,9 @@ def max_new_tokens(tokenizer: Any, expected: Sequence[str]) -> int:
 @torch.no_grad()
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
                      progress: Progress | None = None, label: str = "", multiline: bool = False,
-                     new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
-    """Greedy completions of `prompts` under the protocol, already cut and stripped."""
+                     new_tokens: int = MAX_NEW_TOKENS, raw: bool = False) -> list[str]:
+    """Greedy completions of `prompts` under the protocol, already cut and stripped (`raw`: cut at the first
+    newline but not stripped, the text exactly as written: what `analysis.predict.agreement_hits` re-checks)."""
     from transformers import GenerationConfig, StoppingCriteriaList
 
     tokenizer.padding_side = "left"
@@ -70,7 +71,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, batc
         stop = StoppingCriteriaList([_AllHaveNewline(newline_ids, prompt_len, device)] if newline_ids else [])
         seqs = model.generate(**enc, generation_config=config, stopping_criteria=stop)  # (b, prompt_len + t)
         texts = tokenizer.batch_decode(seqs[:, prompt_len:], skip_special_tokens=True)
-        out.extend(clean_completion(t, multiline) for t in texts)
+        out.extend(t.split("\n", 1)[0] if raw else clean_completion(t, multiline) for t in texts)
         if progress is not None:
             progress(min(start + batch_size, len(prompts)), len(prompts), label)
     return out

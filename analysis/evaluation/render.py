@@ -37,6 +37,8 @@ def render(example: Example, tokenizer: Any, where: str = "") -> Rendered:
         return Rendered(example.prompt, example.answer, example.answer.strip())
     if example.kind == "text":
         return Rendered("", example.text, None)
+    if example.kind == "prompt":  # unlabeled: only its prompt is ever used
+        return Rendered(example.prompt, "", None)
     if not getattr(tokenizer, "chat_template", None):
         raise ModelLoadError(f"{where}: chat rows need a chat template, and this model's tokenizer has none")
     msgs = [{"role": r, "content": c} for r, c in example.messages]

@@ -145,8 +145,8 @@ def _mapping(path: Path, default_metric: str) -> tuple[list[TaskData], list[Assi
         raise EvaluationDataError(f"{path}: {where}: {err['msg']}") from None
     tasks = []
     for name, entry in spec.tasks.items():
-        metric = entry.metric or default_metric
-        if metric not in METRICS:
+        metric = default_metric if default_metric == "prompts" else (entry.metric or default_metric)
+        if metric not in (*METRICS, "prompts"):
             raise EvaluationDataError(f"{path}: tasks.{name}.metric '{metric}' is not one of {', '.join(METRICS)}")
         tasks.append(load_task(name, (path.parent / entry.file), metric))
     assignments = []
@@ -161,9 +161,15 @@ def _mapping(path: Path, default_metric: str) -> tuple[list[TaskData], list[Assi
     return tasks, assignments
 
 
+def load_prompts(paths: Sequence[str | Path] | None, *, split: str = "eval") -> TaskSet:
+    """Unlabeled prompts per task for the data-light estimate (`analysis.predict.Forecast`): the same forms as
+    `load_data` (a file, DIR/<task>/eval.jsonl, a mapping), every row giving a prompt; answers are never read."""
+    return load_data(paths, metric="prompts", split=split)
+
+
 def load_data(paths: Sequence[str | Path] | None, *, metric: str = "exact", split: str = "eval") -> TaskSet:
     """Every task of `paths` (default: the sample tasks), read and validated; duplicate task names refused."""
-    if metric not in METRICS:
+    if metric not in (*METRICS, "prompts"):
         raise EvaluationDataError(f"metric '{metric}' is not one of {', '.join(METRICS)}")
     if not paths:
         if not SAMPLE_TASKS_DIR.is_dir():

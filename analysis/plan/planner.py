@@ -42,6 +42,8 @@ CANDIDATES: list[tuple[str, dict[str, Any]]] = [
     # the best pair configuration of bench/results_sample_merge.json (0.985 on format_date + text_uppercase)
     ("isolation", {"granularity": "rows", "p": 0.1, "blend": "mean"}),
     ("linear", {}),
+    # every input at full strength (the factors side by side): the means above halve each task's scale
+    ("cat", {}),
 ]
 JACCARD_P = 0.1  # core rows per task and module for the ordering (as the isolation candidate)
 
@@ -93,6 +95,8 @@ class Plan:
     own_accuracy: dict[str, float] | None
     trials: list[Trial] = field(default_factory=list)
     measured_on: dict[str, Any] | None = None  # model identity and data files of the measured numbers
+    estimate_basis: str = "data-free"  # the shipped calibration the predictions come from ("outputs": data-light)
+    estimate_on: dict[str, Any] | None = None  # data-light: the model and prompt files the estimate ran on
 
     def as_dict(self) -> dict[str, Any]:
         return {"min_retention": self.min_retention, "tasks": self.tasks, "adapters_in": len(self.tasks),
@@ -100,18 +104,19 @@ class Plan:
                 "own_accuracy": self.own_accuracy, "groups": [g.as_dict() for g in self.groups],
                 "jaccard": np.round(self.jaccard, 6).tolist(), "linkage": np.round(self.linkage, 6).tolist(),
                 "trials": [t.as_dict() for t in self.trials], "measured_on": self.measured_on,
-                "estimate": _estimate_record()}
+                "estimate": _estimate_record(self.estimate_basis, self.estimate_on)}
 
 
-def _estimate_record() -> dict[str, Any] | None:
+def _estimate_record(basis: str = "data-free", computed_on: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """What the predicted numbers are and how well they have predicted so far (the shipped calibration)."""
     from analysis.predict import load_calibrations
 
-    cal = load_calibrations().get("data-free")
+    cal = load_calibrations().get(basis)
     if cal is None:
         return None
     return {"basis": cal.basis, "spearman_heldout": cal.spearman_heldout, "mae_heldout": cal.mae_heldout,
-            "interval_halfwidth": cal.halfwidth, "n_heldout": cal.n_heldout, "measured_on": cal.measured_on}
+            "interval_halfwidth": cal.halfwidth, "n_heldout": cal.n_heldout, "measured_on": cal.measured_on,
+            "computed_on": computed_on}
 
 
 def default_merge(adapters: Sequence[Adapter], method: str, params: dict[str, Any]) -> dict[str, Delta]:
@@ -134,6 +139,18 @@ def predicted_retention(adapters: Sequence[Adapter], merged: Mapping[str, Delta]
                              "pass --data to decide by evaluation")
         out[a.name] = pred.value
     return out
+
+
+def forecast_predictor(forecast: Any) -> Callable[[Sequence[Adapter], Mapping[str, Delta]], dict[str, float]]:
+    """The planner's `predict` from an `analysis.predict.Forecast` (data-light: does the group's merge reproduce each
+    task's own answers on its unlabeled prompts); a task without prompts keeps the data-free estimate."""
+
+    def predict(adapters: Sequence[Adapter], merged: Mapping[str, Delta]) -> dict[str, float]:
+        light = forecast.run(adapters, merged)
+        free = predicted_retention(adapters, merged) if any(p is None for p in light) else {}
+        return {a.name: (p.value if p is not None else free[a.name]) for a, p in zip(adapters, light)}
+
+    return predict
 
 
 def retention(acc: Mapping[str, float], own: Mapping[str, float]) -> dict[str, float]:

@@ -7,9 +7,17 @@ display names are for people.
 from analysis.isolation import CoreChoice, CoreSettings
 from analysis.workflow.adapter_set import AdapterSet, display_names, most_overlapping
 from analysis.workflow.evidence import EVIDENCE_VERSION, Evidence
-from analysis.workflow.pipeline import ExportSpec, MergeRun, measure_run, preview_from_recipe, reexport, run_merge
+from analysis.workflow.pipeline import (
+           ExportSpec,
+           MergeRun,
+           forecast_run,
+           measure_run,
+           preview_from_recipe,
+           reexport,
+           run_merge,
+)
 from analysis.workflow.progress import Cancelled, ProgressReporter
 
 __all__ = ["EVIDENCE_VERSION", "AdapterSet", "Cancelled", "CoreChoice", "CoreSettings", "Evidence", "ExportSpec",
-           "MergeRun", "ProgressReporter", "display_names", "measure_run", "most_overlapping", "preview_from_recipe",
+           "MergeRun", "ProgressReporter", "display_names", "forecast_run", "measure_run", "most_overlapping", "preview_from_recipe",
            "reexport", "run_merge"]

@@ -6,7 +6,9 @@ Version 2 (`evidence_version: 2`), keyed by input index:
     inputs:   [{index, name, sha256}]                       the merge's inputs, in input order
     tasks:    [{index, name, core_retention, interference, cosine, conflicts, core_size,
                 predicted_retention: {value, low, high, scale, residual, basis, spearman_heldout, mae_heldout,
-                measured_on} | None}]                   the data-free estimate (analysis.predict) and its record
+                measured_on, computed_on} | None,       the estimate (analysis.predict) and its track record:
+                predicted_retention_data_free?}]        data-light when the merge had prompts (forecast_run),
+                                                        the data-free one then kept beside it
     settings: {granularity, p, tol, rank}                    the cores the preview used, the rank it describes
     export:   {format, rank, rank_mode, target_error, reached, cap, relative_error, worst_module,
                worst_module_error, dtype, storage_error, worst_storage_module, worst_storage_error,
@@ -47,6 +49,7 @@ class EvidenceTask(TypedDict, total=False):
     name: str
     core_retention: float | None
     predicted_retention: dict[str, Any] | None  # analysis.predict: {value, low, high, basis, track record}
+    predicted_retention_data_free: dict[str, Any] | None  # kept when a data-light estimate replaced it
     interference: float | None
     cosine: float | None
     conflicts: int | None

@@ -11,7 +11,10 @@ Steps (each a library call; the faces only parse, cache and show):
 5. preview the adapter written, with the method's own cores (granularity, p) when it declares them;
 6. assemble the evidence record (`analysis.workflow.evidence`) that preview.json, the app's proposal
    and the review all use;
-7. `measure_run(run, Measure(...))` then measures the adapter written, each input and the base on a named
+7. `forecast_run(run, Forecast(...))` replaces the data-free estimate per task by the data-light one (does the
+   written adapter reproduce each task's own answers on a few unlabeled prompts; `analysis.predict.Forecast`),
+   keeping the data-free one beside it;
+8. `measure_run(run, Measure(...))` then measures the adapter written, each input and the base on a named
    model and data: the evidence's `measured` block.
 Nothing is written until `MergeRun.write` (or `to_zip`), so a cancelled run leaves nothing behind.
 """
@@ -246,6 +249,30 @@ def run_merge(adapters: AdapterSet | Sequence[Adapter], method: str,
             spec_of = spectrum(result.modules, cap, progress=run.reporter.stage("export rank"))
     return _export(adapters, result, spec_of, export, run, refactored=cap if refactor else None,
                    coverage=coverage)
+
+
+def forecast_run(run: MergeRun, forecast: Any, progress: ProgressReporter | None = None) -> MergeRun:
+    """The data-light estimate step: `run` with each `tasks[i].predicted_retention` from `forecast` (an
+    `analysis.predict.Forecast`: model x unlabeled prompts) on the adapter written; the data-free estimate it
+    replaces stays as `predicted_retention_data_free`. An input the prompts do not cover keeps the data-free one."""
+    reporter = progress or ProgressReporter()
+    tick = reporter.stage("estimate")
+    inputs = run.adapters.adapters
+    forecast.check(inputs)
+    preds = forecast.run(inputs, run.written_modules(), weights=run.result.weights)
+    tick(1, 1, "")
+    tasks = run.evidence.get("tasks")
+    if not tasks:
+        return run
+    rows = []
+    for row in tasks:
+        pred = preds[row["index"]] if row.get("index") is not None and row["index"] < len(preds) else None
+        if pred is None:
+            rows.append(row)
+            continue
+        rows.append({**row, "predicted_retention": pred.record(),
+                     "predicted_retention_data_free": row.get("predicted_retention")})
+    return dataclasses.replace(run, evidence={**run.evidence, "tasks": rows})
 
 
 def measure_run(run: MergeRun, measure: Any, progress: ProgressReporter | None = None) -> MergeRun:

@@ -192,6 +192,35 @@ def measured(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tu
     return memo[mkey]
 
 
+@st.cache_resource(show_spinner=False, max_entries=2)
+def forecaster(key: EvalKey) -> Any:
+    """The data-light estimate on the evaluator's model and the prompts of its data (answers never read); it
+    remembers each input's own answers, so several merges of the same inputs generate them once."""
+    from analysis.predict import Forecast
+
+    full = evaluator(key)
+    return Forecast(full.loaded, full.data)
+
+
+def forecasted(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, progress: Any = None) -> list[dict[str, Any]]:
+    """The evidence's `tasks` of the adapter written for this merge with the data-light estimate per task
+    (`analysis.workflow.forecast_run`; an input without prompts of its own keeps the data-free one). Memoized."""
+    from analysis.threads import bounded_threads
+    from analysis.workflow import ProgressReporter, forecast_run
+
+    memo = _merge_runs()
+    fkey = ("forecast", key, fmt, rank, ekey)
+    if fkey not in memo:
+        run = merge_export(key, fmt, rank)
+        with bounded_threads(None):
+            _remember(fkey, forecast_run(run, forecaster(ekey), ProgressReporter(progress)).evidence["tasks"])
+    return memo[fkey]
+
+
+def forecast_ready(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey) -> bool:
+    return ("forecast", key, fmt, rank, ekey) in _merge_runs()
+
+
 def measured_ready(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tuple[str, ...]) -> bool:
     """Whether the server still holds this measurement (a link then shows it without measuring again)."""
     return ("measured", key, fmt, rank, ekey, tasks) in _merge_runs()
@@ -206,6 +235,9 @@ def with_measured(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, task
 
     run = merge_export(key, fmt, rank, dtype=dtype)
     extra: dict[str, Any] = {}
+    light = _merge_runs().get(("forecast", key, fmt, rank, ekey))
+    if light is not None:  # the data-light estimate the page showed travels with the proposal
+        extra["tasks"] = light
     block = _merge_runs().get(("measured", key, fmt, rank, ekey, tasks))
     if block is not None:
         extra["measured"] = block

@@ -30,15 +30,21 @@ def show_track_record(*, key: str) -> None:
                f"Spearman {record['spearman_heldout']:.2f} with mean absolute error {record['mae_heldout']:.2f} on "
                f"{record['n_heldout']} task trials ({record['measured_on']}). An estimate, not a measurement: "
                f"measure below before deciding.")
-    points = record.get("heldout_points") or []
-    if not points:
+    light = track_record("outputs")
+    shown = [(f"data-free (Spearman {record['spearman_heldout']:.2f})", record)] + (
+        [(f"data-light, from prompts (Spearman {light['spearman_heldout']:.2f})", light)] if light else [])
+    if not any(r.get("heldout_points") for _, r in shown):
         return
-    with st.expander("How well the estimate has predicted (held-back merges)"):
-        fig = go.Figure(go.Scatter(x=[p for p, _ in points], y=[m for _, m in points], mode="markers",
-                                   hovertemplate="predicted %{x:.2f}<br>measured %{y:.2f}<extra></extra>"))
+    with st.expander("How well the estimates have predicted (held-back merges)"):
+        fig = go.Figure([go.Scatter(x=[p for p, _ in r.get("heldout_points") or []],
+                                    y=[m for _, m in r.get("heldout_points") or []], mode="markers", name=name,
+                                    hovertemplate=f"{name}<br>predicted %{{x:.2f}}<br>measured %{{y:.2f}}<extra></extra>")
+                         for name, r in shown])
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="perfect",
                                  hoverinfo="skip"))
-        fig.update_layout(title=f"Predicted vs measured retention (Spearman {record['spearman_heldout']:.2f})",
+        fig.update_layout(title="Predicted vs measured retention on held-back merges",
                           xaxis_title="predicted retention", yaxis_title="measured retention (exact match)",
-                          showlegend=False)
+                          legend_title="estimate")
         show_figure(fig, name="estimate_track_record", key=key)
+        st.caption("Data-free ranks outcomes weakly; the data-light estimate (section 3, **Estimate from prompts**) "
+                   "needs the model and a few unlabeled prompts per task.")

@@ -99,8 +99,19 @@ def render(runs: Mapping[str, Any], merge_key: Callable[[str], cache.MergeKey], 
     chosen = tuple([*picked, *([text_task] if text_task else [])])
     bar, tolerance = decision_view.controls("merge")
     held = bool(chosen) and all(cache.measured_ready(merge_key(m), *MEASURED_AT, ekey, chosen) for m in runs)
-    if st.button("Measure", key="merge_measure", type="primary", disabled=not chosen):
-        st.session_state["merge_measured"] = True
+    estimated = all(cache.forecast_ready(merge_key(m), *MEASURED_AT, ekey) for m in runs)
+    with st.container(horizontal=True):
+        if st.button("Estimate from prompts", key="merge_estimate",
+                     help="Data-light, no labels read: on the first 16 prompts of each input's own task, does the "
+                          "merge as written greedily write what the task's own adapter writes? One teacher-forced "
+                          "pass per task; replaces the data-free estimate in the table below and in a proposal."):
+            st.session_state["merge_estimated"] = True
+        if st.button("Measure", key="merge_measure", type="primary", disabled=not chosen):
+            st.session_state["merge_measured"] = True
+    light = _estimate(runs, merge_key, ekey) if (st.session_state.get("merge_estimated") or estimated) else {}
+    if light:
+        _estimate_table(light, order)
+    evidence = {m: ({**runs[m].evidence, "tasks": light[m]} if m in light else runs[m].evidence) for m in runs}
     if not chosen or not (st.session_state.get("merge_measured") or held):
         st.info("Pick tasks and press **Measure**: every merge above as written, each input adapter and the base "
                 "model are scored on them; retention against the bar decides.")
@@ -108,7 +119,7 @@ def render(runs: Mapping[str, Any], merge_key: Callable[[str], cache.MergeKey], 
     blocks = _measure(runs, merge_key, ekey, chosen)
     if not blocks:
         return Measurement(ekey, chosen, bar, tolerance, {}, None)
-    decision = decision_table({m: {**runs[m].evidence, "measured": b} for m, b in blocks.items()},
+    decision = decision_table({m: {**evidence[m], "measured": b} for m, b in blocks.items()},
                               bar=bar, tolerance=tolerance)
     decision_view.show(decision, key="merge_decision")
     with st.expander("Raw scores: every merge, input adapter and the base model"):
@@ -131,6 +142,49 @@ def _measure(runs: Mapping[str, Any], merge_key: Callable[[str], cache.MergeKey]
         blocks = {}
     bar.empty()
     return blocks
+
+
+def _estimate(runs: Mapping[str, Any], merge_key: Callable[[str], cache.MergeKey],
+              ekey: cache.EvalKey) -> dict[str, list[dict[str, Any]]]:
+    """method -> the evidence's tasks with the data-light estimate (an error box and {} when it cannot run)."""
+    bar = st.progress(0.0, text="Loading the model and estimating from prompts…")
+    out: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for k, m in enumerate(runs):
+            bar.progress(k / len(runs), text=f"{m}: own answers and agreement")
+            out[m] = cache.forecasted(merge_key(m), *MEASURED_AT, ekey)
+    except AtlasError as exc:
+        st.error(str(exc))
+        out = {}
+    bar.empty()
+    return out
+
+
+def _estimate_table(light: Mapping[str, list[dict[str, Any]]], order: list[str]) -> None:
+    """Method x task: the data-light estimate with its interval and the prompts it ran on, the data-free one beside."""
+    from analysis.predict import track_record
+    from app.components.estimate_view import cell
+
+    rows = []
+    for m, tasks in light.items():
+        for t in tasks:
+            pred = t.get("predicted_retention") or {}
+            on = pred.get("computed_on") or {}
+            rows.append({"method": m, "input": t["name"], "data-light estimate": cell(t) if on else "—",
+                         "agreement": on.get("agreement"), "prompts": on.get("n"), "prompt task": on.get("task"),
+                         "data-free estimate": cell({"predicted_retention": t.get("predicted_retention_data_free")
+                                                     if on else pred})})
+    st.markdown("**Estimated from prompts (data-light)**")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={"agreement": st.column_config.NumberColumn(
+                     help="share of the prompts on which the merge writes exactly the own adapter's answer",
+                     format="%.3f")})
+    record = track_record("outputs")
+    if record is not None:
+        st.caption(f"data-light estimate: the agreement with the own adapter's answers (90% interval). Held back "
+                   f"from its calibration it ranked measured retention at Spearman {record['spearman_heldout']:.2f} "
+                   f"with mean absolute error {record['mae_heldout']:.2f} on {record['n_heldout']} task trials "
+                   f"({record['measured_on']}). An estimate: Measure decides.")
 
 
 def _raw_table(blocks: Mapping[str, Any], order: list[str]) -> None:

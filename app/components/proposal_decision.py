@@ -58,8 +58,10 @@ def render(method: str, fmt: str, rank: int | None, merge_key: Callable[[str], c
 def proposed(method: str, fmt: str, rank: int | None, merge_key: Callable[[str], cache.MergeKey],
              m: Measurement | None, dtype: str = "fp32") -> Any:
     """The run a proposal stores: the export, with its measured rows and the frozen decision table when held."""
-    if m is None or not _held(method, fmt, rank, merge_key, m):
+    if m is None:
         return cache.merge_export(merge_key(method), fmt, rank, dtype=dtype)
+    if not _held(method, fmt, rank, merge_key, m):  # nothing measured: the data-light estimate, when held, travels
+        return cache.with_measured(merge_key(method), fmt, rank, m.ekey, (), dtype=dtype)
     run = cache.with_measured(merge_key(method), fmt, rank, m.ekey, m.tasks, dtype=dtype)
     return cache.with_measured(merge_key(method), fmt, rank, m.ekey, m.tasks, decision=m.frozen(method, run.evidence),
                                dtype=dtype)

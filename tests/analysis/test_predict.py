@@ -205,9 +205,16 @@ def test_agreement_is_greedy_reproduction_in_one_pass() -> None:
     class Tok:
         pad_token_id = 0
         eos_token_id = 0
+        all_special_ids = [0]
 
         def __call__(self, s: str, add_special_tokens: bool = False) -> dict:
             return {"input_ids": [ord(c) for c in s]}
+
+        def __len__(self) -> int:
+            return 128
+
+        def decode(self, ids: list[int]) -> str:
+            return "".join(map(chr, ids))
 
     for piece in ("abcdef ghij\n", "klmn "):  # every prompt ending in f or n is answered "ghij"
         for a, b in zip(piece, piece[1:]):
@@ -220,8 +227,9 @@ def test_agreement_is_greedy_reproduction_in_one_pass() -> None:
             return type("Out", (), {"logits": logits})()
 
     model = Model()
-    prompts, answers = ["abcdef", "cdef", "klmn"], ["ghij", "ghij", "ghij"]  # lengths differ: padding in a batch
+    prompts, answers = ["abcdef", "cdef", "klmn"], [" ghij"] * 3  # lengths differ: padding in a batch
     assert agreement(model, Tok(), {}, prompts, answers, batch_size=2) == 1.0
-    assert agreement(model, Tok(), {}, prompts, ["ghij", "ghiX", "ghij"]) == pytest.approx(2 / 3)
-    assert agreement(model, Tok(), {}, prompts, ["ghi", "ghij", "ghijk"]) == pytest.approx(1 / 3)  # stops too early
-    # or too late
+    assert agreement(model, Tok(), {}, prompts, [" ghij", " ghiX", " ghij"]) == pytest.approx(2 / 3)
+    assert agreement(model, Tok(), {}, prompts, [" ghi", " ghij", " ghijk"]) == pytest.approx(1 / 3)  # stops too early
+    # or too late; the completion as written: without its leading space it is not what greedy decoding writes
+    assert agreement(model, Tok(), {}, prompts, ["ghij", " ghij", "ghij"]) == pytest.approx(1 / 3)

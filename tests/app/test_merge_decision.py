@@ -138,3 +138,41 @@ def test_plan_runs_on_the_current_selection(app: AppTest) -> None:
     assert list(groups["adapters"]) == [", ".join(g["tasks"]) for g in direct["groups"]]
     at.button(key="merge_plan_cancel").click().run()
     assert any("Planning cancelled" in i.value for i in at.info)
+
+
+def test_estimate_from_prompts_reaches_the_table_and_the_proposal(app: AppTest, tmp_path: Path) -> None:
+    """Estimate from prompts (data-light, no labels read): the page's table equals a second route (the library's
+    Forecast on the export the server holds), and a proposal carries the data-light estimate in its tasks."""
+    model, data = page_base_folder(tmp_path), page_task_folder(tmp_path, NAMES, rows=4)
+    at = app.run().switch_page("app_pages/merge.py").run()
+    at.multiselect(key="merge_methods").set_value(["linear"]).run()
+    at.button(key="merge_compare").click().run()
+    at.radio(key="merge_eval_model_kind").set_value("Model on the server").run()
+    at.text_input(key="merge_eval_model").input(str(model)).run()
+    at.radio(key="merge_eval_data_kind").set_value("Data on the server").run()
+    at.text_area(key="merge_eval_data").input(str(data)).run()
+    at.button(key="merge_estimate").click().run()
+    _ok(at)
+    page = next(d.value for d in at.dataframe if "data-light estimate" in d.value.columns)
+    assert list(page["input"]) == NAMES and set(page["prompts"]) == {4}
+    assert any("data-light estimate: the agreement" in c.value for c in at.caption)
+
+    from analysis.evaluation import ModelSpec, load_model, load_prompts
+    from analysis.predict import Forecast
+    from app import cache
+
+    key = next(k[1] for k in cache._merge_runs() if k[0] == "run")
+    run = cache.merge_export(key, "peft", None)  # the adapter as written: what the page estimated
+    second = Forecast(load_model(ModelSpec(str(model))), load_prompts([data])).run(
+        run.adapters.adapters, run.written_modules())
+    for (_, row), pred in zip(page.iterrows(), second):
+        assert pred is not None and row["data-light estimate"] == f"{pred.value:.2f} [{pred.low:.2f}, {pred.high:.2f}]"
+        assert row["agreement"] == pytest.approx(pred.computed_on["agreement"])
+    at.text_input(key="merge_prop_author").input("ana")
+    at.button(key="FormSubmitter:merge_propose_form-Propose this merge").click().run()
+    _ok(at)
+    from analysis.review import ReviewStore
+
+    tasks = ReviewStore(os.environ["ADAPTER_ATLAS_DB"]).get(1).preview["tasks"]
+    assert [t["predicted_retention"]["basis"] for t in tasks] == ["data-light (outputs)"] * len(NAMES)
+    assert [t["predicted_retention"]["value"] for t in tasks] == pytest.approx([p.value for p in second], abs=1e-4)

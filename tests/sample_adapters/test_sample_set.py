@@ -56,3 +56,15 @@ def test_adapters_on_disk_are_the_evaluated_ones_and_share_one_module_grid(resul
 def test_sample_set_is_small() -> None:
     size = sum(p.stat().st_size for p in SAMPLES.rglob("*") if p.is_file() and ".cache" not in p.parts)
     assert size < 40 * 2**20, f"sample_adapters/ is {size / 2**20:.1f} MB"
+
+
+def test_each_adapter_was_trained_from_its_own_seed() -> None:
+    """Distinct LoRA initialisations (issue 20): the seed each training.json records is the task's own, all differ;
+    the shared-seed experiment beside it records one seed for all."""
+    from sample_adapters.build import train_seed
+
+    seeds = {t: json.loads((SAMPLES / t / "training.json").read_text())["seed"] for t in TASK_NAMES}
+    assert seeds == {t: train_seed(t) for t in TASK_NAMES} and len(set(seeds.values())) == len(TASK_NAMES)
+    shared = SAMPLES.parent / "bench" / "shared_seed"
+    if shared.is_dir():
+        assert {json.loads((shared / t / "training.json").read_text())["seed"] for t in TASK_NAMES} == {0}

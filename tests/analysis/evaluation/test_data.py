@@ -23,7 +23,7 @@ GOOD = {"prompt": "p", "answer": "a"}
 @pytest.mark.parametrize("bad, reason", [
     ("{not json", "not a JSON line"),
     ('["a list"]', "expected a JSON object"),
-    ('{"prompt": "p"}', "expected keys prompt+answer"),
+    ('{"answer": "a"}', "expected keys prompt+answer"),  # a prompt alone is valid: load_task refuses it to score
     ('{"prompt": 3, "answer": "a"}', "'prompt' must be a string"),
     ('{"messages": []}', "non-empty list"),
     ('{"messages": [{"role": "user", "content": "q"}]}', "last message must be the assistant"),
