@@ -11,9 +11,9 @@ keeps 10^6 sketches of 1,024 floats in 1 GB instead of 4.
                                name per write, so a reader holding the previous manifest still finds its file)
 
 A faiss file is untrusted input: `faiss.read_index` on a damaged file can abort the process in C++, past any
-Python handler. So the manifest records each file's size and sha256 when it is written, and a file is read
-into memory, checked against both, and only then deserialised from those same bytes (no window in which the
-file could change between the check and the read). A mismatch is one line naming the file (queries) or a
+Python handler. So the manifest records each file's size and sha256 when it is written, and a file is opened,
+checked against both, and only then read by faiss through that same open file (/proc/self/fd; a file renamed
+over the path meanwhile is not the one read; 1 s per GB for the digest). A mismatch is one line naming the file (queries) or a
 rebuild (scan). This stops damage (truncation, a flipped bit, garbage, another index's file); a deliberately
 forged file *with* a matching manifest is beyond it (the manifest lives beside the file).
 
@@ -36,6 +36,8 @@ import logging
 import math
 import os
 import re
+import shutil
+import stat
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -172,21 +174,19 @@ class AnnIndex:
             raise PopulationIndexError(f"{folder / 'manifest.json'}: an entry without a valid file name, size and "
                                        f"sha256; {RESCAN}")
         try:
-            data = np.fromfile(path, dtype=np.uint8)  # (bytes,)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO in its place never blocks
         except FileNotFoundError:
             raise PopulationIndexError(f"{path}: missing; {RESCAN}") from None
         except OSError as exc:
             raise PopulationIndexError(f"{path}: unreadable ({exc.strerror}); {RESCAN}") from None
-        if len(data) != entry["bytes"]:
-            raise PopulationIndexError(f"{path}: {len(data)} bytes, the manifest says {entry['bytes']}; {RESCAN}")
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise PopulationIndexError(f"{path}: content differs from what was written (sha256 mismatch: damaged "
-                                       f"or replaced); {RESCAN}")
         try:
-            index = faiss.deserialize_index(data)
-        except RuntimeError as exc:
-            raise PopulationIndexError(f"{path}: not a readable faiss index ({str(exc).splitlines()[0][:120]}); "
-                                       f"{RESCAN}") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise PopulationIndexError(f"{path}: not a regular file; {RESCAN}")
+            index = _read_verified(fd, path, entry)
+        except OSError as exc:
+            raise PopulationIndexError(f"{path}: unreadable ({exc.strerror}); {RESCAN}") from None
+        finally:
+            os.close(fd)
         kind = entry.get("kind")
         expected = {"flat": faiss.IndexIDMap2, "ivf": faiss.IndexIVFScalarQuantizer}.get(kind)
         if expected is None or not isinstance(index, expected) or index.d != d or index.ntotal != entry.get("count"):
@@ -196,6 +196,28 @@ class AnnIndex:
 
 
 FILE_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{12}\.faiss")
+
+
+def _read_verified(fd: int, path: Path, entry: dict) -> Any:
+    """Check the open file's size and sha256, then let faiss read that same open file (/proc/self/fd: a file
+    renamed over `path` meanwhile is not the one read)."""
+    import faiss
+
+    size = os.fstat(fd).st_size
+    if size != entry["bytes"]:
+        raise PopulationIndexError(f"{path}: {size} bytes, the manifest says {entry['bytes']}; {RESCAN}")
+    digest = hashlib.sha256()
+    while block := os.read(fd, 1 << 24):
+        digest.update(block)
+    if digest.hexdigest() != entry["sha256"]:
+        raise PopulationIndexError(f"{path}: content differs from what was written (sha256 mismatch: damaged "
+                                   f"or replaced); {RESCAN}")
+    same_file = f"/proc/self/fd/{fd}"
+    try:
+        return faiss.read_index(same_file if os.path.exists(same_file) else str(path))
+    except RuntimeError as exc:
+        raise PopulationIndexError(f"{path}: not a readable faiss index ({str(exc).splitlines()[0][:120]}); "
+                                   f"{RESCAN}") from None
 
 
 def _sha256_file(path: Path, chunk: int = 1 << 24) -> str:
@@ -302,7 +324,7 @@ def sync_index(store: IndexStore, *, rebuild: bool = False) -> dict[str, Any]:
     named = {entry["file"] for entry in new.values()}
     for p in folder.glob("*.faiss"):
         if p.name not in named:
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     report["groups"] = len(new)
     return report
 

@@ -131,3 +131,17 @@ def test_a_manifest_without_sha256_is_one_line_and_rebuilt(tmp_path: Path) -> No
     report = scan([ads], idx, config=CONFIG, scheduler=SYNCHRONOUS)
     assert report.reused == 6 and report.ann["rebuilt"] == 1 and report.repaired
     assert read_manifest(IndexStore.open(idx))  # version 2 again
+
+
+@pytest.mark.parametrize("what", ["fifo", "folder"])
+def test_a_faiss_file_that_is_not_a_file_is_one_line(tmp_path: Path, what: str) -> None:
+    ads, idx = tmp_path / "ads", tmp_path / "idx"
+    write_population(SPEC, ads, 6)
+    scan([ads], idx, config=CONFIG, scheduler=SYNCHRONOUS)
+    target = _faiss_file(idx)
+    target.unlink()
+    os.mkfifo(target) if what == "fifo" else target.mkdir()
+    line = _one_line_exit_2("families", "--index", str(idx))
+    assert str(target) in line and "not a regular file" in line, line
+    report = scan([ads], idx, config=CONFIG, scheduler=SYNCHRONOUS)
+    assert report.ann["rebuilt"] == 1 and not target.exists() and _faiss_file(idx).is_file()
