@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,8 +77,15 @@ def writer_lock(root: str | os.PathLike[str], command: str = "scan") -> Iterator
 
 @contextmanager
 def _flock(path: Path, command: str) -> Iterator[None]:
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    lock = path / LOCK_NAME
+    try:  # never through a link (an index is untrusted: the truncation below would hit the link's target)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        raise PopulationIndexError(f"{lock}: cannot open the writers' lock ({exc.strerror}); remove it if it is "
+                                   "not a plain file") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PopulationIndexError(f"{lock}: not a plain file; remove it (it holds no data)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

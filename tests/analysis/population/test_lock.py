@@ -168,3 +168,16 @@ def test_a_reader_overtaken_by_compact_or_a_new_faiss_file_reads_again(tmp_path:
     assert writes == ["compact", "rebuild"]
     assert pop.paths == expected.paths and pop.vectors.tobytes() == expected.vectors.tobytes()
     assert [len(i) for i in pop.ann.values()] == [len(i) for i in expected.ann.values()]
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    ads, idx = tmp_path / "ads", tmp_path / "idx"
+    write_population(SPEC, ads, 6)
+    scan([ads], idx, config=CONFIG, scheduler=SYNCHRONOUS)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's own file")
+    (idx / LOCK_NAME).unlink()
+    (idx / LOCK_NAME).symlink_to(precious)
+    with pytest.raises(PopulationIndexError, match="writers' lock"):
+        scan([ads], idx, config=CONFIG, scheduler=SYNCHRONOUS)
+    assert precious.read_text() == "the user's own file"
