@@ -17,6 +17,9 @@ Each stage runs in its own process; peak memory = RSS of the stage's process tre
 
     python bench/bench_population_index.py --write            # all stages but stream 10^6
     python bench/bench_population_index.py --stage stream --n 1000000
+    python bench/bench_population_index.py --stage stream --n 1000000 --keep /tmp/pop1m/kept   # + save (5 GB)
+    python bench/bench_population_index.py --stage stream --n 1000000 --reuse /tmp/pop1m/kept  # queries only
+    bench/quiet_queries.sh /tmp/pop1m/kept /tmp/bgjobs.pids      # queries only, listed jobs paused around them
 """
 from __future__ import annotations
 
@@ -81,24 +84,55 @@ def _brute_top(vectors: np.ndarray, queries: np.ndarray, k: int = 10, block: int
     return best_i
 
 
-def _query_bench(pop, queries: np.ndarray) -> dict:
+def _query_bench(pop, queries: np.ndarray, truth: np.ndarray | None = None, gate: Path | None = None) -> dict:
+    """1,000 timed `sketch_neighbors` queries, then recall@10 against `truth` (brute force when not given).
+
+    `gate`: after loading and warming, create GATE.ready and wait for GATE.go; create GATE.done as soon as the
+    timed loop ends (so a script can pause other jobs around the timed loop only, see `bench/quiet_queries.sh`).
+    """
     from analysis.population.query import sketch_neighbors
 
     where = {p: i for i, p in enumerate(pop.paths)}
-    sketch_neighbors(pop, pop.paths[int(queries[0])], 10)  # warm: id table, faiss first call
+    for j in queries[:20]:  # warm: id table, faiss first call, the pages of the queried rows
+        sketch_neighbors(pop, pop.paths[int(j)], 10)
+    if gate is not None:
+        _wait_gate(gate)
+    load0 = _load_now()
     times, found = [], []
     for j in queries:
         t0 = time.perf_counter()
         hits = sketch_neighbors(pop, pop.paths[int(j)], 10)
         times.append(time.perf_counter() - t0)
         found.append([where[h["adapter"]] for h in hits])
-    t0 = time.perf_counter()
-    truth = _brute_top(pop.vectors, queries)
-    brute_s = (time.perf_counter() - t0) / len(queries)
+    load1 = _load_now()
+    if gate is not None:
+        Path(f"{gate}.done").touch()
+    out: dict = {}
+    if truth is None:
+        t0 = time.perf_counter()
+        truth = _brute_top(pop.vectors, queries)
+        out["brute_force_ms_per_query"] = round((time.perf_counter() - t0) / len(queries) * 1000, 1)
     recall = float(np.mean([len(set(f) & set(t.tolist())) / 10 for f, t in zip(found, truth)]))
     ms = np.asarray(times) * 1000
     return {"queries": len(queries), "recall_at_10": round(recall, 4), "latency_ms_median": round(float(np.median(ms)), 2),
-            "latency_ms_p99": round(float(np.quantile(ms, 0.99)), 2), "brute_force_ms_per_query": round(brute_s * 1000, 1)}
+            "latency_ms_p99": round(float(np.quantile(ms, 0.99)), 2), "latency_ms_max": round(float(ms.max()), 2),
+            **out, "load_at_queries": {"start": load0, "end": load1}, "_truth": truth}
+
+
+def _load_now() -> dict:
+    """The load average and the runnable tasks right now (/proc/loadavg's 4th field: the instantaneous load)."""
+    fields = Path("/proc/loadavg").read_text().split()
+    return {"loadavg": [float(x) for x in fields[:3]], "runnable": int(fields[3].split("/")[0])}
+
+
+def _wait_gate(gate: Path, limit_s: float = 3600.0) -> None:
+    Path(f"{gate}.ready").touch()
+    print(f"waiting for {gate}.go", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    while not Path(f"{gate}.go").exists():
+        if time.monotonic() - t0 > limit_s:
+            raise SystemExit(f"{gate}.go: not created within {limit_s:.0f} s")
+        time.sleep(0.05)
 
 
 def stage_index(n: int) -> dict:
@@ -131,6 +165,7 @@ def stage_index(n: int) -> dict:
         open_s = time.perf_counter() - t0
         queries = np.random.default_rng(1).choice(n, size=QUERIES, replace=False)
         result = _query_bench(pop, queries)
+        result.pop("_truth")
         (index,) = pop.ann.values()
     return {"adapters": n, "families": spec.families, "kind": index.kind, "nprobe": index.nprobe,
             "lists": getattr(index.index, "nlist", None), "sketch_and_store_s": round(sketch_s, 1),
@@ -138,31 +173,85 @@ def stage_index(n: int) -> dict:
             "peak_rss_mib": mem.mib, "sync": report, **result}
 
 
-def stage_stream(n: int) -> dict:
+def stage_stream(n: int, *, keep: Path | None = None, reuse: Path | None = None, gate: Path | None = None) -> dict:
+    """Stream n sketches, build the IVF index, time 1,000 queries.
+
+    `keep`: save the unit vectors, the index, the brute-force truth and the build figures in that directory
+    (~5 GB at 10^6; outside the repository). `reuse`: skip streaming and building, load them and rerun only
+    the query phase (the record keeps the build figures of the run that made them).
+    """
     import resource
 
     from analysis.population.ann import AnnIndex, sha_ids
     from analysis.population.query import Population
 
-    spec = PlantedSpec(families=max(1, n // 1000))
-    t0 = time.perf_counter()
-    vectors = _unit_stream(spec, n)
-    stream_s = time.perf_counter() - t0
-    shas = _shas(n)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    index = AnnIndex.build(vectors, sha_ids(shas))
-    build_s = time.perf_counter() - t0
-    pop = Population(root=Path("."), config=CONFIG, paths=[f"/fleet/a{i:07d}" for i in range(n)], sha256=shas,
-                     vectors=vectors, norms=np.ones(n))
-    pop.ann = {pop.bases[0]["key"]: index}
+    if reuse is not None:
+        pop, index, build, truth = _load_kept(reuse, n)
+    else:
+        spec = PlantedSpec(families=max(1, n // 1000))
+        t0 = time.perf_counter()
+        vectors = _unit_stream(spec, n)
+        stream_s = time.perf_counter() - t0
+        shas = _shas(n)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        index = AnnIndex.build(vectors, sha_ids(shas))
+        build_s = time.perf_counter() - t0
+        build = {"adapters": n, "families": spec.families, "kind": index.kind,
+                 "lists": getattr(index.index, "nlist", None), "stream_s": round(stream_s, 1),
+                 "build_s": round(build_s, 1), "vectors_mib": round(vectors.nbytes / 2 ** 20),
+                 "index_codes_mib": round(n * CONFIG.k ** 2 / 2 ** 20), "rss_before_build_mib": round(rss0 / 1024),
+                 "build_omp_threads": os.environ.get("OMP_NUM_THREADS"),
+                 "build_loadavg": [round(x, 2) for x in os.getloadavg()]}
+        pop = Population(root=Path("."), config=CONFIG, paths=_paths(n), sha256=shas, vectors=vectors,
+                         norms=np.ones(n))
+        pop.ann = {pop.bases[0]["key"]: index}
+        truth = None
     queries = np.random.default_rng(1).choice(n, size=QUERIES, replace=False)
-    result = _query_bench(pop, queries)
-    return {"adapters": n, "families": spec.families, "kind": index.kind, "nprobe": index.nprobe,
-            "lists": getattr(index.index, "nlist", None), "stream_s": round(stream_s, 1), "build_s": round(build_s, 1),
-            "vectors_mib": round(vectors.nbytes / 2 ** 20), "index_codes_mib": round(n * CONFIG.k ** 2 / 2 ** 20),
+    result = _query_bench(pop, queries, truth, gate)
+    truth = result.pop("_truth")
+    if keep is not None:
+        _keep(keep, pop, index, {**build, **{k: v for k, v in result.items() if k == "brute_force_ms_per_query"}},
+              queries, truth)
+    return {**build, "nprobe": index.nprobe, **result,
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "rss_before_build_mib": round(rss0 / 1024), "omp_threads": os.environ.get("OMP_NUM_THREADS"), **result}
+            "omp_threads": os.environ.get("OMP_NUM_THREADS"), **({"reused": str(reuse)} if reuse else {})}
+
+
+def _paths(n: int) -> list[str]:
+    return [f"/fleet/a{i:07d}" for i in range(n)]
+
+
+def _keep(folder: Path, pop, index, build: dict, queries: np.ndarray, truth: np.ndarray) -> None:
+    import faiss
+
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "vectors.npy", pop.vectors)
+    faiss.write_index(index.index, str(folder / "index.faiss"))
+    np.save(folder / "truth.npy", truth)  # (Q, 10) positions of the brute-force top 10
+    np.save(folder / "queries.npy", np.asarray(queries))
+    (folder / "build.json").write_text(json.dumps(build, indent=1) + "\n")
+    print(f"kept in {folder}", file=sys.stderr, flush=True)
+
+
+def _load_kept(folder: Path, n: int):
+    import faiss
+
+    from analysis.population.ann import AnnIndex
+    from analysis.population.query import Population
+
+    build = json.loads((folder / "build.json").read_text())
+    if build["adapters"] != n:
+        raise SystemExit(f"{folder}: holds {build['adapters']} adapters, not --n {n}")
+    vectors = np.load(folder / "vectors.npy")  # (n, k^2) float32, read whole (no page faults while timing)
+    index = AnnIndex(faiss.read_index(str(folder / "index.faiss")), "ivf", n)
+    queries = np.random.default_rng(1).choice(n, size=QUERIES, replace=False)
+    if not np.array_equal(np.load(folder / "queries.npy"), queries):
+        raise SystemExit(f"{folder}/queries.npy: not this bench's queries")
+    shas = _shas(n)
+    pop = Population(root=Path("."), config=CONFIG, paths=_paths(n), sha256=shas, vectors=vectors, norms=np.ones(n))
+    pop.ann = {pop.bases[0]["key"]: index}
+    return pop, index, build, np.load(folder / "truth.npy")
 
 
 def _ari(truth: np.ndarray, labels: np.ndarray) -> float:
@@ -290,10 +379,20 @@ def main() -> None:
     parser.add_argument("--stage", choices=list(STAGES), default=None)
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--write", action="store_true", help=f"save {RESULTS.name} (merged with what is there)")
+    parser.add_argument("--keep", type=Path, help="stream: save vectors, index and truth in this directory")
+    parser.add_argument("--reuse", type=Path, help="stream: rerun only the query phase from a --keep directory")
+    parser.add_argument("--gate", type=Path, help="stream: wait for GATE.go before the timed queries "
+                        "(GATE.ready when loaded, GATE.done after); see bench/quiet_queries.sh")
+    parser.add_argument("--label", default=None, help="conditions of the run, saved with the record")
     args = parser.parse_args()
     if args.stage:
         n = args.n or dict(PLAN).get(args.stage, 1_000_000)
-        result = STAGES[args.stage](n)
+        extra = {k: getattr(args, k) for k in ("keep", "reuse", "gate") if getattr(args, k) is not None}
+        if extra and args.stage != "stream":
+            parser.error("--keep, --reuse and --gate apply to --stage stream only")
+        result = STAGES[args.stage](n, **extra)
+        if args.label:
+            result["conditions"] = args.label
         print(json.dumps(result))
         if args.write:
             _save({f"{args.stage}_{n}": result})

@@ -3,7 +3,7 @@
 Sketch parts keep the rows of adapters that were deleted or changed since they were scanned (queries never
 return them); compaction rewrites the parts with only the sketches the catalog refers to and rebuilds the
 approximate neighbour index from scratch (retrained on the current population). Safe to kill at any point:
-new parts are complete before the old ones are removed.
+new parts are complete before the old ones are removed. Holds the index's writer lock (no scan meanwhile).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import sys
 
 from analysis.population.ann import sync_index
+from analysis.population.lock import writer_lock
 from analysis.population.store import IndexStore
 
 
@@ -26,10 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = IndexStore.open(args.index)
-    before = len(store.part_files())
-    kept, dropped = store.compact()
-    ann = sync_index(store, rebuild=True)
+    store = IndexStore.open(args.index)  # an index must exist (the lock would create a folder)
+    with writer_lock(args.index, "compact"):
+        store = IndexStore.open(args.index)
+        before = len(store.part_files())
+        kept, dropped = store.compact()
+        ann = sync_index(store, rebuild=True)
     report = {"kept": kept, "dropped": dropped, "parts_before": before, "parts_after": len(store.part_files()),
               "ann": ann}
     if args.json:

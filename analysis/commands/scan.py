@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from analysis.commands import options as opt
 from analysis.commands.overlap import _clean
+from analysis.population.lock import writer_lock
 from analysis.population.scan import SYNCHRONOUS, scan
 from analysis.population.sketch import DEFAULT_K, DEFAULT_SEED, DEFAULT_TOP, SketchConfig
 
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     config = SketchConfig(k=args.k, seed=args.seed, top=args.top)
     if not args.verbose:  # dask's own INFO lines (scheduler/worker start and stop) would bury the progress bar
         quiet_dask()
-    with tqdm(total=0, desc="scan", unit="adapter", file=sys.stderr, mininterval=1.0, leave=False) as bar:
+    with writer_lock(args.out, "scan"), \
+            tqdm(total=0, desc="scan", unit="adapter", file=sys.stderr, mininterval=1.0, leave=False) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.n = done

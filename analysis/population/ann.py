@@ -6,8 +6,16 @@ adding *and removing* vectors by id without a rebuild, persistence to one file, 
 keeps 10^6 sketches of 1,024 floats in 1 GB instead of 4.
 
     DIR/ann/manifest.json      {"version", "d", "groups": {key: {"base_model", "layout", "kind", "count",
-                                "trained_on", "file", "bytes"}}}
-    DIR/ann/<key>.faiss        the index of one base (key = sha256 of base model and module layout)
+                                "trained_on", "file", "bytes", "sha256"}}}
+    DIR/ann/<key>-<gen>.faiss  the index of one base (key = sha256 of base model and module layout; gen: a new
+                               name per write, so a reader holding the previous manifest still finds its file)
+
+A faiss file is untrusted input: `faiss.read_index` on a damaged file can abort the process in C++, past any
+Python handler. So the manifest records each file's size and sha256 when it is written, and a file is opened,
+checked against both, and only then read by faiss through that same open file (/proc/self/fd; a file renamed
+over the path meanwhile is not the one read; 1 s per GB for the digest). A mismatch is one line naming the file (queries) or a
+rebuild (scan). This stops damage (truncation, a flipped bit, garbage, another index's file); a deliberately
+forged file *with* a matching manifest is beyond it (the manifest lives beside the file).
 
 Kinds. Up to FLAT_MAX vectors: exact inner-product search (`IndexFlatIP` in an `IndexIDMap2`), a few ms.
 Beyond: IVF (`IndexIVFScalarQuantizer`, 8-bit, inner product), nlist ~ sqrt(N) lists trained by k-means on a
@@ -27,6 +35,9 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
+import stat
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -39,7 +50,7 @@ from analysis.population.store import RESCAN, IndexStore, PopulationIndexError, 
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: files named per write, with their sha256
 FLAT_MAX = 20_000
 REBUILD_GROWTH = 4.0
 SCAN_BUDGET = 16_384  # vectors an IVF query scans (nprobe = this / mean list length, within [8, 64])
@@ -140,35 +151,81 @@ class AnnIndex:
         n = max(1, min(n, len(self)))
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), n, params=params)
 
-    def save(self, path: Path) -> int:
+    def save(self, folder: Path, key: str) -> dict[str, Any]:
+        """Write to a new file of `folder` (atomically); {"file", "bytes", "sha256"} for the manifest."""
         import faiss
 
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        name = f"{key}-{uuid.uuid4().hex[:12]}.faiss"
+        tmp = folder / f".{name}"
         faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, path)
-        return path.stat().st_size
+        digest = _sha256_file(tmp)
+        os.replace(tmp, folder / name)
+        return {"file": name, "bytes": (folder / name).stat().st_size, "sha256": digest}
 
     @classmethod
-    def load(cls, path: Path, entry: dict, d: int) -> "AnnIndex":
-        """Read one index and check it is what the manifest says (kind, size in bytes, count, width)."""
+    def load(cls, folder: Path, entry: dict, d: int) -> "AnnIndex":
+        """Read one index, verified against the manifest (size and sha256 before faiss sees a byte; then kind,
+        count and width); one line naming the file otherwise."""
         import faiss
 
-        if not path.is_file():
-            raise PopulationIndexError(f"{path}: missing; {RESCAN}")
-        if path.stat().st_size != entry.get("bytes"):
-            raise PopulationIndexError(f"{path}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')}; "
-                                       f"{RESCAN}")
+        path = folder / str(entry.get("file"))
+        if not (isinstance(entry.get("file"), str) and FILE_NAME.fullmatch(entry["file"])
+                and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)):
+            raise PopulationIndexError(f"{folder / 'manifest.json'}: an entry without a valid file name, size and "
+                                       f"sha256; {RESCAN}")
         try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as exc:
-            raise PopulationIndexError(f"{path}: not a readable faiss index ({str(exc).splitlines()[0][:120]}); "
-                                       f"{RESCAN}") from None
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO in its place never blocks
+        except FileNotFoundError:
+            raise PopulationIndexError(f"{path}: missing; {RESCAN}") from None
+        except OSError as exc:
+            raise PopulationIndexError(f"{path}: unreadable ({exc.strerror}); {RESCAN}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise PopulationIndexError(f"{path}: not a regular file; {RESCAN}")
+            index = _read_verified(fd, path, entry)
+        except OSError as exc:
+            raise PopulationIndexError(f"{path}: unreadable ({exc.strerror}); {RESCAN}") from None
+        finally:
+            os.close(fd)
         kind = entry.get("kind")
         expected = {"flat": faiss.IndexIDMap2, "ivf": faiss.IndexIVFScalarQuantizer}.get(kind)
         if expected is None or not isinstance(index, expected) or index.d != d or index.ntotal != entry.get("count"):
             raise PopulationIndexError(f"{path}: not the {kind} index of {entry.get('count')} x {d} the manifest "
                                        f"describes; {RESCAN}")
         return cls(index, kind, int(entry.get("trained_on", index.ntotal)))
+
+
+FILE_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{12}\.faiss")
+
+
+def _read_verified(fd: int, path: Path, entry: dict) -> Any:
+    """Check the open file's size and sha256, then let faiss read that same open file (/proc/self/fd: a file
+    renamed over `path` meanwhile is not the one read)."""
+    import faiss
+
+    size = os.fstat(fd).st_size
+    if size != entry["bytes"]:
+        raise PopulationIndexError(f"{path}: {size} bytes, the manifest says {entry['bytes']}; {RESCAN}")
+    digest = hashlib.sha256()
+    while block := os.read(fd, 1 << 24):
+        digest.update(block)
+    if digest.hexdigest() != entry["sha256"]:
+        raise PopulationIndexError(f"{path}: content differs from what was written (sha256 mismatch: damaged "
+                                   f"or replaced); {RESCAN}")
+    same_file = f"/proc/self/fd/{fd}"
+    try:
+        return faiss.read_index(same_file if os.path.exists(same_file) else str(path))
+    except RuntimeError as exc:
+        raise PopulationIndexError(f"{path}: not a readable faiss index ({str(exc).splitlines()[0][:120]}); "
+                                   f"{RESCAN}") from None
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ---- the manifest and the groups ----------------------------------------------------------------------
@@ -233,11 +290,10 @@ def sync_index(store: IndexStore, *, rebuild: bool = False) -> dict[str, Any]:
     for key, group in groups.items():
         want_shas = group["sha256"]
         want = sha_ids(want_shas)
-        path = folder / f"{key}.faiss"
         index = None
         if key in old:
             try:
-                index = AnnIndex.load(path, old[key], d)
+                index = AnnIndex.load(folder, old[key], d)
             except PopulationIndexError as exc:
                 store.repairs.append(str(exc).replace(RESCAN, "rebuilt"))
         if index is not None:
@@ -262,18 +318,37 @@ def sync_index(store: IndexStore, *, rebuild: bool = False) -> dict[str, Any]:
             index = AnnIndex.build(vectors, ids)
             report["rebuilt"] += 1
             report["added"] += len(ids)
-        size = index.save(path)
         new[key] = {"base_model": group["base_model"], "layout": group["layout"], "kind": index.kind,
-                    "count": len(index), "trained_on": index.trained_on, "file": path.name, "bytes": size}
-    _write_manifest(store, new)
+                    "count": len(index), "trained_on": index.trained_on, **index.save(folder, key)}
+    _write_manifest(store, new)  # the files it names are complete; then the ones no manifest names go
+    named = {entry["file"] for entry in new.values()}
     for p in folder.glob("*.faiss"):
-        if p.stem not in new:
-            p.unlink()
+        if p.name not in named:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     report["groups"] = len(new)
     return report
 
 
-def load_indexes(store: IndexStore) -> dict[str, AnnIndex]:
-    """{key: AnnIndex} for queries: a damaged or missing file is one line naming it."""
+def load_indexes(store: IndexStore, *, attempts: int = 3) -> dict[str, AnnIndex]:
+    """{key: AnnIndex} for queries: a damaged or missing file is one line naming it.
+
+    A scan may publish a new manifest (and remove the files of the old one) while this reads: a failure is
+    retried when the manifest changed meanwhile, so a reader sees one consistent generation.
+    """
     d = store.config.k ** 2
-    return {key: AnnIndex.load(ann_dir(store) / f"{key}.faiss", entry, d) for key, entry in read_manifest(store).items()}
+    for attempt in range(attempts):
+        before = _manifest_bytes(store)
+        try:
+            return {key: AnnIndex.load(ann_dir(store), entry, d) for key, entry in read_manifest(store).items()}
+        except PopulationIndexError:
+            if attempt == attempts - 1 or _manifest_bytes(store) == before:
+                raise
+            log.info("%s: republished while being read; reading it again", ann_dir(store) / "manifest.json")
+    raise AssertionError("unreachable")
+
+
+def _manifest_bytes(store: IndexStore) -> bytes | None:
+    try:
+        return (ann_dir(store) / "manifest.json").read_bytes()
+    except OSError:
+        return None

@@ -45,3 +45,19 @@ def cross_level(sims: np.ndarray) -> tuple[float, float]:
     mad = float(np.median(np.abs(sims - centre)))
     below = centre - sims[sims < centre]
     return centre, 1.4826 * max(mad, float(np.median(below)) if len(below) else 0.0) or 1e-12
+
+
+def tail_cut(sims: np.ndarray, centre: float, spread: float, z: float, q: float = 0.01) -> float:
+    """The level centre + spread * z, widened where the chance sample's tail is heavier than a Gaussian's.
+
+    Unrelated cosines are symmetric about their centre (flipping the sign of one update flips the cosine), and
+    their lower side holds no related pairs, so it shows the tail's weight: where its q-quantile lies r times
+    further below the centre than a Gaussian's would (few small modules: a cosine is a sum of few products of
+    Gaussians), z is taken r times larger. Never below the Gaussian level."""
+    from scipy.stats import norm
+
+    sims = np.asarray(sims, dtype=np.float64)
+    if len(sims) * q < 10 or spread <= 0:
+        return centre + spread * z
+    ratio = (centre - float(np.quantile(sims, q))) / (spread * float(norm.isf(q)))
+    return centre + spread * z * max(1.0, ratio)

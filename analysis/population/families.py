@@ -34,6 +34,7 @@ import numpy as np
 from analysis.errors import AtlasError
 from analysis.population.ann import FLAT_MAX, AnnIndex, sha_ids
 from analysis.population.chance import cross_level, null_level
+from analysis.population.gather import gather
 from analysis.population.query import Population
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,11 @@ def base_families(vectors: np.ndarray, *, k_sketch: int, neighbours: int = DEFAU
         if len(cross) < 100:
             break
         centre, spread = cross_level(cross)
+    # 3b. aggregated evidence: groups whose centroids are related beyond chance are one family (`gather`)
+    gathered: dict[str, Any] = {}
+    if threshold is None and n_families is None:
+        labels, gathered = gather(labels, nbr, score, vectors=vectors if exact is None else None, z_of=_z,
+                                  alpha=ALPHA, rng=rng, floor=spread)
     # 5. resolution: adapters left alone whose K best are, together, beyond what chance gives (p < 0.001)
     counts = np.bincount(labels)
     alone = counts[labels] == 1
@@ -237,7 +243,7 @@ def base_families(vectors: np.ndarray, *, k_sketch: int, neighbours: int = DEFAU
     chance = centre + spread * null_top_mean(n - 1, kk)
     hidden = alone & (top_mean > chance)
     facts: dict[str, Any] = {"adapters": n, "noise": round(spread, 4), "centre": round(centre, 4),
-                             "cut": round(float(cut), 4), "unresolved": int(hidden.sum())}
+                             "cut": round(float(cut), 4), "unresolved": int(hidden.sum()), "gathered": gathered}
     if hidden.sum() > 0.05 * n and exact is None:
         b = float(np.median(top_mean[hidden]))
         facts["suggested_k"] = int(8 * math.ceil(k_sketch * ((cut - centre) / max(b - centre, 1e-9)) ** 2 / 8))

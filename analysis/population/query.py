@@ -86,8 +86,42 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
 
 
-def open_population(root: str | os.PathLike[str], *, ann: bool = True) -> Population:
-    """Join the catalog with the sketch parts of an index directory (see `store`); one line if it is damaged."""
+def open_population(root: str | os.PathLike[str], *, ann: bool = True, attempts: int = 3) -> Population:
+    """Join the catalog with the sketch parts of an index directory (see `store`); one line if it is damaged.
+
+    Readers take no lock: a scan or compaction may publish a new catalog, parts or neighbour index while this
+    reads (each file by atomic rename; `compact` removes old parts after writing new ones). A read that fails
+    while the index's published files changed under it is read again, so a reader sees a consistent index
+    and an error only for damage that stays.
+    """
+    for attempt in range(attempts):
+        before = _published(Path(root))
+        try:
+            return _open_once(root, ann=ann)
+        except PopulationIndexError:
+            if attempt == attempts - 1 or _published(Path(root)) == before:
+                raise
+            log.info("%s: changed by a writer while being read; reading it again", root)
+    raise AssertionError("unreachable")
+
+
+def _published(root: Path) -> tuple:
+    """A stamp of what a writer publishes: the catalog's and manifest's identity, the part names."""
+    def ident(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    try:
+        parts = tuple(sorted(p.name for p in (root / "sketches").glob("part-*.parquet")))
+    except OSError:
+        parts = ()
+    return ident(root / "catalog.parquet"), ident(root / "ann" / "manifest.json"), parts
+
+
+def _open_once(root: str | os.PathLike[str], *, ann: bool) -> Population:
     store = IndexStore.open(root)
     cat_paths, cat_shas, cat_errors = store.catalog_columns()
     live = {s for s, e in zip(cat_shas, cat_errors) if s and not e}

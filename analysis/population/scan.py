@@ -202,7 +202,19 @@ def scan(
     is reused only when its signature is unchanged *and* its sketch is in a sound part. The catalog is
     rewritten every CHECKPOINT_S and at the end, always after the parts it refers to, so a scan killed at any
     point leaves a valid index that the next scan completes. `ann`: bring the approximate index up to date.
+    The whole write holds the index's writer lock: a second scan of `out` meanwhile is refused (`IndexBusyError`).
     """
+    from analysis.population.lock import writer_lock
+
+    with writer_lock(out, "scan"):
+        return _scan_locked(roots, out, config=config, scheduler=scheduler, workers=workers, client=client,
+                            processes=processes, batch_size=batch_size, part_rows=part_rows, progress=progress,
+                            ann=ann)
+
+
+def _scan_locked(roots: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, config: SketchConfig,
+                 scheduler: str | None, workers: int | None, client: Any, processes: bool, batch_size: int,
+                 part_rows: int, progress: Progress | None, ann: bool) -> ScanReport:
     t0 = time.perf_counter()
     store = IndexStore.for_scan(out, config)
     previous = store.read_catalog()

@@ -41,6 +41,7 @@ CATALOG_SCHEMA = pa.schema([
     ("sha256", pa.string()), ("error", pa.string()),
 ])
 INDEX_ENTRIES = {"meta.json", "catalog.parquet", "sketches", "ann"}  # what an index directory holds (+ dot-files)
+LOCK_NAME = ".writer.lock"  # the writers' lock (`lock`): never swept, never removed
 RESCAN = "rerun `adapter-atlas scan` on it to repair"
 
 
@@ -102,7 +103,7 @@ def _write_atomic(path: Path, table: pa.Table) -> None:
 class IndexStore:
     """Read and write one index directory: `open` for queries, `for_scan` to create, check and repair.
 
-    One writer at a time: two scans of one index at once are not supported (each would rewrite the catalog).
+    One writer at a time: `scan` and `compact` hold the index's writer lock (`analysis.population.lock`).
     """
 
     def __init__(self, root: Path, config: SketchConfig) -> None:
@@ -131,15 +132,8 @@ class IndexStore:
         refused (it is not ours to clear). Unreadable settings: every part is dropped and the index rebuilt.
         """
         path = Path(root)
-        if path.exists() and not path.is_dir():
-            raise PopulationIndexError(f"{path}: exists and is not a directory")
-        foreign = [p.name for p in path.iterdir() if p.name not in INDEX_ENTRIES and not p.name.startswith(".")] \
-            if path.exists() else []
+        cls.check_target(path)
         meta = path / "meta.json"
-        if foreign:
-            what = "has no meta.json" if not meta.exists() else "holds files an index does not"
-            raise PopulationIndexError(f"{path}: exists, is not empty and {what} ({', '.join(sorted(foreign)[:3])}): "
-                                       "not an index directory; pass a new --out directory")
         repairs: list[str] = []
         try:
             stored = cls.read_meta(path) if meta.exists() else None
@@ -165,6 +159,18 @@ class IndexStore:
         return store
 
     @staticmethod
+    def check_target(path: Path) -> None:
+        """Refuse (one line) a path a scan may not write into: a file, or a folder holding non-index files."""
+        if path.exists() and not path.is_dir():
+            raise PopulationIndexError(f"{path}: exists and is not a directory")
+        foreign = [p.name for p in path.iterdir() if p.name not in INDEX_ENTRIES and not p.name.startswith(".")] \
+            if path.exists() else []
+        if foreign:
+            what = "has no meta.json" if not (path / "meta.json").exists() else "holds files an index does not"
+            raise PopulationIndexError(f"{path}: exists, is not empty and {what} ({', '.join(sorted(foreign)[:3])}): "
+                                       "not an index directory; pass a new --out directory")
+
+    @staticmethod
     def _clear(path: Path) -> None:
         """Remove the index files of a directory we may not trust (only names an index holds)."""
         for name in INDEX_ENTRIES:
@@ -179,7 +185,7 @@ class IndexStore:
         for folder in (self.root, self.parts, self.root / "ann"):
             if folder.is_dir():
                 for p in folder.glob(".*"):
-                    if p.is_file():
+                    if p.is_file() and p.name != LOCK_NAME:
                         p.unlink(missing_ok=True)
 
     @staticmethod
