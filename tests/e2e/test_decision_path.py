@@ -39,6 +39,12 @@ def test_compare_measure_propose_and_review_in_a_fresh_browser(server_url: str, 
     headings = [h.strip() for h in page.locator("h3").all_inner_texts()]
     steps = [h for h in headings if re.match(r"^\d · ", h)]
     assert [s.split(" · ")[1].split(" ")[0].rstrip(":") for s in steps] == ["Choose", "Compare", "Measure", "Decide"], headings
+    page.get_by_role("button", name="Estimate from prompts").click()  # data-light: no labels read
+    page.get_by_text("Estimated from prompts (data-light)").first.wait_for(timeout=600_000)
+    _wait_idle(page)
+    screenshot(page, "decision_merge_estimated")
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert "data-light estimate: the agreement" in page.locator("body").inner_text()
     page.get_by_role("button", name="Measure", exact=True).click()
     page.get_by_text("measured task(s) keep").first.wait_for(timeout=600_000)
     _wait_idle(page)
