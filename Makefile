@@ -66,7 +66,9 @@ bench: $(STAMP)
 # The retention estimate's ground truth: 69 merges of the sample set, every task measured (exact match + answer NLL);
 # ~30-40 min on 2 quiet cores; resumable (--reuse). `make bench` then refits from the stored results in seconds.
 retention-truth: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) bench/retention_truth.py --reuse
+	OMP_NUM_THREADS=1 $(PY) bench/retention_truth.py --reuse --prior bench/results_retention_truth.json --threads 1 --nll-rows 32 --shard 0/2 --out bench/.truth0.json & \
+	OMP_NUM_THREADS=1 $(PY) bench/retention_truth.py --reuse --prior bench/results_retention_truth.json --threads 1 --nll-rows 32 --shard 1/2 --out bench/.truth1.json; wait
+	$(PY) bench/retention_truth.py --out bench/results_retention_truth.json --merge bench/.truth0.json bench/.truth1.json
 
 # The shared-seed experiment (issue 20): the ten tasks trained again with ONE seed (LoRA A init and data order), as
 # one script with one seed publishes them; their ground truth beside the default set's.

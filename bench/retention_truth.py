@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "bench" / "results_retention_truth.json"))
     ap.add_argument("--reuse", action="store_true", help="keep trials already in --out (resume)")
+    ap.add_argument("--prior", default=None, metavar="JSON", help="with --reuse: resume from this file, not --out")
     ap.add_argument("--max-merges", type=int, default=None, help="stop after this many merges (a smoke run)")
     ap.add_argument("--shard", default="0/1", metavar="K/N",
                     help="measure only merges k with k %% N == K (run N processes side by side, then --merge)")
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         got = hits(deltas, task)
         return {"output_estimate": outputs_value(own_hits[task], got), "output_agreement": sum(got) / len(got),
                 "own_agreement": sum(own_hits[task]) / len(got)}
-    prior = json.loads(Path(args.out).read_text()) if args.reuse and Path(args.out).is_file() else {}
+    prior_path = Path(args.prior or args.out)
+    prior = json.loads(prior_path.read_text()) if args.reuse and prior_path.is_file() else {}
     same = prior.get("protocol", {}).get("measure") == MEASURE_VERSION and (
         prior["protocol"].get("em_rows"), prior["protocol"].get("nll_rows")) == (args.em_rows, args.nll_rows)
     own = prior["own"] if same else {t: measurer.measure(adapters[t].modules, t) for t in names}
