@@ -6,7 +6,7 @@ two thirds of the MERGES (every task of a merge on the same side: a merge's task
 on the held-back third: rank correlation (Spearman) and mean absolute error against measured exact-match retention,
 the rank correlation against the NLL-based retention, and, for comparison on the same held-back trials, the rank
 correlation of simpler signals (the cosine between the merged update and the task's own, the best-fitting scale
-alone), and the data-light agreement on outputs (`bench/retention_outputs.py`: does the merge reproduce the own
+alone), and the data-light agreement on outputs (measured by `bench/retention_truth.py`: does the merge reproduce the own
 adapter's greedy answers on unlabeled prompts; no fit, the agreement is the estimate, its interval the held-back
 90% quantile of the error, shipped as the `outputs` calibration the faces' data-light estimate uses). With --write the fit becomes analysis/data/retention_calibration.json, what the tool ships.
 

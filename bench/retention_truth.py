@@ -6,7 +6,7 @@ TSV; equal and unequal weights) and every task in it:
   next to the task's own adapter and the base; retention = merged / own (exact match) and the share of the own
   adapter's NLL gain the merge keeps, (NLL_base - NLL_merged) / (NLL_base - NLL_own);
 - predicted signals: data-free (weights), data-light on inputs (each module's inputs on 16 unlabeled TRAIN prompts
-  of the task, never the eval rows) and data-light on outputs (`analysis.predict.agreement`: the share of those
+  of the task, never the eval rows) and data-light on outputs (`analysis.forecast.agreement`: the share of those
   prompts on which the merge greedily writes what the task's own adapter writes).
 Merges are exact (no export truncation): the estimate describes the merge, the export fidelity is its own number.
 
@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from analysis.adapters.load import load_adapter  # noqa: E402
-from analysis.predict import agreement_hits, capture_inputs, outputs_value, own_answers, task_signals  # noqa: E402
+from analysis.forecast import agreement_hits, outputs_value, own_answers  # noqa: E402
+from analysis.predict import capture_inputs, task_signals  # noqa: E402
 
 METHODS = {  # name -> (registered method, parameters)
     "linear": ("linear", {}),
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     own_hits = {t: hits(adapters[t].modules, t) for t in names}
 
     def outputs(deltas: Any, task: str) -> dict[str, Any]:
-        """The faces' data-light estimate (`analysis.predict.Forecast`): agreement given the own adapter's."""
+        """The faces' data-light estimate (`analysis.forecast.Forecast`): agreement given the own adapter's."""
         got = hits(deltas, task)
         return {"output_estimate": outputs_value(own_hits[task], got), "output_agreement": sum(got) / len(got),
                 "own_agreement": sum(own_hits[task]) / len(got)}

@@ -232,12 +232,11 @@ def _prompts(args: argparse.Namespace) -> Any:
 def _load_model(args: argparse.Namespace, adapters: Any) -> Any:
     """The model of --eval / --prompts, loaded once, every input checked to fit it (one line), before the merge."""
     from analysis.commands.evaluate import model_spec
-    from analysis.evaluation import check_fit, load_model
+    from analysis.evaluation import load_model
 
     print(f"loading the model ({args.model or 'the sample base'})...", file=sys.stderr)
     loaded = load_model(model_spec(args, args.model))
-    for w in check_fit(loaded.model, adapters.adapters, model_name=loaded.identity.name,
-                       aliases=loaded.identity.aliases):
+    for w in loaded.check_fit(adapters.adapters):
         print(f"warning: {w}", file=sys.stderr)
     return loaded
 
@@ -252,7 +251,7 @@ def _measure(loaded: Any, data: Any, limit: int | None) -> Any:
 def _forecast(loaded: Any, prompts: Any, adapters: Any) -> Any:
     """The Forecast request; an input the prompts give no task of its own keeps the data-free estimate (said once)."""
     from analysis.errors import EvaluationDataError
-    from analysis.predict import Forecast
+    from analysis.forecast import Forecast
 
     for a in adapters.adapters:
         try:

@@ -87,14 +87,14 @@ def run(args: argparse.Namespace) -> int:
         prompts = load_prompts(args.prompts)
     adapters = list(AdapterSet.from_paths(args.paths).adapters)  # the one naming rule: run1/adapter, run2/adapter
     if args.prompts is not None:
-        from analysis.evaluation import check_fit, load_model
-        from analysis.predict import Forecast
+        from analysis.evaluation import load_model
+        from analysis.forecast import Forecast
 
         for a in adapters:
             prompts.own_task(a)  # every adapter has prompts of its own, or one line naming it
         print(f"loading the model ({args.model or 'the sample base'})...", file=sys.stderr)
         loaded = load_model(spec)
-        check_fit(loaded.model, adapters, model_name=loaded.identity.name, aliases=loaded.identity.aliases)
+        loaded.check_fit(adapters)
         forecast = Forecast(loaded, prompts)
     if args.data is not None:
         from analysis.evaluation import Evaluator, load_model

@@ -9,7 +9,7 @@ A task is a name, a JSONL file and a metric. Rows may be
 - `{"text"}`                  plain text, loss only (e.g. a general-text check that a merge leaves the
                                base model's general ability intact);
 - `{"prompt"}`                a prompt alone, unlabeled: only for the data-light retention estimate
-                               (`--prompts`, `analysis.predict.Forecast`), never scored.
+                               (`--prompts`, `analysis.forecast.Forecast`), never scored.
 A bad row is refused with `file:line` and the reason, and nothing is evaluated on half a file: the whole
 file is parsed and checked here, before any caller loads a model.
 """

@@ -20,7 +20,7 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 from analysis.adapters.model import Adapter, Delta
 from analysis.evaluation.data import TaskData
 from analysis.evaluation.exact import DEFAULT_BATCH_SIZE, generate_answers, max_new_tokens, score_predictions
-from analysis.evaluation.fit import applied_deltas, check_fit
+from analysis.evaluation.fit import applied_deltas
 from analysis.evaluation.model import LoadedModel, ModelIdentity
 from analysis.evaluation.nll import pooled, row_nll
 from analysis.evaluation.render import encode, render
@@ -108,8 +108,7 @@ class Evaluator:
 
     def check(self, adapters: Sequence[Adapter]) -> list[str]:
         """Refuse adapters that do not fit the model (one line); return the base-name warnings."""
-        ident = self.identity
-        warnings = check_fit(self.loaded.model, adapters, model_name=ident.name, aliases=ident.aliases)
+        warnings = self.loaded.check_fit(adapters)
         for w in warnings:
             log.warning("%s", w)
         return warnings

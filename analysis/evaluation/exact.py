@@ -54,7 +54,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, batc
                      progress: Progress | None = None, label: str = "", multiline: bool = False,
                      new_tokens: int = MAX_NEW_TOKENS, raw: bool = False) -> list[str]:
     """Greedy completions of `prompts` under the protocol, already cut and stripped (`raw`: cut at the first
-    newline but not stripped, the text exactly as written: what `analysis.predict.agreement_hits` re-checks)."""
+    newline but not stripped, the text exactly as written: what `analysis.forecast.agreement_hits` re-checks)."""
     from transformers import GenerationConfig, StoppingCriteriaList
 
     tokenizer.padding_side = "left"

@@ -88,6 +88,12 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def check_fit(self, adapters: Any) -> list[str]:
+        """Refuse adapters that do not fit this model (one line naming the module); return the base-name warnings."""
+        from analysis.evaluation.fit import check_fit
+
+        return check_fit(self.model, adapters, model_name=self.identity.name, aliases=self.identity.aliases)
+
 
 def pick_device(device: str) -> str:
     if device != "auto":

@@ -162,7 +162,7 @@ def _mapping(path: Path, default_metric: str) -> tuple[list[TaskData], list[Assi
 
 
 def load_prompts(paths: Sequence[str | Path] | None, *, split: str = "eval") -> TaskSet:
-    """Unlabeled prompts per task for the data-light estimate (`analysis.predict.Forecast`): the same forms as
+    """Unlabeled prompts per task for the data-light estimate (`analysis.forecast.Forecast`): the same forms as
     `load_data` (a file, DIR/<task>/eval.jsonl, a mapping), every row giving a prompt; answers are never read."""
     return load_data(paths, metric="prompts", split=split)
 

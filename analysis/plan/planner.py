@@ -142,7 +142,7 @@ def predicted_retention(adapters: Sequence[Adapter], merged: Mapping[str, Delta]
 
 
 def forecast_predictor(forecast: Any) -> Callable[[Sequence[Adapter], Mapping[str, Delta]], dict[str, float]]:
-    """The planner's `predict` from an `analysis.predict.Forecast` (data-light: does the group's merge reproduce each
+    """The planner's `predict` from an `analysis.forecast.Forecast` (data-light: does the group's merge reproduce each
     task's own answers on its unlabeled prompts); a task without prompts keeps the data-free estimate."""
 
     def predict(adapters: Sequence[Adapter], merged: Mapping[str, Delta]) -> dict[str, float]:

@@ -12,7 +12,7 @@ Steps (each a library call; the faces only parse, cache and show):
 6. assemble the evidence record (`analysis.workflow.evidence`) that preview.json, the app's proposal
    and the review all use;
 7. `forecast_run(run, Forecast(...))` replaces the data-free estimate per task by the data-light one (does the
-   written adapter reproduce each task's own answers on a few unlabeled prompts; `analysis.predict.Forecast`),
+   written adapter reproduce each task's own answers on a few unlabeled prompts; `analysis.forecast.Forecast`),
    keeping the data-free one beside it;
 8. `measure_run(run, Measure(...))` then measures the adapter written, each input and the base on a named
    model and data: the evidence's `measured` block.
@@ -253,7 +253,7 @@ def run_merge(adapters: AdapterSet | Sequence[Adapter], method: str,
 
 def forecast_run(run: MergeRun, forecast: Any, progress: ProgressReporter | None = None) -> MergeRun:
     """The data-light estimate step: `run` with each `tasks[i].predicted_retention` from `forecast` (an
-    `analysis.predict.Forecast`: model x unlabeled prompts) on the adapter written; the data-free estimate it
+    `analysis.forecast.Forecast`: model x unlabeled prompts) on the adapter written; the data-free estimate it
     replaces stays as `predicted_retention_data_free`. An input the prompts do not cover keeps the data-free one."""
     reporter = progress or ProgressReporter()
     tick = reporter.stage("estimate")

@@ -1,4 +1,4 @@
-"""The data-light estimate (`analysis.predict.Forecast`) on a real tiny model: prompts without labels, the agreement
+"""The data-light estimate (`analysis.forecast.Forecast`) on a real tiny model: prompts without labels, the agreement
 against a second route (greedy generation), and the faces that carry it (`merge --prompts`, `plan --prompts`)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.model_folders import model_folder
+from helpers.model_folders import model_folder, task_adapters
 
 from analysis.cli import main
 from analysis.errors import EvaluationDataError
@@ -19,17 +19,10 @@ WORDS = ("abc", "dog", "sun", "tree", "moon", "cat")
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from helpers.tiny import save_peft_adapter
-    from transformers import AutoModelForCausalLM
-
     root = tmp_path_factory.mktemp("forecast")
     folder = model_folder(root, "llama", seed=3)
-    paths = []
-    for k, task in enumerate(["upper", "reverse"]):
-        base = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
-        save_peft_adapter(base, root / "adapters" / task, seed=30 + k, r=4, lora_alpha=8, base_model=str(folder),
-                          target_modules=["q_proj", "v_proj"])
-        paths.append(root / "adapters" / task)
+    paths = task_adapters(folder, root, ["upper", "reverse"], seed=30)
+    for task in ["upper", "reverse"]:
         (root / "prompts" / task).mkdir(parents=True)
         (root / "prompts" / task / "eval.jsonl").write_text(
             "".join(json.dumps({"prompt": f"{task} {w}\nOutput:"}) + "\n" for w in WORDS), encoding="utf-8")
@@ -60,13 +53,14 @@ def test_forecast_agreement_equals_greedy_generation(job: dict[str, Any], monkey
     from analysis.adapters import load_adapter
     from analysis.evaluation import ModelSpec, applied_deltas, load_model
     from analysis.evaluation.exact import generate_answers
+    from analysis.forecast import Forecast
     from analysis.merge import merge_adapters
 
     cal = predict.Calibration("data-light (outputs)", (), 0.1, 0.9, 0.05, 0, 10, "synthetic")
     monkeypatch.setattr(predict, "load_calibrations", lambda: {predict.OUTPUTS: cal})
     loaded = load_model(ModelSpec(str(job["folder"]), device="cpu"))
     adapters = [load_adapter(p) for p in job["paths"]]
-    forecast = predict.Forecast(loaded, load_prompts([job["prompts"]]))
+    forecast = Forecast(loaded, load_prompts([job["prompts"]]))
     shares = []
     for method, weights in (("linear", [1.0, 1.0]), ("linear", [1.0, 0.05]), ("linear", [0.9, 0.9]), ("ties", None)):
         merged = merge_adapters(adapters, method, weights=weights).modules

@@ -198,7 +198,7 @@ def test_calibration_file_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_agreement_is_greedy_reproduction_in_one_pass() -> None:
     """A model that always writes the next character of a fixed text: it greedily reproduces exactly the answers
     that continue that text, whatever the batch padding; a changed answer (any token) does not count."""
-    from analysis.predict import agreement
+    from analysis.forecast import agreement
 
     succ = {}  # character id -> the id the model writes after it
 

@@ -96,15 +96,21 @@ def test_measure_decide_and_the_proposal_freezes_the_table(app: AppTest, tmp_pat
     assert md_text(retention_rows(frozen)[0][7]) in report and "general\\_text" in report
 
 
-def test_a_changed_export_is_measured_before_it_is_proposed(app: AppTest, tmp_path: Path) -> None:
-    model, data = page_base_folder(tmp_path), page_task_folder(tmp_path, NAMES, rows=2)
+def _compared_on_the_server(app: AppTest, tmp_path: Path, method: str, rows: int) -> tuple[AppTest, Path, Path]:
+    """The Merge page with `method` compared, its Measure section pointed at a tiny model and task data on the server."""
+    model, data = page_base_folder(tmp_path), page_task_folder(tmp_path, NAMES, rows=rows)
     at = app.run().switch_page("app_pages/merge.py").run()
-    at.multiselect(key="merge_methods").set_value(["ties"]).run()
+    at.multiselect(key="merge_methods").set_value([method]).run()
     at.button(key="merge_compare").click().run()
     at.radio(key="merge_eval_model_kind").set_value("Model on the server").run()
     at.text_input(key="merge_eval_model").input(str(model)).run()
     at.radio(key="merge_eval_data_kind").set_value("Data on the server").run()
     at.text_area(key="merge_eval_data").input(str(data)).run()
+    return at, model, data
+
+
+def test_a_changed_export_is_measured_before_it_is_proposed(app: AppTest, tmp_path: Path) -> None:
+    at, model, data = _compared_on_the_server(app, tmp_path, "ties", rows=2)
     at.selectbox(key="merge_eval_metric").select("nll").run()
     at.toggle(key="merge_general").set_value(False).run()
     at.button(key="merge_measure").click().run()
@@ -143,14 +149,7 @@ def test_plan_runs_on_the_current_selection(app: AppTest) -> None:
 def test_estimate_from_prompts_reaches_the_table_and_the_proposal(app: AppTest, tmp_path: Path) -> None:
     """Estimate from prompts (data-light, no labels read): the page's table equals a second route (the library's
     Forecast on the export the server holds), and a proposal carries the data-light estimate in its tasks."""
-    model, data = page_base_folder(tmp_path), page_task_folder(tmp_path, NAMES, rows=4)
-    at = app.run().switch_page("app_pages/merge.py").run()
-    at.multiselect(key="merge_methods").set_value(["linear"]).run()
-    at.button(key="merge_compare").click().run()
-    at.radio(key="merge_eval_model_kind").set_value("Model on the server").run()
-    at.text_input(key="merge_eval_model").input(str(model)).run()
-    at.radio(key="merge_eval_data_kind").set_value("Data on the server").run()
-    at.text_area(key="merge_eval_data").input(str(data)).run()
+    at, model, data = _compared_on_the_server(app, tmp_path, "linear", rows=4)
     at.button(key="merge_estimate").click().run()
     _ok(at)
     page = next(d.value for d in at.dataframe if "data-light estimate" in d.value.columns)
@@ -158,7 +157,7 @@ def test_estimate_from_prompts_reaches_the_table_and_the_proposal(app: AppTest, 
     assert any("data-light estimate: the agreement" in c.value for c in at.caption)
 
     from analysis.evaluation import ModelSpec, load_model, load_prompts
-    from analysis.predict import Forecast
+    from analysis.forecast import Forecast
     from app import cache
 
     key = next(k[1] for k in cache._merge_runs() if k[0] == "run")

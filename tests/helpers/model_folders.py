@@ -93,3 +93,19 @@ def page_task_folder(root: Path, names: list[str], rows: int = 8) -> Path:
         lines = [json.dumps({"prompt": f"Add {i} and {k}.\nOutput:", "answer": str(i + k)}) for i in range(rows)]
         (out / name / "eval.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
+
+
+def task_adapters(folder: Path, root: Path, tasks: list[str], seed: int) -> list[Path]:
+    """One saved PEFT adapter per task (r 4, q/v) on the model folder, at root/adapters/<task>: named like its task,
+    seeded `seed + k`."""
+    from transformers import AutoModelForCausalLM
+
+    from helpers.tiny import save_peft_adapter
+
+    paths = []
+    for k, task in enumerate(tasks):
+        base = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+        save_peft_adapter(base, root / "adapters" / task, seed=seed + k, r=4, lora_alpha=8, base_model=str(folder),
+                          target_modules=["q_proj", "v_proj"])
+        paths.append(root / "adapters" / task)
+    return paths

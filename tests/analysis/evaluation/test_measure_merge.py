@@ -12,24 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.model_folders import model_folder
+from helpers.model_folders import model_folder, task_adapters
 
 from analysis.cli import main
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from helpers.tiny import save_peft_adapter
-    from transformers import AutoModelForCausalLM
-
     root = tmp_path_factory.mktemp("measure")
     folder = model_folder(root, "llama", seed=2)
-    paths = []
+    paths = task_adapters(folder, root, ["upper", "reverse"], seed=20)
     for k, task in enumerate(["upper", "reverse"]):
-        base = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
-        save_peft_adapter(base, root / "adapters" / task, seed=20 + k, r=4, lora_alpha=8, base_model=str(folder),
-                          target_modules=["q_proj", "v_proj"])
-        paths.append(root / "adapters" / task)
         rows = [{"prompt": f"{task} {w}\nOutput:", "answer": w.upper() if k == 0 else w[::-1]}
                 for w in ("abc", "dog", "sun", "tree", "moon")]
         (root / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
