@@ -196,7 +196,7 @@ def measured(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, tasks: tu
 def forecaster(key: EvalKey) -> Any:
     """The data-light estimate on the evaluator's model and the prompts of its data (answers never read); it
     remembers each input's own answers, so several merges of the same inputs generate them once."""
-    from analysis.predict import Forecast
+    from analysis.forecast import Forecast
 
     full = evaluator(key)
     return Forecast(full.loaded, full.data)
