@@ -10,6 +10,8 @@ The main jobs, each taking the one input type (an `AdapterSet`, or a list of loa
 
 Evaluate on a model and data of your own: `analysis.Evaluator(analysis.load_model(analysis.ModelSpec(path)),
 analysis.load_data([...]))`, or `analysis.measure_run(run, analysis.Measure(evaluator))` for a merge's evidence.
+Estimate before measuring: `analysis.reach_run(run, analysis.Reach(loaded))` (data-free, on the model) and
+`analysis.forecast_run(run, analysis.Forecast(loaded, analysis.load_prompts([...])))` (a few unlabeled prompts).
 Library calls leave global state alone: torch's threads are the caller's (`with analysis.bounded_threads(2):`).
 """
 import importlib
@@ -33,17 +35,21 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
     "merge_adapters": "analysis.merge", "overlap_table": "analysis.overlap",
     "preview_from_recipe": "analysis.workflow", "preview_merge": "analysis.preview",
     "reexport": "analysis.workflow", "run_merge": "analysis.workflow", "task_cores": "analysis.isolation",
+    "Forecast": "analysis.forecast", "Reach": "analysis.reach", "forecast_run": "analysis.workflow",
+    "load_prompts": "analysis.evaluation", "reach_run": "analysis.workflow",
 }
 
 if TYPE_CHECKING:  # the same names for type checkers and editors
     from analysis.adapters import Adapter, adapter_list, detect_format, load_adapter
     from analysis.clustering import Linkage, adapter_distance
-    from analysis.evaluation import Evaluator, Measure, ModelSpec, load_data, load_model
+    from analysis.evaluation import Evaluator, Measure, ModelSpec, load_data, load_model, load_prompts
     from analysis.export import load_recipe
+    from analysis.forecast import Forecast
     from analysis.isolation import CoreChoice, CoreSettings, core_overlap, task_cores
     from analysis.merge import METHODS, describe_methods, merge_adapters
     from analysis.overlap import aggregate, overlap_table
     from analysis.preview import preview_merge
+    from analysis.reach import Reach
     from analysis.threads import bounded_threads
     from analysis.workflow import (
         AdapterSet,
@@ -51,8 +57,10 @@ if TYPE_CHECKING:  # the same names for type checkers and editors
         ExportSpec,
         MergeRun,
         ProgressReporter,
+        forecast_run,
         measure_run,
         preview_from_recipe,
+        reach_run,
         reexport,
         run_merge,
     )
@@ -60,10 +68,11 @@ if TYPE_CHECKING:  # the same names for type checkers and editors
 
 __all__ = [
     "METHODS", "Adapter", "AdapterSet", "AtlasError", "CoreChoice", "CoreSettings", "Evaluator", "Evidence",
-    "ExportSpec", "Linkage", "Measure", "MergeRun", "ModelSpec", "ProgressReporter", "__version__",
-    "adapter_distance", "adapter_list", "aggregate", "bounded_threads", "core_overlap", "describe_methods",
-    "detect_format", "load_adapter", "load_data", "load_model", "load_recipe", "measure_run", "merge_adapters",
-    "overlap_table", "preview_from_recipe", "preview_merge", "reexport", "run_merge", "task_cores",
+    "ExportSpec", "Forecast", "Linkage", "Measure", "MergeRun", "ModelSpec", "ProgressReporter", "Reach",
+    "__version__", "adapter_distance", "adapter_list", "aggregate", "bounded_threads", "core_overlap",
+    "describe_methods", "detect_format", "forecast_run", "load_adapter", "load_data", "load_model", "load_prompts",
+    "load_recipe", "measure_run", "merge_adapters", "overlap_table", "preview_from_recipe", "preview_merge",
+    "reach_run", "reexport", "run_merge", "task_cores",
 ]
 
 

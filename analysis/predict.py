@@ -148,8 +148,11 @@ def capture_inputs(model: Any, tokenizer: Any, modules: Sequence[str], prompts: 
 
 # ------------------------------------------------------------------ calibration
 
-def features(signal: Signal) -> np.ndarray:
-    """(3,) [1, clipped scale, log residual]: the inputs of the calibrated map."""
+def features(signal: Any) -> np.ndarray:
+    """The inputs of the calibrated map: [1, clipped scale, log residual] for a weight or module-input `Signal`; a
+    signal of another kind brings its own (`analysis.reach.ReachSignal.features`)."""
+    if not isinstance(signal, Signal):
+        return np.array(signal.features())
     c = min(max(signal.scale, 0.0), 2.0)
     return np.array([1.0, c, math.log(signal.residual + 1e-3)])
 
@@ -184,7 +187,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 class Calibration:
     """A fitted map from a task's Signal to its expected retention, and its measured track record."""
 
-    basis: str  # data-free | data-light (inputs) | data-light (outputs)
+    basis: str  # data-free | data-free (reach) | data-light (inputs) | data-light (outputs)
     weights: tuple[float, ...]  # the logistic map of `features`; empty for the outputs basis (no fit: the agreement)
     halfwidth: float  # 90% split-conformal: |measured - predicted| on held-back trials, 90th percentile
     spearman_heldout: float
@@ -271,6 +274,21 @@ def estimate(signal: Signal, basis: str) -> Prediction | None:
     v, lo, hi = cal.predict(signal)
     return Prediction(v, lo, hi, signal.scale, signal.residual, basis, cal.spearman_heldout, cal.mae_heldout,
                       cal.measured_on)
+
+
+REACH = "data-free (reach)"  # the calibration key of the data-free estimate on a loaded model (`analysis.reach`)
+
+
+def estimate_reach(signal: Any, computed_on: Mapping[str, Any]) -> Prediction | None:
+    """The data-free estimate from a `analysis.reach.ReachSignal`, with its interval and track record; None without a
+    shipped calibration (or for a weight-0 input's None signal)."""
+    cal = load_calibrations().get(REACH)
+    if cal is None or signal is None:
+        return None
+    v, lo, hi = cal.predict(signal)
+    return Prediction(v, lo, hi, signal.scale, None, cal.basis, cal.spearman_heldout, cal.mae_heldout,
+                      cal.measured_on, {**computed_on, "reach_own": round(signal.own, 5),
+                                        "reach_other": round(signal.other, 5)})
 
 
 def predict_retention(inputs: Sequence[Adapter], merged: Mapping[str, Delta], *,

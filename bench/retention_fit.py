@@ -1,7 +1,8 @@
 """Fit the retention estimate on measured merges and say how well it predicts (seconds; `make bench`).
 
 Reads the ground truth of `bench/retention_truth.py` (bench/results_retention_truth.json), fits
-`analysis.predict.calibrate` for each basis (data-free: weights; data-light: module inputs on unlabeled prompts) on
+`analysis.predict.calibrate` for each basis (data-free: weights, and reach on a loaded model, `analysis.reach`;
+data-light: module inputs on unlabeled prompts) on
 two thirds of the MERGES (every task of a merge on the same side: a merge's tasks share its geometry) and reports
 on the held-back third: rank correlation (Spearman) and mean absolute error against measured exact-match retention,
 the rank correlation against the NLL-based retention, and, for comparison on the same held-back trials, the rank
@@ -27,19 +28,21 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from analysis.predict import CALIBRATION, OUTPUTS, Signal, calibrate, spearman  # noqa: E402
+from analysis.predict import CALIBRATION, OUTPUTS, REACH, Signal, calibrate, spearman  # noqa: E402
+from analysis.reach import ReachSignal  # noqa: E402
 
 BASES = (("data-free", "data_free"), ("data-light", "data_light"))
 
 
-def heldout(merge_id: str) -> bool:
-    """A fixed third of the merges, by id (a hash of the merge's spec): never chosen by looking at results."""
-    return int(merge_id, 16) % 3 == 0
+def heldout(merge_id: str, rotation: int = 0) -> bool:
+    """A fixed third of the merges, by id (a hash of the merge's spec): never chosen by looking at results. The
+    shipped fit holds back rotation 0; rotations 1 and 2 (the other thirds) say how much the record depends on it."""
+    return int(merge_id, 16) % 3 == rotation
 
 
-def fit(truth: dict[str, Any]) -> dict[str, Any]:
+def fit(truth: dict[str, Any], rotation: int = 0) -> dict[str, Any]:
     rows = [(m, t) for m in truth["merges"] for t in m["tasks"] if t["retention_em"] is not None]
-    held = [heldout(m["id"]) for m, _ in rows]
+    held = [heldout(m["id"], rotation) for m, _ in rows]
     measured_on = (f"{truth['summary'].get('measured_on', 'sample set')}; exact match on "
                    f"{truth['protocol']['em_rows']} rows; {len(truth['merges'])} merges, {len(rows)} task trials")
     y = [t["retention_em"] for _, t in rows]
@@ -60,6 +63,16 @@ def fit(truth: dict[str, Any]) -> dict[str, Any]:
         cos = [s.inner / math.sqrt(s.task2 * s.merged2) if s.task2 * s.merged2 > 0 else 0.0 for s in hs]
         out["baselines"][basis] = {"spearman_heldout_cosine": spearman(cos, hy),
                                    "spearman_heldout_scale": spearman([s.scale for s in hs], hy)}
+    if rows and all(t.get("reach") for _, t in rows):  # data-free on a loaded model: reach on the base's own text
+        signals = [ReachSignal(**t["reach"]) for _, t in rows]
+        cal = calibrate(signals, y, held, basis=REACH, measured_on=measured_on + "; reach on 16 x 48 tokens the base "
+                        "model wrote (no task data)")
+        rec = cal.record()
+        pred = [cal.predict(s)[0] for s, h in zip(signals, held) if h]
+        rec["spearman_heldout_vs_nll_retention"] = spearman(pred, [t["retention_nll"] for (_, t), h in
+                                                                     zip(rows, held) if h])
+        rec["heldout_points"] = [[round(p, 4), round(v, 4)] for p, v in zip(pred, [v for v, h in zip(y, held) if h])]
+        out["calibrations"][REACH] = rec
     if rows and all("output_agreement" in t for _, t in rows):  # data-light from outputs: the agreement itself
         est = [t["output_estimate"] if t.get("output_estimate") is not None else  # as Forecast computes it
                (min(1.0, t["output_agreement"] / t["own_agreement"]) if t["own_agreement"] else 0.0)  # older runs
@@ -87,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"truth": args.truth, "status": "not measured yet: make retention-truth (or shared-seed)"}))
         return 0
     raw = Path(args.truth).read_bytes()
-    result = fit(json.loads(raw))
+    truth = json.loads(raw)
+    result = fit(truth)
+    result["rotations"] = {  # the same fit holding back each third in turn: the record's spread over splits
+        basis: {"spearman_heldout": [round(fit(truth, r)["calibrations"][basis]["spearman_heldout"], 4)
+                                     for r in range(3)],
+                "mae_heldout": [round(fit(truth, r)["calibrations"][basis]["mae_heldout"], 4) for r in range(3)]}
+        for basis in result["calibrations"]}
     result["truth"] = {"file": str(Path(args.truth).relative_to(REPO)) if Path(args.truth).is_relative_to(REPO)
                        else args.truth, "sha256": hashlib.sha256(raw).hexdigest()}
     if args.write:

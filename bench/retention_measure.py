@@ -16,7 +16,7 @@ class Measurer:
         data = load_data([data_dir], metric="both")
         self.exact = Evaluator(loaded, data, limit=em_rows)
         self.loss = Evaluator(loaded, data, limit=nll_rows)
-        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.loaded, self.model, self.tokenizer = loaded, loaded.model, loaded.tokenizer
         self.identity = self.exact.identity.line()
 
     def prompts(self, task: str, n: int) -> list[str]:

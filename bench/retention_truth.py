@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from analysis.adapters.load import load_adapter  # noqa: E402
 from analysis.forecast import agreement_hits, outputs_value, own_answers  # noqa: E402
 from analysis.predict import capture_inputs, task_signals  # noqa: E402
+from analysis.reach import Reach  # noqa: E402
 
 METHODS = {  # name -> (registered method, parameters)
     "linear": ("linear", {}),
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapters", default=str(REPO / "sample_adapters"))
     ap.add_argument("--data", default=str(REPO / "sample_adapters" / "tasks"))
     ap.add_argument("--em-rows", type=int, default=32)
-    ap.add_argument("--nll-rows", type=int, default=64)
+    ap.add_argument("--nll-rows", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=16, help="unlabeled train prompts per task (data-light)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "bench" / "results_retention_truth.json"))
@@ -116,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         got = hits(deltas, task)
         return {"output_estimate": outputs_value(own_hits[task], got), "output_agreement": sum(got) / len(got),
                 "own_agreement": sum(own_hits[task]) / len(got)}
+    reach = Reach(measurer.loaded)
+
+    def reached(members: list[Any], merged: Any, weights: Any) -> list[dict[str, float] | None]:
+        """The data-free reach signal per member (`analysis.reach`), as the faces compute it."""
+        return [s.record() if s is not None else None for s in reach.signals(members, merged, weights=weights)]
     prior_path = Path(args.prior or args.out)
     prior = json.loads(prior_path.read_text()) if args.reuse and prior_path.is_file() else {}
     same = prior.get("protocol", {}).get("measure") == MEASURE_VERSION and (
@@ -129,16 +135,21 @@ def main(argv: list[str] | None = None) -> int:
         if k % shards != shard:
             continue
         sid = spec_id(spec)
-        if sid in done and all("output_estimate" in t for t in done[sid]["tasks"]):
+        if sid in done and all("output_estimate" in t and "reach" in t for t in done[sid]["tasks"]):
             merges.append(done[sid])
             continue
         members = [adapters[n] for n in spec["members"]]
         method, params = METHODS[spec["method"]]
         tm = time.perf_counter()
         merged = merge_adapters(members, method, weights=spec["weights"], params=params).modules
-        if sid in done:  # measured before the output agreement was part of the run: add only that
-            merges.append({**done[sid], "tasks": [{**t, **outputs(merged, t["task"])} for t in done[sid]["tasks"]]})
+        if sid in done:  # measured before the output agreement or the reach were part of the run: add only those
+            sig = reached(members, merged, spec["weights"])
+            merges.append({**done[sid], "tasks": [
+                {**t, **({} if "output_estimate" in t else outputs(merged, t["task"])), "reach": sig[i]}
+                for i, t in enumerate(done[sid]["tasks"])]})
+            print(f"[{k + 1}/{len(specs)}] backfilled {sid}", file=sys.stderr, flush=True)
             continue
+        sig = reached(members, merged, spec["weights"])
         free = task_signals(members, merged)
         light = task_signals(members, merged, activations=[acts[n] for n in spec["members"]])
         tasks = []
@@ -147,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             tasks.append({"task": n, "accuracy": m["accuracy"], "nll": m["nll"],
                           "retention_em": m["accuracy"] / own[n]["accuracy"] if own[n]["accuracy"] > 0 else None,
                           "retention_nll": (base[n]["nll"] - m["nll"]) / (base[n]["nll"] - own[n]["nll"]),
-                          "data_free": free[i].__dict__, "data_light": light[i].__dict__,
+                          "data_free": free[i].__dict__, "data_light": light[i].__dict__, "reach": sig[i],
                           **outputs(merged, n)})
         merges.append({"id": sid, **spec, "seconds": round(time.perf_counter() - tm, 1), "tasks": tasks})
         print(f"[{k + 1}/{len(specs)}] {spec['method']} {'+'.join(spec['members'])}: "
@@ -162,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def merge_files(out: str, others: list[str]) -> int:
-    """Merges of `others` (shards of one protocol) added to `out`, in the specs' order; the protocol must match."""
+    """Merges of `others` (shards of one protocol) added to `out`, in the specs' order; the protocol must match. A
+    merge `out` already holds is replaced by the shard's row (a resumed run backfills signals into measured rows)."""
     stored = json.loads(Path(out).read_text()) if Path(out).is_file() else None
     for other in others:
         data = json.loads(Path(other).read_text())
@@ -171,9 +183,11 @@ def merge_files(out: str, others: list[str]) -> int:
             continue
         if {k: v for k, v in data["protocol"].items()} != stored["protocol"]:
             raise SystemExit(f"{other}: another protocol than {out}")
-        have = {m["id"] for m in stored["merges"]}
-        stored["merges"] += [m for m in data["merges"] if m["id"] not in have]
-        stored["summary"]["seconds"] = round(stored["summary"]["seconds"] + data["summary"]["seconds"], 1)
+        theirs = {m["id"]: m for m in data["merges"]}
+        new = [m for m in data["merges"] if m["id"] not in {x["id"] for x in stored["merges"]}]
+        stored["merges"] = [theirs.get(m["id"], m) for m in stored["merges"]] + new  # a shard's rows are newer
+        if new:  # a backfill of merges already measured adds no measuring time
+            stored["summary"]["seconds"] = round(stored["summary"]["seconds"] + data["summary"]["seconds"], 1)
     assert stored is not None
     order = {spec_id(s): k for k, s in enumerate(merge_specs(stored["adapters"]))}
     stored["merges"].sort(key=lambda m: order.get(m["id"], len(order)))

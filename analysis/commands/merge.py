@@ -80,6 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(repeatable; default: the sample tasks)")
     g.add_argument("--metric", default="exact", choices=("exact", "nll", "both"), help="--eval metric (default exact)")
     g.add_argument("--limit", type=opt.EVAL_LIMIT, default=None, metavar="N", help="--eval: first N rows per task")
+    g.add_argument("--reach", action="store_true",
+                   help="data-free estimate on --model: each task's predicted retention from how far its own adapter "
+                        "and what the merge adds to it move the model on text the model wrote (no task data), "
+                        "instead of the weights-only estimate")
     g.add_argument("--prompts", action="extend", nargs="+", default=None, metavar="PATH",
                    help="unlabeled prompts per task (the forms of --data; answers are not read): each task's "
                         "predicted retention becomes the data-light estimate on --model (does the merge reproduce "
@@ -172,13 +176,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out_dir(out, inputs=[*args.paths, *recipe_input_paths(args.recipe)], force=args.force)  # before any work
     from analysis.threads import bounded_threads
-    from analysis.workflow import ProgressReporter, forecast_run, measure_run, run_merge
+    from analysis.workflow import ProgressReporter, forecast_run, measure_run, reach_run, run_merge
 
     measure = _measure_data(args)  # data validated before anything is merged or loaded
     prompts = _prompts(args)
     adapters, method, params, weights, export, preview = _job(args)
     _check_extras(adapters, export)
-    loaded = _load_model(args, adapters) if measure is not None or prompts is not None else None
+    loaded = _load_model(args, adapters) if measure is not None or prompts is not None or args.reach else None
     if measure is not None:
         measure = _measure(loaded, measure, args.limit)
     forecast = _forecast(loaded, prompts, adapters) if prompts is not None else None
@@ -187,6 +191,10 @@ def run(args: argparse.Namespace) -> int:
         with bounded_threads():  # this face's torch threads (ADAPTER_ATLAS_THREADS, else half the cores)
             merged = run_merge(adapters, method, params, weights, export, preview=preview,
                                progress=ProgressReporter(bars))
+            if args.reach:
+                from analysis.reach import Reach
+
+                merged = reach_run(merged, Reach(loaded), ProgressReporter(bars))
             if forecast is not None:
                 merged = forecast_run(merged, forecast, ProgressReporter(bars))
             if measure is not None:
@@ -210,8 +218,8 @@ def _measure_data(args: argparse.Namespace) -> Any:
     if not args.eval:
         if args.data:
             raise RecipeError("--data measures the merge: add --eval (or give unlabeled --prompts for the estimate)")
-        if args.model and not args.prompts:
-            raise RecipeError("--model measures the merge (--eval) or estimates it from --prompts: add one")
+        if args.model and not args.prompts and not args.reach:
+            raise RecipeError("--model measures the merge (--eval) or estimates it (--reach, --prompts): add one")
         return None
     if args.limit is not None and args.limit < 1:
         raise RecipeError(f"--limit must be at least 1, got {args.limit}")

@@ -1,6 +1,7 @@
 """`adapter-atlas plan`: the fewest merged adapters that keep every task at --min-retention of its own adapter.
 
     adapter-atlas plan sample_adapters/{format,math,text}_* --min-retention 0.9 --out plan/                    # data-free
+    adapter-atlas plan sample_adapters/{format,math,text}_* --weights-only --out plan/        # data-free, no model
     adapter-atlas plan sample_adapters/{format,math,text}_* --min-retention 0.9 --data sample_adapters/tasks --out plan/
     adapter-atlas plan sample_adapters/{format,math,text}_* --prompts sample_adapters/tasks --out plan/        # data-light
     adapter-atlas plan my_adapters/* --model models/my-llama --data my_tasks.yaml --out plan/
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-retention", type=opt.fraction(open_low=True), default=0.9, help="accuracy kept vs the own adapter (default 0.9)")
     p.add_argument("--data", action="append", default=None, metavar="PATH",
                    help="task data (DIR/<task>/eval.jsonl, JSONL files or a YAML mapping): verify by evaluation")
+    p.add_argument("--weights-only", action="store_true",
+                   help="decide from the weights-only estimate and load no model (default without --prompts: the "
+                        "data-free reach estimate on --model, which reads no task data)")
     p.add_argument("--prompts", action="extend", nargs="+", default=None, metavar="PATH",
                    help="unlabeled prompts per task (the forms of --data; answers are not read): decide from the "
                         "data-light estimate on --model instead of the data-free one (--data still verifies)")
@@ -96,6 +100,15 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_model(spec)
         loaded.check_fit(adapters)
         forecast = Forecast(loaded, prompts)
+    reach = None
+    if args.prompts is None and not args.weights_only:  # data-free on the model: reach on text the base model writes
+        from analysis.evaluation import load_model
+        from analysis.reach import Reach
+
+        print(f"loading the model ({args.model or 'the sample base'})...", file=sys.stderr)
+        loaded = load_model(spec)
+        loaded.check_fit(adapters)
+        reach = Reach(loaded)
     if args.data is not None:
         from analysis.evaluation import Evaluator, load_model
         from analysis.plan.measured import plan_measures
@@ -117,14 +130,19 @@ def run(args: argparse.Namespace) -> int:
     logger.setLevel(logging.INFO)
     logger.propagate = False  # once on stderr, not again through the root handler
     try:
-        from analysis.plan.planner import forecast_predictor, predicted_retention
+        from analysis.plan.planner import forecast_predictor, predicted_retention, reach_predictor
 
-        predict = forecast_predictor(forecast) if forecast is not None else predicted_retention
+        predict = (forecast_predictor(forecast) if forecast is not None else reach_predictor(reach)
+                   if reach is not None else predicted_retention)
         plan = Planner(args.min_retention, evaluate=evaluate, screen=None if args.no_screen else screen,
                        predict=predict, max_trials=args.max_trials or (20 if args.data else 100)).plan(adapters)
         if forecast is not None:
             plan.estimate_basis = "outputs"
             plan.estimate_on = {"model": forecast.loaded.identity.line(), "prompts": forecast.data.records(forecast.n)}
+        elif reach is not None:
+            from analysis.predict import REACH
+
+            plan.estimate_basis, plan.estimate_on = REACH, reach.identity()
         if evaluator is not None:
             from analysis.plan.measured import measured_on
 
@@ -141,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, default=float))
         return 0
     kind = (f"measured on {evaluator.identity.line()}" if evaluator is not None
-            else "predicted (data-light, from prompts)" if forecast is not None else "predicted (data-free)")
+            else "predicted (data-light, from prompts)" if forecast is not None
+            else "predicted (data-free, reach)" if reach is not None else "predicted (data-free, weights only)")
     print(f"{len(adapters)} adapters -> {data['adapters_out']} at min retention {args.min_retention} ({kind}); "
           f"wrote {out}/plan.json")
     for g in data["groups"]:

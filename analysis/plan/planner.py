@@ -96,7 +96,7 @@ class Plan:
     trials: list[Trial] = field(default_factory=list)
     measured_on: dict[str, Any] | None = None  # model identity and data files of the measured numbers
     estimate_basis: str = "data-free"  # the shipped calibration the predictions come from ("outputs": data-light)
-    estimate_on: dict[str, Any] | None = None  # data-light: the model and prompt files the estimate ran on
+    estimate_on: dict[str, Any] | None = None  # the model (and data-light: prompt files) the estimate ran on
 
     def as_dict(self) -> dict[str, Any]:
         return {"min_retention": self.min_retention, "tasks": self.tasks, "adapters_in": len(self.tasks),
@@ -139,6 +139,24 @@ def predicted_retention(adapters: Sequence[Adapter], merged: Mapping[str, Delta]
                              "pass --data to decide by evaluation")
         out[a.name] = pred.value
     return out
+
+
+def reach_predictor(reach: Any) -> Callable[[Sequence[Adapter], Mapping[str, Delta]], dict[str, float]]:
+    """The planner's data-free `predict` on a loaded model (`analysis.reach.Reach`: the task's best-fitting scale, its
+    own adapter's reach and the reach of what the merge adds, on text the base model wrote; no task data)."""
+    from analysis.predict import estimate_reach
+
+    def predict(adapters: Sequence[Adapter], merged: Mapping[str, Delta]) -> dict[str, float]:
+        out = {}
+        for a, signal in zip(adapters, reach.signals(adapters, merged)):
+            pred = estimate_reach(signal, {})
+            if pred is None:
+                raise AtlasError("no calibrated reach estimate is shipped (analysis/data/retention_calibration.json): "
+                                 "pass --weights-only, or --data to decide by evaluation")
+            out[a.name] = pred.value
+        return out
+
+    return predict
 
 
 def forecast_predictor(forecast: Any) -> Callable[[Sequence[Adapter], Mapping[str, Delta]], dict[str, float]]:

@@ -12,6 +12,7 @@ from analysis.workflow.pipeline import (
            MergeRun,
            forecast_run,
            measure_run,
+           reach_run,
            preview_from_recipe,
            reexport,
            run_merge,
@@ -19,5 +20,5 @@ from analysis.workflow.pipeline import (
 from analysis.workflow.progress import Cancelled, ProgressReporter
 
 __all__ = ["EVIDENCE_VERSION", "AdapterSet", "Cancelled", "CoreChoice", "CoreSettings", "Evidence", "ExportSpec",
-           "MergeRun", "ProgressReporter", "display_names", "forecast_run", "measure_run", "most_overlapping", "preview_from_recipe",
+           "MergeRun", "ProgressReporter", "display_names", "forecast_run", "measure_run", "most_overlapping", "reach_run", "preview_from_recipe",
            "reexport", "run_merge"]

@@ -261,8 +261,32 @@ def forecast_run(run: MergeRun, forecast: Any, progress: ProgressReporter | None
     forecast.check(inputs)
     preds = forecast.run(inputs, run.written_modules(), weights=run.result.weights)
     tick(1, 1, "")
+    return _with_estimates(run, preds, "predicted_retention_data_free")
+
+
+def reach_run(run: MergeRun, reach: Any, progress: ProgressReporter | None = None) -> MergeRun:
+    """The data-free estimate on a loaded model: `run` with each `tasks[i].predicted_retention` from `reach` (an
+    `analysis.reach.Reach`: how far the task's own adapter and what the merge adds to it move the base model on text
+    the base model wrote; no task data); the weights-only estimate it replaces stays as
+    `predicted_retention_weights`. Run before `forecast_run`, which then keeps this one as the data-free estimate."""
+    from analysis.predict import estimate_reach
+
+    reporter = progress or ProgressReporter()
+    tick = reporter.stage("reach")
+    inputs = run.adapters.adapters
+    reach.loaded.check_fit(inputs)
+    on = reach.identity()
+    preds = [estimate_reach(s, on) for s in reach.signals(inputs, run.written_modules(), weights=run.result.weights)]
+    tick(1, 1, "")
+    return _with_estimates(run, preds, "predicted_retention_weights")
+
+
+def _with_estimates(run: MergeRun, preds: Sequence[Any], keep_as: str) -> MergeRun:
+    """`run` whose `tasks[i].predicted_retention` is `preds[index]` where there is one (a `Prediction`); the estimate
+    it replaces stays under `keep_as`. Without a preview (--no-preview) the estimates still reach the record, one row
+    per input."""
     tasks = run.evidence.get("tasks")
-    if not tasks:  # no preview (--no-preview): the estimate still reaches the record, one row per input
+    if not tasks:
         rows_only = [{"index": i, "name": name, "predicted_retention": p.record() if p is not None else None}
                      for i, (name, p) in enumerate(zip(run.adapters.names, preds))]
         return dataclasses.replace(run, evidence={**run.evidence, "tasks": rows_only})
@@ -272,8 +296,7 @@ def forecast_run(run: MergeRun, forecast: Any, progress: ProgressReporter | None
         if pred is None:
             rows.append(row)
             continue
-        rows.append({**row, "predicted_retention": pred.record(),
-                     "predicted_retention_data_free": row.get("predicted_retention")})
+        rows.append({**row, "predicted_retention": pred.record(), keep_as: row.get("predicted_retention")})
     return dataclasses.replace(run, evidence={**run.evidence, "tasks": rows})
 
 

@@ -202,17 +202,28 @@ def forecaster(key: EvalKey) -> Any:
     return Forecast(full.loaded, full.data)
 
 
+@st.cache_resource(show_spinner=False, max_entries=2)
+def reacher(key: EvalKey) -> Any:
+    """The data-free reach estimate on the evaluator's model (`analysis.reach`: probes the model writes itself, no
+    data read); it remembers the probes, the base's answers to them and each input's own reach."""
+    from analysis.reach import Reach
+
+    return Reach(evaluator(key).loaded)
+
+
 def forecasted(key: MergeKey, fmt: str, rank: int | None, ekey: EvalKey, progress: Any = None) -> list[dict[str, Any]]:
-    """The evidence's `tasks` of the adapter written for this merge with the data-light estimate per task
-    (`analysis.workflow.forecast_run`; an input without prompts of its own keeps the data-free one). Memoized."""
+    """The evidence's `tasks` of the adapter written for this merge with the estimates that need the model: the
+    data-free one on it (`analysis.workflow.reach_run`), then the data-light one (`forecast_run`), which keeps the
+    first as `predicted_retention_data_free`; an input without prompts of its own keeps the data-free one. Memoized."""
     from analysis.threads import bounded_threads
-    from analysis.workflow import ProgressReporter, forecast_run
+    from analysis.workflow import ProgressReporter, forecast_run, reach_run
 
     memo = _merge_runs()
     fkey = ("forecast", key, fmt, rank, ekey)
     if fkey not in memo:
         run = merge_export(key, fmt, rank)
         with bounded_threads(None):
+            run = reach_run(run, reacher(ekey), ProgressReporter(progress))
             _remember(fkey, forecast_run(run, forecaster(ekey), ProgressReporter(progress)).evidence["tasks"])
     return memo[fkey]
 

@@ -30,8 +30,11 @@ def show_track_record(*, key: str) -> None:
                f"Spearman {record['spearman_heldout']:.2f} with mean absolute error {record['mae_heldout']:.2f} on "
                f"{record['n_heldout']} task trials ({record['measured_on']}). An estimate, not a measurement: "
                f"measure below before deciding.")
-    light = track_record("outputs")
-    shown = [(f"data-free (Spearman {record['spearman_heldout']:.2f})", record)] + (
+    from analysis.predict import REACH
+
+    reach, light = track_record(REACH), track_record("outputs")
+    shown = [(f"data-free, weights (Spearman {record['spearman_heldout']:.2f})", record)] + (
+        [(f"data-free, reach on the model (Spearman {reach['spearman_heldout']:.2f})", reach)] if reach else []) + (
         [(f"data-light, from prompts (Spearman {light['spearman_heldout']:.2f})", light)] if light else [])
     if not any(r.get("heldout_points") for _, r in shown):
         return
@@ -46,5 +49,7 @@ def show_track_record(*, key: str) -> None:
                           xaxis_title="predicted retention", yaxis_title="measured retention (exact match)",
                           legend_title="estimate")
         show_figure(fig, name="estimate_track_record", key=key)
-        st.caption("Data-free ranks outcomes weakly; the data-light estimate (section 3, **Estimate from prompts**) "
-                   "needs the model and a few unlabeled prompts per task.")
+        st.caption("The weights alone rank outcomes weakly. The reach estimate needs the model but no data: how far "
+                   "each update moves the model on text the model wrote itself (an adapter that moves it far on "
+                   "generic text also takes over other tasks' prompts). The data-light estimate (section 3, "
+                   "**Estimate from prompts**, which computes both) needs a few unlabeled prompts per task.")

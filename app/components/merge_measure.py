@@ -104,7 +104,9 @@ def render(runs: Mapping[str, Any], merge_key: Callable[[str], cache.MergeKey], 
         if st.button("Estimate from prompts", key="merge_estimate",
                      help="Data-light, no labels read: on the first 16 prompts of each input's own task, does the "
                           "merge as written greedily write what the task's own adapter writes? One teacher-forced "
-                          "pass per task; replaces the data-free estimate in the table below and in a proposal."):
+                          "pass per task; replaces the data-free estimate in the table below and in a proposal. "
+                          "The data-free column beside it is then the reach estimate on the same model (how far each "
+                          "update moves the model on text the model wrote itself)."):
             st.session_state["merge_estimated"] = True
         if st.button("Measure", key="merge_measure", type="primary", disabled=not chosen):
             st.session_state["merge_measured"] = True
@@ -173,7 +175,8 @@ def _estimate_table(light: Mapping[str, list[dict[str, Any]]], order: list[str])
             rows.append({"method": m, "input": t["name"], "data-light estimate": cell(t) if on else "—",
                          "agreement": on.get("agreement"), "prompts": on.get("n"), "prompt task": on.get("task"),
                          "data-free estimate": cell({"predicted_retention": t.get("predicted_retention_data_free")
-                                                     if on else pred})})
+                                                     if on else pred}),
+                         "data-free basis": ((t.get("predicted_retention_data_free") if on else pred) or {}).get("basis")})
     st.markdown("**Estimated from prompts (data-light)**")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={"agreement": st.column_config.NumberColumn(

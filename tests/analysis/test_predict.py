@@ -233,3 +233,27 @@ def test_agreement_is_greedy_reproduction_in_one_pass() -> None:
     assert agreement(model, Tok(), {}, prompts, [" ghi", " ghij", " ghijk"]) == pytest.approx(1 / 3)  # stops too early
     # or too late; the completion as written: without its leading space it is not what greedy decoding writes
     assert agreement(model, Tok(), {}, prompts, ["ghij", " ghij", "ghij"]) == pytest.approx(1 / 3)
+
+
+def test_shipped_calibration_is_the_fit_of_the_shipped_ground_truth() -> None:
+    """The calibration the tool ships (analysis/data/retention_calibration.json) is what bench/retention_fit.py
+    computes from the committed ground truth, byte for byte in its numbers: no hand-edited track record."""
+    import hashlib
+    import importlib.util
+    import json
+
+    from analysis.predict import CALIBRATION, REACH
+
+    repo = Path(__file__).resolve().parents[2]
+    shipped = json.loads(CALIBRATION.read_text())
+    truth_path = repo / shipped["truth"]["file"]
+    raw = truth_path.read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == shipped["truth"]["sha256"]
+    spec = importlib.util.spec_from_file_location("retention_fit", repo / "bench" / "retention_fit.py")
+    fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit)
+    again = fit.fit(json.loads(raw))["calibrations"]
+    assert set(again) == set(shipped["calibrations"]) and REACH in again
+    for basis, rec in shipped["calibrations"].items():
+        for key in ("weights", "halfwidth", "spearman_heldout", "mae_heldout", "n_train", "n_heldout"):
+            assert again[basis][key] == pytest.approx(rec[key], abs=1e-9), (basis, key)

@@ -40,7 +40,7 @@ def test_data_free_plan_cli_writes_plan_json(tmp_path, capsys):
     from consolidate_tiny import make_adapters
 
     paths = [str(p) for p in make_adapters(tmp_path, ["a", "b"])]
-    assert main(["plan", *paths, "--out", str(tmp_path / "o"), "--json"]) == 0
+    assert main(["plan", *paths, "--weights-only", "--out", str(tmp_path / "o"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["adapters_in"] == 2 and data == json.loads((tmp_path / "o" / "plan.json").read_text())
     assert all((tmp_path / "o" / g["path"] / "adapter_config.json").is_file() for g in data["groups"])

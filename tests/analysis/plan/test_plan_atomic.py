@@ -67,10 +67,10 @@ def _plan_tasks(out: Path) -> list[list[str]]:
 @pytest.mark.parametrize("point", POINTS)
 def test_kill_during_forced_plan_loses_nothing(point: str, inputs: list[str], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert main(["plan", *inputs[:2], "--out", str(out)]) == 0  # the previous plan: two tasks
+    assert main(["plan", *inputs[:2], "--weights-only", "--out", str(out)]) == 0  # the previous plan: two tasks
     before = _plan_tasks(out)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    child = subprocess.run([sys.executable, "-c", KILLER, point, "plan", *inputs, "--out", str(out), "--force"],
+    child = subprocess.run([sys.executable, "-c", KILLER, point, "plan", *inputs, "--weights-only", "--out", str(out), "--force"],
                            env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == -9, child.stderr[-2000:]
     if point == "swapped":
@@ -82,9 +82,9 @@ def test_kill_during_forced_plan_loses_nothing(point: str, inputs: list[str], tm
         assert _plan_tasks(out) == before  # the previous plan, untouched
     # a plain rerun (no --force) is refused while the previous plan is there, never half-replaced
     if point != "swapped":
-        assert main(["plan", *inputs, "--out", str(out)]) == 2
+        assert main(["plan", *inputs, "--weights-only", "--out", str(out)]) == 2
         assert _plan_tasks(out) == before  # the parked plan was put back by that run's check
-    assert main(["plan", *inputs, "--out", str(out), "--force"]) == 0
+    assert main(["plan", *inputs, "--weights-only", "--out", str(out), "--force"]) == 0
     assert _plan_tasks(out) == [["alpha"], ["beta"], ["gamma"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or parked folder left
     assert not (out / ".adapter-atlas-export").exists()

@@ -130,7 +130,7 @@ def test_same_leaf_names_are_told_apart_and_keyed_by_index(same_leaf, tmp_path):
 def test_plan_cli_names_inputs_like_merge_and_logs_predictions(same_leaf, tmp_path, capsys):
     from analysis.cli import main
 
-    assert main(["plan", *map(str, same_leaf[:2]), "--out", str(tmp_path / "p"), "--min-retention", "0.5"]) == 0
+    assert main(["plan", *map(str, same_leaf[:2]), "--weights-only", "--out", str(tmp_path / "p"), "--min-retention", "0.5"]) == 0
     captured = capsys.readouterr()
     lines = [x for x in captured.err.splitlines() if x.startswith("plan: group ")]
     assert lines and all("predicted run1/adapter 0." in x or "predicted run1/adapter 1." in x for x in lines)
