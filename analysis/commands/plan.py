@@ -100,15 +100,6 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_model(spec)
         loaded.check_fit(adapters)
         forecast = Forecast(loaded, prompts)
-    reach = None
-    if args.prompts is None and not args.weights_only:  # data-free on the model: reach on text the base model writes
-        from analysis.evaluation import load_model
-        from analysis.reach import Reach
-
-        print(f"loading the model ({args.model or 'the sample base'})...", file=sys.stderr)
-        loaded = load_model(spec)
-        loaded.check_fit(adapters)
-        reach = Reach(loaded)
     if args.data is not None:
         from analysis.evaluation import Evaluator, load_model
         from analysis.plan.measured import plan_measures
@@ -124,6 +115,18 @@ def run(args: argparse.Namespace) -> int:
         for w in evaluator.check(adapters):
             print(f"warning: {w}", file=sys.stderr)
         evaluate, screen = plan_measures(evaluator, adapters)
+    reach = None
+    if args.prompts is None and not args.weights_only:  # data-free on the model: reach on text the base model writes
+        from analysis.evaluation import load_model
+        from analysis.reach import Reach
+
+        if evaluator is not None:
+            loaded = evaluator.loaded
+        else:
+            print(f"loading the model ({args.model or 'the sample base'})...", file=sys.stderr)
+            loaded = load_model(spec)
+        loaded.check_fit(adapters)
+        reach = Reach(loaded)
     handler, logger = _Log(), logging.getLogger("analysis.plan.planner")
     level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
