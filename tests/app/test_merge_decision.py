@@ -164,9 +164,17 @@ def test_estimate_from_prompts_reaches_the_table_and_the_proposal(app: AppTest, 
     run = cache.merge_export(key, "peft", None)  # the adapter as written: what the page estimated
     second = Forecast(load_model(ModelSpec(str(model))), load_prompts([data])).run(
         run.adapters.adapters, run.written_modules())
-    for (_, row), pred in zip(page.iterrows(), second):
+    from analysis.predict import estimate_reach
+    from analysis.reach import Reach
+
+    loaded = load_model(ModelSpec(str(model)))
+    free = [estimate_reach(s, {}) for s in Reach(loaded).signals(run.adapters.adapters, run.written_modules())]
+    for (_, row), pred, reach in zip(page.iterrows(), second, free):
         assert pred is not None and row["data-light estimate"] == f"{pred.value:.2f} [{pred.low:.2f}, {pred.high:.2f}]"
         assert row["agreement"] == pytest.approx(pred.computed_on["agreement"])
+        # the data-free column beside it: the reach estimate on the same model, a second route through the library
+        assert row["data-free basis"] == "data-free (reach)"
+        assert row["data-free estimate"] == f"{reach.value:.2f} [{reach.low:.2f}, {reach.high:.2f}]"
     at.text_input(key="merge_prop_author").input("ana")
     at.button(key="FormSubmitter:merge_propose_form-Propose this merge").click().run()
     _ok(at)
@@ -175,3 +183,4 @@ def test_estimate_from_prompts_reaches_the_table_and_the_proposal(app: AppTest, 
     tasks = ReviewStore(os.environ["ADAPTER_ATLAS_DB"]).get(1).preview["tasks"]
     assert [t["predicted_retention"]["basis"] for t in tasks] == ["data-light (outputs)"] * len(NAMES)
     assert [t["predicted_retention"]["value"] for t in tasks] == pytest.approx([p.value for p in second], abs=1e-4)
+    assert [t["predicted_retention_data_free"]["basis"] for t in tasks] == ["data-free (reach)"] * len(NAMES)
