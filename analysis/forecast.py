@@ -70,7 +70,8 @@ def agreement_hits(model: Any, tokenizer: Any, deltas: Mapping[str, Delta], prom
             for i, (p, a) in enumerate(seqs):
                 ids[i, :len(p) + len(a)] = torch.tensor(p + a)
                 mask[i, :len(p) + len(a)] = 1
-            pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)  # (b, t)
+            dev = getattr(model, "device", None) or torch.device("cpu")  # the inputs go where the model is
+            pred = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.argmax(-1).cpu()  # (b, t)
             for i, (p, a) in enumerate(seqs):
                 got = pred[i, len(p) - 1:len(p) + len(a) - 1].tolist()  # position k predicts token k + 1
                 end = int(pred[i, len(p) + len(a) - 1])

@@ -18,6 +18,7 @@ the reach of its own adapter R_t and the reach of what the merge adds that is no
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -31,20 +32,24 @@ PROBE_SEED = 1
 
 
 def write_probes(model: Any, tokenizer: Any, *, n: int = PROBE_SEQS, tokens: int = PROBE_TOKENS,
-                 seed: int = PROBE_SEED) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), each (n, t): text the base model samples from its own start tokens. The global torch random state
-    is left as it was."""
-    start = tokenizer.bos_token or tokenizer.eos_token or ""
-    starts = [start] * (n - n // 2) + ["\n"] * (n // 2)
-    enc = tokenizer(starts, return_tensors="pt", padding=True, add_special_tokens=False)
+                 seed: int = PROBE_SEED, starts: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), each (n, t) on the model's device: text the model samples (temperature 1, its generation config
+    otherwise) from `starts`, by default its own start token (BOS, else end) for half and a newline for the other
+    half. Left padded where starts differ in length; every generated token is real. The random state of the CPU and
+    of the model's device is left as it was."""
+    start = tokenizer.bos_token or tokenizer.eos_token or "\n"
+    starts = list(starts) if starts is not None else [start] * (n - n // 2) + ["\n"] * (n // 2)
+    device = getattr(model, "device", None) or torch.device("cpu")
+    enc = {k: v.to(device) for k, v in
+           tokenizer(starts, return_tensors="pt", padding=True, add_special_tokens=False).items()}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(seed)
         ids = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=tokens,
                              min_new_tokens=tokens, pad_token_id=pad)  # (n, t)
-    prompt = enc["attention_mask"]  # (n, t0): left padded starts; every generated token is real
-    mask = torch.cat([prompt, torch.ones(ids.shape[0], ids.shape[1] - prompt.shape[1], dtype=prompt.dtype)], 1)
-    return ids, mask
+    prompt = enc["attention_mask"]  # (n, t0)
+    tail = torch.ones(ids.shape[0], ids.shape[1] - prompt.shape[1], dtype=prompt.dtype, device=prompt.device)
+    return ids, torch.cat([prompt, tail], 1)
 
 
 @dataclass(frozen=True)
@@ -67,38 +72,64 @@ class ReachSignal:
 @dataclass
 class Reach:
     """Probes written once per loaded model, the base's log-probabilities on them, and each adapter's own reach
-    (remembered by sha256). `loaded`: an `analysis.evaluation.LoadedModel`."""
+    (remembered by its sha256 and module names). `loaded`: an `analysis.evaluation.LoadedModel`. Safe to share
+    between threads (the app's visitors): the first use writes the probes under a lock, and every pass through the
+    model holds the model's lock."""
 
     loaded: Any
+    chunk: int = 4  # sequences per forward pass: the peak memory is a few (chunk, t, vocabulary) tensors
     _probes: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
-    _base: torch.Tensor | None = field(default=None, repr=False)
-    _own: dict[str, float] = field(default_factory=dict, repr=False)
+    _base: list[torch.Tensor] | None = field(default=None, repr=False)
+    _own: dict[tuple[str, tuple[str, ...]], float] = field(default_factory=dict, repr=False)
+    _init: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def _logprobs(self, deltas: Mapping[str, Delta]) -> torch.Tensor:
+    def _ready(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The probes and the base's log-probabilities on them, made once (lock first, then the model's lock)."""
+        with self._init:
+            if self._base is None:
+                from analysis.evaluation.evaluator import model_lock
+
+                if self._probes is None:  # (given probes are kept: a test or a caller's own)
+                    with model_lock(self.loaded.model):
+                        self._probes = write_probes(self.loaded.model, self.loaded.tokenizer)
+                self._base = self._logprobs({})
+        assert self._probes is not None
+        return self._probes[0], self._probes[1], self._base
+
+    def _logprobs(self, deltas: Mapping[str, Delta]) -> list[torch.Tensor]:
+        """Per chunk of probe sequences: log-probabilities (chunk, t, V) of base + deltas, at the positions the text
+        was written at (left padding does not shift them)."""
         from analysis.evaluation import applied_deltas
         from analysis.evaluation.evaluator import model_lock
 
         model = self.loaded.model
-        if self._probes is None:
-            with model_lock(model):
-                self._probes = write_probes(model, self.loaded.tokenizer)
+        assert self._probes is not None
         ids, mask = self._probes
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)  # (n, t)
+        out = []
         with model_lock(model), applied_deltas(model, deltas), torch.no_grad():
-            return model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)  # (n, t, V)
+            for k in range(0, ids.shape[0], self.chunk):
+                sl = slice(k, k + self.chunk)
+                logits = model(input_ids=ids[sl], attention_mask=mask[sl], position_ids=positions[sl]).logits
+                out.append(logits.float().log_softmax(-1))
+        return out
 
     def of(self, deltas: Mapping[str, Delta]) -> float:
         """Mean KL(base + deltas || base) per real probe token (nats)."""
-        if self._base is None:
-            self._base = self._logprobs({})
-        lp = self._logprobs(deltas)
-        mask = self._probes[1].bool()
-        kl = (lp.exp() * (lp - self._base)).sum(-1)  # (n, t)
-        return float(kl[mask].mean().clamp_min(0.0))
+        _, mask, base = self._ready()
+        total, count = 0.0, 0
+        for k, (lp, lb) in enumerate(zip(self._logprobs(deltas), base)):
+            m = mask[k * self.chunk:(k + 1) * self.chunk].bool()
+            kl = (lp.exp() * (lp - lb)).sum(-1)  # (chunk, t)
+            total += float(kl[m].sum())
+            count += int(m.sum())
+        return max(total / max(count, 1), 0.0)
 
     def own(self, adapter: Adapter) -> float:
-        if adapter.sha256 not in self._own:
-            self._own[adapter.sha256] = self.of(adapter.modules)
-        return self._own[adapter.sha256]
+        key = (adapter.sha256, tuple(sorted(adapter.modules)))  # a restricted copy keeps its source's sha256
+        if key not in self._own:
+            self._own[key] = self.of(adapter.modules)
+        return self._own[key]
 
     def signals(self, inputs: Sequence[Adapter], merged: Mapping[str, Delta], *,
                 weights: Sequence[float] | None = None) -> list[ReachSignal | None]:

@@ -192,7 +192,12 @@ def run(args: argparse.Namespace) -> int:
             merged = run_merge(adapters, method, params, weights, export, preview=preview,
                                progress=ProgressReporter(bars))
             if args.reach:
+                from analysis.predict import REACH, load_calibrations
                 from analysis.reach import Reach
+
+                if REACH not in load_calibrations():
+                    print("warning: no calibrated reach estimate is shipped: the weights-only estimate stays",
+                          file=sys.stderr)
 
                 merged = reach_run(merged, Reach(loaded), ProgressReporter(bars))
             if forecast is not None:

@@ -1,6 +1,6 @@
 """`adapter-atlas plan`: the fewest merged adapters that keep every task at --min-retention of its own adapter.
 
-    adapter-atlas plan sample_adapters/{format,math,text}_* --min-retention 0.9 --out plan/                    # data-free
+    adapter-atlas plan sample_adapters/{format,math,text}_* --min-retention 0.9 --out plan/    # data-free (reach on the model)
     adapter-atlas plan sample_adapters/{format,math,text}_* --weights-only --out plan/        # data-free, no model
     adapter-atlas plan sample_adapters/{format,math,text}_* --min-retention 0.9 --data sample_adapters/tasks --out plan/
     adapter-atlas plan sample_adapters/{format,math,text}_* --prompts sample_adapters/tasks --out plan/        # data-light
@@ -80,6 +80,15 @@ def run(args: argparse.Namespace) -> int:
     from analysis.workflow import AdapterSet
 
     spec = model_spec(args, args.model)
+    use_reach = args.prompts is None and not args.weights_only
+    if args.weights_only and args.prompts is not None:
+        raise AtlasError("--weights-only and --prompts: pick one estimate (the prompts decide when given)")
+    if use_reach:
+        from analysis.predict import REACH, load_calibrations
+
+        if REACH not in load_calibrations():
+            raise AtlasError("no calibrated reach estimate is shipped (analysis/data/retention_calibration.json): "
+                             "pass --weights-only (or --prompts) to plan without it")
     evaluator = evaluate = screen = forecast = loaded = None
     if args.data is not None:  # every data file validated, and every adapter given its task, before the model loads
         from analysis.evaluation import load_data
@@ -116,16 +125,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {w}", file=sys.stderr)
         evaluate, screen = plan_measures(evaluator, adapters)
     reach = None
-    if args.prompts is None and not args.weights_only:  # data-free on the model: reach on text the base model writes
+    if use_reach:  # data-free on the model: reach on text the model writes itself (with --data: the predictions)
         from analysis.evaluation import load_model
         from analysis.reach import Reach
 
         if evaluator is not None:
             loaded = evaluator.loaded
         else:
-            print(f"loading the model ({args.model or 'the sample base'})...", file=sys.stderr)
-            loaded = load_model(spec)
-        loaded.check_fit(adapters)
+            print(f"loading the model ({args.model or 'the sample base'}) for the data-free reach estimate...",
+                  file=sys.stderr)
+            try:
+                loaded = load_model(spec)
+                warnings = loaded.check_fit(adapters)
+            except AtlasError as exc:  # one line, and the way out: plan estimates on a model by default
+                raise AtlasError(f"{exc} (plan estimates on a model by default: pass --model for the adapters' "
+                                 "base, or --weights-only)") from None
+            for w in warnings:
+                print(f"warning: {w}", file=sys.stderr)
         reach = Reach(loaded)
     handler, logger = _Log(), logging.getLogger("analysis.plan.planner")
     level, propagate = logger.level, logger.propagate

@@ -12,8 +12,8 @@ from analysis.workflow.pipeline import (
            MergeRun,
            forecast_run,
            measure_run,
-           reach_run,
            preview_from_recipe,
+           reach_run,
            reexport,
            run_merge,
 )

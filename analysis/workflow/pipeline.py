@@ -278,6 +278,9 @@ def reach_run(run: MergeRun, reach: Any, progress: ProgressReporter | None = Non
     on = reach.identity()
     preds = [estimate_reach(s, on) for s in reach.signals(inputs, run.written_modules(), weights=run.result.weights)]
     tick(1, 1, "")
+    for row in run.evidence.get("tasks") or []:  # only the weights-only estimate is replaced, never a data-light one
+        if (row.get("predicted_retention") or {}).get("basis", "data-free") != "data-free" and row.get("index") is not None:
+            preds[row["index"]] = None
     return _with_estimates(run, preds, "predicted_retention_weights")
 
 

@@ -66,6 +66,32 @@ def test_reach_equals_kl_through_peft(job: dict[str, Any]) -> None:
         assert reach.own(a) == pytest.approx(want, rel=1e-3)
 
 
+def test_padded_probes_are_scored_as_written(job: dict[str, Any]) -> None:
+    """Starts of different lengths are left padded: the reach over the batch equals the reach of each sequence run
+    alone, unpadded, through PEFT (padding masked out, positions as the text was written)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from analysis.reach import Reach, write_probes
+
+    model, tok = job["loaded"].model, job["loaded"].tokenizer
+    ids, mask = write_probes(model, tok, starts=["a", "bcd", "\n", "ab", "abcdef"], tokens=8)
+    assert int((mask == 0).sum()) > 0 and (mask.sum(1) >= 9).all()  # really padded; every row has its own tokens
+    reach = Reach(job["loaded"], _probes=(ids, mask))
+    base = AutoModelForCausalLM.from_pretrained(str(job["folder"]), local_files_only=True).eval()
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(job["folder"]), local_files_only=True),
+                                     str(job["paths"][0])).eval()
+    total, count = 0.0, 0
+    for row, m in zip(ids, mask):
+        alone = row[m.bool()][None]  # (1, real tokens)
+        with torch.no_grad():
+            lb = base(input_ids=alone).logits.float().log_softmax(-1)
+            lp = peft(input_ids=alone).logits.float().log_softmax(-1)
+        total += float((lp.exp() * (lp - lb)).sum())
+        count += alone.shape[1]
+    assert reach.own(job["adapters"][0]) == pytest.approx(total / count, rel=1e-4)
+
+
 def test_signal_parts(job: dict[str, Any]) -> None:
     """The scale and the two reaches mean what they say: a task alone keeps all of itself and adds nothing; at half
     weight its scale halves; concatenated with another, what is added is the other adapter."""
@@ -143,3 +169,26 @@ def test_plan_decides_from_reach_by_default(job: dict[str, Any], monkeypatch: py
     assert main(["plan", *map(str, job["paths"]), "--weights-only", "--out", str(weights)]) == 0
     assert json.loads((weights / "plan.json").read_text())["estimate"]["basis"] == "data-free"
     assert "predicted (data-free, weights only)" in capsys.readouterr().out
+
+
+def test_plan_reach_errors_are_one_line_with_the_way_out(job: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Adapters that do not fit the model the default plan estimates on, a missing reach calibration and two
+    estimates asked at once: one line each, naming what to pass, and nothing written."""
+    import analysis.predict as predict
+
+    gpt2 = model_folder(job["root"], "gpt2", seed=5)  # no q_proj / v_proj: the llama adapters do not fit it
+    out = job["root"] / "plan-bad"
+    cases = [(["--model", str(gpt2), "--device", "cpu"], "pass --model for the adapters' base, or --weights-only"),
+             (["--weights-only", "--prompts", str(job["root"])], "--weights-only and --prompts: pick one")]
+    for extra, want in cases:
+        code = main(["plan", *map(str, job["paths"]), *extra, "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and want in err[-1] and not err[-1].startswith("Traceback"), err
+        assert not any(line.startswith("plan: group") for line in err)  # refused before any planning
+        assert not out.exists()
+    monkeypatch.setattr(predict, "load_calibrations", lambda: {})
+    code = main(["plan", *map(str, job["paths"]), "--model", str(job["folder"]), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no calibrated reach estimate" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
