@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from analysis.predict import CALIBRATION, OUTPUTS, REACH, Signal, calibrate, spearman  # noqa: E402
-from analysis.reach import ReachSignal  # noqa: E402
+from analysis.reach import PROBE_SEQS, PROBE_TOKENS, ReachSignal  # noqa: E402
 
 BASES = (("data-free", "data_free"), ("data-light", "data_light"))
 
@@ -48,31 +48,29 @@ def fit(truth: dict[str, Any], rotation: int = 0) -> dict[str, Any]:
     y = [t["retention_em"] for _, t in rows]
     out: dict[str, Any] = {"calibrations": {}, "baselines": {}, "n_merges": len(truth["merges"]),
                            "n_trials": len(rows), "n_heldout": sum(held)}
-    for basis, key in BASES:
-        signals = [Signal(**t[key]) for _, t in rows]
-        cal = calibrate(signals, y, held, basis=basis, measured_on=measured_on)
+    def fitted(signals: list[Any], basis: str, on: str) -> dict[str, Any]:
+        """The calibration's record, with its held-back rank correlation against NLL retention and its scatter."""
+        cal = calibrate(signals, y, held, basis=basis, measured_on=on)
         rec = cal.record()
         pred = [cal.predict(s)[0] for s, h in zip(signals, held) if h]
         rec["spearman_heldout_vs_nll_retention"] = spearman(pred, [t["retention_nll"] for (_, t), h in
                                                                      zip(rows, held) if h])
         rec["heldout_points"] = [[round(p, 4), round(v, 4)] for p, v in  # (predicted, measured): the scatter
                                  zip(pred, [v for v, h in zip(y, held) if h])]
-        out["calibrations"][basis] = rec
+        return rec
+
+    for basis, key in BASES:
+        signals = [Signal(**t[key]) for _, t in rows]
+        out["calibrations"][basis] = fitted(signals, basis, measured_on)
         hy = [v for v, h in zip(y, held) if h]
         hs = [s for s, h in zip(signals, held) if h]
         cos = [s.inner / math.sqrt(s.task2 * s.merged2) if s.task2 * s.merged2 > 0 else 0.0 for s in hs]
         out["baselines"][basis] = {"spearman_heldout_cosine": spearman(cos, hy),
                                    "spearman_heldout_scale": spearman([s.scale for s in hs], hy)}
     if rows and all(t.get("reach") for _, t in rows):  # data-free on a loaded model: reach on the base's own text
-        signals = [ReachSignal(**t["reach"]) for _, t in rows]
-        cal = calibrate(signals, y, held, basis=REACH, measured_on=measured_on + "; reach on 16 x 48 tokens the base "
-                        "model wrote (no task data)")
-        rec = cal.record()
-        pred = [cal.predict(s)[0] for s, h in zip(signals, held) if h]
-        rec["spearman_heldout_vs_nll_retention"] = spearman(pred, [t["retention_nll"] for (_, t), h in
-                                                                     zip(rows, held) if h])
-        rec["heldout_points"] = [[round(p, 4), round(v, 4)] for p, v in zip(pred, [v for v, h in zip(y, held) if h])]
-        out["calibrations"][REACH] = rec
+        out["calibrations"][REACH] = fitted(
+            [ReachSignal(**t["reach"]) for _, t in rows], REACH,
+            f"{measured_on}; reach on {PROBE_SEQS} x {PROBE_TOKENS} tokens the base model wrote (no task data)")
     if rows and all("output_agreement" in t for _, t in rows):  # data-light from outputs: the agreement itself
         est = [t["output_estimate"] if t.get("output_estimate") is not None else  # as Forecast computes it
                (min(1.0, t["output_agreement"] / t["own_agreement"]) if t["own_agreement"] else 0.0)  # older runs
@@ -102,11 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = Path(args.truth).read_bytes()
     truth = json.loads(raw)
     result = fit(truth)
-    result["rotations"] = {  # the same fit holding back each third in turn: the record's spread over splits
-        basis: {"spearman_heldout": [round(fit(truth, r)["calibrations"][basis]["spearman_heldout"], 4)
-                                     for r in range(3)],
-                "mae_heldout": [round(fit(truth, r)["calibrations"][basis]["mae_heldout"], 4) for r in range(3)]}
-        for basis in result["calibrations"]}
+    thirds = [result] + [fit(truth, r) for r in (1, 2)]  # each third held back in turn: the record's spread
+    result["rotations"] = {basis: {k: [round(f["calibrations"][basis][k], 4) for f in thirds]
+                                   for k in ("spearman_heldout", "mae_heldout")}
+                           for basis in result["calibrations"]}
     result["truth"] = {"file": str(Path(args.truth).relative_to(REPO)) if Path(args.truth).is_relative_to(REPO)
                        else args.truth, "sha256": hashlib.sha256(raw).hexdigest()}
     if args.write:

@@ -198,7 +198,6 @@ def run(args: argparse.Namespace) -> int:
                 if REACH not in load_calibrations():
                     print("warning: no calibrated reach estimate is shipped: the weights-only estimate stays",
                           file=sys.stderr)
-
                 merged = reach_run(merged, Reach(loaded), ProgressReporter(bars))
             if forecast is not None:
                 merged = forecast_run(merged, forecast, ProgressReporter(bars))

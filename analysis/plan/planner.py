@@ -152,7 +152,7 @@ def reach_predictor(reach: Any) -> Callable[[Sequence[Adapter], Mapping[str, Del
             pred = estimate_reach(signal, {})
             if pred is None:
                 raise AtlasError("no calibrated reach estimate is shipped (analysis/data/retention_calibration.json): "
-                                 "pass --weights-only, or --data to decide by evaluation")
+                                 "pass --weights-only")
             out[a.name] = pred.value
         return out
 

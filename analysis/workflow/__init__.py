@@ -10,14 +10,12 @@ from analysis.workflow.evidence import EVIDENCE_VERSION, Evidence
 from analysis.workflow.pipeline import (
            ExportSpec,
            MergeRun,
-           forecast_run,
-           measure_run,
            preview_from_recipe,
-           reach_run,
            reexport,
            run_merge,
 )
 from analysis.workflow.progress import Cancelled, ProgressReporter
+from analysis.workflow.steps import forecast_run, measure_run, reach_run
 
 __all__ = ["EVIDENCE_VERSION", "AdapterSet", "Cancelled", "CoreChoice", "CoreSettings", "Evidence", "ExportSpec",
            "MergeRun", "ProgressReporter", "display_names", "forecast_run", "measure_run", "most_overlapping", "reach_run", "preview_from_recipe",
